@@ -1,0 +1,7 @@
+"""The audit trail: what a signal becomes, how it is stored, how it is queried.
+
+- `subscribers`: receivers connected at module level to auth_log, v1_log, main_log and Flask's
+  got_request_exception; they turn a signal plus the request into an `AuditEvent`.
+- `writer`: stores an event in its own transaction, before the response leaves.
+- `query`: the filters, visibility rule and keyset cursor of GET /v1/logs.
+"""

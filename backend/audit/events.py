@@ -1,0 +1,72 @@
+"""An audit event, and the parts of the request every event carries."""
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from flask import Response, g, has_request_context, request
+
+from backend.clock import utcnow
+
+TRACK_MAX = 2000
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One row of the trail, before it has an id."""
+
+    source: str
+    event: str
+    level: str
+    track: str
+    user: str | None = None
+    status: int | None = None
+    ip: str | None = None
+    method: str | None = None
+    path: str | None = None
+    request_id: str | None = None
+    user_agent: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+    def as_row(self) -> dict:
+        """The column values of the `audit_log` row."""
+        return asdict(self)
+
+
+def event_from_signal(source: str, *, event: str, level: str = "INFO", track: str = "",
+                      user: str | None = None, status: int | None = None) -> AuditEvent:
+    """Combine what a signal said with who asked and how (nothing outside a request)."""
+    return AuditEvent(source=source, event=event, level=level, track=track[:TRACK_MAX],
+                      user=(user or None) and user[:64], status=status, **request_fields())
+
+
+def request_fields() -> dict:
+    """Client address (after ProxyFix), method, path, request id and user agent."""
+    if not has_request_context():
+        return {}
+    return {
+        "ip": request.remote_addr,
+        "method": request.method[:16],
+        "path": request.path[:2048],
+        "request_id": g.get("request_id"),
+        "user_agent": request.user_agent.string[:512] or None,
+    }
+
+
+def level_for_status(status: int) -> str:
+    """INFO for 2xx/3xx, WARNING for 4xx, ERROR for 5xx."""
+    if status >= 500:
+        return "ERROR"
+    return "WARNING" if status >= 400 else "INFO"
+
+
+def assign_request_id() -> None:
+    """Give the request an id that its audit rows and its response share."""
+    g.request_id = uuid.uuid4().hex
+
+
+def echo_request_id(response: Response) -> Response:
+    """Return the request id as `X-Request-ID`, so a client can find its rows."""
+    if "request_id" in g:
+        response.headers["X-Request-ID"] = g.request_id
+    return response

@@ -1,0 +1,104 @@
+"""Querying the trail: filters, the visibility rule and keyset pagination.
+
+Rows are ordered by (created_at, id), the same order as every index on the table, and a page
+continues from the last row of the previous one (`(created_at, id) < (c, i)`), never by OFFSET:
+page 10,000 costs what page 1 costs, and rows written while a client pages shift nothing.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from flask import current_app
+from itsdangerous import BadSignature, URLSafeSerializer
+
+from backend.extensions import db
+from backend.models import Log, User
+
+FILTERS = ("user", "ip", "level", "source", "event", "since", "until", "q")
+
+
+class InvalidCursor(ValueError):
+    """The cursor was not made by this service, or not for this order."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended: the last row's sort key, and the direction it was read in."""
+
+    order: str
+    created_at: datetime
+    id: int
+
+    def encode(self) -> str:
+        return _serializer().dumps([self.order, self.created_at.isoformat(), self.id])
+
+    @classmethod
+    def decode(cls, token: str, order: str) -> "Cursor":
+        try:
+            cursor_order, created_at, row_id = _serializer().loads(token)
+            cursor = cls(cursor_order, datetime.fromisoformat(created_at), int(row_id))
+        except (BadSignature, ValueError, TypeError):
+            raise InvalidCursor("not a cursor from this service") from None
+        if cursor.order != order or cursor.created_at.tzinfo is None:
+            raise InvalidCursor(f"this cursor continues an order={cursor.order} listing")
+        return cursor
+
+
+def _serializer() -> URLSafeSerializer:
+    # Signed, so a client cannot forge a position; not secret, it only holds a row's sort key.
+    return URLSafeSerializer(current_app.config["SECRET_KEY"], salt="audit-log-cursor")
+
+
+def visible_to(viewer: User) -> sa.ColumnElement[bool]:
+    """Admins see every row; anyone else only the rows about themselves."""
+    return sa.true() if viewer.is_admin else Log.user == viewer.username
+
+
+def matching(filters: dict, viewer: User) -> sa.Select:
+    """The rows that `filters` (the parsed query parameters) select and `viewer` may see."""
+    query = sa.select(Log).where(visible_to(viewer))
+    for name in ("user", "ip", "source", "event"):
+        if filters.get(name) is not None:
+            query = query.where(getattr(Log, name) == filters[name])
+    if filters.get("level"):
+        query = query.where(Log.level.in_(filters["level"]))
+    if filters.get("since") is not None:
+        query = query.where(Log.created_at >= filters["since"])
+    if filters.get("until") is not None:
+        query = query.where(Log.created_at < filters["until"])
+    if filters.get("q"):
+        query = query.where(Log.track.ilike(f"%{_escape_like(filters['q'])}%", escape="\\"))
+    return query
+
+
+def ordered(query: sa.Select, order: str, after: Cursor | None = None) -> sa.Select:
+    """`query` in (created_at, id) order, continuing after `after` when given."""
+    key = sa.tuple_(Log.created_at, Log.id)
+    if after is not None:
+        position = sa.tuple_(sa.literal(after.created_at, Log.created_at.type),
+                             sa.literal(after.id, Log.id.type))
+        query = query.where(key < position if order == "desc" else key > position)
+    if order == "desc":
+        return query.order_by(Log.created_at.desc(), Log.id.desc())
+    return query.order_by(Log.created_at.asc(), Log.id.asc())
+
+
+def page(filters: dict, viewer: User, *, order: str, limit: int,
+         after: Cursor | None = None) -> tuple[list[Log], Cursor | None]:
+    """One page of rows and the cursor of the next page (None on the last page)."""
+    query = ordered(matching(filters, viewer), order, after).limit(limit + 1)
+    rows = list(db.session.scalars(query))
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, Cursor(order, rows[-1].created_at, rows[-1].id)
+
+
+def visible_row(log_id: int, viewer: User) -> Log | None:
+    """The row with this id, if `viewer` may see it."""
+    return db.session.scalar(sa.select(Log).where(Log.id == log_id, visible_to(viewer)))
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

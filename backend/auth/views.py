@@ -1,0 +1,49 @@
+"""POST /login and GET /logout."""
+
+from datetime import timedelta
+
+from apifairy import authenticate, body, other_responses, response
+from flask import current_app, g
+
+from backend.auth import bp
+from backend.clock import utcnow
+from backend.extensions import auth_log, basic_auth, db, token_auth
+from backend.models import Token
+from backend.schemas import ErrorSchema, LoginSchema, MessageSchema, TokenSchema
+from backend.security import new_token
+
+
+@bp.post("/login")
+@authenticate(basic_auth)
+@body(LoginSchema)
+@response(TokenSchema)
+@other_responses({400: (ErrorSchema, "Malformed credentials"),
+                  401: (ErrorSchema, "Unknown user or wrong password"),
+                  503: (ErrorSchema, "The audit trail cannot record the login")})
+def login(credentials: dict):
+    """Log in with HTTP Basic or a JSON body and get a new bearer token
+
+    Every login makes a new token; earlier tokens stay valid until they expire or are revoked.
+    """
+    user = basic_auth.current_user()
+    token, digest = new_token()
+    expires_at = utcnow() + timedelta(seconds=current_app.config["TOKEN_TTL"])
+    db.session.add(Token(digest=digest, user=user, expires_at=expires_at))
+    db.session.commit()
+    auth_log.send(current_app._get_current_object(), event="login.success", level="INFO",
+                  user=user.username, status=200, track="logged in")
+    return {"token": token, "token_type": "Bearer", "expires_at": expires_at, "user": user}
+
+
+@bp.get("/logout")
+@authenticate(token_auth)
+@response(MessageSchema)
+@other_responses({401: (ErrorSchema, "No valid bearer token"),
+                  503: (ErrorSchema, "The audit trail cannot record the logout")})
+def logout():
+    """Revoke the bearer token of this request"""
+    g.token.revoked_at = utcnow()
+    db.session.commit()
+    auth_log.send(current_app._get_current_object(), event="logout", level="INFO",
+                  user=token_auth.current_user().username, status=200, track="logged out")
+    return {"message": "logged out"}

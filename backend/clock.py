@@ -1,0 +1,28 @@
+"""The one clock: timezone-aware UTC, which tests can move."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+_offset = timedelta(0)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC) + _offset
+
+
+@contextmanager
+def moved(by: timedelta) -> Iterator[None]:
+    """Run the block with the clock moved by `by` (tests use it to expire tokens)."""
+    global _offset
+    _offset += by
+    try:
+        yield
+    finally:
+        _offset -= by
+
+
+def rfc3339(moment: datetime) -> str:
+    """`2026-11-21T10:00:00.123456Z`: UTC, always with microseconds, as CONTRACT.md writes it."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,101 @@
+"""The one JSON error shape of CONTRACT.md, for every status and every blueprint.
+
+    {"error": {"status": 400, "code": "bad_request", "message": "...", "details": {...}}}
+
+`details` appears only on validation errors and maps each bad field to its messages.
+"""
+
+import re
+
+from flask import Blueprint, Response, current_app, jsonify
+from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
+from werkzeug.http import HTTP_STATUS_CODES
+
+from backend.extensions import apifairy, basic_auth, token_auth
+
+bp = Blueprint("errors", __name__)
+
+# Headers of an HTTPException that carry meaning and must survive the JSON rewrite.
+_KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
+
+
+class ValidationFailed(BadRequest):
+    """A 400 whose `details` name each bad field: `{"limit": ["must be between 1 and 1000"]}`."""
+
+    def __init__(self, details: dict, message: str = "The request has invalid fields."):
+        super().__init__(message)
+        self.details = details
+
+
+def error_code(status: int) -> str:
+    """`bad_request` for 400, `not_found` for 404, ...: Werkzeug's reason phrase, snake-cased."""
+    phrase = HTTP_STATUS_CODES.get(status, "error")
+    return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
+
+
+def error_response(status: int, message: str | None = None, details: dict | None = None,
+                   headers: dict | None = None) -> Response:
+    """A JSON error response in the contract's shape."""
+    body = {"status": status, "code": error_code(status),
+            "message": message or HTTP_STATUS_CODES.get(status, "Error")}
+    if details:
+        body["details"] = details
+    response = jsonify(error=body)
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(error: HTTPException) -> Response:
+    """Routing 404/405, aborts and our own HTTP exceptions, as JSON."""
+    if isinstance(error, InternalServerError):
+        return internal_error(error)
+    headers = {k: v for k, v in error.get_headers() if k in _KEPT_HEADERS}
+    details = getattr(error, "details", None)
+    webargs_messages = (getattr(error, "data", None) or {}).get("messages")
+    if details is None and isinstance(webargs_messages, dict):
+        details = fields_of(webargs_messages)  # e.g. a body that is not JSON at all
+    return error_response(error.code or 500, error.description, details, headers)
+
+
+def internal_error(error: InternalServerError) -> Response:
+    """A 500 that says nothing of what went wrong; the log and the audit row keep the cause."""
+    if error.original_exception is not None:
+        current_app.logger.error("unhandled exception", exc_info=error.original_exception)
+    return error_response(500, "The server could not complete the request.")
+
+
+def fields_of(messages: dict) -> dict:
+    """webargs reports errors per location (`{"query": {"limit": [...]}}`); clients want fields.
+
+    A message about a whole location (`{"json": ["Invalid JSON body."]}`) is filed under
+    `body`.
+    """
+    details: dict = {}
+    for location_errors in messages.values():
+        if isinstance(location_errors, dict):
+            details.update(location_errors)
+        else:
+            details.setdefault("body", []).extend(location_errors)
+    return details
+
+
+@apifairy.error_handler
+def validation_error(status: int, messages: dict) -> Response:
+    """A request that its webargs schema rejected: 400 naming each bad field."""
+    return error_response(status, "The request has invalid fields.", fields_of(messages))
+
+
+@basic_auth.error_handler
+def basic_auth_error(status: int) -> Response:
+    """Wrong or missing credentials at login (Flask-HTTPAuth adds WWW-Authenticate)."""
+    return error_response(status, "Invalid credentials." if status == 401 else None)
+
+
+@token_auth.error_handler
+def token_auth_error(status: int) -> Response:
+    """A missing, expired or revoked bearer token (401), or a role the user lacks (403)."""
+    message = {401: "A valid bearer token is required.",
+               403: "You are not allowed to do that."}.get(status)
+    return error_response(status, message)

@@ -1,0 +1,64 @@
+"""GET /, /healthz and /readyz."""
+
+from functools import cache
+from importlib.metadata import version
+
+import sqlalchemy as sa
+from alembic.script import ScriptDirectory
+from flask import current_app, url_for
+from sqlalchemy.exc import SQLAlchemyError
+
+from backend.errors import error_response
+from backend.extensions import db, main_log, migrate
+from backend.main import bp
+
+SERVICE = "flask-audit-trail"
+
+
+@bp.get("/")
+def index():
+    """The service's name, version and where its API is."""
+    main_log.send(current_app._get_current_object(), event="index.view", level="DEBUG",
+                  status=200, track="GET /")
+    return {
+        "service": SERVICE,
+        "version": version(SERVICE),
+        "links": {
+            "login": url_for("auth.login", _external=True),
+            "logout": url_for("auth.logout", _external=True),
+            "me": url_for("v1.me", _external=True),
+            "logs": url_for("v1.logs", _external=True),
+            "openapi": url_for("apifairy.json", _external=True),
+            "health": url_for("main.healthz", _external=True),
+            "ready": url_for("main.readyz", _external=True),
+        },
+    }
+
+
+@bp.get("/healthz")
+def healthz():
+    """Liveness: the process serves. Touches no database, and is never audited."""
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz():
+    """Readiness: the database answers and its schema is at the latest migration; else 503."""
+    try:
+        with db.engine.connect() as connection:
+            current = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+            revisions = set(current.scalars())
+    except SQLAlchemyError:
+        return error_response(503, "The database does not answer, or has no schema yet.")
+    heads = migration_heads(current_app.extensions["migrate"].directory)
+    if revisions != heads:
+        return error_response(503, f"The schema is at {', '.join(sorted(revisions)) or 'nothing'},"
+                                   f" not the latest migration {', '.join(sorted(heads))}:"
+                                   " run `flask db upgrade`.")
+    return {"status": "ready", "migration": ", ".join(sorted(heads))}
+
+
+@cache
+def migration_heads(directory: str) -> set[str]:
+    """The head revisions of the migration scripts shipped with this code."""
+    return set(ScriptDirectory.from_config(migrate.get_config(directory)).get_heads())

@@ -1,0 +1,155 @@
+"""Marshmallow schemas: what the API reads and writes, and what its OpenAPI document says."""
+
+import ipaddress
+
+from flask import request
+from marshmallow import ValidationError, fields, post_load, validate, validates, validates_schema
+from webargs.fields import DelimitedList
+
+from backend.audit.query import Cursor, InvalidCursor
+from backend.clock import rfc3339
+from backend.extensions import ma
+from backend.models import LEVELS, SOURCES
+
+USERNAME = validate.Regexp(
+    r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$",
+    error="1 to 64 characters: letters, digits and _ . @ - (starting with a letter or digit)",
+)
+
+
+class UTCDateTime(fields.DateTime):
+    """RFC 3339 in UTC with a `Z` and microseconds, e.g. `2026-11-21T10:00:00.123456Z`."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else rfc3339(value)
+
+
+class ErrorBodySchema(ma.Schema):
+    status = fields.Integer(required=True, metadata={"description": "The HTTP status."})
+    code = fields.String(required=True, metadata={"example": "bad_request"})
+    message = fields.String(required=True)
+    details = fields.Dict(
+        keys=fields.String(), values=fields.List(fields.String()),
+        metadata={"description": "Validation errors only: each bad field and its messages."},
+    )
+
+
+class ErrorSchema(ma.Schema):
+    error = fields.Nested(ErrorBodySchema, required=True)
+
+
+class UserSchema(ma.Schema):
+    id = fields.Integer(dump_only=True)
+    username = fields.String(required=True, validate=USERNAME)
+    is_admin = fields.Boolean(load_default=False)
+    created_at = UTCDateTime(dump_only=True)
+
+
+class NewUserSchema(UserSchema):
+    password = fields.String(required=True, load_only=True,
+                             validate=validate.Length(min=8, max=1024))
+
+
+class LoginSchema(ma.Schema):
+    """JSON credentials: both fields, unless HTTP Basic carries them and there is no body."""
+
+    username = fields.String(validate=validate.Length(min=1, max=256))
+    password = fields.String(validate=validate.Length(min=1, max=1024))
+
+    @validates_schema
+    def _both_unless_basic(self, data: dict, **kwargs) -> None:
+        if request.authorization and request.authorization.type == "basic" and not data:
+            return
+        missing = {name: ["Missing data for required field."]
+                   for name in ("username", "password") if name not in data}
+        if missing:
+            raise ValidationError(missing)
+
+
+class TokenSchema(ma.Schema):
+    token = fields.String(required=True, metadata={"description": "Send as `Bearer <token>`."})
+    token_type = fields.String(required=True, metadata={"example": "Bearer"})
+    expires_at = UTCDateTime(required=True)
+    user = fields.Nested(UserSchema, required=True)
+
+
+class MessageSchema(ma.Schema):
+    message = fields.String(required=True)
+
+
+class UserListSchema(ma.Schema):
+    items = fields.List(fields.Nested(UserSchema), required=True)
+
+
+class LogSchema(ma.Schema):
+    id = fields.Integer(required=True)
+    created_at = UTCDateTime(required=True)
+    source = fields.String(required=True, metadata={"enum": list(SOURCES)})
+    event = fields.String(required=True, metadata={"example": "login.failure"})
+    level = fields.String(required=True, metadata={"enum": list(LEVELS)})
+    user = fields.String(required=True, allow_none=True)
+    ip = fields.String(required=True, allow_none=True)
+    track = fields.String(required=True)
+    method = fields.String(allow_none=True)
+    path = fields.String(allow_none=True)
+    status = fields.Integer(allow_none=True)
+    request_id = fields.String(allow_none=True)
+    user_agent = fields.String(allow_none=True)
+
+
+class LogPageSchema(ma.Schema):
+    items = fields.List(fields.Nested(LogSchema), required=True)
+    next = fields.String(required=True, allow_none=True,
+                         metadata={"description": "Pass as `after` for the next page."})
+
+
+class LevelList(DelimitedList):
+    """`WARNING,ERROR`: one or more levels, case-insensitive."""
+
+    def __init__(self, **kwargs):
+        super().__init__(fields.String(validate=validate.OneOf(LEVELS)), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return super()._deserialize(str(value).upper(), attr, data, **kwargs)
+
+
+class LogFiltersSchema(ma.Schema):
+    """The filters that /v1/logs and its export share."""
+
+    user = fields.String(validate=validate.Length(min=1, max=64))
+    ip = fields.String(metadata={"description": "An IPv4 or IPv6 address."})
+    level = LevelList(metadata={"description": "Comma separated, e.g. `WARNING,ERROR`."})
+    source = fields.String(validate=validate.OneOf(SOURCES))
+    event = fields.String(validate=validate.Length(min=1, max=64))
+    since = fields.AwareDateTime(metadata={"description": "RFC 3339; inclusive."})
+    until = fields.AwareDateTime(metadata={"description": "RFC 3339; exclusive."})
+    q = fields.String(validate=validate.Length(min=1, max=256),
+                      metadata={"description": "Case-insensitive substring of `track`."})
+
+    @validates("ip")
+    def _ip_address(self, value: str, **kwargs) -> None:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValidationError("must be an IPv4 or IPv6 address") from None
+
+    @validates_schema
+    def _time_range(self, data: dict, **kwargs) -> None:
+        if "since" in data and "until" in data and data["until"] <= data["since"]:
+            raise ValidationError("must be later than since", "until")
+
+
+class LogQuerySchema(LogFiltersSchema):
+    order = fields.String(load_default="desc", validate=validate.OneOf(["desc", "asc"]))
+    limit = fields.Integer(load_default=100, strict=False, validate=validate.Range(
+        min=1, max=1000, error="must be between 1 and 1000"))
+    after = fields.String(metadata={"description": "The `next` cursor of the previous page."})
+
+    @post_load
+    def _decode_cursor(self, data: dict, **kwargs) -> dict:
+        if "after" in data:
+            try:
+                data["after"] = Cursor.decode(data["after"], data["order"])
+            except InvalidCursor as error:
+                raise ValidationError(str(error), "after") from None
+        return data

@@ -1,0 +1,99 @@
+"""Settings, read from the environment (and a `.env` file) as CONTRACT.md lists them.
+
+`settings()` returns a plain dict for `app.config`; it is called by the app factory, never at
+import, so tests and the CLI can change the environment first.
+"""
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+ROOT = Path(__file__).resolve().parent
+ENVIRONMENTS = ("development", "testing", "production")
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message is one line meant for the operator."""
+
+
+def settings(environ: Mapping[str, str] | None = None) -> dict:
+    """Build the Flask configuration from `environ` (default: the process environment + .env)."""
+    if environ is None:
+        load_dotenv(ROOT / ".env")
+        environ = os.environ
+    app_env = environ.get("APP_ENV", "development")
+    if app_env not in ENVIRONMENTS:
+        raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, not {app_env!r}")
+    production = app_env == "production"
+    instance_path = Path(environ.get("INSTANCE_PATH") or ROOT / "instance")
+
+    database_url = environ.get("DATABASE_URL")
+    if not database_url:
+        if production:
+            raise ConfigError("APP_ENV=production needs DATABASE_URL (e.g. postgresql://...)")
+        database_url = f"sqlite:///{instance_path / 'audit.db'}"
+
+    secret_key = environ.get("SECRET_KEY")
+    if not secret_key:
+        if production:
+            raise ConfigError("APP_ENV=production needs SECRET_KEY (a long random string)")
+        secret_key = _development_secret(instance_path)
+
+    return {
+        "APP_ENV": app_env,
+        "TESTING": app_env == "testing",
+        "SECRET_KEY": secret_key,
+        "INSTANCE_PATH": str(instance_path),
+        "SQLALCHEMY_DATABASE_URI": database_url_for_sqlalchemy(database_url),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "TOKEN_TTL": _positive_int(environ, "TOKEN_TTL", 3600),
+        "TRUSTED_PROXY_HOPS": _positive_int(environ, "TRUSTED_PROXY_HOPS", 0, minimum=0),
+        "ADMIN_USERNAME": environ.get("ADMIN_USERNAME") or None,
+        "ADMIN_PASSWORD": environ.get("ADMIN_PASSWORD") or None,
+        # A JSON API never needs more than this in one request body.
+        "MAX_CONTENT_LENGTH": 64 * 1024,
+        # Unhandled exceptions must reach our JSON 500 handler (and the audit) even in tests.
+        "PROPAGATE_EXCEPTIONS": False,
+    }
+
+
+def database_url_for_sqlalchemy(url: str) -> str:
+    """Map `postgres://` and `postgresql://` to the psycopg 3 driver; leave other URLs alone."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _positive_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _development_secret(instance_path: Path) -> str:
+    """A random key kept in instance/, so every worker and every restart share it."""
+    path = instance_path / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    instance_path.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another worker won the race: use its key
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key
