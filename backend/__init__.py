@@ -10,9 +10,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import config
 
 
-def create_app(overrides: dict | None = None) -> Flask:
-    """Build the app from the environment's settings, with `overrides` on top (tests use them)."""
-    settings = config.settings() | (overrides or {})
+def create_app(settings: dict | None = None) -> Flask:
+    """Build the app from `settings` (default: `config.settings()` of the environment)."""
+    if settings is None:
+        settings = config.settings()
     app = Flask(__name__, instance_path=settings["INSTANCE_PATH"])
     app.config.from_mapping(settings)
     app.json.sort_keys = False

@@ -56,12 +56,12 @@ class LoginSchema(ma.Schema):
     username = fields.String(validate=validate.Length(min=1, max=256))
     password = fields.String(validate=validate.Length(min=1, max=1024))
 
-    @validates_schema
-    def _both_unless_basic(self, data: dict, **kwargs) -> None:
-        if request.authorization and request.authorization.type == "basic" and not data:
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def _both_unless_basic(self, data: dict, original: dict, **kwargs) -> None:
+        if request.authorization and request.authorization.type == "basic" and not original:
             return
         missing = {name: ["Missing data for required field."]
-                   for name in ("username", "password") if name not in data}
+                   for name in ("username", "password") if name not in original}
         if missing:
             raise ValidationError(missing)
 

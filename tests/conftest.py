@@ -1,0 +1,152 @@
+"""Fixtures: an app per test on SQLite and, with TEST_DATABASE_URL, on PostgreSQL too.
+
+Every database test runs once per database. Without TEST_DATABASE_URL the PostgreSQL half is
+skipped (and says so); under CI (CI=true) it fails instead, so CI can never pass without it.
+"""
+
+import os
+import shutil
+from base64 import b64encode
+
+import pytest
+import sqlalchemy as sa
+from flask_migrate import upgrade
+
+import config
+from backend import create_app
+from backend.extensions import db
+from backend.models import Log
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+ADMIN = ("admin", "admin-password-1")
+ALICE = ("alice", "alice-password-1")
+BOB = ("bob", "bob-password-1")
+
+
+def make_settings(database_url: str, instance_path, **environ) -> dict:
+    """Settings as `config.settings` builds them from an environment of only these values."""
+    return config.settings({"APP_ENV": "testing", "DATABASE_URL": database_url,
+                            "SECRET_KEY": "test-secret-key", "INSTANCE_PATH": str(instance_path),
+                            **environ})
+
+
+def migrate_to_head(database_url: str, instance_path) -> None:
+    app = create_app(make_settings(database_url, instance_path))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory):
+    """A SQLite file migrated once; each test gets a copy."""
+    directory = tmp_path_factory.mktemp("sqlite-template")
+    path = directory / "template.db"
+    migrate_to_head(f"sqlite:///{path}", directory)
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgresql_url(tmp_path_factory):
+    """TEST_DATABASE_URL, emptied and migrated once for the session."""
+    if not TEST_DATABASE_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CI must set TEST_DATABASE_URL: the PostgreSQL tests may not be skipped")
+        pytest.skip("TEST_DATABASE_URL is not set: PostgreSQL tests not run")
+    url = config.database_url_for_sqlalchemy(TEST_DATABASE_URL)
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP SCHEMA public CASCADE"))
+        connection.execute(sa.text("CREATE SCHEMA public"))
+    engine.dispose()
+    migrate_to_head(url, tmp_path_factory.mktemp("pg-migrate"))
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A migrated, empty database of each kind."""
+    if request.param == "sqlite":
+        path = tmp_path / "audit.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("postgresql_url")
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("TRUNCATE audit_log, tokens, users RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def app(database_url, tmp_path):
+    app = create_app(make_settings(database_url, tmp_path))
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+class Api:
+    """Repeated actions of the tests: create users, log in, call /v1 with a token."""
+
+    def __init__(self, app, client):
+        self.app = app
+        self.client = client
+
+    def create_user(self, username: str, password: str, is_admin: bool = False) -> None:
+        from backend.users import create_user
+
+        with self.app.app_context():
+            create_user(username, password, is_admin)
+
+    def login(self, username: str, password: str) -> str:
+        response = self.client.post("/login", headers=basic(username, password))
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()["token"]
+
+    def get(self, path: str, token: str | None = None, **kwargs):
+        return self.client.get(path, headers=bearer(token) if token else {}, **kwargs)
+
+    def post(self, path: str, token: str | None = None, **kwargs):
+        return self.client.post(path, headers=bearer(token) if token else {}, **kwargs)
+
+    def rows(self, **where) -> list[Log]:
+        """The audit rows in the database, oldest first, optionally filtered by column."""
+        with self.app.app_context():
+            query = sa.select(Log).where(*(getattr(Log, k) == v for k, v in where.items()))
+            rows = db.session.scalars(query.order_by(Log.id)).all()
+            db.session.expunge_all()
+            return rows
+
+
+@pytest.fixture
+def api(app, client):
+    return Api(app, client)
+
+
+@pytest.fixture
+def users(api):
+    """An admin, and two ordinary users; returns their tokens by name."""
+    api.create_user(*ADMIN, is_admin=True)
+    api.create_user(*ALICE)
+    api.create_user(*BOB)
+    return {name: api.login(name, password) for name, password in (ADMIN, ALICE, BOB)}
+
+
+def basic(username: str, password: str) -> dict:
+    credentials = b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {credentials}"}
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}

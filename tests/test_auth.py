@@ -1,0 +1,121 @@
+"""POST /login and GET /logout, and the audit rows they leave."""
+
+from blinker import ANY
+
+from backend.extensions import auth_log
+from tests.conftest import ALICE, basic, bearer
+
+
+def test_login_with_basic_auth_gives_a_bearer_token(api, client):
+    api.create_user(*ALICE)
+    response = client.post("/login", headers=basic(*ALICE))
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["token_type"] == "Bearer"
+    assert len(body["token"]) >= 32
+    assert body["expires_at"].endswith("Z")
+    assert body["user"]["username"] == "alice" and body["user"]["is_admin"] is False
+    assert api.get("/v1/me", body["token"]).get_json()["username"] == "alice"
+
+
+def test_login_with_a_json_body_gives_a_bearer_token(api, client):
+    api.create_user(*ALICE)
+    response = client.post("/login", json={"username": ALICE[0], "password": ALICE[1]})
+    assert response.status_code == 200
+    assert api.get("/v1/me", response.get_json()["token"]).status_code == 200
+
+
+def test_every_login_makes_a_new_token(api):
+    api.create_user(*ALICE)
+    assert api.login(*ALICE) != api.login(*ALICE)
+
+
+def test_login_success_leaves_a_row(api):
+    api.create_user(*ALICE)
+    api.login(*ALICE)
+    [row] = api.rows(event="login.success")
+    assert (row.source, row.level, row.user, row.ip) == ("auth", "INFO", "alice", "127.0.0.1")
+    assert row.track == "logged in"
+    assert (row.method, row.path, row.status) == ("POST", "/login", 200)
+
+
+def test_unknown_user_and_wrong_password_look_the_same(api, client):
+    api.create_user(*ALICE)
+    wrong_password = client.post("/login", headers=basic("alice", "not-her-password"))
+    unknown_user = client.post("/login", headers=basic("mallory", "whatever-password"))
+    assert wrong_password.status_code == unknown_user.status_code == 401
+    assert wrong_password.get_json() == unknown_user.get_json()
+    assert wrong_password.headers["WWW-Authenticate"] == unknown_user.headers["WWW-Authenticate"]
+
+
+def test_login_failures_leave_rows_of_the_same_shape(api, client):
+    api.create_user(*ALICE)
+    client.post("/login", headers=basic("alice", "not-her-password"))
+    client.post("/login", json={"username": "mallory", "password": "whatever-password"})
+    wrong, unknown = api.rows(event="login.failure")
+    for row, user in ((wrong, "alice"), (unknown, "mallory")):
+        assert (row.source, row.level, row.user, row.ip, row.status) == (
+            "auth", "WARNING", user, "127.0.0.1", 401)
+    assert (wrong.track, unknown.track) == ("invalid password", "unknown user")
+
+
+def test_login_without_credentials_is_challenged_not_recorded(api, client):
+    response = client.post("/login")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert api.rows(source="auth") == []
+
+
+def test_login_body_with_a_bad_field_is_400_naming_it(client):
+    response = client.post("/login", json={"username": 7})
+    assert response.status_code == 400
+    details = response.get_json()["error"]["details"]
+    assert details == {"username": ["Not a valid string."],
+                       "password": ["Missing data for required field."]}
+
+
+def test_login_body_that_is_not_json_is_400(client):
+    response = client.post("/login", data="{oops", content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "bad_request"
+
+
+def test_logout_revokes_the_token(api, client):
+    api.create_user(*ALICE)
+    token = api.login(*ALICE)
+    response = client.get("/logout", headers=bearer(token))
+    assert response.status_code == 200
+    assert response.get_json() == {"message": "logged out"}
+    assert api.get("/v1/me", token).status_code == 401
+    assert client.get("/logout", headers=bearer(token)).status_code == 401
+
+
+def test_logout_leaves_a_row(api, client):
+    api.create_user(*ALICE)
+    client.get("/logout", headers=bearer(api.login(*ALICE)))
+    [row] = api.rows(event="logout")
+    assert (row.source, row.level, row.user, row.track) == ("auth", "INFO", "alice", "logged out")
+
+
+def test_login_sends_auth_log_with_the_app_as_sender(app, api):
+    api.create_user(*ALICE)
+    received = []
+    with auth_log.connected_to(lambda sender, **kw: received.append((sender, kw)), ANY):
+        api.login(*ALICE)
+    [(sender, event)] = received
+    assert sender is app
+    assert event["event"] == "login.success" and event["user"] == "alice"
+
+
+def test_password_and_token_appear_in_no_row(api, client):
+    api.create_user(*ALICE)
+    token = api.login(*ALICE)
+    client.post("/login", json={"username": "alice", "password": "a-wrong-Secret-9"})
+    api.get("/v1/me", token)
+    api.get("/v1/logs", token)
+    client.get("/logout", headers=bearer(token))
+    rows = api.rows()
+    assert len(rows) >= 5
+    dumped = "\n".join(repr(row.__dict__) for row in rows)
+    for secret in (ALICE[1], "a-wrong-Secret-9", token, "Bearer", "Basic"):
+        assert secret not in dumped
