@@ -5,7 +5,12 @@ import sys
 from backend import create_app
 from config import ConfigError
 
+# gunicorn's "application failed to load": its master stops instead of respawning workers
+# that can never start. `flask` simply exits with it.
+APP_LOAD_ERROR = 4
+
 try:
     app = create_app()
 except ConfigError as error:
-    sys.exit(f"configuration error: {error}")
+    print(f"configuration error: {error}", file=sys.stderr)
+    sys.exit(APP_LOAD_ERROR)

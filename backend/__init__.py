@@ -56,6 +56,13 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # SQLite's own lower() folds ASCII only, so ILIKE (lower(x) LIKE lower(y) on SQLite) would
+    # miss "Ü" for "ü"; PostgreSQL folds every letter. Python's str.lower does too.
+    dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
+
+
+def _unicode_lower(value):
+    return value.lower() if isinstance(value, str) else value
 
 
 def register_request_hooks(app: Flask) -> None:

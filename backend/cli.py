@@ -23,12 +23,7 @@ def create(name: str, admin: bool, password_stdin: bool) -> None:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    try:
-        fields = NewUserSchema().load({"username": name, "password": password, "is_admin": admin})
-    except ValidationError as error:
-        problems = "; ".join(f"{field}: {' '.join(messages)}"
-                             for field, messages in error.normalized_messages().items())
-        raise click.ClickException(problems) from None
+    fields = valid_new_user(name, password, admin)
     try:
         user = create_user(fields["username"], fields["password"], fields["is_admin"])
     except UsernameTaken:
@@ -36,11 +31,23 @@ def create(name: str, admin: bool, password_stdin: bool) -> None:
     click.echo(f"created {'admin' if user.is_admin else 'user'} {user.username}")
 
 
+def valid_new_user(name: str, password: str, admin: bool) -> dict:
+    """The user's fields checked by the API's own schema; exit with the bad fields named."""
+    try:
+        return NewUserSchema().load({"username": name, "password": password, "is_admin": admin})
+    except ValidationError as error:
+        problems = "; ".join(f"{field}: {' '.join(messages)}"
+                             for field, messages in error.normalized_messages().items())
+        raise click.ClickException(problems) from None
+
+
 @users.command("ensure-admin")
 def ensure_admin_command() -> None:
     """Create the admin from ADMIN_USERNAME/ADMIN_PASSWORD if absent (or `admin` on an empty db)."""
-    user, generated = ensure_admin(current_app.config["ADMIN_USERNAME"],
-                                   current_app.config["ADMIN_PASSWORD"])
+    username, password = current_app.config["ADMIN_USERNAME"], current_app.config["ADMIN_PASSWORD"]
+    if username and password:
+        valid_new_user(username, password, True)
+    user, generated = ensure_admin(username, password)
     if user is None:
         return
     if generated is None:

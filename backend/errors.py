@@ -75,10 +75,19 @@ def fields_of(messages: dict) -> dict:
     details: dict = {}
     for location_errors in messages.values():
         if isinstance(location_errors, dict):
-            details.update(location_errors)
+            details.update({name: flat(errors) for name, errors in location_errors.items()})
         else:
             details.setdefault("body", []).extend(location_errors)
     return details
+
+
+def flat(errors) -> list[str]:
+    """A field's messages as one list: a list field reports per item (`{0: ["..."]}`)."""
+    if isinstance(errors, dict):
+        return [message for item in errors.values() for message in flat(item)]
+    if isinstance(errors, list):
+        return [message for item in errors for message in flat(item)]
+    return [str(errors)]
 
 
 @apifairy.error_handler

@@ -1,6 +1,7 @@
 """Marshmallow schemas: what the API reads and writes, and what its OpenAPI document says."""
 
 import ipaddress
+import re
 
 from flask import request
 from marshmallow import ValidationError, fields, post_load, validate, validates, validates_schema
@@ -11,8 +12,9 @@ from backend.clock import rfc3339
 from backend.extensions import ma
 from backend.models import LEVELS, SOURCES
 
+# \Z, not $: `$` also matches before a final newline, which would let "alice\n" through.
 USERNAME = validate.Regexp(
-    r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$",
+    r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z",
     error="1 to 64 characters: letters, digits and _ . @ - (starting with a letter or digit)",
 )
 
@@ -22,6 +24,22 @@ class UTCDateTime(fields.DateTime):
 
     def _serialize(self, value, attr, obj, **kwargs):
         return None if value is None else rfc3339(value)
+
+
+class RFC3339DateTime(fields.AwareDateTime):
+    """An RFC 3339 date-time with its offset, e.g. `2026-11-21T10:00:00Z` or
+    `2026-11-21T12:00:00.5+02:00`; other ISO 8601 forms (`20261121T100000Z`, no seconds,
+    `+0200`) are not RFC 3339 and are refused. `t`/`z` and a space for `T` are allowed (RFC 3339,
+    section 5.6)."""
+
+    FORMAT = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)",
+                        re.ASCII)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str) or not self.FORMAT.fullmatch(value):
+            raise ValidationError("must be an RFC 3339 date-time with an offset, "
+                                  "e.g. 2026-11-21T10:00:00Z")
+        return super()._deserialize(value.upper(), attr, data, **kwargs)
 
 
 class ErrorBodySchema(ma.Schema):
@@ -121,8 +139,8 @@ class LogFiltersSchema(ma.Schema):
     level = LevelList(metadata={"description": "Comma separated, e.g. `WARNING,ERROR`."})
     source = fields.String(validate=validate.OneOf(SOURCES))
     event = fields.String(validate=validate.Length(min=1, max=64))
-    since = fields.AwareDateTime(metadata={"description": "RFC 3339; inclusive."})
-    until = fields.AwareDateTime(metadata={"description": "RFC 3339; exclusive."})
+    since = RFC3339DateTime(metadata={"description": "RFC 3339; inclusive."})
+    until = RFC3339DateTime(metadata={"description": "RFC 3339; exclusive."})
     q = fields.String(validate=validate.Length(min=1, max=256),
                       metadata={"description": "Case-insensitive substring of `track`."})
 

@@ -1,6 +1,6 @@
 """The REST API under /v1: the current user, users, and the audit trail."""
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from backend.audit.events import level_for_status
 from backend.audit.writer import AuditUnavailable
@@ -19,7 +19,7 @@ def record_api_request(response: Response) -> Response:
     """
     if request.path != bp.url_prefix and not request.path.startswith(bp.url_prefix + "/"):
         return response
-    user = token_auth.current_user()
+    user = caller()
     status = response.status_code
     try:
         v1_log.send(current_app._get_current_object(), event="api.request",
@@ -29,6 +29,20 @@ def record_api_request(response: Response) -> Response:
     except AuditUnavailable as error:
         return error_response(error.code, error.description)
     return response
+
+
+def caller():
+    """The holder of the request's valid bearer token, or None: a caller with a live token is
+    not anonymous, whatever the status.
+
+    Flask-HTTPAuth sets current_user() only once the role check passes; a 403 must still name
+    the token's holder (`g.token` is set by verify_token for any live token). A 404 or 405 from
+    routing ran no view, so nothing checked the token yet: check it here.
+    """
+    user = token_auth.current_user() or getattr(g.get("token"), "user", None)
+    if user is None and request.routing_exception is not None:
+        user = token_auth.authenticate(token_auth.get_auth(), None) or None
+    return user
 
 
 from backend.v1 import logs, users  # noqa: E402,F401  (registers the routes)

@@ -1,0 +1,117 @@
+"""`config.settings(environ)`: the environment variables of CONTRACT.md, and start-up failures."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import config
+from config import ConfigError, settings
+
+PG = "postgresql://audit:secret@db.example:5432/audit"
+
+
+@pytest.fixture
+def environ(tmp_path):
+    """A minimal environment; its instance folder is a temporary one."""
+    return {"INSTANCE_PATH": str(tmp_path)}
+
+
+def config_error(environ: dict) -> str:
+    """The message of the ConfigError that `settings(environ)` raises."""
+    with pytest.raises(ConfigError) as raised:
+        settings(environ)
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+def test_production_without_a_secret_key_is_refused(environ):
+    assert "SECRET_KEY" in config_error(environ | {"APP_ENV": "production", "DATABASE_URL": PG})
+
+
+def test_production_with_an_empty_secret_key_is_refused(environ):
+    message = config_error(environ | {"APP_ENV": "production", "DATABASE_URL": PG,
+                                      "SECRET_KEY": ""})
+    assert "SECRET_KEY" in message
+
+
+def test_production_without_a_database_url_is_refused(environ):
+    assert "DATABASE_URL" in config_error(environ | {"APP_ENV": "production", "SECRET_KEY": "s"})
+
+
+def test_production_with_both_is_accepted(environ):
+    result = settings(environ | {"APP_ENV": "production", "DATABASE_URL": PG, "SECRET_KEY": "s"})
+    assert (result["APP_ENV"], result["SECRET_KEY"]) == ("production", "s")
+    assert result["TESTING"] is False
+
+
+def test_an_unknown_app_env_is_refused(environ):
+    message = config_error(environ | {"APP_ENV": "staging"})
+    assert "APP_ENV" in message and "staging" in message
+
+
+def test_app_env_defaults_to_development(environ):
+    assert settings(environ)["APP_ENV"] == "development"
+
+
+@pytest.mark.parametrize("value", ["soon", "1.5", "0", "-60"])
+def test_a_token_ttl_that_is_not_a_positive_whole_number_is_refused(environ, value):
+    assert "TOKEN_TTL" in config_error(environ | {"TOKEN_TTL": value})
+
+
+def test_token_ttl_is_read_as_seconds(environ):
+    assert settings(environ | {"TOKEN_TTL": "120"})["TOKEN_TTL"] == 120
+
+
+def test_token_ttl_defaults_to_an_hour(environ):
+    assert settings(environ)["TOKEN_TTL"] == 3600
+
+
+def test_a_negative_trusted_proxy_hops_is_refused(environ):
+    assert "TRUSTED_PROXY_HOPS" in config_error(environ | {"TRUSTED_PROXY_HOPS": "-1"})
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
+def test_postgresql_urls_use_psycopg_3(environ, scheme):
+    url = f"{scheme}://audit:secret@db.example:5432/audit"
+    assert settings(environ | {"DATABASE_URL": url})["SQLALCHEMY_DATABASE_URI"] == (
+        "postgresql+psycopg://audit:secret@db.example:5432/audit")
+
+
+def test_other_database_urls_are_left_alone(environ):
+    url = "sqlite:////var/lib/audit/audit.db"
+    assert settings(environ | {"DATABASE_URL": url})["SQLALCHEMY_DATABASE_URI"] == url
+
+
+def test_the_default_database_is_sqlite_in_the_instance_folder(environ, tmp_path):
+    uri = settings(environ)["SQLALCHEMY_DATABASE_URI"]
+    assert uri == f"sqlite:///{tmp_path / 'audit.db'}"
+
+
+def test_the_development_secret_persists_in_the_instance_folder(environ, tmp_path):
+    first = settings(environ)["SECRET_KEY"]
+    assert settings(environ)["SECRET_KEY"] == first
+    assert (tmp_path / "secret_key").read_text().strip() == first
+    assert len(first) >= 32
+
+
+def test_the_development_secret_is_readable_by_its_owner_only(environ, tmp_path):
+    settings(environ)
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_each_instance_folder_gets_its_own_random_secret(tmp_path):
+    keys = {settings({"INSTANCE_PATH": str(tmp_path / name)})["SECRET_KEY"] for name in "ab"}
+    assert len(keys) == 2
+
+
+def test_wsgi_in_production_without_a_secret_key_exits_with_one_line(tmp_path):
+    environ = {"PATH": os.environ["PATH"], "APP_ENV": "production", "DATABASE_URL": PG,
+               "INSTANCE_PATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", "import wsgi"], env=environ, cwd=config.ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "SECRET_KEY" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,120 @@
+"""Every error, from every blueprint and from routing, has the one JSON shape of CONTRACT.md.
+
+`assert_error` and `add_crashing_route` are shared with the other test modules.
+"""
+
+from backend.extensions import token_auth
+from tests.conftest import ALICE, basic
+
+JSON = "application/json; charset=utf-8"
+CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+         405: "method_not_allowed", 409: "conflict", 500: "internal_server_error",
+         503: "service_unavailable"}
+CRASH_MESSAGE = "kaboom: db password is hunter2"
+
+
+def assert_error(response, status: int, details: set[str] | None = None) -> dict:
+    """Check `{"error": {"status", "code", "message"[, "details"]}}`; return the inner object.
+
+    `details` are the field names a validation error must name; without them the error must
+    have no `details` at all.
+    """
+    assert response.status_code == status
+    assert response.content_type == JSON
+    body = response.get_json()
+    assert list(body) == ["error"]
+    error = body["error"]
+    expected_keys = {"status", "code", "message"} | ({"details"} if details else set())
+    assert set(error) == expected_keys
+    assert (error["status"], error["code"]) == (status, CODES[status])
+    assert isinstance(error["message"], str) and error["message"].strip()
+    if details:
+        assert set(error["details"]) == details
+        assert all(isinstance(m, str) for messages in error["details"].values() for m in messages)
+    return error
+
+
+def add_crashing_route(app, api) -> str:
+    """Add GET /v1/boom (bearer auth) that raises RuntimeError; return alice's token for it.
+
+    Routes can only be added before the app's first request, so this logs in afterwards.
+    """
+
+    def boom():
+        raise RuntimeError(CRASH_MESSAGE)
+
+    app.add_url_rule("/v1/boom", "boom", token_auth.login_required(boom))
+    api.create_user(*ALICE)
+    return api.login(*ALICE)
+
+
+def test_routing_404_under_v1_with_a_token(api, users):
+    assert_error(api.get("/v1/no-such-thing", users["alice"]), 404)
+
+
+def test_routing_404_at_top_level(client):
+    assert_error(client.get("/no-such-thing"), 404)
+
+
+def test_404_of_an_absent_row(api, users):
+    assert_error(api.get("/v1/logs/999999", users["admin"]), 404)
+
+
+def test_405_under_v1_lists_the_allowed_methods(api, users):
+    response = api.post("/v1/me", users["alice"])
+    assert_error(response, 405)
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+
+
+def test_405_at_top_level_lists_the_allowed_methods(client):
+    response = client.delete("/login")
+    assert_error(response, 405)
+    assert set(response.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+
+
+def test_401_on_v1_challenges_for_a_bearer_token(client):
+    response = client.get("/v1/me")
+    assert_error(response, 401)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer ")
+
+
+def test_401_with_a_bad_token_challenges_for_a_bearer_token(client):
+    response = client.get("/v1/me", headers={"Authorization": "Bearer not-a-real-token"})
+    assert_error(response, 401)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer ")
+
+
+def test_401_at_login_challenges_for_basic_credentials(api, client):
+    api.create_user(*ALICE)
+    response = client.post("/login", headers=basic("alice", "not-her-password"))
+    assert_error(response, 401)
+    assert response.headers["WWW-Authenticate"].startswith("Basic ")
+
+
+def test_403_has_the_error_shape(api, users):
+    assert_error(api.get("/v1/users", users["alice"]), 403)
+
+
+def test_400_of_a_bad_query_parameter_names_it(api, users):
+    error = assert_error(api.get("/v1/logs?limit=0", users["alice"]), 400, details={"limit"})
+    assert error["details"] == {"limit": ["must be between 1 and 1000"]}
+
+
+def test_400_of_an_unknown_query_parameter_names_it(api, users):
+    assert_error(api.get("/v1/logs?colour=red", users["alice"]), 400, details={"colour"})
+
+
+def test_400_of_a_bad_body_field_names_it(api, users):
+    response = api.post("/v1/users", users["admin"], json={"username": "carol"})
+    assert_error(response, 400, details={"password"})
+
+
+def test_409_has_the_error_shape(api, users):
+    response = api.post("/v1/users", users["admin"],
+                        json={"username": "alice", "password": "another-password-1"})
+    assert_error(response, 409)
+
+
+def test_500_of_a_crash_has_the_error_shape(app, api):
+    token = add_crashing_route(app, api)
+    assert_error(api.get("/v1/boom", token), 500)

@@ -1,0 +1,147 @@
+"""GET /, /healthz, /readyz, and the OpenAPI document at /v1/openapi.json."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+
+import pytest
+import sqlalchemy as sa
+from alembic.script import ScriptDirectory
+
+import config
+from backend import create_app
+from backend.extensions import db
+from tests.conftest import make_settings
+from tests.test_errors import assert_error
+
+DOCUMENTED_PATHS = {"/login", "/logout", "/v1/me", "/v1/users", "/v1/logs", "/v1/logs/{log_id}"}
+
+
+def latest_migration() -> str:
+    """The head revision of the migration scripts in the repository."""
+    [head] = ScriptDirectory(str(config.ROOT / "migrations")).get_heads()
+    return head
+
+
+def schema_version(app) -> list[str]:
+    """The revisions recorded in the database's alembic_version table."""
+    query = sa.text("SELECT version_num FROM alembic_version")
+    with app.app_context(), db.engine.connect() as connection:
+        return list(connection.execute(query).scalars())
+
+
+@contextmanager
+def schema_version_set_to(app, revision: str) -> Iterator[None]:
+    """Pretend the schema is at `revision`, with raw SQL; restore the real version after."""
+    [real] = schema_version(app)
+
+    def set_version(value: str) -> None:
+        with app.app_context(), db.engine.begin() as connection:
+            connection.execute(sa.text("UPDATE alembic_version SET version_num = :v"), {"v": value})
+
+    set_version(revision)
+    try:
+        yield
+    finally:
+        set_version(real)
+
+
+@pytest.fixture
+def sqlite_app_at(tmp_path):
+    """Builds apps on SQLite files that are not a migrated database (no migration is run)."""
+    apps = []
+
+    def make(path):
+        apps.append(create_app(make_settings(f"sqlite:///{path}", tmp_path)))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture
+def openapi(client) -> dict:
+    response = client.get("/v1/openapi.json")
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def test_index_names_the_service_and_its_version(client):
+    body = client.get("/").get_json()
+    assert (body["service"], body["version"]) == ("flask-audit-trail", version("flask-audit-trail"))
+
+
+def test_index_links_to_the_api(client):
+    links = client.get("/").get_json()["links"]
+    assert links["openapi"] == "http://localhost/v1/openapi.json"
+    assert links["login"] == "http://localhost/login"
+    assert links["me"] == "http://localhost/v1/me"
+    assert links["logs"] == "http://localhost/v1/logs"
+
+
+def test_healthz_is_200(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_healthz_writes_no_audit_row(api, client):
+    client.get("/healthz")
+    assert api.rows() == []
+
+
+def test_healthz_is_200_without_a_database(sqlite_app_at, tmp_path):
+    app = sqlite_app_at(tmp_path / "no-such-directory" / "audit.db")
+    assert app.test_client().get("/healthz").status_code == 200
+
+
+def test_readyz_is_200_at_the_latest_migration(app, client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ready", "migration": latest_migration()}
+    assert schema_version(app) == [latest_migration()]
+
+
+def test_readyz_is_503_when_the_schema_is_at_another_migration(app, client):
+    with schema_version_set_to(app, "0000_older"):
+        response = client.get("/readyz")
+    error = assert_error(response, 503)
+    assert "flask db upgrade" in error["message"]
+
+
+def test_readyz_is_503_on_a_database_without_tables(sqlite_app_at, tmp_path):
+    app = sqlite_app_at(tmp_path / "empty.db")
+    assert_error(app.test_client().get("/readyz"), 503)
+
+
+def test_readyz_is_503_when_the_database_does_not_answer(sqlite_app_at, tmp_path):
+    app = sqlite_app_at(tmp_path / "no-such-directory" / "audit.db")
+    assert_error(app.test_client().get("/readyz"), 503)
+
+
+def test_openapi_is_public(client):
+    assert client.get("/v1/openapi.json").status_code == 200
+
+
+def test_openapi_is_version_3(openapi):
+    assert openapi["openapi"].startswith("3.")
+
+
+def test_openapi_documents_every_route(openapi):
+    assert DOCUMENTED_PATHS <= set(openapi["paths"])
+
+
+def test_openapi_has_a_bearer_security_scheme(openapi):
+    schemes = openapi["components"]["securitySchemes"].values()
+    assert {"type": "http", "scheme": "bearer"} in [
+        {"type": s.get("type"), "scheme": s.get("scheme")} for s in schemes]
+
+
+def test_openapi_says_v1_routes_need_the_bearer_token(openapi):
+    bearer_names = {name for name, scheme in openapi["components"]["securitySchemes"].items()
+                    if scheme.get("scheme") == "bearer"}
+    for path in DOCUMENTED_PATHS - {"/login"}:
+        for operation in openapi["paths"][path].values():
+            assert bearer_names & {name for need in operation["security"] for name in need}

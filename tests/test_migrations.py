@@ -1,0 +1,27 @@
+"""The migrations build exactly the schema the models describe, on both databases."""
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from backend.extensions import db
+from tests.conftest import ALICE
+from tests.test_main import schema_version
+
+
+def test_the_migrated_schema_matches_the_models(app):
+    with app.app_context(), db.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), db.metadata)
+    assert diff == []
+
+
+def test_upgrade_at_the_latest_migration_succeeds(runner):
+    result = runner.invoke(args=["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+
+
+def test_upgrade_at_the_latest_migration_changes_nothing(app, api, runner):
+    api.create_user(*ALICE)
+    before = schema_version(app)
+    runner.invoke(args=["db", "upgrade"])
+    assert schema_version(app) == before
+    assert api.login(*ALICE)
