@@ -88,6 +88,7 @@ def register_blueprints(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from backend.cli import users
+    from backend.cli import audit, users
 
     app.cli.add_command(users)
+    app.cli.add_command(audit)

@@ -1,4 +1,4 @@
-"""Command-line tools: `flask users ...` (and, later, `flask audit ...`)."""
+"""Command-line tools: `flask users ...` and `flask audit ...`."""
 
 import sys
 
@@ -11,6 +11,7 @@ from backend.schemas import NewUserSchema
 from backend.users import UsernameTaken, create_user, ensure_admin
 
 users = AppGroup("users", help="Manage the users who can log in.")
+audit = AppGroup("audit", help="Check, export and prune the audit trail.")
 
 
 @users.command("create")
