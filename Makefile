@@ -5,18 +5,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint
+.PHONY: run test lint bench-query
 
+# The container's boot (backend/boot.py): flask db upgrade, flask users ensure-admin, then
+# gunicorn with backend/gunicorn_conf.py, here on this host's loopback only.
 run: $(VENV)/.installed
-	$(BIN)/flask db upgrade
-	$(BIN)/flask users ensure-admin
-	exec $(BIN)/gunicorn --bind 127.0.0.1:$(PORT) --workers 2 --access-logfile - wsgi:app
+	exec $(BIN)/python -m backend.boot --bind 127.0.0.1:$(PORT)
 
 test: $(VENV)/.installed-test
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+
+# The query and export benchmark (README, "Benchmarks"): ROWS=10000000 make bench-query.
+ROWS ?= 1000000
+bench-query: $(VENV)/.installed
+	$(BIN)/python -m bench.query --rows $(ROWS)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

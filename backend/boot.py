@@ -1,0 +1,79 @@
+"""The service's start, in the container and with `make run`: migrate, admin, then gunicorn.
+
+    python -m backend.boot [gunicorn options]
+
+run from the directory that holds wsgi.py. It does what `flask db upgrade` and
+`flask users ensure-admin` do, then replaces itself with gunicorn (exec), so the container's
+stop signal goes straight to gunicorn's master. Several copies may start at once against one
+PostgreSQL (scaling out): an advisory lock lets one migrate while the others wait for it.
+"""
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+import sqlalchemy as sa
+from flask import Flask
+from flask_migrate import upgrade
+
+from backend import dispose_engines
+from backend.extensions import db
+from config import ConfigError
+
+GUNICORN_CONFIG = "python:backend.gunicorn_conf"
+# Any 64-bit number, the same in every copy of the service: "audit_bo" in ASCII.
+BOOT_LOCK = 0x6175_6469_745F_626F
+CONFIGURATION_ERROR = 4  # as wsgi.py: gunicorn's "application failed to load"
+
+
+def main(gunicorn_options: list[str]) -> int:
+    """Migrate and make sure an admin exists, then exec gunicorn; return an exit code if not."""
+    try:
+        from backend import gunicorn_conf  # noqa: F401  (its settings, checked before migrating)
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return CONFIGURATION_ERROR
+    # The very app gunicorn will serve; a bad setting exits here with its one-line message.
+    from wsgi import app
+
+    try:
+        prepare(app)
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    finally:
+        dispose_engines(app)
+    command = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, *gunicorn_options,
+               "wsgi:app"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
+
+
+def prepare(app: Flask) -> None:
+    """`flask db upgrade`, then `flask users ensure-admin`, one boot at a time."""
+    with app.app_context(), one_boot_at_a_time():
+        upgrade()
+        app.cli.main(["users", "ensure-admin"], prog_name="flask", standalone_mode=False)
+
+
+@contextmanager
+def one_boot_at_a_time() -> Iterator[None]:
+    """On PostgreSQL, hold a session advisory lock for the block (SQLite: one machine, no-op)."""
+    if db.engine.dialect.name != "postgresql":
+        yield
+        return
+    with db.engine.connect() as connection:
+        connection.execute(sa.select(sa.func.pg_advisory_lock(BOOT_LOCK)))
+        connection.commit()  # the lock is the session's; no transaction stays open meanwhile
+        try:
+            yield
+        finally:
+            connection.execute(sa.select(sa.func.pg_advisory_unlock(BOOT_LOCK)))
+            connection.commit()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,168 @@
+"""gunicorn's settings for every way the service is served: the container and `make run`.
+
+    gunicorn -c python:backend.gunicorn_conf wsgi:app
+
+gunicorn reads this module's names that match its settings; everything else here is a helper.
+Options on the command line, and in GUNICORN_CMD_ARGS, override what is set here.
+"""
+
+import ipaddress
+import json
+import math
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dotenv import load_dotenv
+from gunicorn import glogging
+
+from backend import dispose_engines
+from config import ROOT, _positive_int
+
+CGROUP = Path("/sys/fs/cgroup")
+# The same .env the app reads (config.settings), so that gunicorn and the app agree on
+# TRUSTED_PROXY_HOPS; like there, a variable already set wins.
+load_dotenv(ROOT / ".env")
+
+
+def container_cpus(cgroup: Path = CGROUP) -> int:
+    """The CPUs this process may use: its CPU set, capped by a cgroup quota (`docker --cpus`)."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota(cgroup)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return cpus
+
+
+def _cgroup_quota(cgroup: Path) -> float | None:
+    """The CPU quota in CPUs, from cgroup v2 (`cpu.max`) or v1 (`cpu.cfs_*_us`); None: no limit."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    return int(quota) / int(period)
+
+
+# --- workers -------------------------------------------------------------------------------
+# gunicorn's rule of thumb, 2 x CPUs + 1, counted from the container's CPUs, not the host's.
+workers = _positive_int(os.environ, "GUNICORN_WORKERS", 2 * container_cpus() + 1)
+# Threads let a worker wait on PostgreSQL (and hash a password) for one request while it
+# serves another; each thread may hold a request connection and an audit-writer connection.
+threads = _positive_int(os.environ, "GUNICORN_THREADS", 2)
+worker_class = "gthread"
+# The app is built once in the master and forked: a bad setting stops gunicorn before any
+# worker starts, and workers share its memory. post_fork below makes that safe for the pools.
+preload_app = True
+# A worker restarts after this many requests (a slow leak cannot grow for ever); the jitter
+# keeps all workers from restarting at the same moment.
+max_requests = 1000
+max_requests_jitter = 100
+timeout = 30
+# SIGTERM: stop accepting, let in-flight requests finish (their audit rows included) for up
+# to this long. docker-compose.yml's stop_grace_period must be longer.
+graceful_timeout = 30
+keepalive = 5
+# The heartbeat file of each worker: in memory, not on the container's overlay file system.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# The container listens on every interface of its own network namespace; `make run` passes
+# --bind 127.0.0.1:$PORT.
+bind = ["0.0.0.0:8000"]
+
+# gunicorn >= 25 opens a control socket for `gunicornc` in ~/.gunicorn by default: an
+# unwritable home for the container's user, and one shared path for every gunicorn of a user on
+# a machine. The service is run by signals (docker stop, SIGHUP), so it has none.
+control_socket_disable = True
+
+# --- the client's address ------------------------------------------------------------------
+# ProxyFix (backend.register_proxy_fix) takes X-Forwarded-For/-Proto from exactly
+# TRUSTED_PROXY_HOPS proxies. gunicorn agrees: with no proxy it trusts forwarding headers from
+# no one (its default trusts 127.0.0.1, so a local client could claim https); behind proxies
+# it accepts them only from FORWARDED_ALLOW_IPS (default: any peer, as the proxies' addresses
+# are seldom known in a container network), and pre_request strips them from anyone else
+# before ProxyFix sees them.
+TRUSTED_PROXY_HOPS = _positive_int(os.environ, "TRUSTED_PROXY_HOPS", 0, minimum=0)
+forwarded_allow_ips = (os.environ.get("FORWARDED_ALLOW_IPS") or "*") if TRUSTED_PROXY_HOPS else ""
+# No peer may rewrite SCRIPT_NAME or PATH_INFO through headers: the app is not mounted under a
+# prefix, and the Link URLs it builds must not be steerable.
+forwarder_headers = ""
+
+
+def peer_is_trusted_proxy(peer, allowed: list[str]) -> bool:
+    """Whether `peer` (a socket address) is in `allowed` (addresses, networks or "*")."""
+    if not isinstance(peer, tuple):  # a Unix socket: only the host's own processes reach it
+        return True
+    if "*" in allowed:
+        return True
+    try:
+        address = ipaddress.ip_address(peer[0])
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(network) for network in allowed)
+
+
+def pre_request(worker, req) -> None:
+    """Forwarding headers count only from a trusted proxy: drop them from anyone else."""
+    if not peer_is_trusted_proxy(req.peer_addr, worker.cfg.forwarded_allow_ips):
+        req.headers = [(name, value) for name, value in req.headers
+                       if not name.startswith("X-FORWARDED-") and name != "FORWARDED"]
+
+
+# --- database connections ------------------------------------------------------------------
+def post_fork(server, worker) -> None:
+    """A new worker must not use a connection of the master's: start its pools empty.
+
+    Forgotten, not closed (closing them here would close them for the master too). Then
+    pool_pre_ping (config.settings) replaces connections that a database restart has cut.
+    """
+    app = server.app.callable  # the app preload_app built in the master
+    if app is not None:
+        dispose_engines(app, close=False)
+
+
+def when_ready(server) -> None:
+    """Say once how the service is served (the access log then has one line per request)."""
+    server.log.info("serving with %d workers x %d threads; trusted proxy hops: %d",
+                    server.cfg.workers, server.cfg.threads, TRUSTED_PROXY_HOPS)
+
+
+# --- logs ------------------------------------------------------------------------------------
+class JsonAccessLogger(glogging.Logger):
+    """gunicorn's logger, with one JSON object per request on the access log.
+
+    `client` is the address the audit trail records (after ProxyFix), `peer` the socket's; the
+    request id is the one of the response's X-Request-ID header and of the request's audit rows.
+    The Authorization header, and so no password or token, is never written.
+    """
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if not self.access_log_enabled:
+            return
+        original = environ.get("werkzeug.proxy_fix.orig") or environ
+        headers = {name.lower(): value for name, value in resp.headers}
+        entry = {
+            "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "client": environ.get("REMOTE_ADDR"),
+            "peer": original.get("REMOTE_ADDR"),
+            "method": environ.get("REQUEST_METHOD"),
+            "path": environ.get("PATH_INFO"),
+            "query": environ.get("QUERY_STRING", ""),
+            "status": resp.status_code,
+            "bytes": resp.sent,
+            "duration_ms": round(request_time.total_seconds() * 1000, 3),
+            "request_id": headers.get("x-request-id"),
+            "user_agent": environ.get("HTTP_USER_AGENT"),
+            "pid": os.getpid(),
+        }
+        self.access_log.info(json.dumps(entry))
+
+
+logger_class = JsonAccessLogger
+accesslog = "-"
+errorlog = "-"

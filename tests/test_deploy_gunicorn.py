@@ -1,0 +1,206 @@
+"""backend/gunicorn_conf.py: the settings gunicorn resolves from it, and what they do when served.
+
+The settings are read back from gunicorn itself (`--print-config`), under a given environment;
+the client-address rules are checked against a real gunicorn on a loopback port.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import config
+from backend import create_app, gunicorn_conf
+from backend.extensions import db
+from backend.gunicorn_conf import container_cpus
+from tests.conftest import make_settings
+from tests.serving import (
+    BIN,
+    Client,
+    access_log,
+    free_port,
+    make_run_command,
+    start,
+    stop,
+    wait_until_ready,
+)
+
+ADMIN = ("admin", "gunicorn-admin-password-1")
+# What a client claims in its own headers, and what the proxy in front of the app appends.
+CLAIMED, PROXY_SEEN = "203.0.113.66", "198.51.100.7"
+
+
+def print_config(**environ: str) -> subprocess.CompletedProcess:
+    """`gunicorn --print-config` with our config, under `environ`. Unset is pinned as empty
+    (which means the default too), so that a developer's .env cannot fill it in."""
+    env = {"PATH": os.defpath, "GUNICORN_WORKERS": "", "GUNICORN_THREADS": "",
+           "TRUSTED_PROXY_HOPS": "", "FORWARDED_ALLOW_IPS": "", **environ}
+    return subprocess.run(
+        [BIN / "gunicorn", "-c", "python:backend.gunicorn_conf", "--print-config", "wsgi:app"],
+        cwd=config.ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def gunicorn_settings(**environ: str) -> dict[str, str]:
+    """gunicorn's own view of its settings, resolved from our config under `environ`."""
+    done = print_config(**environ)
+    assert done.returncode == 0, done.stderr
+    return dict((part.strip() for part in line.split("=", 1))
+                for line in done.stdout.splitlines() if " = " in line)
+
+
+# --- settings ----------------------------------------------------------------------------------
+def test_the_boot_refuses_a_bad_gunicorn_setting_before_touching_the_database(tmp_path):
+    database = tmp_path / "audit.db"
+    env = {"PATH": os.defpath, "INSTANCE_PATH": str(tmp_path), "GUNICORN_THREADS": "many",
+           "DATABASE_URL": f"sqlite:///{database}"}
+    done = subprocess.run(make_run_command(free_port()), cwd=config.ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 4
+    assert done.stderr == "configuration error: GUNICORN_THREADS must be a whole number," \
+                          " not 'many'\n"
+    assert not database.exists()
+
+
+def test_workers_default_to_twice_the_cpus_plus_one_with_two_threads():
+    settings = gunicorn_settings()
+    assert settings["workers"] == str(2 * container_cpus() + 1)
+    assert (settings["threads"], settings["worker_class"]) == ("2", "gthread")
+
+
+def test_workers_and_threads_come_from_the_environment():
+    settings = gunicorn_settings(GUNICORN_WORKERS="3", GUNICORN_THREADS="8")
+    assert (settings["workers"], settings["threads"]) == ("3", "8")
+
+
+def test_a_bad_worker_count_is_refused_with_its_name():
+    done = print_config(GUNICORN_WORKERS="0")
+    assert done.returncode != 0
+    assert "GUNICORN_WORKERS must be at least 1, not 0" in done.stdout + done.stderr
+
+
+def test_workers_are_recycled_with_jitter_and_share_the_preloaded_app():
+    settings = gunicorn_settings()
+    assert int(settings["max_requests"]) > 0 and int(settings["max_requests_jitter"]) > 0
+    assert settings["preload_app"] == "True"
+
+
+def test_no_control_socket_is_opened():
+    assert gunicorn_settings()["control_socket_disable"] == "True"
+
+
+def test_without_proxies_no_peer_may_set_forwarding_headers():
+    settings = gunicorn_settings(TRUSTED_PROXY_HOPS="0", FORWARDED_ALLOW_IPS="*")
+    assert settings["forwarded_allow_ips"] == "[]"
+    assert settings["forwarder_headers"] == "[]"
+
+
+@pytest.mark.parametrize(("allowed", "expected"), [(None, "['*']"),
+                                                   ("10.0.0.0/8", "['10.0.0.0/8']")])
+def test_behind_proxies_forwarding_headers_come_from_forwarded_allow_ips(allowed, expected):
+    settings = gunicorn_settings(TRUSTED_PROXY_HOPS="1", FORWARDED_ALLOW_IPS=allowed or "")
+    assert settings["forwarded_allow_ips"] == expected
+
+
+@pytest.mark.parametrize(("files", "cpus"), [
+    ({"cpu.max": "50000 100000\n"}, 1),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_the_cpu_count_follows_the_cgroup_quota(tmp_path, files, cpus):
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(content)
+    # None: no quota, so the CPUs this process may run on.
+    assert container_cpus(tmp_path) == (cpus or len(os.sched_getaffinity(0)))
+
+
+# --- connection pools after fork ----------------------------------------------------------------
+def test_post_fork_empties_every_engines_pool_and_leaves_the_masters_connections_open(
+        database_url, tmp_path):
+    """A worker forgets the master's pooled connections (the app's and the audit writer's)
+    without closing them, as they are the master's too."""
+    app = create_app(make_settings(database_url, tmp_path))
+    with app.app_context():
+        engines = [*db.engines.values(), app.extensions["audit_writer"].engine]
+    masters = []
+    for engine in engines:
+        pooled = engine.raw_connection()
+        masters.append(pooled.driver_connection)
+        pooled.close()  # back to the pool
+        assert engine.pool.checkedin() == 1
+
+    class Server:  # what post_fork uses of gunicorn's arbiter
+        class app:
+            callable = app
+
+    gunicorn_conf.post_fork(Server, worker=None)
+    assert [engine.pool.checkedin() for engine in engines] == [0] * len(engines)
+    for connection in masters:
+        connection.cursor().execute("SELECT 1")  # still open
+        connection.close()
+
+
+# --- the client's address, served ---------------------------------------------------------------
+@pytest.fixture
+def serve(tmp_path):
+    """Start `make run`'s command on a fresh SQLite database with extra `environ`."""
+    servers = []
+
+    def run(**environ: str) -> tuple[Client, Path]:
+        port = free_port()
+        log = tmp_path / f"server-{port}.log"
+        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(tmp_path),
+               "APP_ENV": "development", "INSTANCE_PATH": str(tmp_path),
+               "DATABASE_URL": f"sqlite:///{tmp_path / 'audit.db'}",
+               "SECRET_KEY": "gunicorn-test-secret-key", "ADMIN_USERNAME": ADMIN[0],
+               "ADMIN_PASSWORD": ADMIN[1], "GUNICORN_WORKERS": "1", **environ}
+        servers.append(start(make_run_command(port), env, log))
+        client = Client(f"http://127.0.0.1:{port}")
+        wait_until_ready(client, servers[-1], log)
+        return client, log
+
+    yield run
+    for server in servers:
+        stop(server)
+
+
+def forwarded_login(client: Client, log: Path) -> tuple[str, str, dict]:
+    """Log in with forwarding headers; return the audited address, the scheme of the links the
+    app builds, and the login's access-log entry."""
+    headers = {"X-Forwarded-For": f"{CLAIMED}, {PROXY_SEEN}", "X-Forwarded-Proto": "https"}
+    login = client.post("/login", basic=ADMIN, headers=headers)
+    assert login.status == 200, login.body
+    request_id = login.headers["X-Request-ID"]
+    rows = client.get("/v1/logs?event=login.success", token=login.body["token"]).body["items"]
+    [row] = [row for row in rows if row["request_id"] == request_id]
+    scheme = client.get("/", headers=headers).body["links"]["login"].split(":")[0]
+    [entry] = [entry for entry in access_log(log) if entry["request_id"] == request_id]
+    return row["ip"], scheme, entry
+
+
+@pytest.mark.serving
+def test_without_proxies_forwarding_headers_are_ignored(serve):
+    """Gunicorn's default would trust X-Forwarded-Proto from 127.0.0.1; not here."""
+    ip, scheme, entry = forwarded_login(*serve(TRUSTED_PROXY_HOPS="0"))
+    assert (ip, scheme) == ("127.0.0.1", "http")
+    assert (entry["client"], entry["peer"]) == ("127.0.0.1", "127.0.0.1")
+
+
+@pytest.mark.serving
+def test_behind_one_proxy_the_address_it_saw_is_recorded_and_logged(serve):
+    """Only the hop the proxy appended counts; the client's own claim never does."""
+    ip, scheme, entry = forwarded_login(*serve(TRUSTED_PROXY_HOPS="1"))
+    assert (ip, scheme) == (PROXY_SEEN, "https")
+    assert (entry["client"], entry["peer"]) == (PROXY_SEEN, "127.0.0.1")
+
+
+@pytest.mark.serving
+def test_forwarding_headers_from_a_peer_that_is_not_the_proxy_are_dropped(serve):
+    """The proxy is at 192.0.2.10; a client reaching the port directly cannot pose as it."""
+    ip, scheme, entry = forwarded_login(*serve(TRUSTED_PROXY_HOPS="1",
+                                               FORWARDED_ALLOW_IPS="192.0.2.10"))
+    assert (ip, scheme) == ("127.0.0.1", "http")
+    assert (entry["client"], entry["peer"]) == ("127.0.0.1", "127.0.0.1")
