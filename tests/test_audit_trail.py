@@ -198,8 +198,12 @@ def test_the_receivers_still_record_after_garbage_collection(app, api, client):
                        ("main", "index.view"), ("auth", "login.failure")]
 
 
-# -- fail closed ------------------------------------------------------------------------------
+# -- fail closed: neither the database nor the spool (on a full disk) takes the row ------------
 
+DISK_FULL = pytest.mark.settings(AUDIT_SPOOL_PATH="/dev/full")
+
+
+@DISK_FULL
 def test_a_v1_request_whose_row_cannot_be_written_answers_503(app, api, users):
     with audit_table_unavailable(app):
         response = api.get("/v1/me", users["alice"])
@@ -208,6 +212,7 @@ def test_a_v1_request_whose_row_cannot_be_written_answers_503(app, api, users):
     assert api.rows(event="api.request") == []
 
 
+@DISK_FULL
 def test_a_login_whose_row_cannot_be_written_answers_503_without_a_token(app, api, client):
     api.create_user(*ALICE)
     with audit_table_unavailable(app):

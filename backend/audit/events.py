@@ -1,5 +1,6 @@
 """An audit event, and the parts of the request every event carries."""
 
+import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -9,6 +10,7 @@ from flask import Response, g, has_request_context, request
 from backend.clock import utcnow
 
 TRACK_MAX = 2000
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,23 @@ class AuditEvent:
     request_id: str | None = None
     user_agent: str | None = None
     created_at: datetime = field(default_factory=utcnow)
+    # Names the event across retries: a replay from the spool never writes it twice.
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
 
     def as_row(self) -> dict:
-        """The column values of the `audit_log` row."""
-        return asdict(self)
+        """The column values of the `audit_log` row.
+
+        NUL (which PostgreSQL text cannot hold) and lone surrogates (which no UTF-8 encoder
+        takes, e.g. from JSON's "\\ud800") are stored as U+FFFD on every database: an event
+        the database can never take would stay first in the spool and hold back every later one.
+        """
+        return {name: storable(value) if isinstance(value, str) else value
+                for name, value in asdict(self).items()}
+
+
+def storable(text: str) -> str:
+    """`text` with what no database or UTF-8 file can hold replaced by U+FFFD."""
+    return _UNSTORABLE.sub("\N{REPLACEMENT CHARACTER}", text)
 
 
 def event_from_signal(source: str, *, event: str, level: str = "INFO", track: str = "",

@@ -8,7 +8,7 @@ Importing this module (the app factory does) is what connects them.
 import logging
 
 from flask import got_request_exception
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import SQLAlchemyError, StatementError
 
 from backend.audit.events import event_from_signal
 from backend.audit.writer import AuditUnavailable, write
@@ -41,7 +41,10 @@ def record_request_exception(sender, exception: BaseException, **extra) -> None:
 
     The response is a 500 whatever happens here, so a failed write is logged, not raised.
     """
-    user = token_auth.current_user()
+    try:
+        username = getattr(token_auth.current_user(), "username", None)
+    except SQLAlchemyError:  # the user, expired by a commit, cannot be reloaded: the database
+        username = None  # is what failed (it went away mid-request)
     # A StatementError's text carries the SQL and its parameters; the driver's message is enough.
     cause = exception
     if isinstance(exception, StatementError) and exception.orig is not None:
@@ -49,6 +52,6 @@ def record_request_exception(sender, exception: BaseException, **extra) -> None:
     track = f"{type(exception).__module__}.{type(exception).__qualname__}: {cause}"
     try:
         write(event_from_signal("app", event="request.exception", level="ERROR", track=track,
-                                user=getattr(user, "username", None), status=500))
+                                user=username, status=500))
     except AuditUnavailable:
         logger.error("could not record request.exception: %s", track)

@@ -1,0 +1,116 @@
+"""The hash chain that makes the trail tamper-evident.
+
+Each row stores `hash = SHA-256(canonical(row) || prev_hash)`, where `prev_hash` is the hash
+of the row before it. Rows are appended under one lock (the single row of `audit_chain`), and
+their ids are given out under that lock too: ids are gapless and committed in order, so a
+missing id is a deleted row, and a reader paging by id never skips a row committed late.
+
+A chain alone can be recomputed by anyone who can write the table, so every so many rows
+the writer also stores a checkpoint: the head's id and hash, signed
+with HMAC-SHA-256 under AUDIT_SIGNING_KEY, which the database never sees.
+(AUDIT_CHECKPOINT_EVERY rows, default 1000.)
+"""
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from backend.audit.events import AuditEvent
+from backend.clock import rfc3339
+from backend.models import AuditChain, Checkpoint, Log
+
+GENESIS = "0" * 64
+# The fields a row's hash covers, in this order; changing it is a new chain version.
+HASHED_FIELDS = ("id", "created_at", "event_id", "source", "event", "level", "user", "ip",
+                 "track", "method", "path", "status", "request_id", "user_agent")
+
+
+def row_hash(row: dict, prev_hash: str) -> str:
+    """SHA-256 over the canonical JSON of the row's hashed fields, then the previous hash."""
+    values = []
+    for name in HASHED_FIELDS:
+        value = row[name]
+        if isinstance(value, datetime):
+            value = rfc3339(value)
+        elif name == "event_id" and value is not None:
+            value = str(value)
+        values.append(value)
+    canonical = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode() + prev_hash.encode()).hexdigest()
+
+
+def checkpoint_mac(key: bytes, log_id: int, log_hash: str, reason: str) -> str:
+    """HMAC-SHA-256 of a chain position and why it was signed: proves who wrote it without the
+    key being in the database. The reason is covered, so a periodic checkpoint cannot be passed
+    off as a purge's (which vouches that the rows before it were removed on purpose)."""
+    message = f"{log_id}:{log_hash}:{reason}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def append(connection: sa.Connection, events: Sequence[AuditEvent], key: bytes,
+           checkpoint_every: int = 1000) -> list[int]:
+    """Append `events` to the chain inside the caller's transaction.
+
+    Locks the chain's head row for the rest of the transaction, so concurrent writers (other
+    threads, workers or machines) queue here and the chain stays linear. Returns the new ids.
+    """
+    head = lock_head(connection)
+    last_id, prev_hash, last_created_at = head.last_id, head.last_hash, head.last_created_at
+    rows, checkpoints = [], []
+    since_checkpoint = head.since_checkpoint
+    for event in events:
+        row = event.as_row()
+        last_id += 1
+        row["id"] = last_id
+        # Time never runs backwards along the chain, so (created_at, id) order is id order.
+        if last_created_at is not None and row["created_at"] < last_created_at:
+            row["created_at"] = last_created_at
+        row["prev_hash"] = prev_hash
+        row["hash"] = prev_hash = row_hash(row, prev_hash)
+        last_created_at = row["created_at"]
+        rows.append(row)
+        since_checkpoint += 1
+        if since_checkpoint >= checkpoint_every:
+            checkpoints.append(_checkpoint(key, row, "periodic"))
+            since_checkpoint = 0
+    connection.execute(sa.insert(Log), rows)
+    if checkpoints:
+        connection.execute(sa.insert(Checkpoint), checkpoints)
+    connection.execute(
+        sa.update(AuditChain).where(AuditChain.id == 1).values(
+            last_id=last_id, last_hash=prev_hash, last_created_at=last_created_at,
+            since_checkpoint=since_checkpoint)
+    )
+    return [row["id"] for row in rows]
+
+
+def lock_head(connection: sa.Connection):
+    """The chain's head row, locked until the transaction ends (appends queue behind it)."""
+    return connection.execute(
+        sa.select(AuditChain.last_id, AuditChain.last_hash, AuditChain.last_created_at,
+                  AuditChain.since_checkpoint)
+        .where(AuditChain.id == 1)
+        .with_for_update()
+    ).one()
+
+
+def sign(key: bytes, log_id: int, log_hash: str, created_at: datetime, reason: str) -> dict:
+    """A checkpoint row vouching that row `log_id` has hash `log_hash`."""
+    return {"log_id": log_id, "log_hash": log_hash, "created_at": created_at,
+            "reason": reason, "mac": checkpoint_mac(key, log_id, log_hash, reason)}
+
+
+def _checkpoint(key: bytes, row: dict, reason: str) -> dict:
+    return sign(key, row["id"], row["hash"], row["created_at"], reason)
+
+
+def existing_event_ids(connection: sa.Connection, event_ids: Iterable) -> set:
+    """Which of these events are already in the trail (a replay must not write them twice)."""
+    event_ids = list(event_ids)
+    if not event_ids:
+        return set()
+    return set(connection.scalars(sa.select(Log.event_id).where(Log.event_id.in_(event_ids))))

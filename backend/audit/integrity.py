@@ -1,0 +1,227 @@
+"""Proving the trail intact (`verify`), signing its head (`anchor`) and retention (`purge`).
+
+`verify` walks every row in id order and names the first one that breaks a promise:
+
+- a missing id: a row was deleted;
+- a `prev_hash` that is not the previous row's hash: rows were inserted, removed or moved;
+- a `hash` that does not match the row's content: a field was changed;
+- a row whose hash differs from a signed checkpoint (in the database, or in an anchor file
+  kept elsewhere): the chain was recomputed by someone without AUDIT_SIGNING_KEY;
+- a checkpoint whose signature is wrong: forged without the key;
+- a row beyond the chain's head: inserted without the writer (which moves the head with it).
+
+It reads one snapshot (`snapshot`): rows and checkpoints committed while it walks are not
+mistaken for tampering.
+
+Rows after the last signed checkpoint are only as safe as the chain; `flask audit anchor`
+signs the head on demand and writes the checkpoints to a file to keep outside the database.
+"""
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from backend.audit import chain
+from backend.clock import rfc3339, utcnow
+from backend.models import AuditChain, Checkpoint, Log, PurgePermit
+
+PURGE_BATCH = 10_000
+
+
+@dataclass
+class Verdict:
+    """What `verify` found: intact or not, the first broken row, and what it walked."""
+
+    intact: bool
+    rows: int
+    first_id: int | None
+    last_id: int | None
+    signed_up_to: int | None
+    broken_row: int | None = None
+    problem: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Broken(Exception):
+    def __init__(self, row: int, problem: str):
+        super().__init__(f"row {row}: {problem}")
+        self.row = row
+        self.problem = problem
+
+
+def verify(connection: sa.Connection, key: bytes, anchors: Iterable[dict] = (),
+           progress: Callable[[int], None] = lambda n: None) -> Verdict:
+    """Walk the whole trail and return the verdict (never raises for a broken trail)."""
+    head = connection.execute(sa.select(AuditChain.last_id).where(AuditChain.id == 1)).scalar_one()
+    first_id = connection.scalar(sa.select(sa.func.min(Log.id)))
+    verdict = Verdict(intact=True, rows=0, first_id=first_id, last_id=None, signed_up_to=None)
+    try:
+        signed, purges = _signed_positions(connection, key, anchors)
+        prev_hash = _start(first_id, head, signed, purges)
+        expected_id = first_id
+        for batch in _rows(connection):
+            for row in batch:
+                if row["id"] != expected_id:
+                    raise Broken(expected_id, "missing: the row was deleted")
+                if row["id"] > head:
+                    raise Broken(row["id"], f"beyond the chain's head (row {head}): inserted"
+                                            " without the writer")
+                _check_row(row, prev_hash, signed)
+                prev_hash = row["hash"]
+                expected_id += 1
+                verdict.rows += 1
+            progress(len(batch))
+        verdict.last_id = expected_id - 1 if verdict.rows else None
+        if head and verdict.last_id != head:
+            after = verdict.last_id or 0
+            raise Broken(after + 1, f"missing: the chain's head is row {head}, "
+                                    f"the table ends at row {after}")
+        beyond = [log_id for log_id in signed if log_id > head]
+        if beyond:
+            raise Broken(head + 1, f"missing: a signed checkpoint names row {min(beyond)}")
+        verdict.signed_up_to = max((i for i in signed if first_id and i >= first_id),
+                                   default=None)
+    except Broken as broken:
+        verdict.intact, verdict.broken_row, verdict.problem = False, broken.row, broken.problem
+    return verdict
+
+
+def _signed_positions(connection: sa.Connection, key: bytes,
+                      anchors: Iterable[dict]) -> tuple[dict[int, str], set[int]]:
+    """({log_id: log_hash} of every checkpoint and anchor, the log_ids signed by a purge), each
+    checkpoint checked against the key."""
+    stored = connection.execute(sa.select(Checkpoint.log_id, Checkpoint.log_hash,
+                                          Checkpoint.reason, Checkpoint.mac)
+                                .order_by(Checkpoint.log_id)).mappings()
+    signed: dict[int, str] = {}
+    purges: set[int] = set()
+    for source, entries in (("checkpoint", stored), ("anchor", anchors)):
+        for entry in entries:
+            log_id, log_hash, reason = int(entry["log_id"]), entry["log_hash"], entry["reason"]
+            if entry["mac"] != chain.checkpoint_mac(key, log_id, log_hash, reason):
+                raise Broken(log_id, f"the {source} for this row is not signed with"
+                                     " AUDIT_SIGNING_KEY (forged, or the wrong key)")
+            if signed.setdefault(log_id, log_hash) != log_hash:
+                raise Broken(log_id, f"the {source} for this row disagrees with another one")
+            if reason == "purge":
+                purges.add(log_id)
+    return signed, purges
+
+
+def _start(first_id: int | None, head: int, signed: dict, purges: set[int]) -> str:
+    """The hash the first remaining row must follow: genesis, or a signed purge checkpoint."""
+    if first_id is None:
+        if head:
+            raise Broken(1, f"missing: the table is empty but the chain's head is row {head}")
+        return chain.GENESIS
+    if first_id == 1:
+        return chain.GENESIS
+    if first_id - 1 not in purges:
+        raise Broken(first_id - 1, "missing: rows before the first one were deleted without a"
+                                   " purge (no signed purge checkpoint vouches for them)")
+    return signed[first_id - 1]
+
+
+def _check_row(row: dict, prev_hash: str, signed: dict) -> None:
+    if row["prev_hash"] != prev_hash:
+        raise Broken(row["id"], "does not follow the row before it: rows were inserted, removed"
+                                " or reordered")
+    if chain.row_hash(row, row["prev_hash"]) != row["hash"]:
+        raise Broken(row["id"], "altered: its hash does not match its content")
+    if row["id"] in signed and signed[row["id"]] != row["hash"]:
+        raise Broken(row["id"], "differs from its signed checkpoint: the chain was recomputed"
+                                " without AUDIT_SIGNING_KEY")
+
+
+def _rows(connection: sa.Connection, batch: int = 5000) -> Iterator[list[dict]]:
+    """Every row, in id order, a batch at a time from a server-side cursor (closed even when
+    the walk stops at a broken row)."""
+    with connection.execution_options(yield_per=batch).execute(
+            sa.select(Log.__table__).order_by(Log.id)) as result:
+        for partition in result.mappings().partitions():
+            yield [dict(row) for row in partition]
+
+
+@contextmanager
+def snapshot(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection whose reads all see the trail as of one moment, as `verify` needs: on
+    PostgreSQL one REPEATABLE READ transaction (else rows and checkpoints committed between its
+    queries look like tampering); on SQLite one read transaction. Pass the
+    request engine, not the writer's: on SQLite that one takes the write lock at BEGIN, and
+    a long walk would hold every writer up."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execution_options(isolation_level="REPEATABLE READ")
+        else:  # pysqlite opens no transaction for reads: one deferred BEGIN, one WAL snapshot
+            connection.exec_driver_sql("BEGIN")
+        yield connection
+
+
+def row_count(connection: sa.Connection) -> int:
+    """How many rows `verify` will walk (for a progress bar)."""
+    return connection.scalar(sa.select(sa.func.count()).select_from(Log))
+
+
+def anchor(connection: sa.Connection, key: bytes) -> dict | None:
+    """Sign the chain's head now; return the checkpoint (None on an empty trail)."""
+    head = chain.lock_head(connection)
+    if not head.last_id:
+        return None
+    checkpoint = chain.sign(key, head.last_id, head.last_hash, utcnow(), "anchor")
+    connection.execute(sa.insert(Checkpoint), checkpoint)
+    return checkpoint
+
+
+def checkpoints_file(connection: sa.Connection) -> Iterator[str]:
+    """Every checkpoint as a JSON line: the anchor file for `verify --anchor`."""
+    query = sa.select(Checkpoint.log_id, Checkpoint.log_hash, Checkpoint.created_at,
+                      Checkpoint.reason, Checkpoint.mac).order_by(Checkpoint.id)
+    for row in connection.execute(query).mappings():
+        yield json.dumps({**row, "created_at": rfc3339(row["created_at"])}) + "\n"
+
+
+def read_anchors(lines: Iterable[str]) -> list[dict]:
+    """The checkpoints of an anchor file."""
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def purge_plan(connection: sa.Connection, before: datetime) -> tuple[int, int | None]:
+    """(how many rows, the last id) that `purge(before)` would delete."""
+    last = connection.scalar(sa.select(sa.func.max(Log.id)).where(Log.created_at < before))
+    if last is None:
+        return 0, None
+    count = connection.scalar(sa.select(sa.func.count()).select_from(Log).where(Log.id <= last))
+    return count, last
+
+
+def purge_batch(connection: sa.Connection, key: bytes, up_to: int) -> int:
+    """Delete the oldest rows up to id `up_to` (at most PURGE_BATCH of them) in the caller's
+    transaction; return how many. A signed checkpoint of the last deleted row is written
+    first, so the first row left still verifies. The one sanctioned way past the triggers."""
+    first = connection.scalar(sa.select(sa.func.min(Log.id)))
+    if first is None or first > up_to:
+        return 0
+    last = min(up_to, first + PURGE_BATCH - 1)
+    row = connection.execute(sa.select(Log.hash, Log.created_at).where(Log.id == last)).one()
+    connection.execute(sa.insert(Checkpoint),
+                       chain.sign(key, last, row.hash, row.created_at, "purge"))
+    connection.execute(sa.insert(PurgePermit).values(id=1))
+    deleted = connection.execute(sa.delete(Log).where(Log.id <= last)).rowcount
+    connection.execute(sa.delete(PurgePermit))
+    return deleted
+
+
+def describe(verdict: Verdict) -> str:
+    """One line for people: intact, or the first broken row and why."""
+    if verdict.intact:
+        signed = (f"signed up to row {verdict.signed_up_to}" if verdict.signed_up_to
+                  else "no signed checkpoint yet")
+        span = f"rows {verdict.first_id}-{verdict.last_id}" if verdict.rows else "no rows"
+        return f"intact: {verdict.rows} rows ({span}), {signed}"
+    return f"BROKEN at row {verdict.broken_row}: {verdict.problem}"

@@ -1,0 +1,133 @@
+"""The local spool: where an event waits when the database cannot take it.
+
+An append-only file of JSON lines under instance/, each line fsync'd before the request may
+answer. Every process on the machine shares it under an exclusive `flock`. Events leave it
+only after the database has committed them, and they carry their `event_id`, so a replay
+interrupted after the commit (or a write that committed although the driver reported an
+error) is not written twice.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from datetime import datetime
+from pathlib import Path
+
+from backend.audit.events import AuditEvent
+
+logger = logging.getLogger(__name__)
+
+
+def encode(event: AuditEvent) -> bytes:
+    """One JSON line for the event."""
+    row = event.as_row()
+    row["created_at"] = row["created_at"].isoformat()
+    row["event_id"] = str(row["event_id"])
+    return json.dumps(row, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> AuditEvent:
+    """The event a line of the spool holds."""
+    row = json.loads(line)
+    row["created_at"] = datetime.fromisoformat(row["created_at"])
+    row["event_id"] = uuid.UUID(row["event_id"])
+    known = {f.name for f in fields(AuditEvent)}
+    return AuditEvent(**{k: v for k, v in row.items() if k in known})
+
+
+class Spool:
+    """The spool file at `path`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def pending(self) -> bool:
+        """True when events are waiting (a stat, cheap enough to ask on every write)."""
+        try:
+            return self.path.stat().st_size > 0
+        except FileNotFoundError:
+            return False
+
+    def append(self, *events: AuditEvent) -> None:
+        """Add the events durably (written and fsync'd once), or raise OSError."""
+        with self._locked() as file:
+            file.write(b"".join(encode(event) for event in events))
+            file.flush()
+            os.fsync(file.fileno())
+
+    def count(self) -> int:
+        """How many events are waiting."""
+        if not self.pending():
+            return 0
+        with self._locked() as file:
+            return sum(1 for line in file if line.strip())
+
+    @contextmanager
+    def draining(self) -> Iterator["Drain"]:
+        """Hold the spool while its events are written elsewhere.
+
+        The caller gets the waiting events; calling `drain.done()` after they are committed
+        empties the spool.
+        """
+        with self._locked() as file:
+            events = []
+            for line in file:
+                try:
+                    events.append(decode(line))
+                except (ValueError, KeyError, TypeError):
+                    self._set_aside(line)
+            yield Drain(file, events)
+
+    def _set_aside(self, line: bytes) -> None:
+        # A line cut short by a crash mid-append: its request never got an answer, so nothing
+        # was promised; keep the bytes for a person, out of the way of the replay.
+        if not line.strip():
+            return
+        logger.error("audit spool: setting aside an unreadable line (%d bytes)", len(line))
+        with open(self.path.with_name(self.path.name + ".rejected"), "ab") as rejected:
+            rejected.write(line if line.endswith(b"\n") else line + b"\n")
+            rejected.flush()
+            os.fsync(rejected.fileno())
+
+    @contextmanager
+    def _locked(self) -> Iterator:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        if created:  # the new directory entry must survive a crash too
+            _fsync_directory(self.path.parent)
+        with os.fdopen(fd, "r+b") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            try:
+                file.seek(0)
+                yield file
+            finally:
+                fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Drain:
+    """The spool held by `Spool.draining`: its events, and how to empty it."""
+
+    def __init__(self, file, events: list[AuditEvent]):
+        self.file = file
+        self.events = events
+
+    def done(self) -> None:
+        """The events are committed elsewhere: empty the spool."""
+        self.file.truncate(0)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.events = []

@@ -1,0 +1,25 @@
+"""/v1/logs/verify: the integrity verdict of the whole trail, for monitoring."""
+
+from apifairy import authenticate, other_responses, response
+
+from backend.audit import integrity
+from backend.audit.writer import writer
+from backend.extensions import db, token_auth
+from backend.schemas import VerdictSchema
+from backend.v1 import bp
+from backend.v1.users import ADMIN_ONLY
+
+
+@bp.get("/logs/verify")
+@authenticate(token_auth, role="admin")
+@response(VerdictSchema)
+@other_responses(ADMIN_ONLY)
+def verify():
+    """Check the trail's hash chain and signatures end to end (admin)
+
+    The same verdict as `flask audit verify`: 200 either way, with `intact` false and the
+    first broken row named when the trail was tampered with. It walks every row, so poll it
+    minutes apart, not seconds.
+    """
+    with integrity.snapshot(db.engine) as connection:
+        return integrity.verify(connection, writer().key).as_dict()

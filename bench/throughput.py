@@ -1,0 +1,239 @@
+"""What auditing costs: this service's audited GET /v1/me against the seed-style peer's.
+
+    python -m bench.throughput [--rounds 3] [--duration 10] [--connections 16]
+
+Serves, side by side on one PostgreSQL and with the same number of gunicorn workers:
+- this service (its production gunicorn settings), audited and durable
+  (`synchronous_commit` on);
+- the peer of ../shared/peers/seed_style (a subscriber that adds the row to the request's
+  session and commits), with auditing on, and with AUDIT=0 (the same token lookup and no
+  audit: the floor of what an authenticated endpoint costs);
+and loads each in turn with wrk, alternating the servers round by round so that the machine's
+noise falls on all of them alike. Prints requests/s, p50 and p99 latency (medians over the
+rounds), the ratios, and the resident memory of each server's workers. POST /login is
+reported too; it is bounded by the password hash by design.
+"""
+
+import argparse
+import base64
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import psycopg
+
+from bench.database import libpq_url, migrate, recreate, with_database
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER = ROOT.parent / "shared" / "peers" / "seed_style"
+RESULTS = ROOT / "bench" / "results"
+BIN = Path(sys.executable).parent
+USER, PASSWORD = "bench", "bench-password-1"
+PEER_TOKEN = "bench-token-0123456789"  # the peer's app creates this user and token
+
+
+def main() -> None:
+    options = parse_args()
+    url = options.database_url
+    ours_url = with_database(url, "audit_bench_ours")
+    peer_url = with_database(url, "audit_bench_peer")
+    for database in (ours_url, peer_url):
+        recreate(database)
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp, ExitStack() as stack:
+        settings = _our_environment(ours_url, tmp, options)
+        migrate_and_create_user(settings)
+        servers = {
+            "ours": stack.enter_context(serve_ours(settings, options, 8301)),
+            "peer, audited": stack.enter_context(serve_peer(peer_url, options, 8302, audit=True)),
+            "peer, AUDIT=0": stack.enter_context(serve_peer(peer_url, options, 8303, audit=False)),
+        }
+        token = login(8301)
+        loads = {
+            "ours GET /v1/me (audited)": ("ours", 8301, "/v1/me", bearer(token)),
+            "peer GET /v1/me (audited)": ("peer, audited", 8302, "/v1/me", bearer(PEER_TOKEN)),
+            "peer GET /v1/me (AUDIT=0)": ("peer, AUDIT=0", 8303, "/v1/me", bearer(PEER_TOKEN)),
+            "ours POST /login": ("ours", 8301, "/login", None),
+        }
+        runs: dict[str, list[dict]] = {name: [] for name in loads}
+        for round_number in range(1, options.rounds + 1):
+            for name, (_, port, path, headers) in loads.items():
+                result = wrk(port, path, headers, options, Path(tmp))
+                runs[name].append(result)
+                print(f"round {round_number}: {name:28} {result['rps']:8.0f} req/s", flush=True)
+        memory = {name: workers_rss_mb(server) for name, server in servers.items()}
+        synchronous_commit = show(ours_url, "synchronous_commit")
+    report(runs, memory, synchronous_commit, options)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default=os.environ.get(
+        "BENCH_DATABASE_URL", "postgresql://audit:audit@127.0.0.1:5432/postgres"),
+        help="a PostgreSQL URL whose role may create databases (two are made: audit_bench_*)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per run")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, each server")
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker (ours)")
+    return parser.parse_args()
+
+
+def _our_environment(url: str, instance_path: str, options) -> dict:
+    return {**os.environ, "APP_ENV": "production", "DATABASE_URL": url,
+            "SECRET_KEY": "bench-secret-key-" + "x" * 32,
+            "AUDIT_SIGNING_KEY": "bench-signing-key-" + "y" * 32,
+            "INSTANCE_PATH": instance_path, "GUNICORN_WORKERS": str(options.workers),
+            "GUNICORN_THREADS": str(options.threads), "GUNICORN_ACCESS_LOG": ""}
+
+
+def migrate_and_create_user(environment: dict) -> None:
+    import config
+
+    migrate(config.settings(environment))
+    subprocess.run([BIN / "flask", "users", "create", USER, "--password-stdin"], cwd=ROOT,
+                   env=environment, input=PASSWORD + "\n", text=True, check=True,
+                   capture_output=True, timeout=60)
+
+
+@contextmanager
+def serve_ours(environment: dict, options, port: int):
+    command = [BIN / "gunicorn", "-c", "python:backend.gunicorn_conf",
+               "--bind", f"127.0.0.1:{port}", "wsgi:app"]
+    with running(command, ROOT, environment, port) as process:
+        yield process
+
+
+@contextmanager
+def serve_peer(url: str, options, port: int, audit: bool):
+    environment = {**os.environ, "DATABASE_URL": url.replace("postgresql://",
+                                                             "postgresql+psycopg://", 1),
+                   "AUDIT": "1" if audit else "0"}
+    command = [BIN / "gunicorn", "--workers", str(options.workers), "--bind",
+               f"127.0.0.1:{port}", "app:create_app()"]
+    with running(command, PEER, environment, port) as process:
+        yield process
+
+
+@contextmanager
+def running(command: list, cwd: Path, environment: dict, port: int):
+    """A gunicorn started in its own process group, ready to serve; stopped afterwards."""
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen([str(part) for part in command], cwd=cwd, env=environment,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/me", timeout=2)
+            except urllib.error.HTTPError:
+                break  # 401: serving
+            except OSError as error:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise SystemExit(f"{command} did not start:\n{log.read().decode()}") from error
+                time.sleep(0.2)
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def login(port: int) -> str:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/login", method="POST",
+                                     headers=basic())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["token"]
+
+
+def basic() -> dict:
+    credentials = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    return {"Authorization": f"Basic {credentials}"}
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wrk(port: int, path: str, headers: dict | None, options, tmp: Path) -> dict:
+    """One wrk run: requests/s, p50 and p99 in milliseconds, and the non-2xx count."""
+    command = ["wrk", "--threads", "2", "--connections", str(options.connections),
+               "--duration", f"{options.duration}s", "--latency", "--timeout", "10s"]
+    if headers is None:  # POST /login with HTTP Basic
+        script = tmp / "login.lua"
+        script.write_text('wrk.method = "POST"\n'
+                          f'wrk.headers["Authorization"] = "{basic()["Authorization"]}"\n')
+        command += ["--script", str(script)]
+    else:
+        for name, value in headers.items():
+            command += ["--header", f"{name}: {value}"]
+    output = subprocess.run([*command, f"http://127.0.0.1:{port}{path}"], capture_output=True,
+                            text=True, check=True, timeout=options.duration + 60).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+            "p50_ms": _latency(output, "50%"), "p99_ms": _latency(output, "99%"),
+            "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def _latency(output: str, percentile: str) -> float:
+    value, unit = re.search(rf"^\s+{percentile}\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def workers_rss_mb(server: subprocess.Popen) -> list[float]:
+    """Resident memory (MB) of each worker: the master's child processes."""
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    sizes = []
+    for pid in children:
+        status = Path(f"/proc/{pid}/status").read_text()
+        sizes.append(int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024)
+    return sizes
+
+
+def show(url: str, setting: str) -> str:
+    with psycopg.connect(libpq_url(url)) as connection:
+        return connection.execute(f"SHOW {setting}").fetchone()[0]
+
+
+def report(runs: dict, memory: dict, synchronous_commit: str, options) -> None:
+    summary = {name: {key: statistics.median(run[key] for run in results)
+                      for key in ("rps", "p50_ms", "p99_ms", "non_2xx")}
+               for name, results in runs.items()}
+    floor = summary["peer GET /v1/me (AUDIT=0)"]["rps"]
+    print(f"\n{options.workers} gunicorn workers per server (ours: gthread x {options.threads}"
+          f" threads; peer: sync), wrk {options.connections} connections x {options.duration}"
+          f" s, median of {options.rounds} rounds, synchronous_commit={synchronous_commit}\n")
+    print(f"{'':30} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs floor':>9}")
+    for name, figures in summary.items():
+        print(f"{name:30} {figures['rps']:8.0f} {figures['p50_ms']:8.2f} "
+              f"{figures['p99_ms']:8.2f} {figures['non_2xx']:8.0f} "
+              f"{figures['rps'] / floor:9.2f}")
+    ours = summary["ours GET /v1/me (audited)"]
+    peer = summary["peer GET /v1/me (audited)"]
+    print(f"\nours audited / peer unaudited: {ours['rps'] / floor:.2f}  (target >= 0.80)")
+    print(f"peer audited / peer unaudited: {peer['rps'] / floor:.2f}")
+    print(f"ours p99 / peer audited p99:   {ours['p99_ms'] / peer['p99_ms']:.2f}  (target <= 1)")
+    print("\nworker resident memory (MB):")
+    for name, sizes in memory.items():
+        print(f"  {name:16} {', '.join(f'{size:.0f}' for size in sizes)}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "throughput.json").write_text(json.dumps(
+        {"summary": summary, "runs": runs, "worker_rss_mb": memory,
+         "synchronous_commit": synchronous_commit, "options": vars(options)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,465 @@
+"""Tamper evidence: `flask audit verify`, `anchor` and GET /v1/logs/verify (issue 5, item 2).
+
+Every tamper test lifts the append-only protection the way the tables' owner could
+(`tampering`), changes the trail with raw SQL, and expects verify to name the first broken row.
+The helpers (`tampering`, `flask_audit`, `verify_line`, `assert_broken`, `make_trail`,
+`recompute_chain`) are shared with the other audit test modules.
+"""
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+import config
+from backend.audit.chain import checkpoint_mac, row_hash
+from backend.clock import utcnow
+from backend.extensions import db
+from backend.models import AuditChain, Checkpoint, Log
+from tests.test_errors import assert_error
+
+PROTECTED = ("audit_log", "audit_checkpoint")
+CHECKPOINT_EVERY_3 = pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="3")
+
+
+@contextmanager
+def tampering(app) -> Iterator[sa.Connection]:
+    """A transaction in which the trail's append-only triggers are lifted, as the tables' owner
+    could lift them; they are back when the block ends."""
+    with app.app_context(), db.engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            for table in PROTECTED:
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only")
+            yield connection  # an error rolls the whole transaction back, triggers included
+            for table in PROTECTED:
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only")
+            return
+        triggers = connection.execute(sa.text(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+            f" AND tbl_name IN {PROTECTED}")).all()
+        assert len(triggers) == 4, triggers
+        for name, _ in triggers:
+            connection.exec_driver_sql(f"DROP TRIGGER {name}")
+        try:
+            yield connection
+        finally:
+            for _, sql in triggers:
+                connection.exec_driver_sql(sql)
+
+
+def flask_audit(runner, *args: str, input: str | None = None):
+    """`flask audit ARGS...`."""
+    return runner.invoke(args=["audit", *args], input=input)
+
+
+def verdict(runner, *args: str) -> tuple[int, dict]:
+    """`flask audit verify --json ARGS...`: its exit code and the verdict it printed."""
+    result = flask_audit(runner, "verify", "--json", *args)
+    return result.exit_code, json.loads(result.stdout)
+
+
+def verify_line(runner, *args: str) -> tuple[int, str]:
+    """`flask audit verify ARGS...`: its exit code and the verdict line for people."""
+    result = flask_audit(runner, "verify", *args)
+    return result.exit_code, result.stdout.strip()
+
+
+def assert_broken(runner, expected: str, *args: str) -> None:
+    """`flask audit verify ARGS...` exits 1 with a verdict line that starts with `expected`."""
+    code, line = verify_line(runner, *args)
+    assert code == 1, line
+    assert line.startswith(expected), line
+
+
+def make_trail(client, count: int) -> list[str]:
+    """`count` real requests (GET /, one index.view row each); their request ids in order."""
+    responses = [client.get("/") for _ in range(count)]
+    assert [response.status_code for response in responses] == [200] * count
+    return [response.headers["X-Request-ID"] for response in responses]
+
+
+def stored_rows(connection: sa.Connection) -> list[dict]:
+    """Every row of the trail as the hash sees it, in id order."""
+    return [dict(row) for row in
+            connection.execute(sa.select(Log.__table__).order_by(Log.id)).mappings()]
+
+
+def recompute_chain(connection: sa.Connection, row_id: int, **changes) -> None:
+    """What someone with write access but without AUDIT_SIGNING_KEY can do: change row
+    `row_id`, recompute every hash from it on with the public `row_hash`, move the head."""
+    rows = stored_rows(connection)
+    prev_hash = next(row["prev_hash"] for row in rows if row["id"] == row_id)
+    for row in rows:
+        if row["id"] < row_id:
+            continue
+        if row["id"] == row_id:
+            row.update(changes)
+        row["prev_hash"], row["hash"] = prev_hash, row_hash(row, prev_hash)
+        prev_hash = row["hash"]
+        changed = changes if row["id"] == row_id else {}
+        connection.execute(sa.update(Log).where(Log.id == row["id"]).values(
+            prev_hash=row["prev_hash"], hash=row["hash"], **changed))
+    connection.execute(sa.update(AuditChain).where(AuditChain.id == 1).values(
+        last_hash=prev_hash))
+
+
+def shift_ids(connection: sa.Connection, from_id: int, by: int) -> None:
+    """Renumber the rows from `from_id` on by `by` (in two steps: ids are unique)."""
+    connection.execute(sa.update(Log).where(Log.id >= from_id).values(id=-(Log.id + by)))
+    connection.execute(sa.update(Log).where(Log.id < 0).values(id=-Log.id))
+
+
+def forged_row(connection: sa.Connection, row_id: int, prev_hash: str) -> dict:
+    """A copy of row 1 as row `row_id`, with a fresh event id and a hash that fits `prev_hash`."""
+    row = stored_rows(connection)[0]
+    row.update(id=row_id, event_id=uuid.uuid4(), track="forged")
+    row["prev_hash"], row["hash"] = prev_hash, row_hash(row, prev_hash)
+    return row
+
+
+def hash_of(connection: sa.Connection, row_id: int) -> str:
+    return connection.scalar(sa.select(Log.hash).where(Log.id == row_id))
+
+
+# -- an untouched trail -----------------------------------------------------------------------
+
+def test_verify_of_an_untouched_trail_exits_0_saying_intact(client, runner):
+    make_trail(client, 5)
+    code, line = verify_line(runner)
+    assert code == 0
+    assert line.startswith("intact: 5 rows (rows 1-5)")
+
+
+def test_verify_of_an_empty_trail_exits_0(runner):
+    assert verify_line(runner) == (0, "intact: 0 rows (no rows), no signed checkpoint yet")
+
+
+@CHECKPOINT_EVERY_3
+def test_verify_reports_how_far_the_trail_is_signed(client, runner):
+    make_trail(client, 7)
+    code, line = verify_line(runner)
+    assert code == 0
+    assert line == "intact: 7 rows (rows 1-7), signed up to row 6"
+
+
+def test_verify_json_of_an_untouched_trail(client, runner):
+    make_trail(client, 4)
+    code, body = verdict(runner)
+    assert code == 0
+    assert body == {"intact": True, "rows": 4, "first_id": 1, "last_id": 4,
+                    "signed_up_to": None, "broken_row": None, "problem": None}
+
+
+def test_verify_shows_a_progress_bar_on_stderr(client, runner):
+    make_trail(client, 3)
+    result = flask_audit(runner, "verify")
+    assert "verifying" in result.stderr
+    assert "verifying" not in result.stdout
+
+
+# -- tampering: each case names the first broken row ------------------------------------------
+
+def test_a_changed_field_is_named(app, client, runner):
+    make_trail(client, 6)
+    with tampering(app) as connection:
+        connection.execute(sa.update(Log).where(Log.id == 4).values(user="mallory"))
+    assert_broken(runner, "BROKEN at row 4: altered")
+
+
+def test_a_changed_time_is_named(app, client, runner):
+    make_trail(client, 6)
+    with tampering(app) as connection:
+        connection.execute(sa.update(Log).where(Log.id == 2).values(
+            created_at=utcnow() - timedelta(days=1)))
+    assert_broken(runner, "BROKEN at row 2: altered")
+
+
+@pytest.mark.parametrize(("row_id", "expected"), [
+    (3, "BROKEN at row 3: missing: the row was deleted"),
+    (6, "BROKEN at row 6: missing: the chain's head is row 6, the table ends at row 5"),
+    (1, "BROKEN at row 1: missing: rows before the first one were deleted without a purge"),
+], ids=["middle", "last", "first"])
+def test_a_deleted_row_is_named(app, client, runner, row_id, expected):
+    make_trail(client, 6)
+    with tampering(app) as connection:
+        connection.execute(sa.delete(Log).where(Log.id == row_id))
+    assert_broken(runner, expected)
+
+
+@CHECKPOINT_EVERY_3
+def test_oldest_rows_deleted_up_to_a_periodic_checkpoint_are_not_a_purge(app, client, runner):
+    make_trail(client, 6)
+    with tampering(app) as connection:  # row 3 has a signed checkpoint, but not a purge's
+        connection.execute(sa.delete(Log).where(Log.id <= 3))
+    assert_broken(runner, "BROKEN at row 3: missing: rows before the first one were deleted")
+
+
+def test_a_row_inserted_in_the_middle_is_named(app, client, runner):
+    make_trail(client, 6)
+    with tampering(app) as connection:
+        shift_ids(connection, 4, by=1)
+        connection.execute(sa.insert(Log), forged_row(connection, 4, hash_of(connection, 3)))
+        connection.execute(sa.update(AuditChain).values(last_id=7))
+    # The forged row 4 follows row 3 perfectly; the break shows at the row it displaced.
+    assert_broken(runner, "BROKEN at row 5: does not follow the row before it")
+
+
+def test_a_row_appended_with_a_wrong_prev_hash_is_named(app, client, runner):
+    make_trail(client, 6)
+    with tampering(app) as connection:
+        connection.execute(sa.insert(Log), forged_row(connection, 7, "f" * 64))
+        connection.execute(sa.update(AuditChain).values(last_id=7))
+    assert_broken(runner, "BROKEN at row 7: does not follow the row before it")
+
+
+def test_a_row_appended_past_the_chains_head_is_named(app, client, runner):
+    """INSERT is all the triggers allow, and all this takes: no protection lifted."""
+    make_trail(client, 6)
+    with app.app_context(), db.engine.begin() as connection:
+        connection.execute(sa.insert(Log), forged_row(connection, 7, "f" * 64))
+    assert_broken(runner, "BROKEN at row 7: beyond the chain's head (row 6)")
+
+
+def test_reordered_rows_are_named(app, client, runner):
+    make_trail(client, 6)
+    with tampering(app) as connection:
+        connection.execute(sa.update(Log).where(Log.id == 3).values(id=-3))
+        connection.execute(sa.update(Log).where(Log.id == 4).values(id=3))
+        connection.execute(sa.update(Log).where(Log.id == -3).values(id=4))
+    assert_broken(runner, "BROKEN at row 3: does not follow the row before it")
+
+
+@CHECKPOINT_EVERY_3
+def test_a_chain_recomputed_without_the_key_is_named_at_the_next_checkpoint(app, client, runner):
+    make_trail(client, 8)
+    with tampering(app) as connection:
+        recompute_chain(connection, 2, user="mallory")
+    assert_broken(runner, "BROKEN at row 3: differs from its signed checkpoint")
+
+
+@CHECKPOINT_EVERY_3
+def test_a_recomputed_chain_without_its_checkpoints_passes_verify_without_an_anchor(
+        app, client, runner, tmp_path):
+    """The documented limit: with the checkpoints deleted too, only an anchor kept outside the
+    database can tell."""
+    make_trail(client, 8)
+    with tampering(app) as connection:
+        recompute_chain(connection, 2, user="mallory")
+        connection.execute(sa.delete(Checkpoint))
+    assert verify_line(runner) == (0, "intact: 8 rows (rows 1-8), no signed checkpoint yet")
+
+
+@CHECKPOINT_EVERY_3
+def test_a_recomputed_chain_without_its_checkpoints_is_named_with_an_anchor(
+        app, client, runner, tmp_path):
+    make_trail(client, 8)
+    anchor = tmp_path / "anchor.jsonl"
+    assert flask_audit(runner, "anchor", "-o", str(anchor)).exit_code == 0
+    with tampering(app) as connection:
+        recompute_chain(connection, 2, user="mallory")
+        connection.execute(sa.delete(Checkpoint))
+    assert_broken(runner, "BROKEN at row 3: differs from its signed checkpoint",
+                  "--anchor", str(anchor))
+
+
+def test_an_anchor_alone_names_a_chain_recomputed_after_the_last_checkpoint(
+        app, client, runner, tmp_path):
+    make_trail(client, 5)
+    anchor = tmp_path / "anchor.jsonl"
+    flask_audit(runner, "anchor", "-o", str(anchor))
+    with tampering(app) as connection:
+        recompute_chain(connection, 4, track="nothing happened")
+        connection.execute(sa.delete(Checkpoint))
+    assert_broken(runner, "BROKEN at row 5: differs", "--anchor", str(anchor))
+
+
+@CHECKPOINT_EVERY_3
+def test_a_checkpoint_signed_with_another_key_is_named(app, client, runner):
+    make_trail(client, 5)
+    with app.app_context(), db.engine.begin() as connection:  # INSERT: no protection to lift
+        log_hash = hash_of(connection, 4)
+        connection.execute(sa.insert(Checkpoint).values(
+            log_id=4, log_hash=log_hash, created_at=utcnow(), reason="anchor",
+            mac=checkpoint_mac(b"not the key", 4, log_hash, "anchor")))
+    assert_broken(runner, "BROKEN at row 4: the checkpoint for this row is not signed")
+
+
+def test_a_forged_anchor_file_is_named(client, runner, tmp_path):
+    make_trail(client, 4)
+    anchor = tmp_path / "anchor.jsonl"
+    flask_audit(runner, "anchor", "-o", str(anchor))
+    [line] = anchor.read_text().splitlines()
+    anchor.write_text(json.dumps({**json.loads(line), "mac": "0" * 64}) + "\n")
+    assert_broken(runner, "BROKEN at row 4: the anchor for this row is not signed",
+                  "--anchor", str(anchor))
+
+
+def test_verify_json_names_the_broken_row_and_the_problem(app, client, runner):
+    make_trail(client, 5)
+    with tampering(app) as connection:
+        connection.execute(sa.update(Log).where(Log.id == 2).values(track="changed"))
+    code, body = verdict(runner)
+    assert code == 1
+    assert (body["intact"], body["broken_row"]) == (False, 2)
+    assert body["problem"].startswith("altered")
+
+
+# -- flask audit anchor -----------------------------------------------------------------------
+
+@CHECKPOINT_EVERY_3
+def test_anchor_writes_every_checkpoint_and_signs_the_head(client, runner, tmp_path):
+    make_trail(client, 7)
+    anchor = tmp_path / "anchor.jsonl"
+    result = flask_audit(runner, "anchor", "-o", str(anchor))
+    assert result.exit_code == 0
+    assert "signed row 7" in result.stderr
+    lines = [json.loads(line) for line in anchor.read_text().splitlines()]
+    assert [(line["log_id"], line["reason"]) for line in lines] == [
+        (3, "periodic"), (6, "periodic"), (7, "anchor")]
+
+
+def test_a_fresh_anchor_verifies(client, runner, tmp_path):
+    make_trail(client, 4)
+    anchor = tmp_path / "anchor.jsonl"
+    flask_audit(runner, "anchor", "-o", str(anchor))
+    make_trail(client, 2)
+    assert verify_line(runner, "--anchor", str(anchor)) == (
+        0, "intact: 6 rows (rows 1-6), signed up to row 4")
+
+
+# -- GET /v1/logs/verify ----------------------------------------------------------------------
+
+def test_the_verify_endpoint_says_intact_to_an_admin(api, users):
+    response = api.get("/v1/logs/verify", users["admin"])
+    assert response.status_code == 200
+    body = response.get_json()
+    assert (body["intact"], body["rows"], body["broken_row"]) == (True, 3, None)
+
+
+def test_the_verify_endpoint_gives_the_clis_verdict_on_a_tampered_trail(app, api, users, runner):
+    with tampering(app) as connection:
+        connection.execute(sa.update(Log).where(Log.id == 2).values(ip="198.51.100.7"))
+    response = api.get("/v1/logs/verify", users["admin"])
+    assert response.status_code == 200
+    body = response.get_json()
+    code, cli = verdict(runner)
+    assert (body["intact"], body["broken_row"], body["problem"]) == (False, 2, cli["problem"])
+    assert (code, cli["broken_row"]) == (1, 2)
+
+
+def test_the_verify_endpoint_is_forbidden_to_a_user(api, users):
+    assert_error(api.get("/v1/logs/verify", users["alice"]), 403)
+
+
+def test_the_verify_endpoint_needs_a_token(api, users):
+    assert_error(api.get("/v1/logs/verify"), 401)
+
+
+# -- concurrent writers -----------------------------------------------------------------------
+
+THREADS, REQUESTS = 8, 25
+
+
+def requests_of_a_client(app) -> list[int]:
+    """REQUESTS requests from a test client of its own (one thread's share); their statuses."""
+    client = app.test_client()
+    return [client.get("/").status_code for _ in range(REQUESTS)]
+
+
+@pytest.fixture
+def concurrent_trail(app, api) -> list[Log]:
+    """THREADS threads, each with its own test client, making REQUESTS requests at once."""
+    with ThreadPoolExecutor(THREADS) as pool:
+        statuses = [status for batch in pool.map(requests_of_a_client, [app] * THREADS)
+                    for status in batch]
+    assert statuses == [200] * THREADS * REQUESTS
+    return api.rows()
+
+
+@CHECKPOINT_EVERY_3
+def test_concurrent_writes_get_gapless_ids(concurrent_trail):
+    assert [row.id for row in concurrent_trail] == list(range(1, THREADS * REQUESTS + 1))
+
+
+@CHECKPOINT_EVERY_3
+def test_concurrent_writes_keep_time_in_id_order(concurrent_trail):
+    times = [row.created_at for row in concurrent_trail]
+    assert times == sorted(times)
+
+
+@CHECKPOINT_EVERY_3
+def test_concurrent_writes_verify(concurrent_trail, runner):
+    rows = THREADS * REQUESTS
+    assert verify_line(runner) == (0, f"intact: {rows} rows (rows 1-{rows}), signed up to row"
+                                      f" {rows - rows % 3}")
+
+
+@pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="1")
+def test_verify_during_concurrent_writes_says_intact(app, api, users):
+    """Monitoring polls /v1/logs/verify while the service writes: never a false alarm."""
+    with ThreadPoolExecutor(THREADS) as pool:
+        writing = [pool.submit(requests_of_a_client, app) for _ in range(THREADS - 1)]
+        verdicts = [api.get("/v1/logs/verify", users["admin"]).get_json()]
+        while not all(future.done() for future in writing):
+            verdicts.append(api.get("/v1/logs/verify", users["admin"]).get_json())
+    assert [future.result() for future in writing] == [[200] * REQUESTS] * (THREADS - 1)
+    assert [(v["broken_row"], v["problem"]) for v in verdicts if not v["intact"]] == []
+
+
+WRITER_PROCESS = """
+import sys
+from backend import create_app, dispose_engines
+from backend.audit.events import AuditEvent
+from backend.audit.writer import write
+from tests.conftest import make_settings
+
+url, instance, name, count = sys.argv[1:]
+app = create_app(make_settings(url, instance, AUDIT_CHECKPOINT_EVERY="7"))
+print("ready", flush=True)
+sys.stdin.readline()
+with app.app_context():
+    ids = [write(AuditEvent(source="app", event="test.process", level="INFO",
+                            track=f"{name} {i}")) for i in range(int(count))]
+dispose_engines(app)
+print(sum(i is None for i in ids), "spooled")
+"""
+PER_PROCESS = 60
+
+
+@pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="7")
+def test_two_processes_writing_at_once_leave_every_event_on_one_verifiable_chain(
+        database_url, tmp_path, api, runner):
+    """Two app processes of their own on the test's database, writing PER_PROCESS events each,
+    released at the same moment."""
+    processes = [subprocess.Popen(
+        [sys.executable, "-c", WRITER_PROCESS, database_url, str(tmp_path), name,
+         str(PER_PROCESS)], cwd=config.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True) for name in ("first", "second")]
+    try:
+        assert [p.stdout.readline() for p in processes] == ["ready\n"] * 2
+        for process in processes:
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        outputs = [process.communicate(timeout=120)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [p.returncode for p in processes] == [0, 0]
+    assert outputs == ["0 spooled\n"] * 2
+    rows = api.rows()
+    assert [row.id for row in rows] == list(range(1, 2 * PER_PROCESS + 1))
+    for name in ("first", "second"):
+        tracks = [row.track for row in rows if row.track.startswith(name)]
+        assert tracks == [f"{name} {i}" for i in range(PER_PROCESS)]
+    code, body = verdict(runner)
+    assert (code, body["intact"], body["rows"]) == (0, True, 2 * PER_PROCESS)
+    assert body["signed_up_to"] == 2 * PER_PROCESS - 2 * PER_PROCESS % 7

@@ -1,0 +1,200 @@
+"""Retention (issue 5, item 4): `flask audit purge --before DATE` deletes old rows through the
+sanctioned path, leaves the rest verifiable, and is itself audited.
+
+Old rows are made by moving the clock back around real requests, oldest first (the writer keeps
+`created_at` non-decreasing along ids). `aged_trail` and `purge` are shared with
+test_append_only.py.
+"""
+
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from backend.audit import integrity
+from backend.clock import moved, rfc3339, utcnow
+from backend.extensions import db
+from backend.models import Checkpoint
+from tests.test_integrity import (
+    assert_broken,
+    flask_audit,
+    make_trail,
+    recompute_chain,
+    tampering,
+    verify_line,
+)
+
+TEN_DAYS_AGO = timedelta(days=-10)
+
+
+def cutoff() -> str:
+    """The DATE of every purge here: a week ago, between the old rows and the new ones."""
+    return (utcnow() - timedelta(days=7)).date().isoformat()
+
+
+def aged_trail(client, old: int, new: int) -> tuple[list[str], list[str]]:
+    """`old` requests ten days ago, then `new` now; the request ids of each."""
+    with moved(TEN_DAYS_AGO):
+        old_ids = make_trail(client, old)
+    return old_ids, make_trail(client, new)
+
+
+def purge(runner, *args: str, before: str | None = None, input: str | None = None):
+    """`flask audit purge --before DATE ARGS...` (DATE: `cutoff()` unless given)."""
+    return flask_audit(runner, "purge", "--before", before or cutoff(), *args, input=input)
+
+
+def ids_and_events(api) -> list[tuple[int, str]]:
+    return [(row.id, row.event) for row in api.rows()]
+
+
+def purge_checkpoints(app) -> list[int]:
+    with app.app_context():
+        return list(db.session.scalars(sa.select(Checkpoint.log_id)
+                                       .where(Checkpoint.reason == "purge")
+                                       .order_by(Checkpoint.id)))
+
+
+def test_purge_deletes_exactly_the_rows_created_before_the_date(api, client, runner):
+    _, new = aged_trail(client, old=3, new=2)
+    assert purge(runner, "--yes").exit_code == 0
+    assert [row.request_id for row in api.rows(event="index.view")] == new
+    assert ids_and_events(api) == [(4, "index.view"), (5, "index.view"), (6, "audit.purge")]
+
+
+def test_purge_keeps_a_row_created_at_the_cutoff_itself(api, client, runner):
+    make_trail(client, 5)
+    rows = api.rows()
+    at = rows[2].created_at
+    assert purge(runner, "--yes", before=rfc3339(at)).exit_code == 0
+    kept = {row.id for row in api.rows(event="index.view")}
+    assert kept == {row.id for row in rows if row.created_at >= at}
+    assert 3 in kept
+
+
+def test_purge_says_how_many_rows_it_deleted(client, runner):
+    aged_trail(client, old=3, new=2)
+    result = purge(runner, "--yes")
+    assert result.exit_code == 0
+    assert result.stdout == "purged 3 rows (up to row 3)\n"
+
+
+def test_the_trail_verifies_after_a_purge(client, runner):
+    aged_trail(client, old=3, new=2)
+    purge(runner, "--yes")
+    code, line = verify_line(runner)
+    assert code == 0
+    assert line.startswith("intact: 3 rows (rows 4-6)")
+
+
+def test_a_purge_leaves_a_signed_checkpoint_of_the_last_deleted_row(app, client, runner):
+    aged_trail(client, old=3, new=2)
+    purge(runner, "--yes")
+    assert purge_checkpoints(app) == [3]
+
+
+def test_a_purge_is_audited(api, client, runner):
+    aged_trail(client, old=3, new=2)
+    purge(runner, "--yes")
+    last = api.rows()[-1]
+    assert (last.source, last.event, last.level, last.user) == (
+        "app", "audit.purge", "WARNING", None)
+    assert last.track.startswith(f"purging 3 rows created before {cutoff()}T00:00:00.000000Z")
+
+
+def test_a_purge_in_several_batches_deletes_every_old_row(app, api, client, runner,
+                                                          monkeypatch):
+    monkeypatch.setattr(integrity, "PURGE_BATCH", 2)
+    aged_trail(client, old=5, new=1)
+    result = purge(runner, "--yes")
+    assert result.stdout == "purged 5 rows (up to row 5)\n"
+    assert ids_and_events(api) == [(6, "index.view"), (7, "audit.purge")]
+    assert purge_checkpoints(app) == [2, 4, 5]
+
+
+def test_a_purge_in_several_batches_verifies(client, runner, monkeypatch):
+    monkeypatch.setattr(integrity, "PURGE_BATCH", 2)
+    aged_trail(client, old=5, new=1)
+    purge(runner, "--yes")
+    assert verify_line(runner)[0] == 0
+
+
+def test_purging_every_row_leaves_a_verifiable_trail(api, client, runner):
+    aged_trail(client, old=3, new=0)
+    purge(runner, "--yes")
+    assert ids_and_events(api) == [(4, "audit.purge")]
+    assert verify_line(runner) == (0, "intact: 1 rows (rows 4-4), no signed checkpoint yet")
+
+
+def test_two_purges_one_after_the_other_verify(app, client, runner):
+    with moved(TEN_DAYS_AGO):
+        make_trail(client, 2)
+    with moved(TEN_DAYS_AGO / 2):
+        make_trail(client, 2)
+    make_trail(client, 1)
+    purge(runner, "--yes")
+    three_days_ago = (utcnow() - timedelta(days=3)).date().isoformat()
+    assert purge(runner, "--yes", before=three_days_ago).exit_code == 0
+    assert purge_checkpoints(app) == [2, 4]
+    assert verify_line(runner)[1].startswith("intact: 3 rows (rows 5-7)")
+
+
+def test_a_purge_with_nothing_before_the_date_says_so_and_exits_0(api, client, runner):
+    make_trail(client, 2)
+    result = purge(runner, "--yes")
+    assert result.exit_code == 0
+    assert result.stdout == f"no rows created before {cutoff()}T00:00:00.000000Z\n"
+    assert ids_and_events(api) == [(1, "index.view"), (2, "index.view")]
+
+
+@pytest.mark.parametrize("date", ["last-week", "2026-13-01", "2026-11-21T10:00:00"])
+def test_a_bad_date_exits_2_naming_before(api, client, runner, date):
+    make_trail(client, 1)
+    result = purge(runner, "--yes", before=date)
+    assert result.exit_code == 2
+    assert "Invalid value for --before" in result.output
+    assert len(api.rows()) == 1
+
+
+def test_without_yes_a_purge_asks_and_no_deletes_nothing(api, client, runner):
+    aged_trail(client, old=3, new=1)
+    result = purge(runner, input="n\n")
+    assert result.exit_code == 1
+    assert "Delete 3 rows (up to row 3)? [y/N]" in result.output
+    assert "Aborted" in result.output
+    assert [row_id for row_id, _ in ids_and_events(api)] == [1, 2, 3, 4]
+
+
+def test_without_yes_a_purge_answered_yes_deletes(api, client, runner):
+    aged_trail(client, old=3, new=1)
+    assert purge(runner, input="y\n").exit_code == 0
+    assert ids_and_events(api) == [(4, "index.view"), (5, "audit.purge")]
+
+
+# -- an anchor file made before a purge -------------------------------------------------------
+# It names rows the purge removed. Decided: that is not tampering. The purge left a signed
+# checkpoint of its last deleted row, which is what the first remaining row follows; the
+# anchor's entries for purged rows have nothing left to compare, and its entries for the rows
+# that remain still hold them to their signed hashes.
+
+def test_an_anchor_made_before_a_purge_still_verifies(client, runner, tmp_path):
+    aged_trail(client, old=3, new=2)
+    anchor = tmp_path / "anchor.jsonl"
+    flask_audit(runner, "anchor", "-o", str(anchor))
+    purge(runner, "--yes")
+    assert verify_line(runner, "--anchor", str(anchor)) == (
+        0, "intact: 3 rows (rows 4-6), signed up to row 5")
+
+
+def test_an_anchor_made_before_a_purge_still_names_a_recomputed_remaining_row(
+        app, client, runner, tmp_path):
+    aged_trail(client, old=3, new=2)
+    anchor = tmp_path / "anchor.jsonl"
+    flask_audit(runner, "anchor", "-o", str(anchor))
+    purge(runner, "--yes")
+    with tampering(app) as connection:
+        recompute_chain(connection, 4, track="nothing happened")
+        connection.execute(sa.delete(Checkpoint).where(Checkpoint.reason == "anchor"))
+    assert verify_line(runner)[0] == 0  # the database alone cannot tell
+    assert_broken(runner, "BROKEN at row 5: differs from its signed checkpoint",
+                  "--anchor", str(anchor))
