@@ -4,6 +4,7 @@
 import, so tests and the CLI can change the environment first.
 """
 
+import hmac
 import os
 import secrets
 from collections.abc import Mapping
@@ -42,6 +43,13 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
             raise ConfigError("APP_ENV=production needs SECRET_KEY (a long random string)")
         secret_key = _development_secret(instance_path)
 
+    signing_key = environ.get("AUDIT_SIGNING_KEY")
+    if not signing_key:
+        if production:
+            raise ConfigError("APP_ENV=production needs AUDIT_SIGNING_KEY (a long random string,"
+                              " kept apart from the database's backups)")
+        signing_key = hmac.new(secret_key.encode(), b"audit-signing-key", "sha256").hexdigest()
+
     return {
         "APP_ENV": app_env,
         "TESTING": app_env == "testing",
@@ -49,8 +57,13 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         "INSTANCE_PATH": str(instance_path),
         "SQLALCHEMY_DATABASE_URI": database_url_for_sqlalchemy(database_url),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "AUDIT_SIGNING_KEY": signing_key,
+        "AUDIT_CHECKPOINT_EVERY": _positive_int(environ, "AUDIT_CHECKPOINT_EVERY", 1000),
+        "AUDIT_SPOOL_PATH": environ.get("AUDIT_SPOOL_PATH")
+        or str(instance_path / "audit-spool.jsonl"),
         "TOKEN_TTL": _positive_int(environ, "TOKEN_TTL", 3600),
         "TRUSTED_PROXY_HOPS": _positive_int(environ, "TRUSTED_PROXY_HOPS", 0, minimum=0),
+        **_login_security(environ),
         "ADMIN_USERNAME": environ.get("ADMIN_USERNAME") or None,
         "ADMIN_PASSWORD": environ.get("ADMIN_PASSWORD") or None,
         # A JSON API never needs more than this in one request body.
@@ -66,6 +79,22 @@ def database_url_for_sqlalchemy(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def _login_security(environ: Mapping[str, str]) -> dict:
+    """Brute-force protection (README, "Login security"): thresholds well under NIST's 100."""
+    values = {name: _positive_int(environ, name, default) for name, default in (
+        ("LOGIN_MAX_FAILURES", 5),  # per (account, address) pair
+        ("LOGIN_MAX_FAILURES_PER_ADDRESS", 20),  # per address, whatever the accounts
+        ("LOGIN_MAX_FAILURES_PER_ACCOUNT", 20),  # per account, whatever the addresses
+        ("LOGIN_WINDOW", 900),  # seconds without a failure after which failures are forgotten
+        ("LOGIN_COOLOFF", 60),  # seconds of the first lockout; doubles for each further one
+        ("LOGIN_COOLOFF_MAX", 3600),  # the longest lock; locks are forgotten after as long
+        ("LOGIN_KNOWN_ADDRESS_TTL", 30 * 86400),
+    )}
+    if values["LOGIN_COOLOFF"] > values["LOGIN_COOLOFF_MAX"]:
+        raise ConfigError("LOGIN_COOLOFF must not exceed LOGIN_COOLOFF_MAX")
+    return values
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:

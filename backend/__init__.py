@@ -8,6 +8,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import config
+from backend import hardening, log_format
 
 
 def create_app(settings: dict | None = None) -> Flask:
@@ -18,12 +19,31 @@ def create_app(settings: dict | None = None) -> Flask:
     app.config.from_mapping(settings)
     app.json.sort_keys = False
     app.json.mimetype = "application/json; charset=utf-8"
+    log_format.init_app(app)
     register_proxy_fix(app)
     register_extensions(app)
     register_request_hooks(app)
+    hardening.init_app(app)
     register_blueprints(app)
     register_commands(app)
     return app
+
+
+def dispose_engines(app: Flask, close: bool = True) -> None:
+    """Close every pooled database connection of `app`: the request engine's and the audit
+    writer's. Forked workers must not share their parent's connections; tests end with it.
+    close=False (a forked worker, gunicorn's post_fork) forgets them without closing them, as
+    they are the parent's too."""
+    from backend.extensions import db
+
+    with app.app_context():
+        for engine in db.engines.values():
+            engine.dispose(close=close)
+    writer = app.extensions["audit_writer"]
+    if close:
+        writer.close()  # also stops this process's writer thread
+    else:
+        writer.engine.dispose(close=False)
 
 
 def register_proxy_fix(app: Flask) -> None:
@@ -34,6 +54,8 @@ def register_proxy_fix(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
+    from backend.audit import writer
+    from backend.db_types import on_this_database, sqlite_pragmas
     from backend.extensions import apifairy, db, ma, migrate
 
     app.config.setdefault("APIFAIRY_TITLE", "Flask audit trail")
@@ -41,28 +63,14 @@ def register_extensions(app: Flask) -> None:
     app.config.setdefault("APIFAIRY_APISPEC_PATH", "/v1/openapi.json")
     app.config.setdefault("APIFAIRY_UI_PATH", None)  # its UI loads scripts from a CDN
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(config.ROOT / "migrations"), render_as_batch=True)
+    migrate.init_app(app, db, directory=str(config.ROOT / "migrations"), render_as_batch=True,
+                     include_object=on_this_database)
     ma.init_app(app)
     apifairy.init_app(app)
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
-            sa.event.listen(db.engine, "connect", _sqlite_pragmas)
-
-
-def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
-    # WAL lets readers and the audit writer's own connection work side by side.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-    # SQLite's own lower() folds ASCII only, so ILIKE (lower(x) LIKE lower(y) on SQLite) would
-    # miss "Ü" for "ü"; PostgreSQL folds every letter. Python's str.lower does too.
-    dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
-
-
-def _unicode_lower(value):
-    return value.lower() if isinstance(value, str) else value
+            sa.event.listen(db.engine, "connect", sqlite_pragmas)
+    writer.init_app(app)
 
 
 def register_request_hooks(app: Flask) -> None:
@@ -72,10 +80,27 @@ def register_request_hooks(app: Flask) -> None:
 
     app.before_request(assign_request_id)
     app.after_request(echo_request_id)
+    # Registered after db.init_app, so it runs before Flask-SQLAlchemy's own teardown.
+    app.teardown_appcontext(close_session)
+
+
+def close_session(_error: BaseException | None = None) -> None:
+    """End the request's session, even on a connection the database cut after the response
+    was made (a restart): the ROLLBACK of Flask-SQLAlchemy's teardown would raise out of the
+    app, and the client would get a dropped connection instead of that response. SQLAlchemy
+    has by then invalidated the connection, so closing the session again succeeds."""
+    from backend.extensions import db
+
+    try:
+        db.session.remove()
+    except sa.exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        db.session.remove()
 
 
 def register_blueprints(app: Flask) -> None:
-    from backend import audit, errors  # noqa: F401
+    from backend import audit, errors, openapi  # noqa: F401  (openapi completes the document)
     from backend.audit import subscribers  # noqa: F401  (connects the audit receivers)
     from backend.auth import bp as auth_bp
     from backend.main import bp as main_bp

@@ -1,13 +1,24 @@
 """Command-line tools: `flask users ...` and `flask audit ...`."""
 
+import json
 import sys
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time
 
 import click
+import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
-from backend.schemas import NewUserSchema
+from backend.audit import export, integrity
+from backend.audit.events import AuditEvent
+from backend.audit.writer import write, writer
+from backend.clock import rfc3339
+from backend.errors import flat
+from backend.extensions import db
+from backend.models import Log
+from backend.schemas import LogFiltersSchema, NewUserSchema, RFC3339DateTime
 from backend.users import UsernameTaken, create_user, ensure_admin
 
 users = AppGroup("users", help="Manage the users who can log in.")
@@ -37,9 +48,13 @@ def valid_new_user(name: str, password: str, admin: bool) -> dict:
     try:
         return NewUserSchema().load({"username": name, "password": password, "is_admin": admin})
     except ValidationError as error:
-        problems = "; ".join(f"{field}: {' '.join(messages)}"
-                             for field, messages in error.normalized_messages().items())
-        raise click.ClickException(problems) from None
+        raise click.ClickException(field_problems(error)) from None
+
+
+def field_problems(error: ValidationError) -> str:
+    """`password: Length must be between 8 and 1024.; ...`: each bad field and its messages."""
+    return "; ".join(f"{field}: {' '.join(flat(messages))}"
+                     for field, messages in error.normalized_messages().items())
 
 
 @users.command("ensure-admin")
@@ -56,3 +71,140 @@ def ensure_admin_command() -> None:
     else:
         click.echo(f"created admin {user.username} with password {generated}"
                    " (shown once: write it down)")
+
+
+@audit.command("verify")
+@click.option("--anchor", "anchor_file", type=click.File("r"),
+              help="An anchor file from `flask audit anchor`, kept outside the database.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+def verify_command(anchor_file, as_json: bool) -> None:
+    """Check the whole trail's hash chain and signatures; exit 1 naming the first broken row."""
+    anchors = integrity.read_anchors(anchor_file) if anchor_file else []
+    with integrity.snapshot(db.engine) as connection:
+        total = integrity.row_count(connection)
+        with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
+            verdict = integrity.verify(connection, writer().key, anchors, progress=bar.update)
+    click.echo(json.dumps(verdict.as_dict()) if as_json else integrity.describe(verdict))
+    sys.exit(0 if verdict.intact else 1)
+
+
+@audit.command("anchor")
+@click.option("--output", "-o", type=click.File("w"), default="-",
+              help="Where to write the checkpoints (default: standard output).")
+def anchor_command(output) -> None:
+    """Sign the chain's head now and write every checkpoint, one JSON line each.
+
+    Keep the file away from the database (and its backups): `flask audit verify --anchor FILE`
+    then detects a chain recomputed by someone who could write the database.
+    """
+    with writer().engine.begin() as connection:
+        checkpoint = integrity.anchor(connection, writer().key)
+    with writer().engine.connect() as connection:
+        output.writelines(integrity.checkpoints_file(connection))
+    if checkpoint:
+        click.echo(f"signed row {checkpoint['log_id']}", err=True)
+
+
+@audit.command("purge")
+@click.option("--before", required=True, metavar="DATE",
+              help="Delete rows created before this date (YYYY-MM-DD, UTC) or RFC 3339 time.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge_command(before: str, yes: bool) -> None:
+    """Retention: delete rows older than DATE, leaving what remains verifiable."""
+    cutoff = _moment(before)
+    with writer().engine.connect() as connection:
+        count, last_id = integrity.purge_plan(connection, cutoff)
+    if not count:
+        click.echo(f"no rows created before {rfc3339(cutoff)}")
+        return
+    if not yes:
+        click.confirm(f"Delete {count} rows (up to row {last_id})?", abort=True)
+    # Recorded before the first row goes, so even an interrupted purge is on the record (its
+    # signed purge checkpoints show how far it got).
+    write(AuditEvent(source="app", event="audit.purge", level="WARNING",
+                     track=f"purging {count} rows created before {rfc3339(cutoff)}"
+                           f" (up to row {last_id}) from the command line"))
+    deleted = 0
+    with click.progressbar(length=count, label="purging", file=sys.stderr) as bar:
+        while True:
+            with writer().engine.begin() as connection:
+                batch = integrity.purge_batch(connection, writer().key, last_id)
+            if not batch:
+                break
+            deleted += batch
+            bar.update(batch)
+    click.echo(f"purged {deleted} rows (up to row {last_id})")
+
+
+@audit.command("replay")
+def replay_command() -> None:
+    """Write the events waiting in the local spool to the database, in order, exactly once."""
+    click.echo(f"replayed {writer().replay()} events")
+
+
+def _moment(text: str) -> datetime:
+    """A UTC midnight for YYYY-MM-DD, else an RFC 3339 time with its offset."""
+    try:
+        return datetime.combine(date.fromisoformat(text), time(), UTC)
+    except ValueError:
+        pass
+    try:
+        return RFC3339DateTime().deserialize(text)
+    except ValidationError as error:
+        raise click.BadParameter(" ".join(error.messages), param_hint="--before") from None
+
+
+@audit.command("export")
+@click.option("--format", "fmt", type=click.Choice(sorted(export.MEDIA_TYPES)),
+              default="ndjson", show_default=True, help="One JSON object per line, or CSV.")
+@click.option("--user", help="Exact user name.")
+@click.option("--ip", help="Exact client address.")
+@click.option("--level", help="One or more levels, comma separated, e.g. WARNING,ERROR.")
+@click.option("--source", help="auth, v1, main or app.")
+@click.option("--event", help="Exact event name, e.g. login.failure.")
+@click.option("--since", help="RFC 3339 time, inclusive.")
+@click.option("--until", help="RFC 3339 time, exclusive.")
+@click.option("--q", help="Case-insensitive substring of track.")
+def export_command(fmt: str, **filters) -> None:
+    """Write every matching row to standard output, oldest first: the bytes that
+    GET /v1/logs/export gives an admin. A progress bar goes to standard error on a terminal."""
+    try:
+        args = LogFiltersSchema().load({k: v for k, v in filters.items() if v is not None})
+    except ValidationError as error:
+        raise click.ClickException(field_problems(error)) from None
+    engine = db.engine
+    query = export.statement(args, None, engine.dialect.name, fmt)
+    output = sys.stdout.buffer
+    with _id_progress(engine, "exporting") as progress:
+        try:
+            for chunk in export.stream(engine, query, fmt, progress=progress):
+                output.write(chunk)
+            output.flush()
+        except BrokenPipeError:  # `flask audit export | head`: the reader has had enough
+            sys.stderr.close()
+            sys.exit(1)
+
+
+@contextmanager
+def _id_progress(engine, label: str):
+    """A `progress(last_id)` that moves a bar across the trail's ids on a terminal's standard
+    error, and does nothing elsewhere (ids are in order, so their span measures the work
+    without counting rows)."""
+    if not stderr_is_terminal():
+        yield None
+        return
+    with engine.connect() as connection:
+        first, last = connection.execute(sa.select(sa.func.min(Log.id), sa.func.max(Log.id))).one()
+    done = (first or 1) - 1
+    with click.progressbar(length=max((last or 0) - done, 1), label=label,
+                           file=sys.stderr) as bar:
+        def progress(last_id: int) -> None:
+            nonlocal done
+            bar.update(last_id - done)
+            done = last_id
+
+        yield progress
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()

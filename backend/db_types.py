@@ -29,5 +29,34 @@ class UTCDateTime(sa.types.TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+# 64-bit on PostgreSQL; on SQLite an INTEGER PRIMARY KEY, the rowid itself.
 BigIntegerKey = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def sqlite_pragmas(dbapi_connection, connection_record) -> None:
+    """WAL, a busy timeout, foreign keys and a Unicode lower() on every SQLite connection."""
+    # WAL lets readers and the audit writer's own connection work side by side.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+    # SQLite's own lower() folds ASCII only, so ILIKE (lower(x) LIKE lower(y) on SQLite) would
+    # miss "Ü" for "ü"; PostgreSQL folds every letter. Python's str.lower does too.
+    dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
+
+
+def _unicode_lower(value):
+    return value.lower() if isinstance(value, str) else value
+
+
+def on_this_database(obj, name, type_, reflected, compare_to) -> bool:
+    """Alembic's `include_object`: leave out what `ddl_if(dialect=...)` keeps off this database
+    (the PostgreSQL-only trigram index), which alembic would otherwise compare on SQLite too."""
+    from backend.extensions import db
+
+    condition = getattr(obj, "_ddl_if", None)
+    if condition is None or condition.dialect is None:
+        return True
+    dialects = {condition.dialect} if isinstance(condition.dialect, str) else condition.dialect
+    return db.engine.dialect.name in dialects

@@ -1,5 +1,6 @@
 """The three tables: users, their bearer tokens, and the audit trail."""
 
+import uuid
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -23,8 +24,17 @@ class User(db.Model):
     password_hash: so.Mapped[str] = so.mapped_column(sa.String(255))
     is_admin: so.Mapped[bool] = so.mapped_column(default=False)
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
+    # Set by an admin: a disabled user cannot log in, and tokens stop working at once.
+    disabled_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
+    # Tokens from logins that began before this are dead, even one that raced the change.
+    password_changed_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
 
     tokens: so.WriteOnlyMapped["Token"] = so.relationship(back_populates="user")
+
+    @property
+    def disabled(self) -> bool:
+        """Disabled by an admin: no login, no live token."""
+        return self.disabled_at is not None
 
     def __repr__(self) -> str:
         return f"<User {self.username}>"
@@ -38,6 +48,8 @@ class Token(db.Model):
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     digest: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
     user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("users.id"), index=True)
+    # For a login token, when that login began (before the password was read): compared with
+    # the user's password_changed_at, so a change during the login still kills the token.
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
     expires_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
     revoked_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
@@ -45,17 +57,46 @@ class Token(db.Model):
     user: so.Mapped[User] = so.relationship(back_populates="tokens")
 
 
-class Log(db.Model):
-    """One audit event. Rows are written by `backend.audit.writer` only, and never changed.
+class LoginThrottle(db.Model):
+    """Failed-login counters of one key: an (account, address) pair, an address or an account.
 
-    Every query of the trail orders by (created_at, id), so each filterable column leads an
-    index that ends in that order: a filter plus a cursor is one index range scan.
+    `key` is the SHA-256 of the scope and its parts (`backend.auth.lockout`), so any attempted
+    name fits, control characters and all. Updates are optimistic (`version`): two workers
+    counting the same failure at once cannot lose one of them.
+    """
+
+    __tablename__ = "login_throttles"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    scope: so.Mapped[str] = so.mapped_column(sa.String(8))
+    key: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    failures: so.Mapped[int] = so.mapped_column(default=0)
+    lockouts: so.Mapped[int] = so.mapped_column(default=0)
+    last_failure_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
+    locked_until: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
+    last_success_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
+    # When the row stops mattering; expired rows are deleted as new failures come in.
+    expires_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, index=True)
+    version: so.Mapped[int] = so.mapped_column()
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Log(db.Model):
+    """One audit event. Rows are written by `backend.audit.writer` only, and never changed
+    (triggers refuse UPDATE, DELETE and TRUNCATE; retention deletes under a purge permit).
+
+    Ids are given out by the writer under the chain's lock: gapless, in commit order, and
+    `created_at` never decreases along them. Every query of the trail orders by
+    (created_at, id), so each filterable column leads an index that ends in that order: a
+    filter plus a cursor is one index range scan.
     """
 
     __tablename__ = "audit_log"
 
-    id: so.Mapped[int] = so.mapped_column(BigIntegerKey, primary_key=True)
+    id: so.Mapped[int] = so.mapped_column(BigIntegerKey, primary_key=True, autoincrement=False)
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
+    event_id: so.Mapped[uuid.UUID] = so.mapped_column(sa.Uuid, unique=True)
     source: so.Mapped[str] = so.mapped_column(sa.String(8))
     event: so.Mapped[str] = so.mapped_column(sa.String(64))
     level: so.Mapped[str] = so.mapped_column(sa.String(8))
@@ -67,6 +108,8 @@ class Log(db.Model):
     status: so.Mapped[int | None] = so.mapped_column(sa.SmallInteger)
     request_id: so.Mapped[str | None] = so.mapped_column(sa.String(32))
     user_agent: so.Mapped[str | None] = so.mapped_column(sa.String(512))
+    prev_hash: so.Mapped[str] = so.mapped_column(sa.String(64))
+    hash: so.Mapped[str] = so.mapped_column(sa.String(64))
 
     __table_args__ = (
         sa.Index("ix_audit_log_created_at_id", "created_at", "id"),
@@ -74,4 +117,44 @@ class Log(db.Model):
             sa.Index(f"ix_audit_log_{column}_created_at_id", column, "created_at", "id")
             for column in ("user", "ip", "level", "source", "event")
         ),
+        # `q` (ILIKE '%...%') on PostgreSQL; SQLite scans.
+        sa.Index("ix_audit_log_track_trgm", "track", postgresql_using="gin",
+                 postgresql_ops={"track": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
     )
+
+
+class AuditChain(db.Model):
+    """The chain's head: one row (id 1), locked by every append, so appends queue up."""
+
+    __tablename__ = "audit_chain"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    last_id: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    last_hash: so.Mapped[str] = so.mapped_column(sa.String(64))
+    last_created_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
+    since_checkpoint: so.Mapped[int] = so.mapped_column()
+
+
+class Checkpoint(db.Model):
+    """A signed chain position: `mac` = HMAC-SHA-256(AUDIT_SIGNING_KEY, "log_id:log_hash:reason").
+
+    Written every CHECKPOINT_EVERY rows, on demand (`flask audit anchor`), and by a purge, where
+    it vouches for the first remaining row's `prev_hash`. Append-only like the trail.
+    """
+
+    __tablename__ = "audit_checkpoint"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    log_id: so.Mapped[int] = so.mapped_column(sa.BigInteger, index=True)
+    log_hash: so.Mapped[str] = so.mapped_column(sa.String(64))
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
+    reason: so.Mapped[str] = so.mapped_column(sa.String(16))
+    mac: so.Mapped[str] = so.mapped_column(sa.String(64))
+
+
+class PurgePermit(db.Model):
+    """While a row exists here (inside the purge's own transaction), triggers allow DELETE."""
+
+    __tablename__ = "audit_purge_permit"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)

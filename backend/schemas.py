@@ -2,6 +2,7 @@
 
 import ipaddress
 import re
+from datetime import UTC
 
 from flask import request
 from marshmallow import ValidationError, fields, post_load, validate, validates, validates_schema
@@ -17,6 +18,9 @@ USERNAME = validate.Regexp(
     r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z",
     error="1 to 64 characters: letters, digits and _ . @ - (starting with a letter or digit)",
 )
+
+
+PASSWORD = validate.Length(min=8, max=1024)
 
 
 class UTCDateTime(fields.DateTime):
@@ -39,7 +43,17 @@ class RFC3339DateTime(fields.AwareDateTime):
         if not isinstance(value, str) or not self.FORMAT.fullmatch(value):
             raise ValidationError("must be an RFC 3339 date-time with an offset, "
                                   "e.g. 2026-11-21T10:00:00Z")
-        return super()._deserialize(value.upper(), attr, data, **kwargs)
+        moment = super()._deserialize(value.upper(), attr, data, **kwargs)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise ValidationError("is out of range") from None
+
+
+def no_nul(value: str) -> None:
+    """PostgreSQL text cannot hold NUL; refuse it as a bad value, not a database error."""
+    if "\x00" in value:
+        raise ValidationError("must not contain NUL characters")
 
 
 class ErrorBodySchema(ma.Schema):
@@ -64,8 +78,23 @@ class UserSchema(ma.Schema):
 
 
 class NewUserSchema(UserSchema):
-    password = fields.String(required=True, load_only=True,
-                             validate=validate.Length(min=8, max=1024))
+    password = fields.String(required=True, load_only=True, validate=PASSWORD)
+
+
+class UserStatusSchema(UserSchema):
+    disabled = fields.Boolean(dump_only=True, metadata={
+        "description": "A disabled user cannot log in and has no live token."})
+
+
+class UserUpdateSchema(ma.Schema):
+    disabled = fields.Boolean(required=True, metadata={
+        "description": "`true` disables the user and revokes every token of theirs at once."})
+
+
+class PasswordChangeSchema(ma.Schema):
+    current_password = fields.String(required=True, load_only=True,
+                                     validate=validate.Length(min=1, max=1024))
+    new_password = fields.String(required=True, load_only=True, validate=PASSWORD)
 
 
 class LoginSchema(ma.Schema):
@@ -125,7 +154,9 @@ class LevelList(DelimitedList):
     """`WARNING,ERROR`: one or more levels, case-insensitive."""
 
     def __init__(self, **kwargs):
-        super().__init__(fields.String(validate=validate.OneOf(LEVELS)), **kwargs)
+        super().__init__(fields.String(validate=validate.OneOf(LEVELS)),
+                         validate=validate.Length(min=1, error="name at least one level"),
+                         **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         return super()._deserialize(str(value).upper(), attr, data, **kwargs)
@@ -134,14 +165,15 @@ class LevelList(DelimitedList):
 class LogFiltersSchema(ma.Schema):
     """The filters that /v1/logs and its export share."""
 
-    user = fields.String(validate=validate.Length(min=1, max=64))
+    user = fields.String(validate=[validate.Length(min=1, max=64), no_nul])
     ip = fields.String(metadata={"description": "An IPv4 or IPv6 address."})
-    level = LevelList(metadata={"description": "Comma separated, e.g. `WARNING,ERROR`."})
+    level = LevelList(metadata={"description": "One or more levels, comma separated,"
+                                               " case-insensitive, e.g. `WARNING,error`."})
     source = fields.String(validate=validate.OneOf(SOURCES))
-    event = fields.String(validate=validate.Length(min=1, max=64))
+    event = fields.String(validate=[validate.Length(min=1, max=64), no_nul])
     since = RFC3339DateTime(metadata={"description": "RFC 3339; inclusive."})
     until = RFC3339DateTime(metadata={"description": "RFC 3339; exclusive."})
-    q = fields.String(validate=validate.Length(min=1, max=256),
+    q = fields.String(validate=[validate.Length(min=1, max=256), no_nul],
                       metadata={"description": "Case-insensitive substring of `track`."})
 
     @validates("ip")
@@ -171,3 +203,40 @@ class LogQuerySchema(LogFiltersSchema):
             except InvalidCursor as error:
                 raise ValidationError(str(error), "after") from None
         return data
+
+
+class LogExportSchema(LogFiltersSchema):
+    format = fields.String(load_default="ndjson", validate=validate.OneOf(["ndjson", "csv"]),
+                           metadata={"description": "`ndjson` (one JSON object per line) or"
+                                                    " `csv` (a header row, then one row each)."})
+
+
+class VerdictSchema(ma.Schema):
+    """What `flask audit verify` and GET /v1/logs/verify find."""
+
+    intact = fields.Boolean(required=True)
+    rows = fields.Integer(required=True, metadata={"description": "Rows walked."})
+    first_id = fields.Integer(required=True, allow_none=True)
+    last_id = fields.Integer(required=True, allow_none=True)
+    signed_up_to = fields.Integer(required=True, allow_none=True, metadata={
+        "description": "The last row vouched for by a signed checkpoint."})
+    broken_row = fields.Integer(required=True, allow_none=True)
+    problem = fields.String(required=True, allow_none=True)
+
+
+class IndexSchema(ma.Schema):
+    service = fields.String(required=True, metadata={"example": "flask-audit-trail"})
+    version = fields.String(required=True)
+    links = fields.Dict(keys=fields.String(), values=fields.Url(), required=True,
+                        metadata={"description": "Absolute URLs of the API's entry points."})
+
+
+class HealthSchema(ma.Schema):
+    status = fields.String(required=True, metadata={"example": "ok"})
+
+
+class ReadySchema(ma.Schema):
+    status = fields.String(required=True, metadata={"example": "ready"})
+    migration = fields.String(required=True, metadata={"description": "The schema's revision."})
+    spooled_events = fields.Integer(required=True, metadata={
+        "description": "Audit events waiting in the local spool for the database."})

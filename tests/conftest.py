@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from flask_migrate import upgrade
 
 import config
-from backend import create_app
+from backend import create_app, dispose_engines
+from backend.audit.chain import GENESIS
 from backend.extensions import db
 from backend.models import Log
 
@@ -34,7 +35,7 @@ def migrate_to_head(database_url: str, instance_path) -> None:
     app = create_app(make_settings(database_url, instance_path))
     with app.app_context():
         upgrade()
-        db.engine.dispose()
+    dispose_engines(app)
 
 
 @pytest.fixture(scope="session")
@@ -71,19 +72,34 @@ def database_url(request, tmp_path):
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
     url = request.getfixturevalue("postgresql_url")
-    engine = sa.create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(sa.text("TRUNCATE audit_log, tokens, users RESTART IDENTITY CASCADE"))
-    engine.dispose()
+    empty_postgresql(url)
     return url
 
 
+def empty_postgresql(url: str) -> None:
+    """Back to a freshly migrated state. The trail's tables are append-only, so this deletes
+    them the one sanctioned way, under a purge permit, and resets the chain's head."""
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("INSERT INTO audit_purge_permit (id) VALUES (1)"))
+        connection.execute(sa.text("DELETE FROM audit_log"))
+        connection.execute(sa.text("DELETE FROM audit_checkpoint"))
+        connection.execute(sa.text("DELETE FROM audit_purge_permit"))
+        connection.execute(sa.text(
+            f"UPDATE audit_chain SET last_id = 0, last_hash = '{GENESIS}',"
+            " last_created_at = NULL, since_checkpoint = 0"))
+        connection.execute(sa.text(
+            "TRUNCATE tokens, users, login_throttles RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
 @pytest.fixture
-def app(database_url, tmp_path):
-    app = create_app(make_settings(database_url, tmp_path))
+def app(request, database_url, tmp_path):
+    """The app on each database; `@pytest.mark.settings(NAME=value)` adds to its environment."""
+    marker = request.node.get_closest_marker("settings")
+    app = create_app(make_settings(database_url, tmp_path, **(marker.kwargs if marker else {})))
     yield app
-    with app.app_context():
-        db.engine.dispose()
+    dispose_engines(app)
 
 
 @pytest.fixture

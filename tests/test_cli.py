@@ -5,7 +5,7 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from backend import create_app
+from backend import create_app, dispose_engines
 from backend.extensions import db
 from backend.models import User
 from tests.conftest import ALICE, Api, basic, make_settings
@@ -34,8 +34,7 @@ def app_with_admin_settings(database_url, tmp_path):
     app = create_app(make_settings(database_url, tmp_path, ADMIN_USERNAME="root",
                                    ADMIN_PASSWORD="root-password-1"))
     yield app
-    with app.app_context():
-        db.engine.dispose()
+    dispose_engines(app)
 
 
 def test_create_reads_the_password_from_stdin(app, runner):
@@ -150,5 +149,4 @@ def test_ensure_admin_refuses_credentials_the_api_would_refuse(database_url, tmp
         assert "username:" in result.output and "password:" in result.output
         assert stored_users(app) == {}
     finally:
-        with app.app_context():
-            db.engine.dispose()
+        dispose_engines(app)

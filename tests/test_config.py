@@ -41,10 +41,25 @@ def test_production_without_a_database_url_is_refused(environ):
     assert "DATABASE_URL" in config_error(environ | {"APP_ENV": "production", "SECRET_KEY": "s"})
 
 
-def test_production_with_both_is_accepted(environ):
-    result = settings(environ | {"APP_ENV": "production", "DATABASE_URL": PG, "SECRET_KEY": "s"})
+def test_production_without_an_audit_signing_key_is_refused(environ):
+    message = config_error(environ | {"APP_ENV": "production", "DATABASE_URL": PG,
+                                      "SECRET_KEY": "s"})
+    assert "AUDIT_SIGNING_KEY" in message
+
+
+def test_production_with_all_three_is_accepted(environ):
+    result = settings(environ | {"APP_ENV": "production", "DATABASE_URL": PG, "SECRET_KEY": "s",
+                                 "AUDIT_SIGNING_KEY": "k"})
     assert (result["APP_ENV"], result["SECRET_KEY"]) == ("production", "s")
+    assert result["AUDIT_SIGNING_KEY"] == "k"
     assert result["TESTING"] is False
+
+
+def test_outside_production_the_signing_key_derives_from_the_secret_key(environ):
+    first = settings(environ | {"SECRET_KEY": "s"})["AUDIT_SIGNING_KEY"]
+    assert first == settings(environ | {"SECRET_KEY": "s"})["AUDIT_SIGNING_KEY"]
+    assert first != settings(environ | {"SECRET_KEY": "t"})["AUDIT_SIGNING_KEY"]
+    assert "s" != first
 
 
 def test_an_unknown_app_env_is_refused(environ):

@@ -14,7 +14,7 @@ import pytest
 from backend.audit import writer
 from backend.audit.events import AuditEvent
 from backend.clock import rfc3339
-from tests.conftest import ALICE, basic
+from tests.conftest import ADMIN, ALICE, basic
 
 CONTRACT_KEYS = {"id", "created_at", "source", "event", "level", "user", "ip", "track",
                  "method", "path", "status", "request_id", "user_agent"}
@@ -131,8 +131,12 @@ def trail(api, users):
 
 
 @pytest.fixture
-def around_t(api, users):
-    """Rows one microsecond before T, at T and one microsecond after; their ids by name."""
+def around_t(api):
+    """Rows one microsecond before T, at T and one microsecond after; their ids by name.
+
+    The writer never lets time run backwards along the ids, so these (in 2020) come first:
+    tests ask for this fixture before `trail` or `users`.
+    """
     return {name: write(api.app, created_at=T + offset * MICROSECOND, event="around.t")
             for name, offset in (("before", -1), ("at", 0), ("after", 1))}
 
@@ -224,21 +228,21 @@ def test_event_filter_selects_that_event(api, trail):
                    lambda row: row.event == "login.failure")
 
 
-def test_since_is_inclusive(api, trail, around_t):
+def test_since_is_inclusive(api, around_t, trail):
     assert_selects(api, trail["admin"], {"since": rfc3339(T)}, lambda row: row.created_at >= T)
 
 
 @pytest.mark.parametrize("since", ["2020-01-01T12:00:00.000000+02:00", "2020-01-01T05:30:00-04:30",
                                    "2020-01-01t10:00:00z", "2020-01-01 10:00:00Z"])
-def test_since_takes_any_rfc_3339_spelling_of_the_moment(api, trail, around_t, since):
+def test_since_takes_any_rfc_3339_spelling_of_the_moment(api, around_t, trail, since):
     assert_selects(api, trail["admin"], {"since": since}, lambda row: row.created_at >= T)
 
 
-def test_until_is_exclusive(api, trail, around_t):
+def test_until_is_exclusive(api, around_t, trail):
     assert ids(logs(api, trail["admin"], until=rfc3339(T))) == [around_t["before"]]
 
 
-def test_since_and_until_select_a_window(api, trail, around_t):
+def test_since_and_until_select_a_window(api, around_t, trail):
     response = logs(api, trail["admin"], since=rfc3339(T), until=rfc3339(T + MICROSECOND))
     assert ids(response) == [around_t["at"]]
 
@@ -270,19 +274,19 @@ def test_filters_combine(api, trail):
 
 # --- order and limit -------------------------------------------------------------------------
 
-def test_rows_come_newest_first_by_default(api, trail, around_t):
-    # The rows around T were written last but are the oldest: the order is created_at's.
+def test_rows_come_newest_first_by_default(api, around_t, trail):
+    # The rows around T (2020) are the oldest, so they come last.
     expected = expected_ids(api)
     assert expected[-3:] == [around_t["after"], around_t["at"], around_t["before"]]
     assert ids(logs(api, trail["admin"], limit=1000)) == expected
 
 
-def test_order_desc_gives_newest_first(api, trail, around_t):
+def test_order_desc_gives_newest_first(api, around_t, trail):
     expected = expected_ids(api)
     assert ids(logs(api, trail["admin"], order="desc", limit=1000)) == expected
 
 
-def test_order_asc_gives_oldest_first(api, trail, around_t):
+def test_order_asc_gives_oldest_first(api, around_t, trail):
     expected = expected_ids(api, order="asc")
     assert expected[:3] == [around_t["before"], around_t["at"], around_t["after"]]
     assert ids(logs(api, trail["admin"], order="asc", limit=1000)) == expected
@@ -452,7 +456,8 @@ def test_created_at_is_rfc3339_utc_with_z_and_microseconds(api, trail):
         assert datetime.fromisoformat(item["created_at"]) == created[item["id"]]
 
 
-def test_created_at_keeps_six_digits_when_microseconds_are_zero(api, users):
-    row_id = write(api.app, created_at=T)
-    response = api.get(f"/v1/logs/{row_id}", users["admin"])
+def test_created_at_keeps_six_digits_when_microseconds_are_zero(api):
+    row_id = write(api.app, created_at=T)  # the first row, so no later time is kept instead
+    api.create_user(*ADMIN, is_admin=True)
+    response = api.get(f"/v1/logs/{row_id}", api.login(*ADMIN))
     assert response.get_json()["created_at"] == "2020-01-01T10:00:00.000000Z"

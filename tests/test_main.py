@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
 import config
-from backend import create_app
+from backend import create_app, dispose_engines
 from backend.extensions import db
 from tests.conftest import make_settings
 from tests.test_errors import assert_error
@@ -57,8 +57,7 @@ def sqlite_app_at(tmp_path):
 
     yield make
     for app in apps:
-        with app.app_context():
-            db.engine.dispose()
+        dispose_engines(app)
 
 
 @pytest.fixture
@@ -100,7 +99,8 @@ def test_healthz_is_200_without_a_database(sqlite_app_at, tmp_path):
 def test_readyz_is_200_at_the_latest_migration(app, client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ready", "migration": latest_migration()}
+    assert response.get_json() == {"status": "ready", "migration": latest_migration(),
+                                   "spooled_events": 0}
     assert schema_version(app) == [latest_migration()]
 
 

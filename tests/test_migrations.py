@@ -9,8 +9,10 @@ from tests.test_main import schema_version
 
 
 def test_the_migrated_schema_matches_the_models(app):
+    # With the options `flask db migrate` uses (e.g. which objects exist on which database).
+    options = {"include_object": app.extensions["migrate"].configure_args["include_object"]}
     with app.app_context(), db.engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection), db.metadata)
+        diff = compare_metadata(MigrationContext.configure(connection, opts=options), db.metadata)
     assert diff == []
 
 

@@ -1,10 +1,12 @@
 """How a request proves who it is: a password at login, a bearer token everywhere else."""
 
 import sqlalchemy as sa
+from blinker import NamedSignal
 from flask import current_app, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import BadRequest
 
+from backend.auth.lockout import LockedOut, Throttle
 from backend.clock import utcnow
 from backend.errors import ValidationFailed
 from backend.extensions import auth_log, basic_auth, db, token_auth
@@ -17,23 +19,60 @@ from backend.security import check_password, hash_password, needs_rehash, token_
 def verify_password(username: str, password: str) -> User | None:
     """Check login credentials from HTTP Basic or, failing that, a JSON body.
 
-    An unknown user and a wrong password cost the same time and give the same 401; only the
-    audit row tells them apart, for the admins.
+    A hash made with older parameters is replaced, now that the password is at hand.
     """
     if not username and not password:
         username, password = _json_credentials()
         if username is None:
             return None  # no credentials at all: a challenge, not a failed attempt
+    # Before the user is read: the token this login makes dates from here (see Token).
+    g.login_started_at = utcnow()
+    user = authenticate_password(attempted_name(username), password, signal=auth_log,
+                                 event="login", status=401)
+    if user is not None and needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+        db.session.commit()
+    return user
+
+
+def authenticate_password(username: str, password: str, *, signal: NamedSignal, event: str,
+                          status: int) -> User | None:
+    """The user whose password this is, within the lockout rules; None for a failed check.
+
+    While the attempt is locked out (`backend.auth.lockout`), send `<event>.locked` and raise
+    LockedOut (429) without checking anything. An unknown name, a wrong password and a
+    disabled user are one kind of failure: they cost the same time, count toward a lock and
+    send `<event>.failure` with `status`; only the row's `track` tells them apart.
+    """
+    sender = current_app._get_current_object()
+    throttle = Throttle(username, request.remote_addr)
+    if (lock := throttle.lock()) is not None:
+        seconds, scopes = lock
+        signal.send(sender, event=f"{event}.locked", level="WARNING", user=username, status=429,
+                    track=f"locked out for {seconds} s: {', '.join(scopes)}")
+        raise LockedOut(retry_after=seconds)
     user = db.session.scalar(sa.select(User).where(User.username == username))
-    if check_password(user.password_hash if user else None, password):
-        if needs_rehash(user.password_hash):
-            user.password_hash = hash_password(password)
-            db.session.commit()
+    problem = password_problem(user, password)
+    if problem is None:
+        throttle.record_success()
         return user
-    auth_log.send(current_app._get_current_object(), event="login.failure", level="WARNING",
-                  user=username, status=401,
-                  track="unknown user" if user is None else "invalid password")
+    throttle.record_failure()
+    signal.send(sender, event=f"{event}.failure", level="WARNING", user=username, status=status,
+                track=problem)
     return None
+
+
+def password_problem(user: User | None, password: str) -> str | None:
+    """Why `password` does not let `user` in (for the trail), or None when it does."""
+    if not check_password(user.password_hash if user else None, password):
+        return "unknown user" if user is None else "invalid password"
+    return "disabled user" if user.disabled else None
+
+
+def attempted_name(username: str) -> str:
+    """The name as attempted, storable anywhere: PostgreSQL text cannot hold NUL, and no
+    real name has one (`backend.schemas.USERNAME`)."""
+    return username.replace("\x00", "\N{REPLACEMENT CHARACTER}")
 
 
 def _json_credentials() -> tuple[str | None, str | None]:
@@ -46,19 +85,26 @@ def _json_credentials() -> tuple[str | None, str | None]:
         credentials = LoginSchema().load(body)
     except ValidationError as error:
         raise ValidationFailed(error.normalized_messages()) from None
-    return credentials["username"], credentials["password"]
+    # Empty: HTTP Basic with neither name nor password, and `{}`: no credentials at all.
+    return credentials.get("username"), credentials.get("password")
 
 
 @token_auth.verify_token
 def verify_token(token: str) -> User | None:
-    """The user of a live token (not expired, not revoked); the token itself goes to `g`."""
+    """The user of a live token, the token itself to `g`.
+
+    Live: not expired, not revoked, its user not disabled and no password change since the
+    login that made it began (revocation is immediate either way; these close the races).
+    """
     if not token:
         return None
     row = db.session.execute(
         sa.select(Token, User)
         .join(Token.user)
         .where(Token.digest == token_digest(token), Token.revoked_at.is_(None),
-               Token.expires_at > utcnow())
+               Token.expires_at > utcnow(), User.disabled_at.is_(None),
+               sa.or_(User.password_changed_at.is_(None),
+                      Token.created_at >= User.password_changed_at))
     ).first()
     if row is None:
         return None

@@ -18,17 +18,25 @@ from backend.security import new_token
 @body(LoginSchema)
 @response(TokenSchema)
 @other_responses({400: (ErrorSchema, "Malformed credentials"),
-                  401: (ErrorSchema, "Unknown user or wrong password"),
+                  401: (ErrorSchema, "Unknown user, wrong password or disabled user"),
+                  413: (ErrorSchema, "A body over 64 KiB"),
+                  429: (ErrorSchema, "Locked out after too many failures; see `Retry-After`"),
                   503: (ErrorSchema, "The audit trail cannot record the login")})
 def login(credentials: dict):
     """Log in with HTTP Basic or a JSON body and get a new bearer token
 
-    Every login makes a new token; earlier tokens stay valid until they expire or are revoked.
+    Every login makes a new token; earlier tokens stay valid until they expire, are revoked
+    by logout, or the user changes password or is disabled. An unknown user, a wrong password
+    and a disabled user get the same 401, after the same work. Consecutive failures lock this
+    account from this address (5 by default), this address (20) and, for a minute, this
+    account (20; not from an address it logged in from lately). A locked attempt is checked
+    no further: 429, with `Retry-After` in seconds. README, "Login security", has the rules.
     """
     user = basic_auth.current_user()
     token, digest = new_token()
-    expires_at = utcnow() + timedelta(seconds=current_app.config["TOKEN_TTL"])
-    db.session.add(Token(digest=digest, user=user, expires_at=expires_at))
+    created_at = g.login_started_at
+    expires_at = created_at + timedelta(seconds=current_app.config["TOKEN_TTL"])
+    db.session.add(Token(digest=digest, user=user, created_at=created_at, expires_at=expires_at))
     db.session.commit()
     auth_log.send(current_app._get_current_object(), event="login.success", level="INFO",
                   user=user.username, status=200, track="logged in")

@@ -5,17 +5,21 @@ from importlib.metadata import version
 
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
+from apifairy import other_responses
 from flask import current_app, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
+from backend.audit.writer import writer
 from backend.errors import error_response
 from backend.extensions import db, main_log, migrate
 from backend.main import bp
+from backend.schemas import ErrorSchema, HealthSchema, IndexSchema, ReadySchema
 
 SERVICE = "flask-audit-trail"
 
 
 @bp.get("/")
+@other_responses({200: (IndexSchema, "The service and its links")})
 def index():
     """The service's name, version and where its API is."""
     main_log.send(current_app._get_current_object(), event="index.view", level="DEBUG",
@@ -36,12 +40,16 @@ def index():
 
 
 @bp.get("/healthz")
+@other_responses({200: (HealthSchema, "The process serves")})
 def healthz():
     """Liveness: the process serves. Touches no database, and is never audited."""
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
+@other_responses({200: (ReadySchema, "Ready to serve"),
+                  503: (ErrorSchema, "The database does not answer or is not at the latest"
+                                     " migration")})
 def readyz():
     """Readiness: the database answers and its schema is at the latest migration; else 503."""
     try:
@@ -55,7 +63,10 @@ def readyz():
         return error_response(503, f"The schema is at {', '.join(sorted(revisions)) or 'nothing'},"
                                    f" not the latest migration {', '.join(sorted(heads))}:"
                                    " run `flask db upgrade`.")
-    return {"status": "ready", "migration": ", ".join(sorted(heads))}
+    # Events spooled while the database was away are replayed by the next write; a load
+    # balancer need not take the instance out for them, but operators want to see them.
+    return {"status": "ready", "migration": ", ".join(sorted(heads)),
+            "spooled_events": writer().spool.count()}
 
 
 @cache

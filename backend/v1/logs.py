@@ -1,22 +1,26 @@
-"""/v1/logs: query the audit trail, page by page, or one row."""
+"""/v1/logs: query the audit trail, page by page, one row, or all of it as a file."""
 
 from apifairy import arguments, authenticate, other_responses, response
-from flask import request, url_for
+from flask import Response, request, url_for
 from marshmallow import RAISE
 from werkzeug.exceptions import NotFound
 
-from backend.audit import query
-from backend.extensions import token_auth
-from backend.schemas import ErrorSchema, LogPageSchema, LogQuerySchema, LogSchema
+from backend.audit import export, query
+from backend.extensions import db, token_auth
+from backend.schemas import ErrorSchema, LogExportSchema, LogPageSchema, LogQuerySchema, LogSchema
 from backend.v1 import bp
 from backend.v1.users import UNAUTHORIZED
+
+BAD_PARAMETER = {400: (ErrorSchema, "Unknown parameter, bad value or cursor")}
+# Ids are 64-bit; a larger one names no row (and must not reach the database as a number).
+MAX_ID = 2**63 - 1
 
 
 @bp.get("/logs")
 @authenticate(token_auth)
 @arguments(LogQuerySchema, unknown=RAISE)
 @response(LogPageSchema)
-@other_responses({**UNAUTHORIZED, 400: (ErrorSchema, "Unknown parameter, bad value or cursor")})
+@other_responses({**UNAUTHORIZED, **BAD_PARAMETER})
 def logs(args: dict):
     """Query the audit trail, newest first
 
@@ -39,7 +43,27 @@ def logs(args: dict):
 @other_responses({**UNAUTHORIZED, 404: (ErrorSchema, "No such row, or not yours to see")})
 def log(log_id: int):
     """One row of the audit trail"""
-    row = query.visible_row(log_id, token_auth.current_user())
+    row = query.visible_row(log_id, token_auth.current_user()) if log_id <= MAX_ID else None
     if row is None:
         raise NotFound("No audit row with that id is visible to you.")
     return row
+
+
+@bp.get("/logs/export")
+@authenticate(token_auth)
+@arguments(LogExportSchema, unknown=RAISE)
+@other_responses({200: "Every matching row, oldest first, streamed", **UNAUTHORIZED,
+                  **BAD_PARAMETER})
+def export_logs(args: dict):
+    """Export the audit trail as NDJSON or CSV
+
+    Every row that the filters of `GET /v1/logs` select and the caller may see, oldest first
+    (the chain's order), with `event_id`, `prev_hash` and `hash` for offline verification.
+    Streamed: any number of rows in constant memory. In CSV a text cell that a spreadsheet
+    would run as a formula (it starts with `=`, `+`, `-`, `@`, tab or CR) gets a `'` in front.
+    """
+    fmt = args.pop("format")
+    statement = export.statement(args, token_auth.current_user(), db.engine.dialect.name, fmt)
+    chunks = export.stream(db.engine, statement, fmt)
+    return Response(export.started(chunks), content_type=export.MEDIA_TYPES[fmt], headers={
+        "Content-Disposition": f'attachment; filename="audit-log.{fmt}"'})

@@ -1,13 +1,25 @@
-"""/v1/me and /v1/users."""
+"""/v1/me, /v1/me/password and /v1/users."""
 
 import sqlalchemy as sa
 from apifairy import authenticate, body, other_responses, response
 from flask import current_app
-from werkzeug.exceptions import Conflict
+from werkzeug.exceptions import Conflict, Forbidden, NotFound
 
+from backend.auth import accounts
+from backend.auth.credentials import authenticate_password
+from backend.errors import ValidationFailed
 from backend.extensions import db, token_auth, v1_log
 from backend.models import User
-from backend.schemas import ErrorSchema, NewUserSchema, UserListSchema, UserSchema
+from backend.schemas import (
+    ErrorSchema,
+    MessageSchema,
+    NewUserSchema,
+    PasswordChangeSchema,
+    UserListSchema,
+    UserSchema,
+    UserStatusSchema,
+    UserUpdateSchema,
+)
 from backend.users import UsernameTaken, create_user
 from backend.v1 import bp
 
@@ -49,3 +61,57 @@ def new_user(fields: dict):
                 user=token_auth.current_user().username, status=201,
                 track=f"created {'admin' if user.is_admin else 'user'} {user.username}")
     return user
+
+
+@bp.patch("/users/<int:user_id>")
+@authenticate(token_auth, role="admin")
+@body(UserUpdateSchema)
+@response(UserStatusSchema)
+@other_responses({**ADMIN_ONLY, 400: (ErrorSchema, "Invalid fields, or disabling yourself"),
+                  404: (ErrorSchema, "No such user")})
+def update_user(fields: dict, user_id: int):
+    """Disable or enable a user (admin)
+
+    `{"disabled": true}` revokes every token of the user at once, and their logins get the
+    same 401 as a wrong password; `{"disabled": false}` lets them log in again. An admin
+    cannot disable themselves. Non-admins get 403 whether or not the user exists.
+    """
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound("No user with that id.")
+    admin = token_auth.current_user()
+    if fields["disabled"] and user.id == admin.id:
+        raise ValidationFailed({"disabled": ["you cannot disable yourself"]})
+    if fields["disabled"] != user.disabled:
+        revoked = accounts.set_disabled(user, fields["disabled"])
+        action = "disable" if user.disabled else "enable"
+        v1_log.send(current_app._get_current_object(), event=f"user.{action}", level="INFO",
+                    user=admin.username, status=200,
+                    track=f"{action}d user {user.username}"
+                          + (f"; tokens revoked: {revoked}" if user.disabled else ""))
+    return user
+
+
+@bp.put("/me/password")
+@authenticate(token_auth)
+@body(PasswordChangeSchema)
+@response(MessageSchema)
+@other_responses({**UNAUTHORIZED, 400: (ErrorSchema, "Invalid fields"),
+                  403: (ErrorSchema, "The current password is wrong"),
+                  429: (ErrorSchema, "Locked out after too many failures; see `Retry-After`")})
+def change_password(fields: dict):
+    """Change your password
+
+    Needs the current one, checked like a login: a wrong one counts toward the same lockout
+    (a stolen token is no way to guess the password). Every token of yours, this one too, is
+    revoked: log in again with the new password.
+    """
+    username = token_auth.current_user().username
+    user = authenticate_password(username, fields["current_password"], signal=v1_log,
+                                 event="password.change", status=403)
+    if user is None:
+        raise Forbidden("The current password is wrong.")
+    revoked = accounts.change_password(user, fields["new_password"])
+    v1_log.send(current_app._get_current_object(), event="password.change", level="INFO",
+                user=username, status=200, track=f"changed password; tokens revoked: {revoked}")
+    return {"message": "Password changed; log in again."}

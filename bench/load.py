@@ -1,0 +1,287 @@
+"""Bulk-load a valid synthetic audit trail into a freshly migrated PostgreSQL database.
+
+The rows look like a busy service's: mostly `/v1` requests, logins and their failures, a few
+exceptions, a thousand users plus a service account and anonymous callers, a year of time.
+They form a valid chain (ids 1..N, `created_at` never decreasing, uuid4 event ids, each hash
+computed by `backend.audit.chain.row_hash`), signed checkpoints every AUDIT_CHECKPOINT_EVERY
+rows, and the chain's head row points at the last one, so the live app appends after them.
+
+Fast: rows are generated and hashed in this process and streamed to COPY (PostgreSQL parses
+and stores them on the other core); the table's indexes are dropped first and rebuilt after,
+two at a time, from their own definitions, and checked identical to what the migrations made.
+"""
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from backend.audit.chain import GENESIS, row_hash, sign
+
+COLUMNS = ("id", "created_at", "event_id", "source", "event", "level", "user", "ip", "track",
+           "method", "path", "status", "request_id", "user_agent", "prev_hash", "hash")
+START = datetime(2025, 1, 1, tzinfo=UTC)
+SPAN = timedelta(days=365)
+USERS = 1000
+SERVICE_ACCOUNT = "svc-batch"
+AGENTS = ("curl/8.5.0", "python-requests/2.32.3", "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
+          "audit-cli/1.4", "Go-http-client/1.1")
+BATCH = 5000
+COPY_CHUNK = 1 << 20
+NULL = "\\N"
+
+# (weight, source, event, level, status, method, path, track). `{user}` and `{n}` are filled
+# per row; a None method means "no request line" (not an api.request).
+KINDS = (
+    (2500, "v1", "api.request", "INFO", 200, "GET", "/v1/me", None),
+    (1500, "v1", "api.request", "INFO", 200, "GET", "/v1/logs", None),
+    (800, "v1", "api.request", "INFO", 200, "GET", "/v1/logs?level=WARNING", None),
+    (600, "v1", "api.request", "INFO", 200, "GET", "/v1/logs?user={user}", None),
+    (800, "v1", "api.request", "INFO", 200, "GET", "/v1/logs/{n}", None),
+    (50, "v1", "api.request", "INFO", 200, "GET", "/v1/logs/export?format=csv", None),
+    (300, "v1", "api.request", "INFO", 200, "GET", "/v1/users", None),
+    (20, "v1", "api.request", "INFO", 201, "POST", "/v1/users", None),
+    (500, "v1", "api.request", "WARNING", 401, "GET", "/v1/me", None),
+    (150, "v1", "api.request", "WARNING", 403, "GET", "/v1/users", None),
+    (200, "v1", "api.request", "WARNING", 404, "GET", "/v1/logs/{n}", None),
+    (100, "v1", "api.request", "WARNING", 404, "GET", "/v1/nope", None),
+    (100, "v1", "api.request", "WARNING", 400, "GET", "/v1/logs?limit=0", None),
+    (10, "v1", "api.request", "ERROR", 500, "GET", "/v1/logs", None),
+    (5, "v1", "api.request", "ERROR", 503, "POST", "/v1/users", None),
+    (700, "auth", "login.success", "INFO", 200, "POST", "/login", "logged in"),
+    (250, "auth", "login.failure", "WARNING", 401, "POST", "/login", "invalid password"),
+    (100, "auth", "login.failure", "WARNING", 401, "POST", "/login", "unknown user"),
+    (30, "auth", "login.locked", "WARNING", 429, "POST", "/login", "locked out for 60 s"),
+    (300, "auth", "logout", "INFO", 200, "GET", "/logout", "logged out"),
+    (400, "main", "index.view", "DEBUG", 200, "GET", "/", "GET /"),
+    (5, "app", "request.exception", "ERROR", 500, "GET", "/v1/logs",
+     "builtins.ZeroDivisionError: division by zero"),
+    (5, "app", "request.exception", "ERROR", 500, "POST", "/v1/users",
+     "sqlalchemy.exc.OperationalError: connection to server lost"),
+    (5, "v1", "user.create", "INFO", 201, "POST", "/v1/users", "created user {user}"),
+    (1, "app", "audit.unavailable", "CRITICAL", 503, "POST", "/login",
+     "audit spool full: disk quota exceeded"),
+)
+ANONYMOUS = {("v1", 401), ("main", 200)}
+
+
+@dataclass
+class LoadReport:
+    rows: int
+    copy_seconds: float
+    index_seconds: float
+    vacuum_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.copy_seconds + self.index_seconds + self.vacuum_seconds
+
+
+def synthetic_rows(count: int, seed: int = 1) -> Iterator[dict]:
+    """`count` rows in id order, as dicts of COLUMNS minus the two hashes; `created_at` and
+    `event_id` are already text (RFC 3339 with Z and microseconds; the canonical UUID), as
+    COPY and `row_hash` both take them."""
+    rng = random.Random(seed)
+    kinds = [_Kind(*kind) for kind in KINDS]
+    weights = [kind.weight for kind in kinds]
+    mean_gap = SPAN / timedelta(microseconds=1) / max(count, 1)
+    moment = int(START.timestamp() * 1_000_000)
+    day, day_text = None, ""
+    row_id = 0
+    while row_id < count:
+        for kind in rng.choices(kinds, weights, k=min(BATCH, count - row_id)):
+            row_id += 1
+            # A few rows share their microsecond with the previous one, as under load.
+            moment += 0 if rng.random() < 0.02 else int(rng.expovariate(1 / mean_gap)) + 1
+            seconds, micros = divmod(moment, 1_000_000)
+            if seconds // 86400 != day:
+                day = seconds // 86400
+                day_text = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+            in_day = seconds % 86400
+            created_at = (f"{day_text}T{in_day // 3600:02d}:{in_day // 60 % 60:02d}:"
+                          f"{in_day % 60:02d}.{micros:06d}Z")
+            yield kind.row(rng, row_id, created_at)
+
+
+class _Kind:
+    """One kind of row of KINDS, and how to make one."""
+
+    def __init__(self, weight, source, event, level, status, method, path, track):
+        self.weight, self.source, self.event, self.level = weight, source, event, level
+        self.status, self.method, self.path, self.track = status, method, path, track
+        self.anonymous = (source, status) in ANONYMOUS
+        self.guessed = track == "unknown user"
+
+    def row(self, rng: random.Random, row_id: int, created_at: str) -> dict:
+        if self.anonymous or self.guessed:
+            user = f"guess{int(rng.random() * 100_000):05d}" if self.guessed else None
+            ip = f"198.51.{int(rng.random() * 256)}.{1 + int(rng.random() * 254)}"
+        elif rng.random() < 0.2:
+            user, ip = SERVICE_ACCOUNT, "10.200.0.1"
+        else:
+            number = int(rng.random() * USERS)
+            user = f"user{number:04d}"
+            ip = f"10.{number // 250}.{number % 250}.{1 + int(rng.random() * 3)}"
+        path = self.path
+        if "{" in path:
+            path = path.format(user=f"user{int(rng.random() * USERS):04d}",
+                               n=1 + int(rng.random() * row_id))
+        if self.track is None:
+            track = f"{self.method} {path} -> {self.status}"
+        elif "{" in self.track:
+            track = self.track.format(user=f"user{USERS + int(rng.random() * USERS):04d}")
+        else:
+            track = self.track
+        return {"id": row_id, "created_at": created_at,
+                "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "source": self.source, "event": self.event, "level": self.level, "user": user,
+                "ip": ip, "track": track, "method": self.method, "path": path.split("?")[0],
+                "status": self.status, "request_id": f"{rng.getrandbits(128):032x}",
+                "user_agent": AGENTS[int(rng.random() * len(AGENTS))]}
+
+
+def chained(rows: Iterator[dict], checkpoint_every: int, key: bytes,
+            checkpoints: list) -> Iterator[bytes]:
+    """COPY text for `rows`, each hashed onto the chain; appends the periodic checkpoints.
+
+    The synthetic values hold no tab, newline or backslash, so they need no COPY escaping;
+    only a missing user or address is written as COPY's null, `\\N`.
+    """
+    prev_hash = GENESIS
+    lines = []
+    size = 0
+    for row in rows:
+        this_hash = row_hash(row, prev_hash)
+        line = (f"{row['id']}\t{row['created_at']}\t{row['event_id']}\t{row['source']}\t"
+                f"{row['event']}\t{row['level']}\t{row['user'] or NULL}\t{row['ip'] or NULL}\t"
+                f"{row['track']}\t{row['method']}\t{row['path']}\t{row['status']}\t"
+                f"{row['request_id']}\t{row['user_agent']}\t{prev_hash}\t{this_hash}\n")
+        prev_hash = this_hash
+        if row["id"] % checkpoint_every == 0:
+            moment = datetime.fromisoformat(row["created_at"])
+            checkpoints.append(sign(key, row["id"], this_hash, moment, "periodic"))
+        lines.append(line)
+        size += len(line)
+        if size >= COPY_CHUNK:
+            yield "".join(lines).encode()
+            lines, size = [], 0
+    if lines:
+        yield "".join(lines).encode()
+
+
+def load(url: str, count: int, key: bytes, checkpoint_every: int = 1000, seed: int = 1,
+         progress=None) -> LoadReport:
+    """Load `count` synthetic rows into the empty, migrated database at `url` (a libpq URL)."""
+    with psycopg.connect(url) as connection:
+        _check_empty(connection)
+        indexes = _indexes(connection)
+        _drop(connection, indexes)
+        connection.commit()
+
+        started = time.perf_counter()
+        checkpoints: list[dict] = []
+        last = None
+        with connection.cursor() as cursor:
+            columns = ", ".join(f'"{name}"' for name in COLUMNS)
+            with cursor.copy(f"COPY audit_log ({columns}) FROM STDIN") as copy:
+                for chunk in chained(synthetic_rows(count, seed), checkpoint_every, key,
+                                     checkpoints):
+                    copy.write(chunk)
+                    last = chunk
+                    if progress is not None:
+                        progress(chunk.count(b"\n"))
+            _store_checkpoints(cursor, checkpoints)
+            _set_head(cursor, last, count, checkpoint_every)
+        connection.commit()
+        copied = time.perf_counter()
+
+    _rebuild(url, indexes)
+    rebuilt = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("VACUUM (ANALYZE) audit_log")
+        connection.execute("VACUUM (ANALYZE) audit_checkpoint")
+        if _indexes(connection) != indexes:
+            raise RuntimeError("the rebuilt indexes differ from the migration's")
+    done = time.perf_counter()
+    return LoadReport(count, copied - started, rebuilt - copied, done - rebuilt)
+
+
+def _check_empty(connection: psycopg.Connection) -> None:
+    head = connection.execute("SELECT last_id FROM audit_chain WHERE id = 1").fetchone()
+    rows = connection.execute("SELECT EXISTS (SELECT 1 FROM audit_log)").fetchone()[0]
+    if head != (0,) or rows:
+        raise RuntimeError("the bench loads into an empty, freshly migrated database only")
+
+
+def _indexes(connection: psycopg.Connection) -> dict[str, tuple[str | None, str]]:
+    """audit_log's indexes: name -> (constraint definition or None, index definition)."""
+    return {name: (constraint, index) for name, constraint, index in connection.execute(
+        """SELECT i.indexrelid::regclass::text, pg_get_constraintdef(c.oid),
+                  pg_get_indexdef(i.indexrelid)
+           FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid
+                                                    AND c.conrelid = i.indrelid
+           WHERE i.indrelid = 'audit_log'::regclass""")}
+
+
+def _drop(connection: psycopg.Connection, indexes: dict) -> None:
+    for name, (constraint, _) in indexes.items():
+        if constraint is None:
+            connection.execute(f'DROP INDEX "{name}"')
+        else:
+            connection.execute(f'ALTER TABLE audit_log DROP CONSTRAINT "{name}"')
+
+
+def _rebuild(url: str, indexes: dict) -> None:
+    """Recreate the indexes from their definitions, two connections at a time (two cores);
+    the biggest first, so the others fill in beside it."""
+    statements = [f'ALTER TABLE audit_log ADD CONSTRAINT "{name}" {constraint}'
+                  if constraint else index for name, (constraint, index) in indexes.items()]
+    statements.sort(key=lambda sql: " gin " not in sql.lower())
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with psycopg.connect(url, autocommit=True) as connection:
+                connection.execute("SET maintenance_work_mem = '1GB'")
+                connection.execute("SET max_parallel_maintenance_workers = 0")
+                while statements:
+                    try:
+                        sql = statements.pop(0)
+                    except IndexError:
+                        return
+                    connection.execute(sql)
+        except BaseException as error:  # noqa: BLE001 (re-raised in the caller)
+            failures.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
+def _store_checkpoints(cursor: psycopg.Cursor, checkpoints: list[dict]) -> None:
+    with cursor.copy("COPY audit_checkpoint (log_id, log_hash, created_at, reason, mac)"
+                     " FROM STDIN") as copy:
+        for point in checkpoints:
+            copy.write_row((point["log_id"], point["log_hash"], point["created_at"],
+                            point["reason"], point["mac"]))
+
+
+def _set_head(cursor: psycopg.Cursor, last_chunk: bytes | None, count: int,
+              checkpoint_every: int) -> None:
+    """Point the chain's head at the last row, so the live writer appends after it."""
+    if last_chunk is None:
+        return
+    fields = last_chunk.rstrip(b"\n").rsplit(b"\n", 1)[-1].decode().split("\t")
+    cursor.execute(
+        "UPDATE audit_chain SET last_id = %s, last_hash = %s, last_created_at = %s,"
+        " since_checkpoint = %s WHERE id = 1",
+        (count, fields[-1], fields[1], count % checkpoint_every))

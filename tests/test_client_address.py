@@ -1,0 +1,69 @@
+"""The client's address: what the socket says, or what exactly TRUSTED_PROXY_HOPS proxies say.
+
+`REMOTE_ADDR` plays the socket's peer; `X-Forwarded-For` is what the client wrote, followed by
+what each proxy appended.
+"""
+
+import pytest
+
+from tests.conftest import ALICE
+from tests.test_lockout import WRONG, attempt
+
+CLIENT = "203.0.113.9"
+PROXY = "10.0.0.2"
+SPOOFED = "198.51.100.66"
+
+
+def login_failure_from(client, peer: str, forwarded_for: str | None = None):
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for is not None else {}
+    return attempt(client, ALICE[0], WRONG, address=peer, headers=headers)
+
+
+@pytest.mark.parametrize(("peer", "forwarded_for"), [
+    pytest.param(CLIENT, SPOOFED, id="no-proxy"),
+    pytest.param(PROXY, f"{SPOOFED}, {CLIENT}", id="one-proxy",
+                 marks=pytest.mark.settings(TRUSTED_PROXY_HOPS="1")),
+    pytest.param(PROXY, f"{SPOOFED}, {CLIENT}, 10.0.0.1", id="two-proxies",
+                 marks=pytest.mark.settings(TRUSTED_PROXY_HOPS="2")),
+])
+def test_the_logged_address_is_the_one_the_trusted_proxies_saw(api, client, peer, forwarded_for):
+    response = login_failure_from(client, peer, forwarded_for)
+    [row] = api.rows(event="login.failure")
+    assert row.ip == CLIENT
+    assert row.request_id == response.headers["X-Request-ID"]
+
+
+def test_without_proxies_a_client_cannot_dodge_the_lock_by_rotating_x_forwarded_for(client):
+    for number in range(5):
+        login_failure_from(client, CLIENT, f"198.51.100.{number}")
+    assert attempt(client, *ALICE, address=CLIENT,
+                   headers={"X-Forwarded-For": "198.51.100.99"}).status_code == 429
+
+
+@pytest.mark.settings(TRUSTED_PROXY_HOPS="1")
+def test_behind_one_proxy_api_requests_are_logged_from_the_appended_address(api, client):
+    client.get("/v1/me", headers={"X-Forwarded-For": f"{SPOOFED}, {CLIENT}"},
+               environ_base={"REMOTE_ADDR": PROXY})
+    [row] = api.rows(event="api.request")
+    assert row.ip == CLIENT
+
+
+@pytest.mark.settings(TRUSTED_PROXY_HOPS="1")
+def test_behind_a_proxy_the_lock_follows_the_appended_address(api, client):
+    api.create_user(*ALICE)
+    for number in range(5):
+        login_failure_from(client, PROXY, f"198.51.100.{number}, {CLIENT}")
+    locked = attempt(client, *ALICE, address=PROXY,
+                     headers={"X-Forwarded-For": f"198.51.100.99, {CLIENT}"})
+    assert locked.status_code == 429
+    # Another client behind the same proxy is not caught by that lock.
+    assert attempt(client, *ALICE, address=PROXY,
+                   headers={"X-Forwarded-For": "192.0.2.44"}).status_code == 200
+
+
+@pytest.mark.settings(TRUSTED_PROXY_HOPS="1")
+def test_the_locked_row_carries_the_appended_address(api, client):
+    for _ in range(6):
+        login_failure_from(client, PROXY, f"{SPOOFED}, {CLIENT}")
+    [row] = api.rows(event="login.locked")
+    assert row.ip == CLIENT
