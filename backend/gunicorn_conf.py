@@ -164,5 +164,7 @@ class JsonAccessLogger(glogging.Logger):
 
 
 logger_class = JsonAccessLogger
-accesslog = "-"
+# Standard output by default; GUNICORN_ACCESS_LOG="" turns it off (bench/throughput.py does,
+# as its peer logs nothing), a path writes there.
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
 errorlog = "-"
