@@ -58,11 +58,11 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         "SQLALCHEMY_DATABASE_URI": database_url_for_sqlalchemy(database_url),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "AUDIT_SIGNING_KEY": signing_key,
-        "AUDIT_CHECKPOINT_EVERY": _positive_int(environ, "AUDIT_CHECKPOINT_EVERY", 1000),
+        "AUDIT_CHECKPOINT_EVERY": positive_int(environ, "AUDIT_CHECKPOINT_EVERY", 1000),
         "AUDIT_SPOOL_PATH": environ.get("AUDIT_SPOOL_PATH")
         or str(instance_path / "audit-spool.jsonl"),
-        "TOKEN_TTL": _positive_int(environ, "TOKEN_TTL", 3600),
-        "TRUSTED_PROXY_HOPS": _positive_int(environ, "TRUSTED_PROXY_HOPS", 0, minimum=0),
+        "TOKEN_TTL": positive_int(environ, "TOKEN_TTL", 3600),
+        "TRUSTED_PROXY_HOPS": positive_int(environ, "TRUSTED_PROXY_HOPS", 0, minimum=0),
         **_login_security(environ),
         "ADMIN_USERNAME": environ.get("ADMIN_USERNAME") or None,
         "ADMIN_PASSWORD": environ.get("ADMIN_PASSWORD") or None,
@@ -83,7 +83,7 @@ def database_url_for_sqlalchemy(url: str) -> str:
 
 def _login_security(environ: Mapping[str, str]) -> dict:
     """Brute-force protection (README, "Login security"): thresholds well under NIST's 100."""
-    values = {name: _positive_int(environ, name, default) for name, default in (
+    values = {name: positive_int(environ, name, default) for name, default in (
         ("LOGIN_MAX_FAILURES", 5),  # per (account, address) pair
         ("LOGIN_MAX_FAILURES_PER_ADDRESS", 20),  # per address, whatever the accounts
         ("LOGIN_MAX_FAILURES_PER_ACCOUNT", 20),  # per account, whatever the addresses
@@ -97,7 +97,8 @@ def _login_security(environ: Mapping[str, str]) -> dict:
     return values
 
 
-def _positive_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+def positive_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    """The whole number in `environ[name]` (default when unset), at least `minimum`."""
     raw = environ.get(name)
     if raw in (None, ""):
         return default

@@ -17,7 +17,7 @@ from dotenv import load_dotenv
 from gunicorn import glogging
 
 from backend import dispose_engines
-from config import ROOT, _positive_int
+from config import ROOT, positive_int
 
 CGROUP = Path("/sys/fs/cgroup")
 # The same .env the app reads (config.settings), so that gunicorn and the app agree on
@@ -51,10 +51,10 @@ def _cgroup_quota(cgroup: Path) -> float | None:
 
 # --- workers -------------------------------------------------------------------------------
 # gunicorn's rule of thumb, 2 x CPUs + 1, counted from the container's CPUs, not the host's.
-workers = _positive_int(os.environ, "GUNICORN_WORKERS", 2 * container_cpus() + 1)
+workers = positive_int(os.environ, "GUNICORN_WORKERS", 2 * container_cpus() + 1)
 # Threads let a worker wait on PostgreSQL (and hash a password) for one request while it
 # serves another; each thread may hold a request connection and an audit-writer connection.
-threads = _positive_int(os.environ, "GUNICORN_THREADS", 2)
+threads = positive_int(os.environ, "GUNICORN_THREADS", 2)
 worker_class = "gthread"
 # The app is built once in the master and forked: a bad setting stops gunicorn before any
 # worker starts, and workers share its memory. post_fork below makes that safe for the pools.
@@ -87,7 +87,7 @@ control_socket_disable = True
 # it accepts them only from FORWARDED_ALLOW_IPS (default: any peer, as the proxies' addresses
 # are seldom known in a container network), and pre_request strips them from anyone else
 # before ProxyFix sees them.
-TRUSTED_PROXY_HOPS = _positive_int(os.environ, "TRUSTED_PROXY_HOPS", 0, minimum=0)
+TRUSTED_PROXY_HOPS = positive_int(os.environ, "TRUSTED_PROXY_HOPS", 0, minimum=0)
 forwarded_allow_ips = (os.environ.get("FORWARDED_ALLOW_IPS") or "*") if TRUSTED_PROXY_HOPS else ""
 # No peer may rewrite SCRIPT_NAME or PATH_INFO through headers: the app is not mounted under a
 # prefix, and the Link URLs it builds must not be steerable.
