@@ -199,8 +199,10 @@ def measure(server: Server, options, report: "Report") -> None:
             timings = timed(server, f"/v1/logs?{urlencode({'after': deep})}", admin,
                             options.requests)
             report.row(f"page {DEEP_PAGE:,} (following next)", timings, None, "")
-    deep = percentile(timings_of(report, f"page {DEEP_PAGE:,}"), 95)
-    report.line(f"page {DEEP_PAGE:,} / first page, p95: {deep / percentile(first, 95):.2f}")
+    deep = timings_of(report, f"page {DEEP_PAGE:,}")
+    report.line(f"page {DEEP_PAGE:,} / first page: p50 "
+                f"{percentile(deep, 50) / percentile(first, 50):.2f}, p95 "
+                f"{percentile(deep, 95) / percentile(first, 95):.2f}")
     report.line("")
     for fmt in ("ndjson", "csv"):
         rows, seconds, size, peak = export_rate(server, admin, fmt)

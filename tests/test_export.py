@@ -296,3 +296,17 @@ def test_the_command_shows_progress_on_a_terminal_only(api, rows, runner, monkey
     assert "exporting" in result.stderr
     assert result.stdout_bytes == get_export(api, rows["admin"]).get_data()
 
+
+
+def test_csv_rows_are_what_the_csv_module_writes_byte_for_byte(api, rows):
+    response = get_export(api, rows["admin"], format="csv")
+    cells = [[_defused(value) for value in row.values()] for row in expected(api, response)]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows([list(export.FIELDS), *cells])
+    assert response.get_data() == ("\ufeff" + buffer.getvalue()).encode()
+
+
+def _defused(value):
+    if isinstance(value, str) and value.startswith(export.FORMULA_STARTS):
+        return "'" + value
+    return value
