@@ -75,7 +75,7 @@ def append(connection: sa.Connection, events: Sequence[AuditEvent], key: bytes,
         rows.append(row)
         since_checkpoint += 1
         if since_checkpoint >= checkpoint_every:
-            checkpoints.append(_checkpoint(key, row, "periodic"))
+            checkpoints.append(sign(key, row["id"], row["hash"], row["created_at"], "periodic"))
             since_checkpoint = 0
     connection.execute(sa.insert(Log), rows)
     if checkpoints:
@@ -102,10 +102,6 @@ def sign(key: bytes, log_id: int, log_hash: str, created_at: datetime, reason: s
     """A checkpoint row vouching that row `log_id` has hash `log_hash`."""
     return {"log_id": log_id, "log_hash": log_hash, "created_at": created_at,
             "reason": reason, "mac": checkpoint_mac(key, log_id, log_hash, reason)}
-
-
-def _checkpoint(key: bytes, row: dict, reason: str) -> dict:
-    return sign(key, row["id"], row["hash"], row["created_at"], reason)
 
 
 def existing_event_ids(connection: sa.Connection, event_ids: Iterable) -> set:

@@ -61,7 +61,7 @@ class AuditWriter:
         """Make `events` durable together, in order: their row ids, or None each if spooled."""
         try:
             if self.spool.pending():
-                return self._write_with_spool(events)
+                return self._replay_then(events)[1]
             with self.engine.begin() as connection:
                 return self._append(connection, events)
         except SQLAlchemyError:
@@ -73,28 +73,24 @@ class AuditWriter:
             raise AuditUnavailable() from None
         return [None] * len(events)
 
-    def _write_with_spool(self, events: list[AuditEvent]) -> list[int]:
-        """Replay the spool, then the events, in one transaction, holding the spool meanwhile."""
+    def _replay_then(self, events: list[AuditEvent]) -> tuple[int, list[int]]:
+        """Replay the spool, then `events`, in one transaction, holding the spool meanwhile;
+        return (how many spooled events were written, the ids of `events`)."""
         with self.spool.draining() as drain:
             with self.engine.begin() as connection:
                 waiting = _not_yet_written(connection, drain.events)
-                ids = self._append(connection, [*waiting, *events])
+                ids = self._append(connection, [*waiting, *events]) if waiting or events else []
             drain.done()
-        logger.warning("replayed %d spooled audit events", len(waiting))
-        return ids[len(waiting):]
+        if waiting:
+            logger.warning("replayed %d spooled audit events", len(waiting))
+        return len(waiting), ids[len(waiting):]
 
     def _append(self, connection: sa.Connection, events: list[AuditEvent]) -> list[int]:
         return chain.append(connection, events, self.key, self.checkpoint_every)
 
     def replay(self) -> int:
         """Write every spooled event (`flask audit replay`); return how many were written."""
-        with self.spool.draining() as drain:
-            with self.engine.begin() as connection:
-                waiting = _not_yet_written(connection, drain.events)
-                if waiting:
-                    self._append(connection, waiting)
-            drain.done()
-        return len(waiting)
+        return self._replay_then([])[0]
 
 
     def close(self) -> None:
