@@ -6,17 +6,18 @@ gunicorn reads this module's names that match its settings; everything else here
 Options on the command line, and in GUNICORN_CMD_ARGS, override what is set here.
 """
 
+import functools
 import ipaddress
 import json
 import math
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 
 from dotenv import load_dotenv
 from gunicorn import glogging
 
 from backend import dispose_engines
+from backend.clock import rfc3339, utcnow
 from config import ROOT, positive_int
 
 CGROUP = Path("/sys/fs/cgroup")
@@ -104,12 +105,20 @@ def peer_is_trusted_proxy(peer, allowed: list[str]) -> bool:
         address = ipaddress.ip_address(peer[0])
     except ValueError:
         return False
-    return any(address in ipaddress.ip_network(network) for network in allowed)
+    return any(address in network for network in _networks(tuple(allowed)))
+
+
+@functools.cache
+def _networks(allowed: tuple[str, ...]) -> list:
+    return [ipaddress.ip_network(network) for network in allowed]
 
 
 def pre_request(worker, req) -> None:
-    """Forwarding headers count only from a trusted proxy: drop them from anyone else."""
-    if not peer_is_trusted_proxy(req.peer_addr, worker.cfg.forwarded_allow_ips):
+    """Forwarding headers count only from a trusted proxy: drop them from anyone else.
+
+    With no trusted hop nothing reads them (no ProxyFix, gunicorn trusts no one): no work."""
+    allowed = worker.cfg.forwarded_allow_ips
+    if TRUSTED_PROXY_HOPS and not peer_is_trusted_proxy(req.peer_addr, allowed):
         req.headers = [(name, value) for name, value in req.headers
                        if not name.startswith("X-FORWARDED-") and name != "FORWARDED"]
 
@@ -147,7 +156,7 @@ class JsonAccessLogger(glogging.Logger):
         original = environ.get("werkzeug.proxy_fix.orig") or environ
         headers = {name.lower(): value for name, value in resp.headers}
         entry = {
-            "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "time": rfc3339(utcnow()),
             "client": environ.get("REMOTE_ADDR"),
             "peer": original.get("REMOTE_ADDR"),
             "method": environ.get("REQUEST_METHOD"),

@@ -104,7 +104,9 @@ class LoginSchema(ma.Schema):
     password = fields.String(validate=validate.Length(min=1, max=1024))
 
     @validates_schema(pass_original=True, skip_on_field_errors=False)
-    def _both_unless_basic(self, data: dict, original: dict, **kwargs) -> None:
+    def _both_unless_basic(self, data: dict, original, **kwargs) -> None:
+        if not isinstance(original, dict):
+            return  # not an object at all: marshmallow has said so already
         if request.authorization and request.authorization.type == "basic" and not original:
             return
         missing = {name: ["Missing data for required field."]

@@ -36,9 +36,10 @@ def ensure_admin(username: str | None, password: str | None) -> tuple[User | Non
     print once. Otherwise do nothing and return (None, None).
     """
     if username and password:
-        if db.session.scalar(sa.select(User.id).where(User.username == username)) is not None:
+        try:
+            return create_user(username, password, is_admin=True), None
+        except UsernameTaken:
             return None, None
-        return create_user(username, password, is_admin=True), None
     if db.session.scalar(sa.select(User.id).limit(1)) is not None:
         return None, None
     generated = secrets.token_urlsafe(12)

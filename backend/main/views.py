@@ -26,7 +26,7 @@ def index():
                   status=200, track="GET /")
     return {
         "service": SERVICE,
-        "version": version(SERVICE),
+        "version": service_version(),
         "links": {
             "login": url_for("auth.login", _external=True),
             "logout": url_for("auth.logout", _external=True),
@@ -67,6 +67,12 @@ def readyz():
     # balancer need not take the instance out for them, but operators want to see them.
     return {"status": "ready", "migration": ", ".join(sorted(heads)),
             "spooled_events": writer().spool.count()}
+
+
+@cache
+def service_version() -> str:
+    """The installed package's version (read once: it does not change while we run)."""
+    return version(SERVICE)
 
 
 @cache

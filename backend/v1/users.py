@@ -82,13 +82,14 @@ def update_user(fields: dict, user_id: int):
     admin = token_auth.current_user()
     if fields["disabled"] and user.id == admin.id:
         raise ValidationFailed({"disabled": ["you cannot disable yourself"]})
-    if fields["disabled"] != user.disabled:
-        revoked = accounts.set_disabled(user, fields["disabled"])
-        action = "disable" if user.disabled else "enable"
+    disabled = fields["disabled"]
+    if disabled != user.disabled:
+        revoked = accounts.set_disabled(user, disabled)
+        action = "disable" if disabled else "enable"
         v1_log.send(current_app._get_current_object(), event=f"user.{action}", level="INFO",
                     user=admin.username, status=200,
                     track=f"{action}d user {user.username}"
-                          + (f"; tokens revoked: {revoked}" if user.disabled else ""))
+                          + (f"; tokens revoked: {revoked}" if disabled else ""))
     return user
 
 
