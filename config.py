@@ -56,7 +56,6 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         "SECRET_KEY": secret_key,
         "INSTANCE_PATH": str(instance_path),
         "SQLALCHEMY_DATABASE_URI": database_url_for_sqlalchemy(database_url),
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "AUDIT_SIGNING_KEY": signing_key,
         "AUDIT_CHECKPOINT_EVERY": positive_int(environ, "AUDIT_CHECKPOINT_EVERY", 1000),
         "AUDIT_SPOOL_PATH": environ.get("AUDIT_SPOOL_PATH")

@@ -41,7 +41,7 @@ def dispose_engines(app: Flask, close: bool = True) -> None:
             engine.dispose(close=close)
     writer = app.extensions["audit_writer"]
     if close:
-        writer.close()  # also stops this process's writer thread
+        writer.close()
     else:
         writer.engine.dispose(close=False)
 
@@ -55,7 +55,7 @@ def register_proxy_fix(app: Flask) -> None:
 
 def register_extensions(app: Flask) -> None:
     from backend.audit import writer
-    from backend.db_types import on_this_database, sqlite_pragmas
+    from backend.db_types import discard_closed_connections, on_this_database, sqlite_pragmas
     from backend.extensions import apifairy, db, ma, migrate
 
     app.config.setdefault("APIFAIRY_TITLE", "Flask audit trail")
@@ -70,6 +70,7 @@ def register_extensions(app: Flask) -> None:
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             sa.event.listen(db.engine, "connect", sqlite_pragmas)
+        discard_closed_connections(db.engine)
     writer.init_app(app)
 
 

@@ -1,5 +1,6 @@
-"""Column types that behave the same on SQLite and PostgreSQL."""
+"""Column types that behave the same on SQLite and PostgreSQL, and connection set-up."""
 
+import select
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -44,6 +45,30 @@ def sqlite_pragmas(dbapi_connection, connection_record) -> None:
     # SQLite's own lower() folds ASCII only, so ILIKE (lower(x) LIKE lower(y) on SQLite) would
     # miss "Ü" for "ü"; PostgreSQL folds every letter. Python's str.lower does too.
     dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
+
+
+def discard_closed_connections(engine: sa.Engine) -> None:
+    """Replace a pooled PostgreSQL connection that the server has closed, before it is used.
+
+    A server that restarts or terminates a backend (pg_terminate_backend) tells the client
+    and closes the socket, so an idle connection it has left has input waiting. Looking for
+    that is one poll(), where SQLAlchemy's pool_pre_ping sends a query and waits for the answer
+    on every checkout: a round trip per request. (A peer that vanished without a word is not
+    seen here; its first statement fails, and the audit writer spools what it held.)
+    """
+    if engine.dialect.name == "postgresql":
+        sa.event.listen(engine, "checkout", _closed_by_server)
+
+
+def _closed_by_server(dbapi_connection, connection_record, connection_proxy) -> None:
+    try:
+        socket = dbapi_connection.pgconn.socket
+    except Exception:  # psycopg: the connection is closed already
+        raise sa.exc.DisconnectionError("connection closed") from None
+    waiting = select.poll()
+    waiting.register(socket, select.POLLIN)
+    if waiting.poll(0):
+        raise sa.exc.DisconnectionError("the server closed this pooled connection")
 
 
 def _unicode_lower(value):

@@ -61,9 +61,11 @@ worker_class = "gthread"
 # worker starts, and workers share its memory. post_fork below makes that safe for the pools.
 preload_app = True
 # A worker restarts after this many requests (a slow leak cannot grow for ever); the jitter
-# keeps all workers from restarting at the same moment.
-max_requests = 1000
-max_requests_jitter = 100
+# keeps all workers from restarting at the same moment. Not fewer: a restart costs new
+# database connections and cold statement caches, and at 1,000 a busy worker restarted every
+# few seconds (a quarter of its throughput, in bench/throughput.py).
+max_requests = 20000
+max_requests_jitter = 2000
 timeout = 30
 # SIGTERM: stop accepting, let in-flight requests finish (their audit rows included) for up
 # to this long. docker-compose.yml's stop_grace_period must be longer.
@@ -128,7 +130,7 @@ def post_fork(server, worker) -> None:
     """A new worker must not use a connection of the master's: start its pools empty.
 
     Forgotten, not closed (closing them here would close them for the master too). Then
-    pool_pre_ping (config.settings) replaces connections that a database restart has cut.
+    db_types.discard_closed_connections replaces those that a database restart has cut.
     """
     app = server.app.callable  # the app preload_app built in the master
     if app is not None:

@@ -7,18 +7,18 @@ timeout, disk full), fsync'd to the local spool, which is replayed in order and 
 the next successful write (or by `flask audit replay`). When neither can take it, the request
 fails closed with 503 rather than answering without its record.
 
-Group commit: each process has one writer thread. A request hands its event over and waits
-until it is durable; meanwhile the thread takes every event that is waiting, from all the
-process's request threads, and appends them in one transaction: one chain lock, one commit,
-one disk flush for the lot, instead of one each.
+Group commit (GroupCommit): the events of a process's concurrent requests are appended in
+one transaction: one chain lock, one commit, one disk flush for the lot, instead of one each;
+each request still returns only once its own event is durable.
 """
 
 import logging
 import os
-import queue
 import threading
-from concurrent.futures import Future
+from collections import deque
+from itertools import islice
 
+import psycopg
 import sqlalchemy as sa
 from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,7 +27,7 @@ from werkzeug.exceptions import ServiceUnavailable
 from backend.audit import chain
 from backend.audit.events import AuditEvent
 from backend.audit.spool import Spool
-from backend.db_types import sqlite_pragmas
+from backend.db_types import discard_closed_connections, sqlite_pragmas
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,8 @@ class AuditWriter:
         try:
             if self.spool.pending():
                 return self._replay_then(events)[1]
-            with self.engine.begin() as connection:
-                return self._append(connection, events)
-        except SQLAlchemyError:
+            return self._append_and_commit(events)
+        except (SQLAlchemyError, psycopg.Error):
             logger.exception("audit write of %d events failed; spooling them", len(events))
         try:
             self.spool.append(*events)
@@ -85,6 +84,22 @@ class AuditWriter:
             logger.warning("replayed %d spooled audit events", len(waiting))
         return len(waiting), ids[len(waiting):]
 
+    def _append_and_commit(self, events: list[AuditEvent]) -> list[int]:
+        if self.engine.dialect.name != "postgresql":
+            with self.engine.begin() as connection:
+                return self._append(connection, events)
+        # PostgreSQL: two round trips on the driver's connection (chain.append_and_commit).
+        pooled = self.engine.raw_connection()
+        try:
+            return chain.append_and_commit(pooled.driver_connection, events, self.key,
+                                           self.checkpoint_every)
+        except psycopg.Error:
+            if pooled.driver_connection.broken:
+                pooled.invalidate()
+            raise
+        finally:
+            pooled.close()
+
     def _append(self, connection: sa.Connection, events: list[AuditEvent]) -> list[int]:
         return chain.append(connection, events, self.key, self.checkpoint_every)
 
@@ -94,17 +109,19 @@ class AuditWriter:
 
 
     def close(self) -> None:
-        """Stop this process's writer thread and close the engine's connections."""
-        self.group.close()
+        """Close the engine's connections."""
         self.engine.dispose()
 
 
 class GroupCommit:
-    """A writer thread per process that commits the waiting events of all its request threads
-    together, while each request waits for its own event to be durable.
+    """Group commit without a thread of its own (LevelDB's writer queue): requests that want to
+    write queue up; the one at the front writes every event waiting (up to MAX_BATCH) in one
+    transaction, wakes their requests, and hands the front to the next request in line.
 
-    The thread starts on first use in each process, so a gunicorn worker forked from a master
-    that built the app gets its own. A request waits at most WAIT seconds, then fails closed.
+    A lone request writes its own event with no thread switch; under load, one transaction
+    carries the events of all the process's request threads. A request waits at most WAIT
+    seconds for a turn that has not come, then fails closed (503); once its event is in a
+    batch being written it waits for the outcome, which the database's timeouts bound.
     """
 
     MAX_BATCH = 500
@@ -112,66 +129,88 @@ class GroupCommit:
 
     def __init__(self, write_batch):
         self._write_batch = write_batch
-        self._queue: queue.SimpleQueue | None = None
-        self._pid: int | None = None
+        self._mutex = threading.Lock()
+        self._line: deque[_Slot] = deque()
+        self._pid = os.getpid()
 
     def submit(self, event: AuditEvent) -> int | None:
-        """Hand `event` to the writer thread; return what `write_batch` gave for it."""
-        done: Future = Future()
-        self._queue_of_this_process().put((event, done))
-        try:
-            return done.result(timeout=self.WAIT)
-        except TimeoutError:
-            logger.error("audit write of %s/%s not durable after %s s", event.source,
-                         event.event, self.WAIT)
-            raise AuditUnavailable() from None
-
-    def close(self) -> None:
-        """Let the writer thread finish what it holds and stop."""
-        if self._queue is not None and self._pid == os.getpid():
-            self._queue.put(None)
-            self._queue = None
-
-    def _queue_of_this_process(self) -> queue.SimpleQueue:
+        """Queue `event`; return what `write_batch` gave for it once it is durable."""
         if self._pid != os.getpid():
-            with _start_lock:
-                if self._pid != os.getpid():
-                    self._queue = queue.SimpleQueue()
-                    threading.Thread(target=self._run, args=(self._queue,), daemon=True,
-                                     name="audit-writer").start()
-                    self._pid = os.getpid()
-        return self._queue
+            self._forked()
+        slot = _Slot(event)
+        with self._mutex:
+            self._line.append(slot)
+            front = len(self._line) == 1
+        if not front and not slot.wait(self.WAIT):
+            with self._mutex:
+                if not slot.taken and self._line[0] is not slot:
+                    self._line.remove(slot)
+                    logger.error("audit write of %s/%s not durable after %s s", event.source,
+                                 event.event, self.WAIT)
+                    raise AuditUnavailable()
+            slot.wait(None)  # in a batch being written, or just made the front: not long now
+        if slot.done:
+            return slot.outcome()
+        self._lead()
+        return slot.outcome()
 
-    def _run(self, waiting: queue.SimpleQueue) -> None:
-        stop = False
-        while not stop:
-            batch = [waiting.get()]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    batch.append(waiting.get_nowait())
-                except queue.Empty:
-                    break
-            if None in batch:
-                stop = True
-                batch = [item for item in batch if item is not None]
-            if batch:
-                self._commit(batch)
+    def _forked(self) -> None:
+        """In a forked child (a gunicorn worker), start a line of its own: the parent's
+        requests are not here, and its mutex may have been held by a thread that is not."""
+        with _fork_lock:
+            if self._pid != os.getpid():
+                self._mutex, self._line, self._pid = threading.Lock(), deque(), os.getpid()
 
-    def _commit(self, batch: list[tuple[AuditEvent, Future]]) -> None:
+    def _lead(self) -> None:
+        """Write the waiting events at the front of the line, then wake the next front."""
+        with self._mutex:
+            batch = list(islice(self._line, self.MAX_BATCH))
+            for slot in batch:
+                slot.taken = True
         try:
-            results = self._write_batch([event for event, _ in batch])
-        except BaseException as error:  # the requests fail (503, or 500 for a bug), not us
-            for _, done in batch:
-                done.set_exception(error)
-            return
-        for (_, done), result in zip(batch, results, strict=True):
-            done.set_result(result)
+            results = self._write_batch([slot.event for slot in batch])
+        except BaseException as error:  # these requests fail (503, or 500 for a bug)
+            results = [error] * len(batch)
+        with self._mutex:
+            for slot, result in zip(batch, results, strict=True):
+                self._line.popleft()
+                slot.finish(result)
+            if self._line:
+                self._line[0].wake()
 
 
-# Held only while a process starts its writer thread; made anew in a forked child, where a
-# lock the parent held at fork time would never be released.
-_start_lock = threading.Lock()
-os.register_at_fork(after_in_child=lambda: globals().update(_start_lock=threading.Lock()))
+class _Slot:
+    """A request's place in the line: its event, and then the outcome of writing it."""
+
+    __slots__ = ("event", "taken", "done", "_result", "_signal")
+
+    def __init__(self, event: AuditEvent):
+        self.event = event
+        self.taken = self.done = False
+        self._result = None
+        self._signal = threading.Lock()  # held until the slot is woken
+        self._signal.acquire()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._signal.acquire(timeout=-1 if timeout is None else timeout)
+
+    def wake(self) -> None:
+        self._signal.release()
+
+    def finish(self, result) -> None:
+        self._result, self.done = result, True
+        self.wake()
+
+    def outcome(self) -> int | None:
+        if isinstance(self._result, BaseException):
+            raise self._result
+        return self._result
+
+
+# Guards GroupCommit._forked; made anew in a forked child, where a lock that a thread of the
+# parent held at fork time would never be released.
+_fork_lock = threading.Lock()
+os.register_at_fork(after_in_child=lambda: globals().update(_fork_lock=threading.Lock()))
 
 
 def _not_yet_written(connection: sa.Connection, events: list[AuditEvent]) -> list[AuditEvent]:
@@ -187,9 +226,10 @@ def _writer_engine(url: str) -> sa.Engine:
         return engine
     # Fail fast to the spool rather than hold the request: a dead server in 5 s, a chain lock
     # held by something else in 5 s, a server that stopped answering in 10 s.
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=4,
-                            connect_args={"connect_timeout": 5, "options":
-                                          "-c lock_timeout=5000 -c statement_timeout=10000"})
+    engine = sa.create_engine(url, pool_size=4, connect_args={
+        "connect_timeout": 5, "options": "-c lock_timeout=5000 -c statement_timeout=10000"})
+    discard_closed_connections(engine)
+    return engine
 
 
 def _begin_immediate(connection: sa.Connection) -> None:

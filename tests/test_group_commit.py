@@ -1,0 +1,121 @@
+"""GroupCommit: concurrent requests share a transaction, and each gets its own outcome.
+
+A real GroupCommit with a stand-in for the database write: these tests are about who writes
+what, when, and who learns what; the database side is tested in test_audit_trail and
+test_faults, through the same class.
+"""
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from backend.audit.writer import AuditUnavailable, GroupCommit
+
+
+class Recorder:
+    """A write_batch that takes `delay` seconds and answers each event with event * 10."""
+
+    def __init__(self, delay: float = 0.0, fail_on=None):
+        self.delay = delay
+        self.fail_on = fail_on
+        self.batches: list[list[int]] = []
+        self.writers: set[int] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, events: list[int]) -> list[int]:
+        with self.lock:
+            self.batches.append(list(events))
+            self.writers.add(threading.get_ident())
+        time.sleep(self.delay)
+        if self.fail_on is not None and self.fail_on in events:
+            raise RuntimeError(f"write of {events} failed")
+        return [event * 10 for event in events]
+
+
+def submit_all(group: GroupCommit, events: list[int]) -> dict:
+    """Submit each event from a thread of its own, all at once; their outcomes by event."""
+    outcomes: dict = {}
+    start = threading.Barrier(len(events))
+
+    def one(event):
+        start.wait()
+        try:
+            outcomes[event] = group.submit(event)
+        except BaseException as error:  # noqa: BLE001 (the outcome under test)
+            outcomes[event] = error
+
+    threads = [threading.Thread(target=one, args=(event,)) for event in events]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    return outcomes
+
+
+def test_a_lone_request_writes_its_own_event_on_its_own_thread():
+    recorder = Recorder()
+    group = GroupCommit(recorder)
+    assert group.submit(7) == 70
+    assert recorder.batches == [[7]]
+    assert recorder.writers == {threading.get_ident()}
+
+
+def test_concurrent_requests_share_batches_and_each_gets_its_own_result():
+    recorder = Recorder(delay=0.02)
+    outcomes = submit_all(GroupCommit(recorder), list(range(40)))
+    assert outcomes == {event: event * 10 for event in range(40)}
+    written = [event for batch in recorder.batches for event in batch]
+    assert sorted(written) == list(range(40))  # each exactly once
+    assert len(recorder.batches) < 40  # while one batch was written, the others queued up
+    assert max(len(batch) for batch in recorder.batches) > 1
+
+
+def test_a_batch_never_exceeds_the_maximum(monkeypatch):
+    monkeypatch.setattr(GroupCommit, "MAX_BATCH", 3)
+    recorder = Recorder(delay=0.02)
+    outcomes = submit_all(GroupCommit(recorder), list(range(20)))
+    assert outcomes == {event: event * 10 for event in range(20)}
+    assert max(len(batch) for batch in recorder.batches) == 3
+
+
+def test_a_failed_batch_fails_every_request_in_it_and_only_those():
+    recorder = Recorder(delay=0.02, fail_on=5)
+    group = GroupCommit(recorder)
+    outcomes = submit_all(group, list(range(12)))
+    failed_batch = next(batch for batch in recorder.batches if 5 in batch)
+    for event, outcome in outcomes.items():
+        if event in failed_batch:
+            assert isinstance(outcome, RuntimeError)
+        else:
+            assert outcome == event * 10
+    assert group.submit(100) == 1000  # the line moves on
+
+
+def test_a_request_whose_turn_does_not_come_fails_closed_and_leaves_the_line(monkeypatch):
+    monkeypatch.setattr(GroupCommit, "WAIT", 0.2)
+    release = threading.Event()
+    written = []
+
+    def stuck_then_fine(events):
+        if events[0].event == "stuck":
+            release.wait(timeout=10)
+        written.extend(event.event for event in events)
+        return [len(written)] * len(events)
+
+    group = GroupCommit(stuck_then_fine)
+    leader = threading.Thread(target=group.submit, args=(Event("stuck"),))
+    leader.start()
+    time.sleep(0.05)  # the leader is writing its batch of one
+    with pytest.raises(AuditUnavailable):
+        group.submit(Event("late"))  # queued behind it for longer than WAIT
+    release.set()
+    leader.join(timeout=10)
+    assert group.submit(Event("next")) == 2
+    assert written == ["stuck", "next"]  # "late" was never written: its request failed
+
+
+def Event(name: str) -> SimpleNamespace:  # noqa: N802 (stands in for AuditEvent)
+    return SimpleNamespace(source="v1", event=name)
