@@ -2,7 +2,10 @@
 
 Responses: an API's answers are personal and not for caching, sniffing or framing. The
 headers are added after everything else (so to errors too, and to the 503 that replaces a
-response whose audit row failed); a header a view set itself is kept.
+response whose audit row failed); a header a view set itself is kept. An HTML page (the
+browser viewer at /audit) gets a full Content-Security-Policy on top: only the app's own
+scripts, styles and images, no inline script or style at all, data from this origin only, and
+Trusted Types with no policy, so no script can hand a string to innerHTML or the like.
 
 Requests: a body over MAX_CONTENT_LENGTH is refused with 413 up front. Werkzeug alone would
 refuse it only when a view reads the body, and a login with HTTP Basic reads none: its
@@ -20,6 +23,24 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "frame-ancestors 'none'",
 }
+PAGE_POLICY = "; ".join([
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self'",
+    "connect-src 'self'",
+    "form-action 'self'",
+    "base-uri 'none'",
+    "frame-ancestors 'none'",
+    "require-trusted-types-for 'script'",
+    "trusted-types 'none'",
+])
+HTML_HEADERS = {
+    "Content-Security-Policy": PAGE_POLICY,
+    # The page's URLs carry filters, never a token; other sites need not see them either way.
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
 
 
 def init_app(app: Flask) -> None:
@@ -36,7 +57,10 @@ def refuse_oversized_body() -> None:
 
 
 def add_security_headers(response: Response) -> Response:
-    """SECURITY_HEADERS, unless the response has its own value."""
+    """SECURITY_HEADERS (and HTML_HEADERS on a page), unless the response has its own value."""
+    if response.mimetype == "text/html":
+        for name, value in HTML_HEADERS.items():
+            response.headers.setdefault(name, value)
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     return response

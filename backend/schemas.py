@@ -8,8 +8,8 @@ from flask import request
 from marshmallow import ValidationError, fields, post_load, validate, validates, validates_schema
 from webargs.fields import DelimitedList
 
-from backend.audit.query import Cursor, InvalidCursor
-from backend.clock import rfc3339
+from backend.audit.query import BUCKETS, Cursor, InvalidCursor, InvalidRange, stats_window
+from backend.clock import rfc3339, utcnow
 from backend.extensions import ma
 from backend.models import LEVELS, SOURCES
 
@@ -221,6 +221,41 @@ class LogExportSchema(LogFiltersSchema):
     format = fields.String(load_default="ndjson", validate=validate.OneOf(["ndjson", "csv"]),
                            metadata={"description": "`ndjson` (one JSON object per line) or"
                                                     " `csv` (a header row, then one row each)."})
+
+
+class LogStatsQuerySchema(LogFiltersSchema):
+    """The filters of /v1/logs, and the size of the buckets to count rows in."""
+
+    bucket = fields.String(load_default="hour", validate=validate.OneOf(list(BUCKETS)),
+                           metadata={"description": "`hour` (default) or `day`, in UTC."})
+
+    @post_load
+    def _window(self, data: dict, **kwargs) -> dict:
+        """Fill in the default window (the last 48 hours or 90 days) and bound its size."""
+        try:
+            data["since"], data["until"] = stats_window(data["bucket"], data.get("since"),
+                                                        data.get("until"), utcnow())
+        except InvalidRange as error:
+            raise ValidationError(str(error), error.field) from None
+        return data
+
+
+class BucketSchema(ma.Schema):
+    start = UTCDateTime(required=True, metadata={
+        "description": "The bucket's first instant, on the hour (or midnight), UTC."})
+    total = fields.Integer(required=True, metadata={"description": "Rows in the bucket."})
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True, metadata={
+        "description": "Rows in the bucket per level; every level is named, 0 included.",
+        "example": {"DEBUG": 0, "INFO": 12, "WARNING": 3, "ERROR": 0, "CRITICAL": 0}})
+
+
+class LogStatsSchema(ma.Schema):
+    bucket = fields.String(required=True, metadata={"enum": list(BUCKETS)})
+    since = UTCDateTime(required=True, metadata={"description": "Counted from here (inclusive)."})
+    until = UTCDateTime(required=True, metadata={"description": "... to here (exclusive)."})
+    total = fields.Integer(required=True, metadata={"description": "Rows in the whole range."})
+    buckets = fields.List(fields.Nested(BucketSchema), required=True, metadata={
+        "description": "Every bucket the range overlaps, oldest first, empty ones included."})
 
 
 class VerdictSchema(ma.Schema):

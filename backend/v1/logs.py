@@ -1,4 +1,5 @@
-"""/v1/logs: query the audit trail, page by page, one row, or all of it as a file."""
+"""/v1/logs: query the audit trail, page by page, one row, counts per hour or day, or all of it
+as a file."""
 
 from apifairy import arguments, authenticate, other_responses, response
 from flask import Response, request, url_for
@@ -13,6 +14,8 @@ from backend.schemas import (
     LogPageSchema,
     LogQuerySchema,
     LogSchema,
+    LogStatsQuerySchema,
+    LogStatsSchema,
     log_as_json,
 )
 from backend.v1 import bp
@@ -55,6 +58,27 @@ def log(log_id: int):
     if row is None:
         raise NotFound("No audit row with that id is visible to you.")
     return row
+
+
+@bp.get("/logs/stats")
+@authenticate(token_auth)
+@arguments(LogStatsQuerySchema, unknown=RAISE)
+@response(LogStatsSchema)
+@other_responses({**UNAUTHORIZED, **BAD_PARAMETER})
+def stats(args: dict):
+    """Count the audit trail's rows per hour or day, and per level
+
+    The filters and visibility rule of `GET /v1/logs`, counted in UTC buckets of `bucket`
+    (`hour` or `day`) over `[since, until)`. `until` defaults to now; `since` to the start of
+    the last 48 hours (or 90 days), whole buckets. Every bucket of the range is answered,
+    oldest first, empty ones too; a range of more than 1000 buckets is a 400 naming `since`.
+    """
+    bucket, since, until = args.pop("bucket"), args.pop("since"), args.pop("until")
+    counts = query.counts_per_bucket(args, token_auth.current_user(), bucket, since, until)
+    buckets = [{"start": start, "total": sum(levels.values()), "counts": levels}
+               for start, levels in counts]
+    return {"bucket": bucket, "since": since, "until": until,
+            "total": sum(item["total"] for item in buckets), "buckets": buckets}
 
 
 @bp.get("/logs/export")
