@@ -10,6 +10,7 @@ PostgreSQL (scaling out): an advisory lock lets one migrate while the others wai
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,6 +26,7 @@ from config import ConfigError
 GUNICORN_CONFIG = "python:backend.gunicorn_conf"
 # Any 64-bit number, the same in every copy of the service: "audit_bo" in ASCII.
 BOOT_LOCK = 0x6175_6469_745F_626F
+BOOT_LOCK_POLL = 0.5  # seconds between tries while another boot migrates
 CONFIGURATION_ERROR = 4  # as wsgi.py: gunicorn's "application failed to load"
 
 
@@ -65,14 +67,16 @@ def one_boot_at_a_time() -> Iterator[None]:
     if db.engine.dialect.name != "postgresql":
         yield
         return
-    with db.engine.connect() as connection:
-        connection.execute(sa.select(sa.func.pg_advisory_lock(BOOT_LOCK)))
-        connection.commit()  # the lock is the session's; no transaction stays open meanwhile
+    # Waiting boots poll with pg_try_advisory_lock, outside any transaction: one blocked in
+    # pg_advisory_lock would hold a snapshot, and the CREATE INDEX CONCURRENTLY of a migration
+    # (0005) waits for every snapshot older than it: the two would wait for each other.
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        while not connection.scalar(sa.select(sa.func.pg_try_advisory_lock(BOOT_LOCK))):
+            time.sleep(BOOT_LOCK_POLL)
         try:
             yield
         finally:
             connection.execute(sa.select(sa.func.pg_advisory_unlock(BOOT_LOCK)))
-            connection.commit()
 
 
 if __name__ == "__main__":

@@ -117,6 +117,8 @@ class Log(db.Model):
             sa.Index(f"ix_audit_log_{column}_created_at_id", column, "created_at", "id")
             for column in ("user", "ip", "level", "source", "event")
         ),
+        # A user's rows of given levels: one ordered range per level (migration 0005).
+        sa.Index("ix_audit_log_user_level_created_at_id", "user", "level", "created_at", "id"),
         # `q` (ILIKE '%...%') on PostgreSQL; SQLite scans.
         sa.Index("ix_audit_log_track_trgm", "track", postgresql_using="gin",
                  postgresql_ops={"track": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
