@@ -8,6 +8,7 @@
 import re
 
 from flask import Blueprint, Response, current_app, jsonify
+from marshmallow.exceptions import SCHEMA
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -69,15 +70,15 @@ def internal_error(error: InternalServerError) -> Response:
 def fields_of(messages: dict) -> dict:
     """webargs reports errors per location (`{"query": {"limit": [...]}}`); clients want fields.
 
-    A message about a whole location (`{"json": ["Invalid JSON body."]}`) is filed under
-    `body`.
+    A message about a whole location (`{"json": ["Invalid JSON body."]}`) or a whole schema
+    (marshmallow's `_schema`: the body is not an object) is filed under `body`.
     """
     details: dict = {}
     for location_errors in messages.values():
-        if isinstance(location_errors, dict):
-            details.update({name: flat(errors) for name, errors in location_errors.items()})
-        else:
-            details.setdefault("body", []).extend(location_errors)
+        if not isinstance(location_errors, dict):
+            location_errors = {SCHEMA: location_errors}
+        for name, errors in location_errors.items():
+            details.setdefault("body" if name == SCHEMA else name, []).extend(flat(errors))
     return details
 
 

@@ -8,6 +8,7 @@ from flask import request
 from marshmallow import ValidationError, fields, post_load, validate, validates, validates_schema
 from webargs.fields import DelimitedList
 
+from backend.audit.export import MEDIA_TYPES
 from backend.audit.query import BUCKETS, Cursor, InvalidCursor, InvalidRange, stats_window
 from backend.clock import rfc3339, utcnow
 from backend.extensions import ma
@@ -20,7 +21,15 @@ USERNAME = validate.Regexp(
 )
 
 
-PASSWORD = validate.Length(min=8, max=1024)
+def unicode_text(value: str) -> None:
+    """Refuse an unpaired surrogate (JSON's "\\ud800"): no UTF-8 encoder takes it, so neither
+    the password hash nor the database could, and the request would end in a 500."""
+    if SURROGATE.search(value):
+        raise ValidationError("must be Unicode text: an unpaired surrogate is not")
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+PASSWORD = [validate.Length(min=8, max=1024), unicode_text]
 
 
 class UTCDateTime(fields.DateTime):
@@ -93,7 +102,7 @@ class UserUpdateSchema(ma.Schema):
 
 class PasswordChangeSchema(ma.Schema):
     current_password = fields.String(required=True, load_only=True,
-                                     validate=validate.Length(min=1, max=1024))
+                                     validate=[validate.Length(min=1, max=1024), unicode_text])
     new_password = fields.String(required=True, load_only=True, validate=PASSWORD)
 
 
@@ -101,7 +110,7 @@ class LoginSchema(ma.Schema):
     """JSON credentials: both fields, unless HTTP Basic carries them and there is no body."""
 
     username = fields.String(validate=validate.Length(min=1, max=256))
-    password = fields.String(validate=validate.Length(min=1, max=1024))
+    password = fields.String(validate=[validate.Length(min=1, max=1024), unicode_text])
 
     @validates_schema(pass_original=True, skip_on_field_errors=False)
     def _both_unless_basic(self, data: dict, original, **kwargs) -> None:
@@ -218,7 +227,7 @@ class LogQuerySchema(LogFiltersSchema):
 
 
 class LogExportSchema(LogFiltersSchema):
-    format = fields.String(load_default="ndjson", validate=validate.OneOf(["ndjson", "csv"]),
+    format = fields.String(load_default="ndjson", validate=validate.OneOf(list(MEDIA_TYPES)),
                            metadata={"description": "`ndjson` (one JSON object per line) or"
                                                     " `csv` (a header row, then one row each)."})
 

@@ -5,6 +5,7 @@ from blinker import ANY
 
 from backend.extensions import auth_log
 from tests.conftest import ALICE, basic, bearer
+from tests.test_errors import assert_error
 
 
 def test_login_with_basic_auth_gives_a_bearer_token(api, client):
@@ -69,16 +70,14 @@ def test_login_without_credentials_is_challenged_not_recorded(api, client):
 
 def test_login_body_with_a_bad_field_is_400_naming_it(client):
     response = client.post("/login", json={"username": 7})
-    assert response.status_code == 400
-    details = response.get_json()["error"]["details"]
-    assert details == {"username": ["Not a valid string."],
-                       "password": ["Missing data for required field."]}
+    error = assert_error(response, 400, details={"username", "password"})
+    assert error["details"] == {"username": ["Not a valid string."],
+                                "password": ["Missing data for required field."]}
 
 
 def test_login_body_that_is_not_json_is_400(client):
     response = client.post("/login", data="{oops", content_type="application/json")
-    assert response.status_code == 400
-    assert response.get_json()["error"]["code"] == "bad_request"
+    assert assert_error(response, 400)["message"] == "The request body is not valid JSON."
 
 
 def test_logout_revokes_the_token(api, client):
@@ -125,5 +124,5 @@ def test_password_and_token_appear_in_no_row(api, client):
 @pytest.mark.parametrize("body", ["5", "true", "0", "[]", '"alice"'])
 def test_a_json_login_body_that_is_not_an_object_is_400(client, body):
     response = client.post("/login", data=body, content_type="application/json")
-    assert response.status_code == 400
-    assert response.get_json()["error"]["code"] == "bad_request"
+    error = assert_error(response, 400, details={"body"})
+    assert error["details"] == {"body": ["Invalid input type."]}

@@ -13,6 +13,7 @@ import pytest
 from flask.logging import default_handler
 
 from tests.conftest import basic, bearer
+from tests.test_errors import assert_error
 from tests.test_lockout import attempt
 from tests.test_serving import ADMIN, served  # noqa: F401  (served: `make run`'s gunicorn)
 
@@ -70,13 +71,35 @@ def test_a_nul_in_a_login_name_is_an_ordinary_failure(api, client, send):
     assert (row.user, row.track) == ("al\ufffdice", "unknown user")
 
 
+def test_an_unpaired_surrogate_in_a_login_name_is_an_ordinary_failure(api, client):
+    """JSON's "\\ud800" is no UTF-8: the name is stored with U+FFFD in its place, like NUL."""
+    response = client.post("/login", json={"username": "al\ud800ice", "password": "x"})
+    assert response.status_code == 401
+    [row] = api.rows(event="login.failure")
+    assert (row.user, row.track) == ("al\ufffdice", "unknown user")
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), [
+    ("POST", "/login", {"username": "alice", "password": "pass\udfffword"}, "password"),
+    ("POST", "/v1/users", {"username": "bob", "password": "bob-pass\ud800word"}, "password"),
+    ("PUT", "/v1/me/password", {"current_password": "x\ud800", "new_password": "long-enough-1"},
+     "current_password"),
+    ("PUT", "/v1/me/password", {"current_password": "x", "new_password": "long-\ud800-enough"},
+     "new_password"),
+])
+def test_an_unpaired_surrogate_in_a_password_is_400_naming_it(api, users, method, path, body,
+                                                              field):
+    """No password hash can take it (nor could a password ever have held it): a bad value."""
+    response = api.client.open(path, method=method, json=body, headers=bearer(users["admin"]))
+    assert_error(response, 400, details={field})
+
+
 @pytest.mark.parametrize("name", ["bob\n", "bob\r\nINFO forged", "bob\x1b[31m", "bob\x85",
                                   "bob\u2028", "bob\t", "bob\x00"])
 def test_a_new_users_name_may_not_hold_control_characters(api, users, name):
     response = api.post("/v1/users", users["admin"], json={"username": name,
                                                           "password": "bob-password-2"})
-    assert response.status_code == 400
-    assert set(response.get_json()["error"]["details"]) == {"username"}
+    assert_error(response, 400, details={"username"})
 
 
 def test_the_cli_refuses_such_a_name_too(runner):

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from backend.extensions import db
 from backend.models import User
-from tests.conftest import ALICE
+from tests.conftest import ALICE, bearer
 from tests.test_errors import assert_error
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -134,3 +134,11 @@ def test_the_longest_valid_username_is_accepted(api, users):
 
 def test_a_short_password_is_400_naming_it(api, users):
     assert_error(create(api, users["admin"], password="short7!"), 400, details={"password"})
+
+
+@pytest.mark.parametrize("body", ["[]", "5", '"bob"'])
+def test_a_body_that_is_not_an_object_is_400_with_a_body_message(api, users, body):
+    response = api.client.post("/v1/users", data=body, content_type="application/json",
+                               headers=bearer(users["admin"]))
+    error = assert_error(response, 400, details={"body"})
+    assert error["details"] == {"body": ["Invalid input type."]}

@@ -6,9 +6,10 @@ from flask import current_app, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import BadRequest
 
+from backend.audit.events import storable
 from backend.auth.lockout import LockedOut, Throttle
 from backend.clock import utcnow
-from backend.errors import ValidationFailed
+from backend.errors import ValidationFailed, fields_of
 from backend.extensions import auth_log, basic_auth, db, token_auth
 from backend.models import Token, User
 from backend.schemas import LoginSchema
@@ -17,22 +18,15 @@ from backend.security import check_password, hash_password, needs_rehash, token_
 
 @basic_auth.verify_password
 def verify_password(username: str, password: str) -> User | None:
-    """Check login credentials from HTTP Basic or, failing that, a JSON body.
-
-    A hash made with older parameters is replaced, now that the password is at hand.
-    """
+    """Check login credentials from HTTP Basic or, failing that, a JSON body."""
     if not username and not password:
         username, password = _json_credentials()
         if username is None:
             return None  # no credentials at all: a challenge, not a failed attempt
     # Before the user is read: the token this login makes dates from here (see Token).
     g.login_started_at = utcnow()
-    user = authenticate_password(attempted_name(username), password, signal=auth_log,
-                                 event="login", status=401)
-    if user is not None and needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
-        db.session.commit()
-    return user
+    return authenticate_password(storable(username), password, signal=auth_log, event="login",
+                                 status=401)
 
 
 def authenticate_password(username: str, password: str, *, signal: NamedSignal, event: str,
@@ -42,7 +36,8 @@ def authenticate_password(username: str, password: str, *, signal: NamedSignal, 
     While the attempt is locked out (`backend.auth.lockout`), send `<event>.locked` and raise
     LockedOut (429) without checking anything. An unknown name, a wrong password and a
     disabled user are one kind of failure: they cost the same time, count toward a lock and
-    send `<event>.failure` with `status`; only the row's `track` tells them apart.
+    send `<event>.failure` with `status`; only the row's `track` tells them apart. On success,
+    a hash made with older parameters is replaced, now that the password is at hand.
     """
     sender = current_app._get_current_object()
     throttle = Throttle(username, request.remote_addr)
@@ -54,7 +49,9 @@ def authenticate_password(username: str, password: str, *, signal: NamedSignal, 
     user = db.session.scalar(sa.select(User).where(User.username == username))
     problem = password_problem(user, password)
     if problem is None:
-        throttle.record_success()
+        if needs_rehash(user.password_hash):  # made with older parameters: replace it now
+            user.password_hash = hash_password(password)
+        throttle.record_success()  # commits, the new hash with it
         return user
     throttle.record_failure()
     signal.send(sender, event=f"{event}.failure", level="WARNING", user=username, status=status,
@@ -69,12 +66,6 @@ def password_problem(user: User | None, password: str) -> str | None:
     return "disabled user" if user.disabled else None
 
 
-def attempted_name(username: str) -> str:
-    """The name as attempted, storable anywhere: PostgreSQL text cannot hold NUL, and no
-    real name has one (`backend.schemas.USERNAME`)."""
-    return username.replace("\x00", "\N{REPLACEMENT CHARACTER}")
-
-
 def _json_credentials() -> tuple[str | None, str | None]:
     if not request.is_json:
         return None, None
@@ -84,7 +75,7 @@ def _json_credentials() -> tuple[str | None, str | None]:
     try:
         credentials = LoginSchema().load(body)
     except ValidationError as error:
-        raise ValidationFailed(error.normalized_messages()) from None
+        raise ValidationFailed(fields_of({"json": error.normalized_messages()})) from None
     # Empty: HTTP Basic with neither name nor password, and `{}`: no credentials at all.
     return credentials.get("username"), credentials.get("password")
 
