@@ -33,17 +33,13 @@ def dispose_engines(app: Flask, close: bool = True) -> None:
     """Close every pooled database connection of `app`: the request engine's and the audit
     writer's. Forked workers must not share their parent's connections; tests end with it.
     close=False (a forked worker, gunicorn's post_fork) forgets them without closing them, as
-    they are the parent's too."""
+    they are the parent's too; the writer's group-commit line starts empty either way."""
     from backend.extensions import db
 
     with app.app_context():
         for engine in db.engines.values():
             engine.dispose(close=close)
-    writer = app.extensions["audit_writer"]
-    if close:
-        writer.close()
-    else:
-        writer.engine.dispose(close=False)
+    app.extensions["audit_writer"].forget_connections(close=close)
 
 
 def register_proxy_fix(app: Flask) -> None:

@@ -183,7 +183,8 @@ class JsonAccessLogger(glogging.Logger):
         if not self.access_log_enabled:
             return
         original = environ.get("werkzeug.proxy_fix.orig") or environ
-        headers = {name.lower(): value for name, value in resp.headers}
+        request_id = next((value for name, value in resp.headers
+                           if name.lower() == "x-request-id"), None)
         entry = {
             "time": rfc3339(utcnow()),
             "client": environ.get("REMOTE_ADDR"),
@@ -194,7 +195,7 @@ class JsonAccessLogger(glogging.Logger):
             "status": resp.status_code,
             "bytes": resp.sent,
             "duration_ms": round(request_time.total_seconds() * 1000, 3),
-            "request_id": headers.get("x-request-id"),
+            "request_id": request_id,
             "user_agent": environ.get("HTTP_USER_AGENT"),
             "pid": os.getpid(),
         }

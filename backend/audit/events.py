@@ -40,13 +40,13 @@ class AuditEvent:
         the database can never take would stay first in the spool and hold back every later one.
         """
         row = {}
-        for name in _FIELDS:  # not dataclasses.asdict: its deep copies cost more than the rest
+        for name in FIELDS:  # not dataclasses.asdict: its deep copies cost more than the rest
             value = getattr(self, name)
             row[name] = storable(value) if isinstance(value, str) else value
         return row
 
 
-_FIELDS = tuple(field.name for field in fields(AuditEvent))
+FIELDS = tuple(field.name for field in fields(AuditEvent))
 
 
 def storable(text: str) -> str:

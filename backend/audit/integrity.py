@@ -164,8 +164,11 @@ def snapshot(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 
 def row_count(connection: sa.Connection) -> int:
-    """How many rows `verify` will walk (for a progress bar)."""
-    return connection.scalar(sa.select(sa.func.count()).select_from(Log))
+    """How many rows `verify` will walk, for a progress bar: the span of the ids, which are
+    gapless unless rows were deleted (two index reads, where count(*) would read the table
+    once more before verify reads it again)."""
+    first, last = connection.execute(sa.select(sa.func.min(Log.id), sa.func.max(Log.id))).one()
+    return 0 if first is None else last - first + 1
 
 
 def anchor(connection: sa.Connection, key: bytes) -> dict | None:

@@ -14,11 +14,10 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
-from backend.audit.events import AuditEvent
+from backend.audit.events import FIELDS, AuditEvent
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +35,7 @@ def decode(line: bytes) -> AuditEvent:
     row = json.loads(line)
     row["created_at"] = datetime.fromisoformat(row["created_at"])
     row["event_id"] = uuid.UUID(row["event_id"])
-    known = {f.name for f in fields(AuditEvent)}
-    return AuditEvent(**{k: v for k, v in row.items() if k in known})
+    return AuditEvent(**{name: row[name] for name in FIELDS if name in row})
 
 
 class Spool:
@@ -130,4 +128,3 @@ class Drain:
         self.file.truncate(0)
         self.file.flush()
         os.fsync(self.file.fileno())
-        self.events = []

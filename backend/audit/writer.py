@@ -13,7 +13,6 @@ each request still returns only once its own event is durable.
 """
 
 import logging
-import os
 import threading
 from collections import deque
 from itertools import islice
@@ -107,10 +106,11 @@ class AuditWriter:
         """Write every spooled event (`flask audit replay`); return how many were written."""
         return self._replay_then([])[0]
 
-
-    def close(self) -> None:
-        """Close the engine's connections."""
-        self.engine.dispose()
+    def forget_connections(self, close: bool = True) -> None:
+        """Empty the engine's pool (closing the connections unless `close` is False: a forked
+        worker's are its parent's too) and start an empty group-commit line."""
+        self.engine.dispose(close=close)
+        self.group = GroupCommit(self.write_batch)
 
 
 class GroupCommit:
@@ -131,12 +131,9 @@ class GroupCommit:
         self._write_batch = write_batch
         self._mutex = threading.Lock()
         self._line: deque[_Slot] = deque()
-        self._pid = os.getpid()
 
     def submit(self, event: AuditEvent) -> int | None:
         """Queue `event`; return what `write_batch` gave for it once it is durable."""
-        if self._pid != os.getpid():
-            self._forked()
         slot = _Slot(event)
         with self._mutex:
             self._line.append(slot)
@@ -153,13 +150,6 @@ class GroupCommit:
             return slot.outcome()
         self._lead()
         return slot.outcome()
-
-    def _forked(self) -> None:
-        """In a forked child (a gunicorn worker), start a line of its own: the parent's
-        requests are not here, and its mutex may have been held by a thread that is not."""
-        with _fork_lock:
-            if self._pid != os.getpid():
-                self._mutex, self._line, self._pid = threading.Lock(), deque(), os.getpid()
 
     def _lead(self) -> None:
         """Write the waiting events at the front of the line, then wake the next front."""
@@ -205,12 +195,6 @@ class _Slot:
         if isinstance(self._result, BaseException):
             raise self._result
         return self._result
-
-
-# Guards GroupCommit._forked; made anew in a forked child, where a lock that a thread of the
-# parent held at fork time would never be released.
-_fork_lock = threading.Lock()
-os.register_at_fork(after_in_child=lambda: globals().update(_fork_lock=threading.Lock()))
 
 
 def _not_yet_written(connection: sa.Connection, events: list[AuditEvent]) -> list[AuditEvent]:

@@ -5,7 +5,6 @@ Revises: 0003
 Create Date: 2026-11-21
 """
 
-import sqlalchemy as sa  # noqa: F401
 from alembic import op
 
 revision = "0004"

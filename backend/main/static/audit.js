@@ -108,15 +108,13 @@
     };
   }
 
-  function notify(message) {
-    const notice = $("notice");
-    notice.textContent = message || "";
-    notice.hidden = !message;
-  }
-
   function showError(element, message) {
     element.textContent = message || "";
     element.hidden = !message;
+  }
+
+  function notify(message) {
+    showError($("notice"), message);
   }
 
   // --- signing in and out ------------------------------------------------------------------
@@ -306,9 +304,7 @@
       description.dataset.field = name;
       fields.append(term, description);
     }
-    for (const selected of document.querySelectorAll("tr.selected")) {
-      selected.classList.remove("selected");
-    }
+    deselectRows();
     tr.classList.add("selected");
     $("detail-id").textContent = row.id;
     $("detail").hidden = false;
@@ -318,6 +314,10 @@
   function closeDetail() {
     $("detail").hidden = true;
     $("detail-fields").replaceChildren();
+    deselectRows();
+  }
+
+  function deselectRows() {
     for (const selected of document.querySelectorAll("tr.selected")) {
       selected.classList.remove("selected");
     }
@@ -385,7 +385,7 @@
 
     stats.buckets.forEach((bucket, index) => {
       if (bucket.total === 0) return;
-      const group = svgElement("g", { class: "bar", "data-start": bucket.start, "data-total": bucket.total });
+      const group = svgElement("g", { class: "bar", "data-start": bucket.start });
       group.append(svgElement("title", {}, `${bucketLabel(bucket.start, stats.bucket)} UTC: ${bucket.total} events`));
       let top = base;
       for (const level of STACK) {
