@@ -139,7 +139,12 @@ def purge_command(before: str, yes: bool) -> None:
 @audit.command("replay")
 def replay_command() -> None:
     """Write the events waiting in the local spool to the database, in order, exactly once."""
-    click.echo(f"replayed {writer().replay()} events")
+    try:
+        replayed = writer().replay()
+    except sa.exc.DBAPIError as error:  # the driver's message, not the SQL and its parameters
+        raise click.ClickException(f"the database did not take the spooled events, which stay"
+                                   f" in the spool: {error.orig}") from None
+    click.echo(f"replayed {replayed} events")
 
 
 def _moment(text: str) -> datetime:

@@ -165,7 +165,9 @@ def test_flask_audit_replay_of_an_empty_spool_writes_nothing(api, client, runner
 def test_flask_audit_replay_while_the_table_is_still_away_keeps_the_spool(app, runner, outage):
     with audit_table_unavailable(app):
         result = flask_audit(runner, "replay")
-    assert result.exit_code != 0
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: the database did not take the spooled events,"
+                                    " which stay in the spool: ")
     assert [event["request_id"] for event in spooled(app)] == outage
 
 
