@@ -55,13 +55,19 @@ def postgresql_url(tmp_path_factory):
             pytest.fail("CI must set TEST_DATABASE_URL: the PostgreSQL tests may not be skipped")
         pytest.skip("TEST_DATABASE_URL is not set: PostgreSQL tests not run")
     url = config.database_url_for_sqlalchemy(TEST_DATABASE_URL)
+    drop_schema(url)
+    migrate_to_head(url, tmp_path_factory.mktemp("pg-migrate"))
+    return url
+
+
+def drop_schema(url: str) -> None:
+    """An empty PostgreSQL database: its public schema dropped and made anew (CI's role cannot
+    create a database); what a fresh volume of the compose file's db service holds."""
     engine = sa.create_engine(url)
     with engine.begin() as connection:
         connection.execute(sa.text("DROP SCHEMA public CASCADE"))
         connection.execute(sa.text("CREATE SCHEMA public"))
     engine.dispose()
-    migrate_to_head(url, tmp_path_factory.mktemp("pg-migrate"))
-    return url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

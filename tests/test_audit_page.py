@@ -34,6 +34,7 @@ from backend.models import Log
 from backend.users import create_user
 from tests.conftest import ALICE, make_settings
 from tests.serving import Client, free_port, make_run_command, start, stop, wait_until_ready
+from tests.test_errors import assert_error
 from tests.test_serving import ADMIN, server_environment
 
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -182,9 +183,7 @@ def test_a_page_view_that_cannot_be_recorded_is_not_served(client, monkeypatch):
         raise AuditUnavailable()
 
     monkeypatch.setattr(subscribers, "write", unavailable)
-    response = client.get("/audit")
-    assert response.status_code == 503
-    assert response.get_json()["error"]["code"] == "service_unavailable"
+    assert_error(client.get("/audit"), 503)
 
 
 # --- in a browser ----------------------------------------------------------------------------

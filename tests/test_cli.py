@@ -82,14 +82,14 @@ def test_create_of_a_taken_name_exits_1_saying_so(app, api, runner):
 @pytest.mark.parametrize("name", ["bad name", "carol\n", "_carol", "c" * 65])
 def test_create_of_an_invalid_name_fails_naming_the_field(app, runner, name):
     result = run_create(runner, name, "--password-stdin")
-    assert result.exit_code != 0
+    assert result.exit_code == 1, result.output
     assert "username" in result.output
     assert stored_users(app) == {}
 
 
 def test_create_with_a_short_password_fails_naming_the_field(app, runner):
     result = run_create(runner, "carol", "--password-stdin", input="short\n")
-    assert result.exit_code != 0
+    assert result.exit_code == 1, result.output
     assert "password" in result.output
     assert stored_users(app) == {}
 

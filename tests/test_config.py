@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from gunicorn.arbiter import Arbiter
 
 import config
 from config import ConfigError, settings
@@ -127,6 +128,6 @@ def test_wsgi_in_production_without_a_secret_key_exits_with_one_line(tmp_path):
                "INSTANCE_PATH": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", "import wsgi"], env=environ, cwd=config.ROOT,
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
+    assert result.returncode == Arbiter.APP_LOAD_ERROR, result.stderr  # wsgi.APP_LOAD_ERROR
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "SECRET_KEY" in result.stderr and "Traceback" not in result.stderr

@@ -23,11 +23,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from alembic.script import ScriptDirectory
 
-import config
 from backend.gunicorn_conf import graceful_timeout
-from tests.conftest import migrate_to_head
+from tests.conftest import drop_schema, migrate_to_head
 from tests.deployment import (
     compose,
     env_example,
@@ -46,6 +44,7 @@ from tests.serving import (
     stop,
     wait_until_ready,
 )
+from tests.test_main import latest_migration
 
 pytestmark = pytest.mark.serving
 
@@ -56,20 +55,6 @@ OPERATOR_ENV = {"SECRET_KEY": "compose-test-secret-key", "AUDIT_SIGNING_KEY": "c
                 "ADMIN_USERNAME": ADMIN[0], "ADMIN_PASSWORD": ADMIN[1], "GUNICORN_WORKERS": "2"}
 CONTAINER_PORT = "8000"
 DEADLINE = 30.0
-
-
-def head() -> str:
-    [revision] = ScriptDirectory(str(config.ROOT / "migrations")).get_heads()
-    return revision
-
-
-def drop_schema(url: str) -> None:
-    """An empty database: what the db service's fresh volume holds on the first `up`."""
-    engine = sa.create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(sa.text("DROP SCHEMA public CASCADE"))
-        connection.execute(sa.text("CREATE SCHEMA public"))
-    engine.dispose()
 
 
 def query(url: str, sql: str, **params) -> list[tuple]:
@@ -169,11 +154,11 @@ def test_the_first_boot_migrates_the_empty_database_and_creates_the_admin(boot, 
     app = boot()
     output = app.output()
     assert "Running upgrade  -> 0001" in output
-    assert f"-> {head()}, " in output
+    assert f"-> {latest_migration()}, " in output
     assert f"created admin {ADMIN[0]}\n" in output
     assert users(empty_database) == [(ADMIN[0], True)]
     ready = app.client.get("/readyz").body
-    assert (ready["status"], ready["migration"]) == ("ready", head())
+    assert (ready["status"], ready["migration"]) == ("ready", latest_migration())
 
 
 def test_the_boot_becomes_gunicorn_itself(boot):

@@ -63,11 +63,9 @@ def test_hadolint_fails_a_careless_dockerfile(tmp_path):
         assert rule in result.stdout
 
 
-def test_every_hadolint_exception_says_why():
-    lines = DOCKERFILE.read_text().splitlines()
-    for number, line in enumerate(lines):
-        if "hadolint ignore" in line:
-            assert lines[number - 1].lstrip().startswith("#"), f"line {number + 1}: why?"
+def test_the_dockerfile_switches_no_hadolint_rule_off():
+    """hadolint passes the Dockerfile as it is, with no `# hadolint ignore=` to get there."""
+    assert "hadolint" not in DOCKERFILE.read_text().lower()
 
 
 def test_the_image_is_built_in_stages_on_a_slim_python():

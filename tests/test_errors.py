@@ -8,16 +8,16 @@ from tests.conftest import ALICE, basic
 
 JSON = "application/json; charset=utf-8"
 CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-         405: "method_not_allowed", 409: "conflict", 500: "internal_server_error",
-         503: "service_unavailable"}
+         405: "method_not_allowed", 409: "conflict", 413: "request_entity_too_large",
+         429: "too_many_requests", 500: "internal_server_error", 503: "service_unavailable"}
 CRASH_MESSAGE = "kaboom: db password is hunter2"
 
 
 def assert_error(response, status: int, details: set[str] | None = None) -> dict:
     """Check `{"error": {"status", "code", "message"[, "details"]}}`; return the inner object.
 
-    `details` are the field names a validation error must name; without them the error must
-    have no `details` at all.
+    `details` are the field names a validation error must name, each with a non-empty list of
+    messages; without them the error must have no `details` at all.
     """
     assert response.status_code == status
     assert response.content_type == JSON
@@ -30,7 +30,9 @@ def assert_error(response, status: int, details: set[str] | None = None) -> dict
     assert isinstance(error["message"], str) and error["message"].strip()
     if details:
         assert set(error["details"]) == details
-        assert all(isinstance(m, str) for messages in error["details"].values() for m in messages)
+        for messages in error["details"].values():
+            assert isinstance(messages, list) and messages
+            assert all(isinstance(message, str) and message for message in messages)
     return error
 
 

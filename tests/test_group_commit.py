@@ -81,11 +81,13 @@ def test_a_batch_never_exceeds_the_maximum(monkeypatch):
     assert max(len(batch) for batch in recorder.batches) == 3
 
 
-def test_a_failed_batch_fails_every_request_in_it_and_only_those():
+def test_a_failed_batch_fails_every_request_in_it_and_only_those(monkeypatch):
+    monkeypatch.setattr(GroupCommit, "MAX_BATCH", 4)  # so some of the 12 are in other batches
     recorder = Recorder(delay=0.02, fail_on=5)
     group = GroupCommit(recorder)
     outcomes = submit_all(group, list(range(12)))
     failed_batch = next(batch for batch in recorder.batches if 5 in batch)
+    assert 0 < len(failed_batch) < len(outcomes)  # both kinds of outcome below are checked
     for event, outcome in outcomes.items():
         if event in failed_batch:
             assert isinstance(outcome, RuntimeError)
@@ -96,23 +98,26 @@ def test_a_failed_batch_fails_every_request_in_it_and_only_those():
 
 def test_a_request_whose_turn_does_not_come_fails_closed_and_leaves_the_line(monkeypatch):
     monkeypatch.setattr(GroupCommit, "WAIT", 0.2)
-    release = threading.Event()
-    written = []
+    entered, release = threading.Event(), threading.Event()
+    written, leader_results = [], []
 
     def stuck_then_fine(events):
         if events[0].event == "stuck":
+            entered.set()
             release.wait(timeout=10)
         written.extend(event.event for event in events)
         return [len(written)] * len(events)
 
     group = GroupCommit(stuck_then_fine)
-    leader = threading.Thread(target=group.submit, args=(Event("stuck"),))
+    leader = threading.Thread(target=lambda: leader_results.append(group.submit(Event("stuck"))))
     leader.start()
-    time.sleep(0.05)  # the leader is writing its batch of one
+    assert entered.wait(timeout=10)  # the leader is writing its batch of one
     with pytest.raises(AuditUnavailable):
         group.submit(Event("late"))  # queued behind it for longer than WAIT
     release.set()
     leader.join(timeout=10)
+    assert not leader.is_alive()
+    assert leader_results == [1]  # the leader's own write went through
     assert group.submit(Event("next")) == 2
     assert written == ["stuck", "next"]  # "late" was never written: its request failed
 

@@ -121,6 +121,7 @@ def test_a_non_admin_counts_only_their_own_rows(api, seeded, users):
 
 def test_a_non_admin_asking_for_someone_elses_rows_counts_none(api, seeded, users):
     response = stats(api, users["bob"], user="alice", since=at(0 * HOUR), until=at(4 * HOUR))
+    assert buckets(response) == [(at(hour * HOUR), counts()) for hour in range(4)]
     assert response.get_json()["total"] == 0
 
 
