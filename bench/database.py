@@ -1,4 +1,5 @@
-"""The bench's own PostgreSQL database: created empty, migrated to head, dropped on request."""
+"""The bench's own PostgreSQL database: created empty (dropped first), migrated to head; the
+environment the bench's app runs with."""
 
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,12 +30,6 @@ def recreate(url: str) -> None:
         admin.execute(f'CREATE DATABASE "{name}"')
 
 
-def drop(url: str) -> None:
-    name = urlsplit(url).path.lstrip("/")
-    with psycopg.connect(with_database(libpq_url(url), "postgres"), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def migrate(settings: dict) -> None:
     """`flask db upgrade` on the settings' database."""
     app = create_app(settings)
@@ -43,9 +38,14 @@ def migrate(settings: dict) -> None:
     dispose_engines(app)
 
 
+def bench_environ(url: str, instance_path: str) -> dict[str, str]:
+    """The environment the benchmark's app (and its gunicorn) run with: production's."""
+    return {"APP_ENV": "production", "DATABASE_URL": url,
+            "SECRET_KEY": "bench-secret-key-" + "x" * 32,
+            "AUDIT_SIGNING_KEY": "bench-signing-key-" + "y" * 32,
+            "INSTANCE_PATH": instance_path}
+
+
 def bench_settings(url: str, instance_path: str) -> dict:
-    """The settings the benchmark's app (and its gunicorn) run with: production's."""
-    return config.settings({"APP_ENV": "production", "DATABASE_URL": url,
-                            "SECRET_KEY": "bench-secret-key-" + "x" * 32,
-                            "AUDIT_SIGNING_KEY": "bench-signing-key-" + "y" * 32,
-                            "INSTANCE_PATH": instance_path})
+    """The settings of `bench_environ`."""
+    return config.settings(bench_environ(url, instance_path))

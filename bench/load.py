@@ -21,10 +21,9 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from backend.audit.chain import GENESIS, row_hash, sign
+from backend.audit.chain import GENESIS, HASHED_FIELDS, row_hash, sign
 
-COLUMNS = ("id", "created_at", "event_id", "source", "event", "level", "user", "ip", "track",
-           "method", "path", "status", "request_id", "user_agent", "prev_hash", "hash")
+COLUMNS = (*HASHED_FIELDS, "prev_hash", "hash")
 START = datetime(2025, 1, 1, tzinfo=UTC)
 SPAN = timedelta(days=365)
 USERS = 1000
@@ -145,14 +144,16 @@ class _Kind:
                 "user_agent": AGENTS[int(rng.random() * len(AGENTS))]}
 
 
-def chained(rows: Iterator[dict], checkpoint_every: int, key: bytes,
-            checkpoints: list) -> Iterator[bytes]:
-    """COPY text for `rows`, each hashed onto the chain; appends the periodic checkpoints.
+def chained(rows: Iterator[dict], checkpoint_every: int, key: bytes, checkpoints: list,
+            head: dict) -> Iterator[bytes]:
+    """COPY text for `rows`, each hashed onto the chain; appends the periodic checkpoints to
+    `checkpoints`, and sets the last row's `id`, `hash` and `created_at` in `head`.
 
     The synthetic values hold no tab, newline or backslash, so they need no COPY escaping;
     only a missing user or address is written as COPY's null, `\\N`.
     """
     prev_hash = GENESIS
+    last = None
     lines = []
     size = 0
     for row in rows:
@@ -167,9 +168,12 @@ def chained(rows: Iterator[dict], checkpoint_every: int, key: bytes,
             checkpoints.append(sign(key, row["id"], this_hash, moment, "periodic"))
         lines.append(line)
         size += len(line)
+        last = row
         if size >= COPY_CHUNK:
             yield "".join(lines).encode()
             lines, size = [], 0
+    if last is not None:
+        head.update(id=last["id"], hash=prev_hash, created_at=last["created_at"])
     if lines:
         yield "".join(lines).encode()
 
@@ -185,18 +189,17 @@ def load(url: str, count: int, key: bytes, checkpoint_every: int = 1000, seed: i
 
         started = time.perf_counter()
         checkpoints: list[dict] = []
-        last = None
+        head: dict = {}
         with connection.cursor() as cursor:
             columns = ", ".join(f'"{name}"' for name in COLUMNS)
             with cursor.copy(f"COPY audit_log ({columns}) FROM STDIN") as copy:
                 for chunk in chained(synthetic_rows(count, seed), checkpoint_every, key,
-                                     checkpoints):
+                                     checkpoints, head):
                     copy.write(chunk)
-                    last = chunk
                     if progress is not None:
                         progress(chunk.count(b"\n"))
             _store_checkpoints(cursor, checkpoints)
-            _set_head(cursor, last, count, checkpoint_every)
+            _set_head(cursor, head, checkpoint_every)
         connection.commit()
         copied = time.perf_counter()
 
@@ -275,13 +278,12 @@ def _store_checkpoints(cursor: psycopg.Cursor, checkpoints: list[dict]) -> None:
                             point["reason"], point["mac"]))
 
 
-def _set_head(cursor: psycopg.Cursor, last_chunk: bytes | None, count: int,
-              checkpoint_every: int) -> None:
-    """Point the chain's head at the last row, so the live writer appends after it."""
-    if last_chunk is None:
+def _set_head(cursor: psycopg.Cursor, head: dict, checkpoint_every: int) -> None:
+    """Point the chain's head at the last row (`head`, from `chained`), so the live writer
+    appends after it."""
+    if not head:
         return
-    fields = last_chunk.rstrip(b"\n").rsplit(b"\n", 1)[-1].decode().split("\t")
     cursor.execute(
         "UPDATE audit_chain SET last_id = %s, last_hash = %s, last_created_at = %s,"
         " since_checkpoint = %s WHERE id = 1",
-        (count, fields[-1], fields[1], count % checkpoint_every))
+        (head["id"], head["hash"], head["created_at"], head["id"] % checkpoint_every))

@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -25,12 +24,14 @@ import sys
 import tempfile
 import time
 from base64 import b64encode
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import psycopg
 
 from bench import database, load
+from bench.serving import running, status_kb, worker_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -76,7 +77,7 @@ def main() -> None:
         if not options.reuse:
             prepare(options, settings, report)
         ensure_users(settings)
-        with Server(options.url, settings, instance) as server:
+        with serve(options.url, instance) as server:
             measure(server, options, report)
     finally:
         shutil.rmtree(instance, ignore_errors=True)
@@ -126,39 +127,32 @@ def ensure_users(settings: dict) -> None:
     dispose_engines(app)
 
 
+WORKERS = 2
+
+
+@contextmanager
+def serve(url: str, instance: str):
+    """gunicorn serving the app on a free loopback port, with production's gunicorn settings
+    (gthread workers), 2 workers of 2 threads and no access log."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, **database.bench_environ(url, instance),
+                   "GUNICORN_WORKERS": str(WORKERS), "GUNICORN_THREADS": "2",
+                   "GUNICORN_ACCESS_LOG": ""}
+    # A long timeout: at 10M rows a full export takes minutes.
+    command = [Path(sys.executable).parent / "gunicorn", "-c", "python:backend.gunicorn_conf",
+               "--bind", f"127.0.0.1:{port}", "--timeout", "600", "wsgi:app"]
+    with running(command, ROOT, environment, port, "/healthz", WORKERS) as process:
+        yield Server(port, process)
+
+
 class Server:
-    """gunicorn serving the app on a free loopback port, as in production (gthread workers)."""
+    """A client of the gunicorn of `serve`."""
 
-    def __init__(self, url: str, settings: dict, instance: str):
-        self.url = url
-        self.settings = settings
-        self.instance = instance
-
-    def __enter__(self) -> "Server":
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        environ = {**os.environ, "APP_ENV": "production", "DATABASE_URL": self.url,
-                   "SECRET_KEY": self.settings["SECRET_KEY"], "INSTANCE_PATH": self.instance,
-                   "AUDIT_SIGNING_KEY": self.settings["AUDIT_SIGNING_KEY"]}
-        command = [str(Path(sys.executable).parent / "gunicorn"), "--bind",
-                   f"127.0.0.1:{self.port}", "--workers", "2", "--worker-class", "gthread",
-                   "--threads", "2", "--timeout", "600", "wsgi:app"]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=environ,
-                                        stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if self.request("GET", "/healthz")[0] == 200 and len(self.workers()) == 2:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("gunicorn did not start")
-
-    def __exit__(self, *exc) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=30)
+    def __init__(self, port: int, process: subprocess.Popen):
+        self.port = port
+        self.process = process
 
     def request(self, method: str, path: str, headers: dict | None = None) -> tuple:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
@@ -176,8 +170,7 @@ class Server:
         return json.loads(body)["token"]
 
     def workers(self) -> list[int]:
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split()]
+        return worker_pids(self.process.pid)
 
 
 def measure(server: Server, options, report: "Report") -> None:
@@ -271,14 +264,7 @@ def export_rate(server: Server, token: str, fmt: str) -> tuple[int, float, int, 
     seconds = time.perf_counter() - started
     connection.close()
     rows = lines - 1 if fmt == "csv" else lines
-    return rows, seconds, size, max(_peak_rss(pid) for pid in server.workers())
-
-
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
+    return rows, seconds, size, max(status_kb(pid, "VmHWM") for pid in server.workers())
 
 
 def percentile(timings: list[float], p: int) -> float:

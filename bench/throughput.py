@@ -19,19 +19,25 @@ import base64
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psycopg
 
-from bench.database import libpq_url, migrate, recreate, with_database
+from bench.database import (
+    bench_environ,
+    bench_settings,
+    libpq_url,
+    migrate,
+    recreate,
+    with_database,
+)
+from bench.serving import running, status_kb, worker_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "seed_style"
@@ -49,10 +55,11 @@ def main() -> None:
     for database in (ours_url, peer_url):
         recreate(database)
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp, ExitStack() as stack:
-        settings = _our_environment(ours_url, tmp, options)
-        migrate_and_create_user(settings)
+        environment = _our_environment(ours_url, tmp, options)
+        migrate(bench_settings(ours_url, tmp))
+        create_user(environment)
         servers = {
-            "ours": stack.enter_context(serve_ours(settings, options, 8301)),
+            "ours": stack.enter_context(serve_ours(environment, options, 8301)),
             "peer, audited": stack.enter_context(serve_peer(peer_url, options, 8302, audit=True)),
             "peer, AUDIT=0": stack.enter_context(serve_peer(peer_url, options, 8303, audit=False)),
         }
@@ -88,17 +95,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def _our_environment(url: str, instance_path: str, options) -> dict:
-    return {**os.environ, "APP_ENV": "production", "DATABASE_URL": url,
-            "SECRET_KEY": "bench-secret-key-" + "x" * 32,
-            "AUDIT_SIGNING_KEY": "bench-signing-key-" + "y" * 32,
-            "INSTANCE_PATH": instance_path, "GUNICORN_WORKERS": str(options.workers),
-            "GUNICORN_THREADS": str(options.threads), "GUNICORN_ACCESS_LOG": ""}
+    return {**os.environ, **bench_environ(url, instance_path),
+            "GUNICORN_WORKERS": str(options.workers), "GUNICORN_THREADS": str(options.threads),
+            "GUNICORN_ACCESS_LOG": ""}
 
 
-def migrate_and_create_user(environment: dict) -> None:
-    import config
-
-    migrate(config.settings(environment))
+def create_user(environment: dict) -> None:
     subprocess.run([BIN / "flask", "users", "create", USER, "--password-stdin"], cwd=ROOT,
                    env=environment, input=PASSWORD + "\n", text=True, check=True,
                    capture_output=True, timeout=60)
@@ -108,7 +110,7 @@ def migrate_and_create_user(environment: dict) -> None:
 def serve_ours(environment: dict, options, port: int):
     command = [BIN / "gunicorn", "-c", "python:backend.gunicorn_conf",
                "--bind", f"127.0.0.1:{port}", "wsgi:app"]
-    with running(command, ROOT, environment, port) as process:
+    with running(command, ROOT, environment, port, workers=options.workers) as process:
         yield process
 
 
@@ -119,37 +121,8 @@ def serve_peer(url: str, options, port: int, audit: bool):
                    "AUDIT": "1" if audit else "0"}
     command = [BIN / "gunicorn", "--workers", str(options.workers), "--bind",
                f"127.0.0.1:{port}", "app:create_app()"]
-    with running(command, PEER, environment, port) as process:
+    with running(command, PEER, environment, port, workers=options.workers) as process:
         yield process
-
-
-@contextmanager
-def running(command: list, cwd: Path, environment: dict, port: int):
-    """A gunicorn started in its own process group, ready to serve; stopped afterwards."""
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen([str(part) for part in command], cwd=cwd, env=environment,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/me", timeout=2)
-            except urllib.error.HTTPError:
-                break  # 401: serving
-            except OSError as error:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise SystemExit(f"{command} did not start:\n{log.read().decode()}") from error
-                time.sleep(0.2)
-        yield process
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def login(port: int) -> str:
@@ -195,12 +168,7 @@ def _latency(output: str, percentile: str) -> float:
 
 def workers_rss_mb(server: subprocess.Popen) -> list[float]:
     """Resident memory (MB) of each worker: the master's child processes."""
-    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-    sizes = []
-    for pid in children:
-        status = Path(f"/proc/{pid}/status").read_text()
-        sizes.append(int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024)
-    return sizes
+    return [status_kb(pid, "VmRSS") / 1024 for pid in worker_pids(server.pid)]
 
 
 def show(url: str, setting: str) -> str:
