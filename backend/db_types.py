@@ -1,9 +1,13 @@
 """Column types that behave the same on SQLite and PostgreSQL, and connection set-up."""
 
 import select
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import psycopg
 import sqlalchemy as sa
+from psycopg.pq import TransactionStatus
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -69,6 +73,32 @@ def _closed_by_server(dbapi_connection, connection_record, connection_proxy) -> 
     waiting.register(socket, select.POLLIN)
     if waiting.poll(0):
         raise sa.exc.DisconnectionError("the server closed this pooled connection")
+
+
+@contextmanager
+def autocommit_connection(engine: sa.Engine) -> Iterator[psycopg.Connection]:
+    """A pooled PostgreSQL connection as the driver's own, in autocommit mode, for the two
+    statements every request runs (the token lookup, the audit append): no BEGIN or ROLLBACK
+    round trips around a lone SELECT, and strings that carry their own BEGIN and COMMIT.
+
+    Back in the pool it is as it came: a transaction left open by an error is rolled back, and a
+    connection that broke is invalidated rather than handed out again.
+    """
+    pooled = engine.raw_connection()
+    connection = pooled.driver_connection
+    try:
+        connection.autocommit = True
+        yield connection
+    finally:
+        try:
+            if not connection.broken:
+                connection.rollback()  # nothing to do unless a statement failed mid-transaction
+                connection.autocommit = False
+        except psycopg.Error:
+            pass
+        if connection.broken or connection.info.transaction_status != TransactionStatus.IDLE:
+            pooled.invalidate()
+        pooled.close()
 
 
 def _unicode_lower(value):

@@ -7,12 +7,17 @@ browser viewer at /audit) gets a full Content-Security-Policy on top: only the a
 scripts, styles and images, no inline script or style at all, data from this origin only, and
 Trusted Types with no policy, so no script can hand a string to innerHTML or the like.
 
+Sessions: none. Every request proves itself with its token and the page keeps its token in
+sessionStorage, so no cookie is read or set (Flask's default would also build a signing
+serializer on every request to look for one).
+
 Requests: a body over MAX_CONTENT_LENGTH is refused with 413 up front. Werkzeug alone would
 refuse it only when a view reads the body, and a login with HTTP Basic reads none: its
 password would be checked (and counted) first.
 """
 
 from flask import Flask, Response, current_app, request
+from flask.sessions import SessionInterface
 from werkzeug.exceptions import RequestEntityTooLarge
 
 SECURITY_HEADERS = {
@@ -43,8 +48,19 @@ HTML_HEADERS = {
 }
 
 
+class NoSessions(SessionInterface):
+    """`flask.session` is Flask's NullSession: reading it gives nothing, writing it fails."""
+
+    def open_session(self, app, request):
+        return None
+
+    def save_session(self, app, session, response) -> None:
+        pass
+
+
 def init_app(app: Flask) -> None:
-    """Register both on `app`; call before the blueprints, so that these run outermost."""
+    """Register all three on `app`; call before the blueprints, so that these run outermost."""
+    app.session_interface = NoSessions()
     app.before_request(refuse_oversized_body)
     app.after_request(add_security_headers)
 

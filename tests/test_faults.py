@@ -323,7 +323,7 @@ def finish(served: Served, fault: str, outcomes: list[Outcome], notes: dict) -> 
     output = served.log.read_text(errors="replace")
     notes = {**notes, "flask audit replay": replayed, "spool left": spool.count(),
              # What backend/audit/writer.py logs; for the record only, never asserted on.
-             "spooled (server log)": output.count("spooling it"),
+             "spooled (server log)": output.count("spooling them"),
              "replayed (server log)": sum(int(count) for count in re.findall(
                  r"replayed (\d+) spooled audit events", output))}
     result = figures(fault, outcomes, trail(served.env["DATABASE_URL"]))

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from psycopg.pq import TransactionStatus
 
+from backend import create_app, dispose_engines
 from backend.audit.events import AuditEvent
 from backend.audit.spool import encode
-from tests.conftest import ALICE, basic
+from backend.extensions import db
+from tests.conftest import ALICE, Api, basic, bearer, empty_postgresql, make_settings
 from tests.test_audit_trail import DISK_FULL, audit_table_unavailable
 from tests.test_integrity import flask_audit, make_trail, verify_line
 
@@ -242,3 +245,47 @@ def test_a_nul_in_the_request_path_is_recorded_not_left_to_block_the_spool(api, 
 def test_a_spool_on_a_full_disk_costs_nothing_while_the_database_works(api, client):
     [request_id] = make_trail(client, 1)
     assert request_ids(api) == [request_id]
+
+
+# -- PostgreSQL: the connections of the two per-request statements ----------------------------
+
+@pytest.fixture
+def pg_app(postgresql_url, tmp_path):
+    """The app on PostgreSQL only: the token lookup and the audit append run there on the
+    driver's connection in autocommit mode (db_types.autocommit_connection)."""
+    empty_postgresql(postgresql_url)
+    app = create_app(make_settings(postgresql_url, tmp_path))
+    yield app
+    dispose_engines(app)
+
+
+def pooled_states(engine: sa.Engine) -> list[tuple[bool, TransactionStatus]]:
+    """(autocommit, transaction status) of every connection idle in `engine`'s pool."""
+    held = [engine.raw_connection() for _ in range(engine.pool.checkedin())]
+    try:
+        return [(c.driver_connection.autocommit, c.driver_connection.info.transaction_status)
+                for c in held]
+    finally:
+        for connection in held:
+            connection.close()
+
+
+def test_the_per_request_connections_go_back_to_the_pool_as_they_came(pg_app):
+    """Not in autocommit (the request's session commits what it means to) and in no
+    transaction, after a token lookup, a write, and a write whose INSERT failed."""
+    client, writer_engine = pg_app.test_client(), pg_app.extensions["audit_writer"].engine
+    Api(pg_app, client).create_user(*ALICE)
+    token = Api(pg_app, client).login(*ALICE)
+    assert client.get("/v1/me", headers=bearer(token)).status_code == 200
+    with audit_table_unavailable(pg_app):
+        [failed] = make_trail(client, 1)
+    assert [event["request_id"] for event in spooled(pg_app)] == [failed]
+    with pg_app.app_context():
+        request_states = pooled_states(db.engine)
+    writer_states = pooled_states(writer_engine)
+    assert request_states and writer_states
+    assert set(request_states + writer_states) == {(False, TransactionStatus.IDLE)}
+    # And they work: the next write replays the spooled event before its own.
+    [later] = make_trail(client, 1)
+    assert [row.request_id for row in Api(pg_app, client).rows(event="index.view")] == [
+        failed, later]

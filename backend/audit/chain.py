@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+import psycopg
 import sqlalchemy as sa
 from psycopg.rows import dict_row
 
@@ -68,24 +69,28 @@ def append(connection: sa.Connection, events: Sequence[AuditEvent], key: bytes,
     return [row["id"] for row in rows]
 
 
-def append_and_commit(connection, events: Sequence[AuditEvent], key: bytes,
+def append_and_commit(connection: psycopg.Connection, events: Sequence[AuditEvent], key: bytes,
                       checkpoint_every: int = 1000) -> list[int]:
-    """`append` and COMMIT on a psycopg (PostgreSQL) connection, in two round trips.
-
-    In psycopg's pipeline mode, BEGIN travels with the head's SELECT ... FOR UPDATE, and the
-    INSERTs, the head's UPDATE and COMMIT travel together: the chain's lock is held for one
-    round trip and the commit's flush, where `append` through SQLAlchemy takes six. The
-    statements are plain SQL, prepared by psycopg after their first uses.
+    """`append` and COMMIT on a psycopg (PostgreSQL) connection in autocommit mode
+    (db_types.autocommit_connection), in two round trips and two
+    messages: `BEGIN; SELECT ... FOR UPDATE` of the head, then the INSERTs, the head's UPDATE
+    and `COMMIT` as one string (bound on the client: the simple query protocol runs several
+    statements in one message). The chain's lock is held for one round trip and the commit's
+    flush, where `append` through SQLAlchemy takes six round trips, and psycopg's pipeline mode
+    one write and one poll per statement. If a statement fails, the server skips the rest of
+    the string, COMMIT included; the caller's connection manager rolls the transaction back.
     """
-    with connection.pipeline(), connection.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(_PG_LOCK_HEAD)
-        head = cursor.fetchone()
-        rows, checkpoints, head = link(head, events, key, checkpoint_every)
-        cursor.executemany(_PG_INSERT_LOG, rows)
-        if checkpoints:
-            cursor.executemany(_PG_INSERT_CHECKPOINT, checkpoints)
-        cursor.execute(_PG_UPDATE_HEAD, head)
-        connection.commit()
+    cursor = psycopg.ClientCursor(connection, row_factory=dict_row)
+    cursor.execute(_PG_BEGIN_LOCK_HEAD)
+    cursor.nextset()
+    rows, checkpoints, head = link(cursor.fetchone(), events, key, checkpoint_every)
+    # The rows travel as one JSON array: one literal to quote, however many rows and columns.
+    statements, params = [_PG_INSERT_LOG], [json.dumps(rows, default=str)]
+    if checkpoints:
+        statements.append(_PG_INSERT_CHECKPOINT)
+        params.append(json.dumps(checkpoints, default=str))
+    cursor.execute(";".join([*statements, _PG_UPDATE_HEAD, "COMMIT"]),
+                   [*params, *(head[name] for name in HEAD_COLUMNS)])
     return [row["id"] for row in rows]
 
 
@@ -140,13 +145,19 @@ def existing_event_ids(connection: sa.Connection, event_ids: Iterable) -> set:
 
 
 # The statements of `append_and_commit`, in psycopg's parameter style.
-_PG_LOCK_HEAD = ("SELECT last_id, last_hash, last_created_at, since_checkpoint"
-                 " FROM audit_chain WHERE id = 1 FOR UPDATE")
-_PG_UPDATE_HEAD = ("UPDATE audit_chain SET last_id = %(last_id)s, last_hash = %(last_hash)s,"
-                   " last_created_at = %(last_created_at)s,"
-                   " since_checkpoint = %(since_checkpoint)s WHERE id = 1")
-_PG_INSERT_CHECKPOINT = ("INSERT INTO audit_checkpoint (log_id, log_hash, created_at, reason, mac)"
-                         " VALUES (%(log_id)s, %(log_hash)s, %(created_at)s, %(reason)s, %(mac)s)")
-_PG_INSERT_LOG = "INSERT INTO audit_log ({}) VALUES ({})".format(
-    ", ".join(f'"{column.name}"' for column in Log.__table__.columns),
-    ", ".join(f"%({column.name})s" for column in Log.__table__.columns))
+HEAD_COLUMNS = ("last_id", "last_hash", "last_created_at", "since_checkpoint")
+LOG_COLUMNS = tuple(column.name for column in Log.__table__.columns)
+CHECKPOINT_COLUMNS = ("log_id", "log_hash", "created_at", "reason", "mac")
+_PG_BEGIN_LOCK_HEAD = (f"BEGIN; SELECT {', '.join(HEAD_COLUMNS)} FROM audit_chain WHERE id = 1"
+                       " FOR UPDATE")
+_PG_UPDATE_HEAD = ("UPDATE audit_chain SET " + ", ".join(f"{name} = %s" for name in HEAD_COLUMNS)
+                   + " WHERE id = 1")
+
+def _pg_insert_json(table: str, columns: Sequence[str]) -> str:
+    names = ", ".join(f'"{name}"' for name in columns)
+    return (f"INSERT INTO {table} ({names}) SELECT {names}"
+            f" FROM json_populate_recordset(NULL::{table}, %s)")
+
+
+_PG_INSERT_LOG = _pg_insert_json("audit_log", LOG_COLUMNS)
+_PG_INSERT_CHECKPOINT = _pg_insert_json("audit_checkpoint", CHECKPOINT_COLUMNS)

@@ -43,8 +43,8 @@ def record_request_exception(sender, exception: BaseException, **extra) -> None:
     """
     try:
         username = getattr(token_auth.current_user(), "username", None)
-    except SQLAlchemyError:  # the user, expired by a commit, cannot be reloaded: the database
-        username = None  # is what failed (it went away mid-request)
+    except SQLAlchemyError:  # a login's user (an ORM object, expired by a commit) cannot be
+        username = None  # reloaded when the database is what failed (it went away mid-request)
     # A StatementError's text carries the SQL and its parameters; the driver's message is enough.
     cause = exception
     if isinstance(exception, StatementError) and exception.orig is not None:

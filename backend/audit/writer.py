@@ -26,7 +26,7 @@ from werkzeug.exceptions import ServiceUnavailable
 from backend.audit import chain
 from backend.audit.events import AuditEvent
 from backend.audit.spool import Spool
-from backend.db_types import discard_closed_connections, sqlite_pragmas
+from backend.db_types import autocommit_connection, discard_closed_connections, sqlite_pragmas
 
 logger = logging.getLogger(__name__)
 
@@ -88,16 +88,8 @@ class AuditWriter:
             with self.engine.begin() as connection:
                 return self._append(connection, events)
         # PostgreSQL: two round trips on the driver's connection (chain.append_and_commit).
-        pooled = self.engine.raw_connection()
-        try:
-            return chain.append_and_commit(pooled.driver_connection, events, self.key,
-                                           self.checkpoint_every)
-        except psycopg.Error:
-            if pooled.driver_connection.broken:
-                pooled.invalidate()
-            raise
-        finally:
-            pooled.close()
+        with autocommit_connection(self.engine) as connection:
+            return chain.append_and_commit(connection, events, self.key, self.checkpoint_every)
 
     def _append(self, connection: sa.Connection, events: list[AuditEvent]) -> list[int]:
         return chain.append(connection, events, self.key, self.checkpoint_every)

@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+import sqlalchemy as sa
 from apifairy import authenticate, body, other_responses, response
 from flask import current_app, g
 
@@ -50,7 +51,9 @@ def login(credentials: dict):
                   503: (ErrorSchema, "The audit trail cannot record the logout")})
 def logout():
     """Revoke the bearer token of this request"""
-    g.token.revoked_at = utcnow()
+    db.session.execute(sa.update(Token)
+                       .where(Token.id == g.caller.token_id, Token.revoked_at.is_(None))
+                       .values(revoked_at=utcnow()))
     db.session.commit()
     auth_log.send(current_app._get_current_object(), event="logout", level="INFO",
                   user=token_auth.current_user().username, status=200, track="logged out")

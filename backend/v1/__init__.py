@@ -36,10 +36,10 @@ def caller():
     not anonymous, whatever the status.
 
     Flask-HTTPAuth sets current_user() only once the role check passes; a 403 must still name
-    the token's holder (`g.token` is set by verify_token for any live token). A 404 or 405 from
+    the token's holder (`g.caller` is set by verify_token for any live token). A 404 or 405 from
     routing ran no view, so nothing checked the token yet: check it here.
     """
-    user = token_auth.current_user() or getattr(g.get("token"), "user", None)
+    user = token_auth.current_user() or g.get("caller")
     if user is None and request.routing_exception is not None:
         user = token_auth.authenticate(token_auth.get_auth(), None) or None
     return user

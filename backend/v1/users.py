@@ -7,6 +7,7 @@ from werkzeug.exceptions import Conflict, Forbidden, NotFound
 
 from backend.auth import accounts
 from backend.auth.credentials import authenticate_password
+from backend.clock import rfc3339
 from backend.errors import ValidationFailed
 from backend.extensions import db, token_auth, v1_log
 from backend.models import User
@@ -29,11 +30,13 @@ ADMIN_ONLY = {**UNAUTHORIZED, 403: (ErrorSchema, "Admins only")}
 
 @bp.get("/me")
 @authenticate(token_auth)
-@response(UserSchema)
-@other_responses(UNAUTHORIZED)
+@other_responses({200: (UserSchema, "The holder of the bearer token"), **UNAUTHORIZED})
 def me():
     """The current user"""
-    return token_auth.current_user()
+    # Not through @response: the hottest read of the API, and the schema's dump is a tenth of it.
+    user = token_auth.current_user()
+    return {"id": user.id, "username": user.username, "is_admin": user.is_admin,
+            "created_at": rfc3339(user.created_at)}
 
 
 @bp.get("/users")
