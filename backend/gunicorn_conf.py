@@ -20,7 +20,7 @@ from gunicorn import glogging
 
 from backend import dispose_engines
 from backend.clock import rfc3339, utcnow
-from config import ROOT, positive_int
+from config import ROOT, gunicorn_threads, positive_int
 
 CGROUP = Path("/sys/fs/cgroup")
 # The same .env the app reads (config.settings), so that gunicorn and the app agree on
@@ -56,8 +56,10 @@ def _cgroup_quota(cgroup: Path) -> float | None:
 # gunicorn's rule of thumb, 2 x CPUs + 1, counted from the container's CPUs, not the host's.
 workers = positive_int(os.environ, "GUNICORN_WORKERS", 2 * container_cpus() + 1)
 # Threads let a worker wait on PostgreSQL (and hash a password) for one request while it
-# serves another; each thread may hold a request connection and an audit-writer connection.
-threads = positive_int(os.environ, "GUNICORN_THREADS", 2)
+# serves another, and the more of them wait at once, the more audit rows share a commit
+# (config.gunicorn_threads). Each may hold a request connection; the worker's audit writer
+# holds one more.
+threads = gunicorn_threads(os.environ)
 worker_class = "gthread"
 # The app is built once in the master and forked: a bad setting stops gunicorn before any
 # worker starts, and workers share its memory. post_fork below makes that safe for the pools.

@@ -67,6 +67,8 @@ def init_app(app: Flask) -> None:
 
 def refuse_oversized_body() -> None:
     """413 for a declared body over MAX_CONTENT_LENGTH (a chunked one fails when read)."""
+    if not request.environ.get("CONTENT_LENGTH"):  # most requests: no body declared
+        return
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if limit is not None and (request.content_length or 0) > limit:
         raise RequestEntityTooLarge()
@@ -74,9 +76,11 @@ def refuse_oversized_body() -> None:
 
 def add_security_headers(response: Response) -> Response:
     """SECURITY_HEADERS (and HTML_HEADERS on a page), unless the response has its own value."""
-    if response.mimetype == "text/html":
-        for name, value in HTML_HEADERS.items():
-            response.headers.setdefault(name, value)
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
+    headers = response.headers
+    present = {name.lower() for name in headers.keys()}  # one pass, not a lookup per header
+    pages = HTML_HEADERS.items() if response.mimetype == "text/html" else ()
+    for name, value in (*pages, *SECURITY_HEADERS.items()):
+        if name.lower() not in present:
+            headers.add(name, value)
+            present.add(name.lower())
     return response

@@ -7,6 +7,7 @@ holds no usable token.
 
 import hashlib
 import secrets
+import threading
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -16,15 +17,24 @@ _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
+# Each hash takes its 19 MiB while it runs: at most two at a time per process bounds a worker's
+# memory however many of its threads log in at once (eight threads hashing took a worker to
+# 205 MB). Two per process keep the CPUs busy already: argon2 releases the GIL.
+_hashing = threading.BoundedSemaphore(2)
+
+
 def hash_password(password: str) -> str:
     """An argon2id hash of `password`, in PHC string form."""
-    return _hasher.hash(password)
+    with _hashing:
+        return _hasher.hash(password)
 
 
 def check_password(password_hash: str | None, password: str) -> bool:
     """True when `password` matches; with no hash (unknown user) burn the same time, say no."""
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        with _hashing:
+            matches = _hasher.verify(password_hash or _DUMMY_HASH, password)
+        return matches and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 

@@ -38,6 +38,7 @@ from bench.database import (
     with_database,
 )
 from bench.serving import running, status_kb, worker_pids
+from config import gunicorn_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "seed_style"
@@ -90,7 +91,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, each server")
-    parser.add_argument("--threads", type=int, default=4, help="threads per worker (ours)")
+    parser.add_argument("--threads", type=int, default=gunicorn_threads({}),
+                        help="threads per worker (ours; default: the production default)")
     return parser.parse_args()
 
 

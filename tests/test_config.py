@@ -8,6 +8,8 @@ import pytest
 from gunicorn.arbiter import Arbiter
 
 import config
+from backend import create_app, dispose_engines
+from backend.extensions import db
 from config import ConfigError, settings
 
 PG = "postgresql://audit:secret@db.example:5432/audit"
@@ -131,3 +133,13 @@ def test_wsgi_in_production_without_a_secret_key_exits_with_one_line(tmp_path):
     assert result.returncode == Arbiter.APP_LOAD_ERROR, result.stderr  # wsgi.APP_LOAD_ERROR
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "SECRET_KEY" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("threads", "pool_size"), [(None, 8), ("12", 12), ("2", 5)])
+def test_the_request_pool_keeps_a_connection_for_every_gunicorn_thread(environ, threads,
+                                                                       pool_size):
+    """Fewer would be closed as they come back and opened again under load."""
+    app = create_app(settings(environ | ({"GUNICORN_THREADS": threads} if threads else {})))
+    with app.app_context():
+        assert db.engine.pool.size() == pool_size
+    dispose_engines(app)

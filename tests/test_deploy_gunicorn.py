@@ -62,15 +62,15 @@ def test_the_boot_refuses_a_bad_gunicorn_setting_before_touching_the_database(tm
     assert not database.exists()
 
 
-def test_workers_default_to_twice_the_cpus_plus_one_with_two_threads():
+def test_workers_default_to_twice_the_cpus_plus_one_with_eight_threads():
     settings = gunicorn_settings()
     assert settings["workers"] == str(2 * container_cpus() + 1)
-    assert (settings["threads"], settings["worker_class"]) == ("2", "gthread")
+    assert (settings["threads"], settings["worker_class"]) == ("8", "gthread")
 
 
 def test_workers_and_threads_come_from_the_environment():
-    settings = gunicorn_settings(GUNICORN_WORKERS="3", GUNICORN_THREADS="8")
-    assert (settings["workers"], settings["threads"]) == ("3", "8")
+    settings = gunicorn_settings(GUNICORN_WORKERS="3", GUNICORN_THREADS="5")
+    assert (settings["workers"], settings["threads"]) == ("3", "5")
 
 
 def test_a_bad_worker_count_is_refused_with_its_name():

@@ -4,8 +4,10 @@ revocation when a user is disabled or changes password."""
 import hashlib
 import re
 import statistics
+import threading
 import time
 from base64 import urlsafe_b64decode
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -307,3 +309,30 @@ def test_empty_basic_credentials_and_an_empty_body_are_a_challenge(api, client):
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Basic")
     assert api.rows(source="auth") == []
+
+
+def test_at_most_two_passwords_are_hashed_at_once_in_a_process(monkeypatch):
+    """Each argon2 hash holds 19 MiB while it runs; eight threads logging in at once must not
+    make that eight times over."""
+    from backend import security
+
+    real, lock = security._hasher, threading.Lock()
+    running, peak = 0, 0
+
+    class CountingHasher:
+        def verify(self, *args):
+            nonlocal running, peak
+            with lock:
+                running += 1
+                peak = max(peak, running)
+            try:
+                return real.verify(*args)
+            finally:
+                with lock:
+                    running -= 1
+
+    monkeypatch.setattr(security, "_hasher", CountingHasher())
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: security.check_password(None, "guess"), range(6)))
+    assert results == [False] * 6
+    assert peak == 2

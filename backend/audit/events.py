@@ -65,12 +65,13 @@ def request_fields() -> dict:
     """Client address (after ProxyFix), method, path, request id and user agent."""
     if not has_request_context():
         return {}
+    current = request._get_current_object()  # one proxy lookup, not five
     return {
-        "ip": request.remote_addr,
-        "method": request.method[:16],
-        "path": request.path[:2048],
+        "ip": current.remote_addr,
+        "method": current.method[:16],
+        "path": current.path[:2048],
         "request_id": g.get("request_id"),
-        "user_agent": request.user_agent.string[:512] or None,
+        "user_agent": current.environ.get("HTTP_USER_AGENT", "")[:512] or None,
     }
 
 
