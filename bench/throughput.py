@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -46,6 +47,7 @@ RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
 USER, PASSWORD = "bench", "bench-password-1"
 PEER_TOKEN = "bench-token-0123456789"  # the peer's app creates this user and token
+SETTLE = 3.0  # seconds between two runs
 
 
 def main() -> None:
@@ -75,6 +77,11 @@ def main() -> None:
         for round_number in range(1, options.rounds + 1):
             for name, (_, port, path, headers) in loads.items():
                 result = wrk(port, path, headers, options, Path(tmp))
+                # wrk stops with requests still in flight (a login queued behind the
+                # password hashes takes a second or more to finish): a worker still busy
+                # with them when the next run connects would leave every new connection to
+                # the other worker, and that run would measure one worker.
+                time.sleep(SETTLE)
                 runs[name].append(result)
                 print(f"round {round_number}: {name:28} {result['rps']:8.0f} req/s", flush=True)
         memory = {name: workers_rss_mb(server) for name, server in servers.items()}
