@@ -1,6 +1,7 @@
 """Marshmallow schemas: what the API reads and writes, and what its OpenAPI document says."""
 
 import ipaddress
+import operator
 import re
 from datetime import UTC
 
@@ -158,11 +159,16 @@ class LogSchema(ma.Schema):
 LOG_FIELDS = tuple(LogSchema().fields)
 
 
-def log_as_json(row) -> dict:
-    """What LogSchema().dump(row) gives, at a tenth of the cost (a page has 1,300 fields)."""
-    item = {name: getattr(row, name) for name in LOG_FIELDS}
-    item["created_at"] = rfc3339(item["created_at"])
-    return item
+def logs_as_json(rows: list) -> list[dict]:
+    """What LogSchema(many=True).dump(rows) gives for result rows of the log's columns, at a
+    fraction of the cost (a page has 1,300 fields): the values are picked by position."""
+    if not rows:
+        return []
+    pick = operator.itemgetter(*(rows[0]._fields.index(name) for name in LOG_FIELDS))
+    items = [dict(zip(LOG_FIELDS, pick(row), strict=True)) for row in rows]
+    for item in items:
+        item["created_at"] = rfc3339(item["created_at"])
+    return items
 
 
 class LogPageSchema(ma.Schema):
