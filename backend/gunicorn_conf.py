@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 from gunicorn import glogging
+from gunicorn.workers.gthread import ThreadWorker
 
 from backend import dispose_engines
 from backend.clock import rfc3339, utcnow
@@ -60,7 +61,7 @@ workers = positive_int(os.environ, "GUNICORN_WORKERS", 2 * container_cpus() + 1)
 # (config.gunicorn_threads). Each may hold a request connection; the worker's audit writer
 # holds one more.
 threads = gunicorn_threads(os.environ)
-worker_class = "gthread"
+worker_class = "backend.gunicorn_conf.BalancedThreadWorker"
 # The app is built once in the master and forked: a bad setting stops gunicorn before any
 # worker starts, and workers share its memory. post_fork below makes that safe for the pools.
 preload_app = True
@@ -86,6 +87,36 @@ bind = ["0.0.0.0:8000"]
 # unwritable home for the container's user, and one shared path for every gunicorn of a user on
 # a machine. The service is run by signals (docker stop, SIGHUP), so it has none.
 control_socket_disable = True
+
+class BalancedThreadWorker(ThreadWorker):
+    """gunicorn's gthread worker, except that while every one of its threads has a request,
+    it leaves new connections to the other workers.
+
+    The stock worker accepts whenever the listening socket is readable, so a worker that is
+    quicker to wake takes a burst of new connections for itself; with keep-alive they stay
+    there, and one worker (one GIL) serves most of them while another idles (16 of wrk's 16
+    connections in some runs of bench/throughput.py). Leaving the accept to a worker with a
+    free thread is what sync workers do by nature. Kept-alive idle connections do not count:
+    only requests being served or queued for a thread.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.busy = 0  # requests handed to the thread pool and not finished; main thread only
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled and self.busy < self.cfg.threads)
+
+    def enqueue_req(self, conn) -> None:
+        self.busy += 1
+        if self.busy >= self.cfg.threads:
+            self.set_accept_enabled(False)
+        super().enqueue_req(conn)
+
+    def finish_request(self, conn, fs) -> None:
+        self.busy -= 1
+        super().finish_request(conn, fs)  # the run loop enables accepting again
+
 
 # --- the client's address ------------------------------------------------------------------
 # ProxyFix (backend.register_proxy_fix) takes X-Forwarded-For/-Proto from exactly

@@ -65,7 +65,8 @@ def test_the_boot_refuses_a_bad_gunicorn_setting_before_touching_the_database(tm
 def test_workers_default_to_twice_the_cpus_plus_one_with_eight_threads():
     settings = gunicorn_settings()
     assert settings["workers"] == str(2 * container_cpus() + 1)
-    assert (settings["threads"], settings["worker_class"]) == ("8", "gthread")
+    assert (settings["threads"], settings["worker_class"]) == (
+        "8", "backend.gunicorn_conf.BalancedThreadWorker")
 
 
 def test_workers_and_threads_come_from_the_environment():

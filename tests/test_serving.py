@@ -6,8 +6,13 @@ database of the `database_url` fixture; the session talks to it over a loopback 
 urllib, and then reads its own steps back from /v1/logs and from the access log.
 """
 
+import json
 import os
+import socket
 import subprocess
+import time
+from base64 import b64encode
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -88,3 +93,33 @@ def test_production_without_its_secrets_stops_gunicorn_with_a_clear_message(tmp_
         stop(server)
     assert server.returncode != 0
     assert "configuration error: APP_ENV=production needs DATABASE_URL" in output
+
+
+def test_a_worker_whose_threads_are_all_busy_leaves_new_connections_to_the_other(served):
+    """backend.gunicorn_conf.BalancedThreadWorker: four connections opened at once on 2 workers
+    x 2 threads go two to each worker (a new connection takes a thread until its request
+    comes), not four to whichever worker woke first. The logins are sent once all four are
+    open, so no request finishes and frees a thread meanwhile."""
+    client, log = served
+    port = int(client.base_url.rsplit(":", 1)[1])
+    credentials = b64encode(":".join(ADMIN).encode()).decode()
+    connections = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+    try:
+        time.sleep(0.3)  # the workers accept them (a thread waits up to 5 s for its data)
+        for connection in connections:
+            connection.sendall(f"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                               f"Authorization: Basic {credentials}\r\nContent-Length: 0\r\n"
+                               f"Connection: close\r\n\r\n".encode())
+        statuses = [connection.makefile("rb").readline() for connection in connections]
+    finally:
+        for connection in connections:
+            connection.close()
+    assert statuses == [b"HTTP/1.1 200 OK\r\n"] * 4
+    time.sleep(0.2)  # the access log line follows the response
+    logins = [entry for entry in access_log(log) if entry["path"] == "/login"]
+    assert sorted(Counter(entry["pid"] for entry in logins).values()) == [2, 2]
+
+
+def access_log(log: Path) -> list[dict]:
+    """The JSON access-log lines of the server's output (backend/gunicorn_conf.py)."""
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
