@@ -162,8 +162,12 @@ def wrk(port: int, path: str, headers: dict | None, options, tmp: Path) -> dict:
     else:
         for name, value in headers.items():
             command += ["--header", f"{name}: {value}"]
-    output = subprocess.run([*command, f"http://127.0.0.1:{port}{path}"], capture_output=True,
-                            text=True, check=True, timeout=options.duration + 60).stdout
+    done = subprocess.run([*command, f"http://127.0.0.1:{port}{path}"], capture_output=True,
+                          text=True, timeout=options.duration + 60)
+    if done.returncode != 0:
+        raise SystemExit(f"wrk failed (exit {done.returncode}) on port {port}{path}:\n"
+                         f"{done.stdout}{done.stderr}")
+    output = done.stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
             "p50_ms": _latency(output, "50%"), "p99_ms": _latency(output, "99%"),
