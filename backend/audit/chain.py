@@ -164,6 +164,7 @@ _PG_COMMIT_THEN_FLUSH = ("SET LOCAL synchronous_commit = off; COMMIT;"
 _PG_UPDATE_HEAD = ("UPDATE audit_chain SET " + ", ".join(f"{name} = %s" for name in HEAD_COLUMNS)
                    + " WHERE id = 1")
 
+
 def _pg_insert_json(table: str, columns: Sequence[str]) -> str:
     names = ", ".join(f'"{name}"' for name in columns)
     return (f"INSERT INTO {table} ({names}) SELECT {names}"
