@@ -291,21 +291,26 @@ def test_the_per_request_connections_go_back_to_the_pool_as_they_came(pg_app):
         failed, later]
 
 
-def test_an_append_whose_flush_fails_is_spooled_and_replayed_once(pg_app, monkeypatch):
-    """The append commits before the flush that makes it durable (chain._PG_COMMIT_THEN_FLUSH).
-    When that flush fails, as in a crash, the request cannot know whether its rows reached the
-    disk: they are spooled, and the replay writes only the events the table lacks. Here they
-    did reach it (the failure is an error after the append's commit), so nothing is written
-    twice and the chain verifies."""
-    from backend.audit import chain
+def test_an_append_returns_only_once_the_wal_holding_it_is_flushed(pg_app):
+    """Durable before the response: when a write returns, PostgreSQL's WAL is flushed past
+    everything it held when the write began (so past the append's commit). Checked because a
+    faster append once committed with synchronous_commit off and meant a later empty
+    transaction to flush it, which PostgreSQL does not do for a transaction that wrote no WAL."""
+    from backend.audit.events import AuditEvent
+    from backend.audit.writer import writer
 
-    client = pg_app.test_client()
-    monkeypatch.setattr(chain, "_PG_COMMIT_THEN_FLUSH",
-                        "SET LOCAL synchronous_commit = off; COMMIT; BEGIN; SELECT 1/0; COMMIT")
-    [first] = make_trail(client, 1)
-    assert [event["request_id"] for event in spooled(pg_app)] == [first]
-    monkeypatch.undo()
-    [later] = make_trail(client, 1)
-    assert spooled(pg_app) == []
-    assert [row.request_id for row in Api(pg_app, client).rows()] == [first, later]
-    assert verify_line(pg_app.test_cli_runner())[1].startswith("intact: 2 rows (rows 1-2)")
+    engine = sa.create_engine(pg_app.config["SQLALCHEMY_DATABASE_URI"])
+    lsn = ("SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn,"
+           " pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
+    try:
+        with engine.connect() as probe, pg_app.app_context():
+            for number in range(20):
+                _, inserted_before = probe.execute(sa.text(lsn)).one()
+                probe.rollback()
+                writer().write(AuditEvent(source="v1", event="test.flush", level="INFO",
+                                          track=f"write {number}"))
+                flushed_after, _ = probe.execute(sa.text(lsn)).one()
+                probe.rollback()
+                assert flushed_after > inserted_before, f"write {number} returned unflushed"
+    finally:
+        engine.dispose()

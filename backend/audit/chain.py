@@ -72,21 +72,13 @@ def append(connection: sa.Connection, events: Sequence[AuditEvent], key: bytes,
 def append_and_commit(connection: psycopg.Connection, events: Sequence[AuditEvent], key: bytes,
                       checkpoint_every: int = 1000) -> list[int]:
     """`append` and COMMIT on a psycopg (PostgreSQL) connection in autocommit mode
-    (db_types.autocommit_connection), in two round trips and two messages: `BEGIN; SELECT
-    ... FOR UPDATE` of the head, then the INSERTs, the head's UPDATE and the commits as one
-    string (bound on the client: the simple query protocol runs several statements in one
-    message), where `append` through SQLAlchemy takes six round trips, and psycopg's pipeline
-    mode one write and one poll per statement. If a statement fails, the server skips the rest
-    of the string; the caller's connection manager rolls the transaction back.
-
-    The chain's lock is not held while the disk flushes (_PG_COMMIT_THEN_FLUSH): the append
-    commits without waiting for the flush, which releases the lock at once, and a second,
-    empty transaction in the same message commits synchronously, which flushes the WAL
-    through the append's commit. So this returns only once the rows are durable, as before,
-    but the next append (another worker's) no longer waits out this one's flush. Other
-    sessions may read the rows during that flush; a crash in it loses them together with
-    every later append (the WAL is flushed in order), and the caller, which got an error,
-    spools them (a replay skips an event that did reach the disk).
+    (db_types.autocommit_connection), in two round trips and two
+    messages: `BEGIN; SELECT ... FOR UPDATE` of the head, then the INSERTs, the head's UPDATE
+    and `COMMIT` as one string (bound on the client: the simple query protocol runs several
+    statements in one message). The chain's lock is held for one round trip and the commit's
+    flush, where `append` through SQLAlchemy takes six round trips, and psycopg's pipeline mode
+    one write and one poll per statement. If a statement fails, the server skips the rest of
+    the string, COMMIT included; the caller's connection manager rolls the transaction back.
     """
     cursor = psycopg.ClientCursor(connection, row_factory=dict_row)
     cursor.execute(_PG_BEGIN_LOCK_HEAD)
@@ -97,7 +89,7 @@ def append_and_commit(connection: psycopg.Connection, events: Sequence[AuditEven
     if checkpoints:
         statements.append(_PG_INSERT_CHECKPOINT)
         params.append(json.dumps(checkpoints, default=str))
-    cursor.execute(";".join([*statements, _PG_UPDATE_HEAD, _PG_COMMIT_THEN_FLUSH]),
+    cursor.execute(";".join([*statements, _PG_UPDATE_HEAD, "COMMIT"]),
                    [*params, *(head[name] for name in HEAD_COLUMNS)])
     return [row["id"] for row in rows]
 
@@ -158,9 +150,6 @@ LOG_COLUMNS = tuple(column.name for column in Log.__table__.columns)
 CHECKPOINT_COLUMNS = ("log_id", "log_hash", "created_at", "reason", "mac")
 _PG_BEGIN_LOCK_HEAD = (f"BEGIN; SELECT {', '.join(HEAD_COLUMNS)} FROM audit_chain WHERE id = 1"
                        " FOR UPDATE")
-# txid_current() gives the second transaction an id, without which its COMMIT would not flush.
-_PG_COMMIT_THEN_FLUSH = ("SET LOCAL synchronous_commit = off; COMMIT;"
-                         " BEGIN; SELECT txid_current(); COMMIT")
 _PG_UPDATE_HEAD = ("UPDATE audit_chain SET " + ", ".join(f"{name} = %s" for name in HEAD_COLUMNS)
                    + " WHERE id = 1")
 
