@@ -100,13 +100,21 @@ def _login_security(environ: Mapping[str, str]) -> dict:
     return values
 
 
-def gunicorn_threads(environ: Mapping[str, str]) -> int:
-    """GUNICORN_THREADS: threads per gunicorn worker (backend/gunicorn_conf.py), default 8.
+# Connections a container's workers may hold together by default: room under PostgreSQL's
+# default max_connections (100) for maintenance, and for a second container.
+CONNECTION_BUDGET = 80
+
+
+def gunicorn_threads(environ: Mapping[str, str], workers: int | None = None) -> int:
+    """GUNICORN_THREADS: threads per gunicorn worker (backend/gunicorn_conf.py); by default 8,
+    fewer when `workers` workers x (threads + 1 audit connection) would pass CONNECTION_BUDGET
+    (13 workers, a 6-CPU container: 5), and never fewer than 2.
 
     Eight, because a worker's concurrent requests share one audit commit (group commit): with
     wrk's 16 connections on 2 workers, 8 threads served 1,400-1,600 audited requests/s where 4
     served 1,250 (bench/throughput.py)."""
-    return positive_int(environ, "GUNICORN_THREADS", 8)
+    default = 8 if workers is None else max(2, min(8, CONNECTION_BUDGET // workers - 1))
+    return positive_int(environ, "GUNICORN_THREADS", default)
 
 
 def positive_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:

@@ -60,7 +60,7 @@ workers = positive_int(os.environ, "GUNICORN_WORKERS", 2 * container_cpus() + 1)
 # serves another, and the more of them wait at once, the more audit rows share a commit
 # (config.gunicorn_threads). Each may hold a request connection; the worker's audit writer
 # holds one more.
-threads = gunicorn_threads(os.environ)
+threads = gunicorn_threads(os.environ, workers)
 worker_class = "backend.gunicorn_conf.BalancedThreadWorker"
 # The app is built once in the master and forked: a bad setting stops gunicorn before any
 # worker starts, and workers share its memory. post_fork below makes that safe for the pools.

@@ -62,11 +62,20 @@ def test_the_boot_refuses_a_bad_gunicorn_setting_before_touching_the_database(tm
     assert not database.exists()
 
 
-def test_workers_default_to_twice_the_cpus_plus_one_with_eight_threads():
+def test_workers_default_to_twice_the_cpus_plus_one_with_up_to_eight_threads():
     settings = gunicorn_settings()
-    assert settings["workers"] == str(2 * container_cpus() + 1)
+    workers = 2 * container_cpus() + 1
+    threads = min(8, max(2, config.CONNECTION_BUDGET // workers - 1))  # 8 up to 3 CPUs
+    assert settings["workers"] == str(workers)
     assert (settings["threads"], settings["worker_class"]) == (
-        "8", "backend.gunicorn_conf.BalancedThreadWorker")
+        str(threads), "backend.gunicorn_conf.BalancedThreadWorker")
+
+
+@pytest.mark.parametrize(("workers", "threads"), [("5", "8"), ("13", "5"), ("40", "2")])
+def test_the_default_threads_keep_a_containers_connections_within_budget(workers, threads):
+    """workers x (threads + 1) stays under 80 of PostgreSQL's default 100 connections."""
+    settings = gunicorn_settings(GUNICORN_WORKERS=workers)
+    assert (settings["workers"], settings["threads"]) == (workers, threads)
 
 
 def test_workers_and_threads_come_from_the_environment():
