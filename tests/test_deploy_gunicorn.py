@@ -65,7 +65,7 @@ def test_the_boot_refuses_a_bad_gunicorn_setting_before_touching_the_database(tm
 def test_workers_default_to_twice_the_cpus_plus_one_with_up_to_eight_threads():
     settings = gunicorn_settings()
     workers = 2 * container_cpus() + 1
-    threads = min(8, max(2, config.CONNECTION_BUDGET // workers - 1))  # 8 up to 3 CPUs
+    threads = config.gunicorn_threads({}, workers)  # 8 up to 3 CPUs; values pinned below
     assert settings["workers"] == str(workers)
     assert (settings["threads"], settings["worker_class"]) == (
         str(threads), "backend.gunicorn_conf.BalancedThreadWorker")

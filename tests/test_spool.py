@@ -15,11 +15,11 @@ import pytest
 import sqlalchemy as sa
 from psycopg.pq import TransactionStatus
 
-from backend import create_app, dispose_engines
 from backend.audit.events import AuditEvent
 from backend.audit.spool import encode
+from backend.audit.writer import writer
 from backend.extensions import db
-from tests.conftest import ALICE, Api, basic, bearer, empty_postgresql, make_settings
+from tests.conftest import ALICE, basic
 from tests.test_audit_trail import DISK_FULL, audit_table_unavailable
 from tests.test_integrity import flask_audit, make_trail, verify_line
 
@@ -249,14 +249,9 @@ def test_a_spool_on_a_full_disk_costs_nothing_while_the_database_works(api, clie
 
 # -- PostgreSQL: the connections of the two per-request statements ----------------------------
 
-@pytest.fixture
-def pg_app(postgresql_url, tmp_path):
-    """The app on PostgreSQL only: the token lookup and the audit append run there on the
-    driver's connection in autocommit mode (db_types.autocommit_connection)."""
-    empty_postgresql(postgresql_url)
-    app = create_app(make_settings(postgresql_url, tmp_path))
-    yield app
-    dispose_engines(app)
+# The token lookup and the audit append run on the driver's connection in autocommit mode
+# there (db_types.autocommit_connection); on SQLite they go through SQLAlchemy.
+postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 def pooled_states(engine: sa.Engine) -> list[tuple[bool, TransactionStatus]]:
@@ -270,47 +265,38 @@ def pooled_states(engine: sa.Engine) -> list[tuple[bool, TransactionStatus]]:
             connection.close()
 
 
-def test_the_per_request_connections_go_back_to_the_pool_as_they_came(pg_app):
+@postgresql_only
+def test_the_per_request_connections_go_back_to_the_pool_as_they_came(app, api, client):
     """Not in autocommit (the request's session commits what it means to) and in no
     transaction, after a token lookup, a write, and a write whose INSERT failed."""
-    client, writer_engine = pg_app.test_client(), pg_app.extensions["audit_writer"].engine
-    Api(pg_app, client).create_user(*ALICE)
-    token = Api(pg_app, client).login(*ALICE)
-    assert client.get("/v1/me", headers=bearer(token)).status_code == 200
-    with audit_table_unavailable(pg_app):
+    api.create_user(*ALICE)
+    assert api.get("/v1/me", api.login(*ALICE)).status_code == 200
+    with audit_table_unavailable(app):
         [failed] = make_trail(client, 1)
-    assert [event["request_id"] for event in spooled(pg_app)] == [failed]
-    with pg_app.app_context():
-        request_states = pooled_states(db.engine)
-    writer_states = pooled_states(writer_engine)
+    assert [event["request_id"] for event in spooled(app)] == [failed]
+    with app.app_context():
+        request_states, writer_states = pooled_states(db.engine), pooled_states(writer().engine)
     assert request_states and writer_states
     assert set(request_states + writer_states) == {(False, TransactionStatus.IDLE)}
     # And they work: the next write replays the spooled event before its own.
     [later] = make_trail(client, 1)
-    assert [row.request_id for row in Api(pg_app, client).rows(event="index.view")] == [
-        failed, later]
+    assert [row.request_id for row in api.rows(event="index.view")] == [failed, later]
 
 
-def test_an_append_returns_only_once_the_wal_holding_it_is_flushed(pg_app):
+@postgresql_only
+def test_an_append_returns_only_once_the_wal_holding_it_is_flushed(app):
     """Durable before the response: when a write returns, PostgreSQL's WAL is flushed past
     everything it held when the write began (so past the append's commit). Checked because a
     faster append once committed with synchronous_commit off and meant a later empty
     transaction to flush it, which PostgreSQL does not do for a transaction that wrote no WAL."""
-    from backend.audit.events import AuditEvent
-    from backend.audit.writer import writer
-
-    engine = sa.create_engine(pg_app.config["SQLALCHEMY_DATABASE_URI"])
-    lsn = ("SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn,"
-           " pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
-    try:
-        with engine.connect() as probe, pg_app.app_context():
-            for number in range(20):
-                _, inserted_before = probe.execute(sa.text(lsn)).one()
-                probe.rollback()
-                writer().write(AuditEvent(source="v1", event="test.flush", level="INFO",
-                                          track=f"write {number}"))
-                flushed_after, _ = probe.execute(sa.text(lsn)).one()
-                probe.rollback()
-                assert flushed_after > inserted_before, f"write {number} returned unflushed"
-    finally:
-        engine.dispose()
+    lsn = sa.text("SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn,"
+                  " pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
+    with app.app_context(), db.engine.connect() as probe:
+        for number in range(20):
+            _, inserted_before = probe.execute(lsn).one()
+            probe.rollback()
+            writer().write(AuditEvent(source="v1", event="test.flush", level="INFO",
+                                      track=f"write {number}"))
+            flushed_after, _ = probe.execute(lsn).one()
+            probe.rollback()
+            assert flushed_after > inserted_before, f"write {number} returned unflushed"
