@@ -8,10 +8,13 @@ import math
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from backend.audit import export
 from backend.audit.chain import GENESIS, row_hash
 from backend.clock import rfc3339
+from backend.extensions import db
+from backend.models import Log
 from tests.conftest import ADMIN, basic
 from tests.test_errors import assert_error
 from tests.test_logs import T, write
@@ -34,7 +37,7 @@ def rows(api, users):
     api.get("/v1/me", users["alice"], environ_base={"REMOTE_ADDR": "203.0.113.9"})
     api.client.post("/login", headers=basic("alice", "not-her-password"))
     write(api.app, user="alice", level="ERROR", track='a "quote", a comma, and\na newline')
-    write(api.app, user="bob", track="tab\tbackslash\\ bell\x07 ünïcode ☃ \u2028")
+    write(api.app, user="bob", track="tab\tbackslash\\ bell\x07 \x01\x02 ünïcode ☃ \u2028")
     write(api.app, source="main", level="DEBUG", track="Quote-free")
     for number, formula in enumerate(FORMULAS):
         write(api.app, user=formula if number % 2 else "carol", track=formula)
@@ -239,6 +242,23 @@ def test_the_export_is_streamed_a_fetch_at_a_time(api, rows, monkeypatch):
     assert len(chunks) == math.ceil(len(expected(api, response)) / 3) > 1
     assert [chunk.count(b"\n") for chunk in chunks[:-1]] == [3] * (len(chunks) - 1)
     assert sum(chunk.count(b"\n") for chunk in chunks) == len(expected(api, response))
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_a_client_that_leaves_mid_export_frees_its_connection(api, rows, monkeypatch, fmt):
+    monkeypatch.setattr(export, "FETCH_ROWS", 2)
+    response = api.client.get("/v1/logs/export", query_string={"format": fmt}, buffered=False,
+                              headers={"Authorization": f"Bearer {rows['admin']}"})
+    chunks = iter(response.response)
+    assert next(chunk for chunk in chunks if chunk.count(b"\n") == 2)
+    with api.app.app_context():
+        engine = db.engine
+    assert engine.pool.checkedout() == 1  # the export's, mid-COPY on PostgreSQL
+    response.close()  # as the server does when the client goes away
+    assert engine.pool.checkedout() == 0
+    with engine.connect() as connection:  # back in the pool idle, not in a cancelled COPY
+        assert connection.execute(sa.select(sa.func.count()).select_from(Log)).scalar() > 10
+    assert len(ndjson_rows(get_export(api, rows["admin"]))) == len(api.rows()) - 1
 
 
 def test_the_export_is_audited_like_any_v1_request(api, rows):

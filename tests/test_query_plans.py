@@ -86,6 +86,7 @@ def test_a_rare_substring_is_found_through_the_trigram_index(trail):
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
 def test_the_export_streams_in_index_order_without_sorting(trail, fmt):
-    steps = nodes(explain(trail, export.statement({}, None, "postgresql", fmt), cursor=True))
+    trail.execute(export.READ_IN_ORDER.removeprefix("BEGIN; "))  # until explain's rollback
+    steps = nodes(explain(trail, export.statement({}, None, "postgresql", fmt)))
     assert steps == ["Index Scan using ix_audit_log_created_at_id on audit_log"], steps
 
