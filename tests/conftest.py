@@ -70,6 +70,10 @@ def drop_schema(url: str) -> None:
     engine.dispose()
 
 
+# A database test that is about PostgreSQL alone (its own code path or its own settings).
+postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
     """A migrated, empty database of each kind."""

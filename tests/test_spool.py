@@ -19,7 +19,7 @@ from backend.audit.events import AuditEvent
 from backend.audit.spool import encode
 from backend.audit.writer import writer
 from backend.extensions import db
-from tests.conftest import ALICE, basic
+from tests.conftest import ALICE, basic, postgresql_only
 from tests.test_audit_trail import DISK_FULL, audit_table_unavailable
 from tests.test_integrity import flask_audit, make_trail, verify_line
 
@@ -251,7 +251,6 @@ def test_a_spool_on_a_full_disk_costs_nothing_while_the_database_works(api, clie
 
 # The token lookup and the audit append run on the driver's connection in autocommit mode
 # there (db_types.autocommit_connection); on SQLite they go through SQLAlchemy.
-postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 def pooled_states(engine: sa.Engine) -> list[tuple[bool, TransactionStatus]]:
