@@ -119,11 +119,10 @@ class Log(db.Model):
         ),
         # A user's rows of given levels: one ordered range per level (migration 0005).
         sa.Index("ix_audit_log_user_level_created_at_id", "user", "level", "created_at", "id"),
-        # `q` (ILIKE '%...%') on PostgreSQL, with a short pending list (migration 0006); SQLite
-        # scans.
+        # `q` (ILIKE '%...%') on PostgreSQL; SQLite scans. Its pending list is kept short by the
+        # audit writer's sessions (audit/writer.py).
         sa.Index("ix_audit_log_track_trgm", "track", postgresql_using="gin",
-                 postgresql_ops={"track": "gin_trgm_ops"},
-                 postgresql_with={"gin_pending_list_limit": 256}).ddl_if(dialect="postgresql"),
+                 postgresql_ops={"track": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
     )
 
 

@@ -15,7 +15,7 @@ from backend.audit.chain import GENESIS, row_hash
 from backend.clock import rfc3339
 from backend.extensions import db
 from backend.models import Log
-from tests.conftest import ADMIN, basic
+from tests.conftest import ADMIN, basic, postgresql_only
 from tests.test_errors import assert_error
 from tests.test_logs import T, write
 
@@ -39,6 +39,7 @@ def rows(api, users):
     write(api.app, user="alice", level="ERROR", track='a "quote", a comma, and\na newline')
     write(api.app, user="bob", track="tab\tbackslash\\ bell\x07 \x01\x02 ünïcode ☃ \u2028")
     write(api.app, source="main", level="DEBUG", track="Quote-free")
+    write(api.app, user="dave", track="", user_agent="")  # empty text: an empty CSV cell
     for number, formula in enumerate(FORMULAS):
         write(api.app, user=formula if number % 2 else "carol", track=formula)
     return users
@@ -259,6 +260,37 @@ def test_a_client_that_leaves_mid_export_frees_its_connection(api, rows, monkeyp
     with engine.connect() as connection:  # back in the pool idle, not in a cancelled COPY
         assert connection.execute(sa.select(sa.func.count()).select_from(Log)).scalar() > 10
     assert len(ndjson_rows(get_export(api, rows["admin"]))) == len(api.rows()) - 1
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_progress_is_told_the_last_id_of_each_chunk(api, rows, monkeypatch, fmt):
+    monkeypatch.setattr(export, "FETCH_ROWS", 4)
+    told = []
+    with api.app.app_context():
+        query = export.statement({}, None, db.engine.dialect.name, fmt)
+        chunks = list(export.stream(db.engine, query, fmt, progress=told.append))
+    every_id = [row.id for row in api.rows()]
+    assert len(chunks) == 1 + math.ceil(len(every_id) / 4)  # the header (or b""), then rows
+    assert told == every_id[3::4] + ([every_id[-1]] if len(every_id) % 4 else [])
+
+
+@postgresql_only
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_a_query_that_fails_on_its_first_row_is_an_error_not_an_empty_200(
+        api, rows, monkeypatch, fmt):
+    """PostgreSQL starts a COPY before it runs the query; the first row is read before the
+    response starts, so a failure there (a statement timeout, say) is still an error status."""
+    statement = export.statement
+
+    def failing(*args):
+        query = statement(*args)
+        return query.with_only_columns(*query.selected_columns, 1 / (Log.id - Log.id))
+
+    monkeypatch.setattr(export, "statement", failing)
+    response = get_export(api, rows["admin"], format=fmt)
+    assert_error(response, 500)
+    [row] = api.rows(event="request.exception")
+    assert row.track.startswith("psycopg.errors.DivisionByZero: ")
 
 
 def test_the_export_is_audited_like_any_v1_request(api, rows):

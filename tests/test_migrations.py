@@ -4,7 +4,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from backend.extensions import db
-from tests.conftest import ALICE, postgresql_only
+from tests.conftest import ALICE
 from tests.test_main import schema_version
 
 
@@ -27,12 +27,3 @@ def test_upgrade_at_the_latest_migration_changes_nothing(app, api, runner):
     assert runner.invoke(args=["db", "upgrade"]).exit_code == 0
     assert schema_version(app) == before
     assert api.login(*ALICE)
-
-
-@postgresql_only
-def test_the_trigram_index_keeps_a_short_pending_list(api):
-    # Every search reads the whole pending list; at the default 4 MB it slows `q` (0006).
-    with api.app.app_context(), db.engine.connect() as connection:
-        options = connection.exec_driver_sql(
-            "SELECT reloptions FROM pg_class WHERE relname = 'ix_audit_log_track_trgm'").scalar()
-    assert options == ["gin_pending_list_limit=256"]

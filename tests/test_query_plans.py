@@ -9,10 +9,11 @@ bench/plans.py, which the benchmark uses too (bench/results/explain-N.txt has th
 
 import psycopg
 import pytest
+from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 
 from backend.audit import export, query
 from backend.models import User
-from backend.schemas import LogQuerySchema
+from backend.schemas import LogFiltersSchema, LogQuerySchema
 from bench import load
 from bench.database import libpq_url
 from bench.plans import compiled, explain, nodes
@@ -84,9 +85,32 @@ def test_a_rare_substring_is_found_through_the_trigram_index(trail):
     assert "Bitmap Index Scan on ix_audit_log_track_trgm" in steps, steps
 
 
+def copy_plan(url: str, filters: dict, fmt: str = "csv") -> list[str]:
+    """The plan's lines of the export's COPY, as export.begin_in_order has it made."""
+    with psycopg.connect(libpq_url(url), autocommit=True) as connection:
+        select = export.copy_select(connection, export.statement(
+            LogFiltersSchema().load(filters), None, "postgresql", fmt), pg_dialect.dialect())
+        export.begin_in_order(connection, select)
+        lines = [row[0] for row in connection.execute(f"EXPLAIN {select}")]
+        connection.rollback()
+    return lines
+
+
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
-def test_the_export_streams_in_index_order_without_sorting(trail, fmt):
-    trail.execute(export.READ_IN_ORDER.removeprefix("BEGIN; "))  # until explain's rollback
-    steps = nodes(explain(trail, export.statement({}, None, "postgresql", fmt)))
+def test_the_export_streams_in_index_order_without_sorting(trail, postgresql_url, fmt):
+    steps = nodes(copy_plan(postgresql_url, {}, fmt))
     assert steps == ["Index Scan using ix_audit_log_created_at_id on audit_log"], steps
 
+
+@pytest.mark.parametrize("name", ORDERED)
+def test_a_filtered_export_sorts_no_more_than_a_few_rows(trail, postgresql_url, name,
+                                                        monkeypatch):
+    """Planned for its total cost, the COPY of a common filter's rows would fetch them through
+    a bitmap and sort them all before sending one (at PostgreSQL's default random_page_cost);
+    a rare one's few rows may be sorted."""
+    monkeypatch.setattr(export, "SORT_AT_MOST", 1000)
+    lines = copy_plan(postgresql_url, ORDERED[name])
+    sorted_rows = [int(line.split(" rows=")[1].split()[0]) for line in lines
+                   if nodes([line]) == ["Sort"]]
+    assert not [rows for rows in sorted_rows if rows > 1000], lines
+    assert not [step for step in nodes(lines) if step.startswith("Seq Scan")], lines

@@ -299,3 +299,12 @@ def test_an_append_returns_only_once_the_wal_holding_it_is_flushed(app):
             flushed_after, _ = probe.execute(lsn).one()
             probe.rollback()
             assert flushed_after > inserted_before, f"write {number} returned unflushed"
+
+
+@postgresql_only
+def test_the_writer_keeps_the_trigram_index_pending_list_short(app):
+    """Every `q` search reads the whole pending list of the trigram index; the sessions that
+    insert audit rows set how long it may grow (PostgreSQL's default: 4 MB)."""
+    with app.app_context(), writer().engine.connect() as connection:
+        limit = connection.exec_driver_sql("SHOW gin_pending_list_limit").scalar()
+    assert limit == "256kB"

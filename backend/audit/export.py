@@ -2,17 +2,19 @@
 
 One generator serves `GET /v1/logs/export` and `flask audit export`, so both give the same
 bytes. Rows come oldest first, which is the chain's order: an unfiltered NDJSON export can be
-verified offline, each row's `prev_hash` being the `hash` of the row before it. They are read
-from a server-side cursor FETCH_ROWS at a time on PostgreSQL (SQLite's cursor is lazy anyway)
-and leave in chunks of one fetch each, so memory stays flat whatever the row count.
+verified offline, each row's `prev_hash` being the `hash` of the row before it. They leave in
+chunks of FETCH_ROWS rows, so memory stays flat whatever the row count.
 
-The database does most of the per-row work, in C: it writes each NDJSON line whole, and each
-CSV cell's text (the csv module, also C, quotes them); Python mostly joins them up.
+On PostgreSQL the database writes the file itself: `COPY (query) TO STDOUT` streams each row
+as one finished line (a JSON object, or CSV cells that COPY quotes, in C), and Python only
+joins FETCH_ROWS of them into a chunk; the socket's flow control holds the server back when
+the client reads slowly. On SQLite the rows are read lazily and the csv module writes them.
 """
 
 import csv
 import io
 from collections.abc import Callable, Iterator
+from datetime import datetime
 
 import psycopg
 import sqlalchemy as sa
@@ -40,10 +42,10 @@ BOM = "\ufeff"
 # raw control character (to_json escapes them), so with \x01 and \x02 as those, none of them.
 COPY_OPTIONS = {"csv": "FORMAT csv, ENCODING 'UTF8'",
                 "ndjson": "FORMAT csv, ENCODING 'UTF8', QUOTE E'\\x01', DELIMITER E'\\x02'"}
-# Read the rows through an index in their order, as a cursor's fast-start plan did: planning a
-# COPY for its total cost, PostgreSQL may scan and sort a whole table of a few hundred thousand
-# rows first (temp files, and nothing sent until the sort is done).
-READ_IN_ORDER = "BEGIN; SET LOCAL enable_seqscan = off"
+# Planned for its total cost, a COPY may scan or sort every matching row before it sends the
+# first: temp files, and nothing for the client until the sort is done. A sort of more rows
+# than this is refused for an index read in order (begin_in_order).
+SORT_AT_MOST = 100_000
 
 
 def statement(filters: dict, viewer: User | None, dialect: str, fmt: str) -> sa.Select:
@@ -86,22 +88,47 @@ def stream(engine: sa.Engine, query: sa.Select, fmt: str,
 def _copied(engine: sa.Engine, query: sa.Select, fmt: str,
             progress: Callable[[int], None] | None) -> Iterator[bytes]:
     """`stream` on PostgreSQL: the rows as COPY writes them, each one line ending in LF."""
-    cells = query.with_only_columns(*query.selected_columns[1:])  # `id` is the first cell
-    compiled = cells.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
-    with autocommit_connection(engine) as connection:
-        connection.execute(READ_IN_ORDER)  # and the helper's rollback ends it
-        # COPY takes no parameters: psycopg quotes them into the statement (client side).
-        sql = psycopg.ClientCursor(connection).mogrify(str(compiled), compiled.params)
-        with connection.cursor().copy(f"COPY ({sql}) TO STDOUT ({COPY_OPTIONS[fmt]})") as copy:
+    with autocommit_connection(engine) as connection:  # whose rollback ends the transaction
+        select = copy_select(connection, query, engine.dialect)
+        begin_in_order(connection, select)
+        with connection.cursor().copy(f"COPY ({select}) TO STDOUT ({COPY_OPTIONS[fmt]})") as copy:
+            # The server starts the COPY before it runs the query: read a row (or the end)
+            # before the first chunk, so that a query that fails at once is an error status.
+            first = copy.read()
             yield (BOM + _csv_lines([FIELDS]) if fmt == "csv" else "").encode()
-            lines: list = []
-            for line in copy:
+            lines: list = [first] if first else []
+            for line in copy if first else ():
                 lines.append(line)
                 if len(lines) == FETCH_ROWS:
                     yield _joined(lines, fmt, progress)
                     lines = []
             if lines:
                 yield _joined(lines, fmt, progress)
+
+
+def copy_select(connection: psycopg.Connection, query: sa.Select, dialect) -> str:
+    """`query` without its leading `id` (the first cell is the id too), as SQL with its
+    parameters quoted in by psycopg: COPY takes no parameters."""
+    cells = query.with_only_columns(*query.selected_columns[1:])
+    compiled = cells.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    # What UTCDateTime's bind processing (skipped here) would refuse.
+    if any(isinstance(value, datetime) and value.tzinfo is None for value in params.values()):
+        raise ValueError("naive datetime in an export filter")
+    return psycopg.ClientCursor(connection).mogrify(str(compiled), params)
+
+
+def begin_in_order(connection: psycopg.Connection, select: str) -> None:
+    """Begin the COPY's transaction with the planner held to what a cursor's fast-start plan
+    did: no sequential scan, and no sort of more than SORT_AT_MOST rows (a sort of the few
+    rows of a rare `q` or level stays: reading the time index past every other row to keep
+    their order would cost far more)."""
+    connection.execute("BEGIN; SET LOCAL enable_seqscan = off")
+    [[plan]] = connection.execute(f"EXPLAIN (FORMAT JSON) {select}").fetchone()
+    top = plan["Plan"]
+    sort = top["Plans"][0] if top["Node Type"] == "Gather Merge" else top
+    if sort["Node Type"] == "Sort" and top["Plan Rows"] > SORT_AT_MOST:
+        connection.execute("SET LOCAL enable_sort = off")
 
 
 def _joined(lines: list, fmt: str, progress: Callable[[int], None] | None) -> bytes:
