@@ -82,7 +82,8 @@ def test_purge_says_how_many_rows_it_deleted(client, runner):
 def test_the_trail_verifies_after_a_purge(client, runner):
     aged_trail(client, old=3, new=2)
     purge(runner, "--yes")
-    assert verify_line(runner) == (0, "intact: 3 rows (rows 4-6), no signed checkpoint yet")
+    assert verify_line(runner) == (0, (
+        "intact: 3 rows (rows 4-6, after the signed purge of rows 1-3), none signed since"))
 
 
 def test_a_purge_leaves_a_signed_checkpoint_of_the_last_deleted_row(app, client, runner):
@@ -114,14 +115,16 @@ def test_a_purge_in_several_batches_verifies(client, runner, monkeypatch):
     monkeypatch.setattr(integrity, "PURGE_BATCH", 2)
     aged_trail(client, old=5, new=1)
     purge(runner, "--yes")
-    assert verify_line(runner) == (0, "intact: 2 rows (rows 6-7), no signed checkpoint yet")
+    assert verify_line(runner) == (0, (
+        "intact: 2 rows (rows 6-7, after the signed purge of rows 1-5), none signed since"))
 
 
 def test_purging_every_row_leaves_a_verifiable_trail(api, client, runner):
     aged_trail(client, old=3, new=0)
     purge(runner, "--yes")
     assert ids_and_events(api) == [(4, "audit.purge")]
-    assert verify_line(runner) == (0, "intact: 1 rows (rows 4-4), no signed checkpoint yet")
+    assert verify_line(runner) == (0, (
+        "intact: 1 row (rows 4-4, after the signed purge of rows 1-3), none signed since"))
 
 
 def test_two_purges_one_after_the_other_verify(app, client, runner):
@@ -134,7 +137,8 @@ def test_two_purges_one_after_the_other_verify(app, client, runner):
     three_days_ago = (utcnow() - timedelta(days=3)).date().isoformat()
     assert purge(runner, "--yes", before=three_days_ago).exit_code == 0
     assert purge_checkpoints(app) == [2, 4]
-    assert verify_line(runner) == (0, "intact: 3 rows (rows 5-7), no signed checkpoint yet")
+    assert verify_line(runner) == (0, (
+        "intact: 3 rows (rows 5-7, after the signed purge of rows 1-4), none signed since"))
 
 
 def test_a_purge_with_nothing_before_the_date_says_so_and_exits_0(api, client, runner):
@@ -181,7 +185,7 @@ def test_an_anchor_made_before_a_purge_still_verifies(client, runner, tmp_path):
     flask_audit(runner, "anchor", "-o", str(anchor))
     purge(runner, "--yes")
     assert verify_line(runner, "--anchor", str(anchor)) == (
-        0, "intact: 3 rows (rows 4-6), signed up to row 5")
+        0, "intact: 3 rows (rows 4-6, after the signed purge of rows 1-3), signed up to row 5")
 
 
 def test_an_anchor_made_before_a_purge_still_names_a_recomputed_remaining_row(
@@ -194,6 +198,7 @@ def test_an_anchor_made_before_a_purge_still_names_a_recomputed_remaining_row(
         recompute_chain(connection, 4, track="nothing happened")
         connection.execute(sa.delete(Checkpoint).where(Checkpoint.reason == "anchor"))
     # The database alone cannot tell.
-    assert verify_line(runner) == (0, "intact: 3 rows (rows 4-6), no signed checkpoint yet")
+    assert verify_line(runner) == (0, (
+        "intact: 3 rows (rows 4-6, after the signed purge of rows 1-3), none signed since"))
     assert_broken(runner, "BROKEN at row 5: differs from its signed checkpoint",
                   "--anchor", str(anchor))

@@ -223,8 +223,12 @@ def purge_batch(connection: sa.Connection, key: bytes, up_to: int) -> int:
 def describe(verdict: Verdict) -> str:
     """One line for people: intact, or the first broken row and why."""
     if verdict.intact:
-        signed = (f"signed up to row {verdict.signed_up_to}" if verdict.signed_up_to
-                  else "no signed checkpoint yet")
+        count = f"{verdict.rows} row{'' if verdict.rows == 1 else 's'}"
         span = f"rows {verdict.first_id}-{verdict.last_id}" if verdict.rows else "no rows"
-        return f"intact: {verdict.rows} rows ({span}), {signed}"
+        if verdict.rows and verdict.first_id > 1:  # _start checked the purge's checkpoint
+            span += f", after the signed purge of rows 1-{verdict.first_id - 1}"
+        signed = (f"signed up to row {verdict.signed_up_to}" if verdict.signed_up_to
+                  else "none signed since" if verdict.rows and verdict.first_id > 1
+                  else "no signed checkpoint yet")
+        return f"intact: {count} ({span}), {signed}"
     return f"BROKEN at row {verdict.broken_row}: {verdict.problem}"
