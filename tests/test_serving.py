@@ -15,9 +15,13 @@ from base64 import b64encode
 from collections import Counter
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import config
+from bench import load
+from bench.database import libpq_url
+from tests.conftest import postgresql_only
 from tests.serving import (
     BIN,
     READY_DEADLINE,
@@ -123,3 +127,41 @@ def test_a_worker_whose_threads_are_all_busy_leaves_new_connections_to_the_other
 def access_log(log: Path) -> list[dict]:
     """The JSON access-log lines of the server's output (backend/gunicorn_conf.py)."""
     return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+@postgresql_only
+def test_a_client_that_leaves_mid_export_cancels_its_copy(database_url, tmp_path):
+    """On PostgreSQL the export is a COPY that writes as fast as the client reads. A client
+    that goes away mid-file must not leave it behind, blocked on a socket nobody reads (and
+    holding a connection): gunicorn closes the response, and the export cancels the COPY."""
+    load.load(libpq_url(database_url), 40_000, b"serving-test-signing-key")  # ~20 MB of NDJSON
+    port = free_port()
+    log = tmp_path / "server.log"
+    server = start(make_run_command(port), server_environment(database_url, tmp_path), log)
+    try:
+        client = Client(f"http://127.0.0.1:{port}")
+        wait_until_ready(client, server, log)
+        token = client.post("/login", basic=ADMIN).body["token"]
+        request = (f"GET /v1/logs/export HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                   f"Authorization: Bearer {token}\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(request)
+            assert connection.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+            assert exports_running(database_url) == 1  # mid-COPY, waiting for its reader
+        deadline = time.monotonic() + 10
+        while exports_running(database_url) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert exports_running(database_url) == 0
+        # And the worker serves the next export whole.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+            connection.sendall(request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            data = b"".join(iter(lambda: connection.recv(1 << 20), b""))
+        assert data.count(b'\n{"id":') >= 40_000
+    finally:
+        stop(server)
+
+
+def exports_running(database_url: str) -> int:
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as connection:
+        return connection.execute("SELECT count(*) FROM pg_stat_activity"
+                                  " WHERE query LIKE 'COPY (%' AND state = 'active'").fetchone()[0]
