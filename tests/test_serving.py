@@ -13,6 +13,7 @@ import subprocess
 import time
 from base64 import b64encode
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -57,8 +58,8 @@ def server_environment(database_url: str, instance_path: Path) -> dict:
     }
 
 
-@pytest.fixture
-def served(database_url, tmp_path):
+@contextmanager
+def serving(database_url: str, tmp_path: Path):
     """`make run`'s command on a migrated database; yields (client, server output)."""
     port = free_port()
     log = tmp_path / "server.log"
@@ -69,6 +70,12 @@ def served(database_url, tmp_path):
         yield client, log
     finally:
         stop(server)
+
+
+@pytest.fixture
+def served(database_url, tmp_path):
+    with serving(database_url, tmp_path) as client_and_log:
+        yield client_and_log
 
 
 def test_make_run_serves_with_the_gunicorn_config_and_creates_the_admin(served):
@@ -135,12 +142,8 @@ def test_a_client_that_leaves_mid_export_cancels_its_copy(database_url, tmp_path
     that goes away mid-file must not leave it behind, blocked on a socket nobody reads (and
     holding a connection): gunicorn closes the response, and the export cancels the COPY."""
     load.load(libpq_url(database_url), 40_000, b"serving-test-signing-key")  # ~20 MB of NDJSON
-    port = free_port()
-    log = tmp_path / "server.log"
-    server = start(make_run_command(port), server_environment(database_url, tmp_path), log)
-    try:
-        client = Client(f"http://127.0.0.1:{port}")
-        wait_until_ready(client, server, log)
+    with serving(database_url, tmp_path) as (client, _):
+        port = int(client.base_url.rsplit(":", 1)[1])
         token = client.post("/login", basic=ADMIN).body["token"]
         request = (f"GET /v1/logs/export HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                    f"Authorization: Bearer {token}\r\n\r\n").encode()
@@ -157,8 +160,6 @@ def test_a_client_that_leaves_mid_export_cancels_its_copy(database_url, tmp_path
             connection.sendall(request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
             data = b"".join(iter(lambda: connection.recv(1 << 20), b""))
         assert data.count(b'\n{"id":') >= 40_000
-    finally:
-        stop(server)
 
 
 def exports_running(database_url: str) -> int:
