@@ -119,9 +119,11 @@ class Log(db.Model):
         ),
         # A user's rows of given levels: one ordered range per level (migration 0005).
         sa.Index("ix_audit_log_user_level_created_at_id", "user", "level", "created_at", "id"),
-        # `q` (ILIKE '%...%') on PostgreSQL; SQLite scans. Its pending list is kept short by the
-        # audit writer's sessions (audit/writer.py).
-        sa.Index("ix_audit_log_track_trgm", "track", postgresql_using="gin",
+        # `q` (ILIKE '%...%') on PostgreSQL, with each row's block of ids (audit/query.py,
+        # migration 0006); SQLite scans. Its pending list is kept short by the audit writer's
+        # sessions (audit/writer.py).
+        sa.Index("ix_audit_log_track_trgm_block", "track", sa.text("(id >> 20)"),
+                 postgresql_using="gin",
                  postgresql_ops={"track": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
     )
 

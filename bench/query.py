@@ -251,7 +251,12 @@ def explain(url: str, params: dict, as_member: bool, plans: Path, name: str) -> 
     viewer = User(username=MEMBER[0], is_admin=not as_member)
     with psycopg.connect(database.libpq_url(url)) as connection:
         filters = LogQuerySchema().load(params)
-        statement = query.first_rows(filters, viewer, filters["order"], filters["limit"] + 1)
+        ids = None
+        if filters.get("q"):  # the first of query.page's two parts: the newest block of ids
+            newest = connection.execute("SELECT max(id) FROM audit_log").fetchone()[0]
+            ids = query.in_block(newest >> query.BLOCK_BITS)
+        statement = query.first_rows(filters, viewer, filters["order"], filters["limit"] + 1,
+                                     ids=ids)
         runs = [explain_analyze(connection, statement) for _ in range(3)]
     best, lines = min(runs)
     with plans.open("a") as out:

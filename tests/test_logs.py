@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from backend.audit import writer
+from backend.audit import query, writer
 from backend.audit.events import AuditEvent
 from backend.clock import rfc3339
 from tests.conftest import ADMIN, ALICE, basic
@@ -258,6 +258,26 @@ def test_filters_combine(api, trail):
     assert_selects(api, trail["admin"], params, lambda row: (
         row.user == "alice" and row.source == "auth" and row.level in {"INFO", "WARNING"}
         and "pass" in row.track.lower() and row.created_at >= since))
+
+
+@pytest.mark.parametrize("needles", [
+    [2, 3, 5, 9, 10, 11, 13, 17, 22, 23],  # spread over blocks of 4 ids, the newest included
+    [2, 3, 5, 6],  # none in the newest blocks: the older rows answer
+    [21, 22, 23],  # only in the newest block
+])
+def test_q_pages_join_the_newest_block_and_the_older_rows_in_order(api, monkeypatch, needles):
+    """query.page reads a newest-first `q` in two parts: the newest block of ids, then the
+    older rows if the block holds less than a page. With blocks of 4 ids and pages of 2, every
+    page may come from either part or both, and the walk must be the plain listing's."""
+    monkeypatch.setattr(query, "BLOCK_BITS", 2)
+    api.create_user(*ADMIN, is_admin=True)
+    token = api.login(*ADMIN)
+    while (last := api.rows()[-1].id) < 24:
+        write(api.app, track="a needle" if last + 1 in needles else "hay")
+    expected = [row.id for row in reversed(api.rows()) if "needle" in row.track]
+    assert expected == sorted(needles, reverse=True)
+    pages = walk(api, token, q="NEEDLE", limit=2)
+    assert [row_id for page in pages for row_id in ids(page)] == expected
 
 
 # --- order and limit -------------------------------------------------------------------------

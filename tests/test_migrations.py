@@ -1,5 +1,7 @@
 """The migrations build exactly the schema the models describe, on both databases."""
 
+import warnings
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -11,7 +13,12 @@ from tests.test_main import schema_version
 def test_the_migrated_schema_matches_the_models(app):
     # With the options `flask db migrate` uses (e.g. which objects exist on which database).
     options = {"include_object": app.extensions["migrate"].configure_args["include_object"]}
-    with app.app_context(), db.engine.connect() as connection:
+    with app.app_context(), db.engine.connect() as connection, warnings.catch_warnings():
+        # The trigram index (PostgreSQL's only) has an expression, which alembic cannot read
+        # back from SQLite, and says so before it asks include_object to leave the index out.
+        warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified"
+                                " expression-based index 'ix_audit_log_track_trgm_block'"
+                                "; dialect 'sqlite'")
         diff = compare_metadata(MigrationContext.configure(connection, opts=options), db.metadata)
     assert diff == []
 

@@ -82,7 +82,17 @@ def test_a_non_admin_reads_their_rows_in_order(trail):
 
 def test_a_rare_substring_is_found_through_the_trigram_index(trail):
     steps = plan(trail, SHAPES["q, rare (ZeroDivision)"])
-    assert "Bitmap Index Scan on ix_audit_log_track_trgm" in steps, steps
+    assert "Bitmap Index Scan on ix_audit_log_track_trgm_block" in steps, steps
+
+
+def test_a_rare_substring_in_the_newest_block_is_found_by_the_index_alone(trail):
+    """The block of ids is an index condition, not a filter on every matching row's page."""
+    filters = LogQuerySchema().load(SHAPES["q, rare (ZeroDivision)"])
+    statement = query.first_rows(filters, ADMIN, "desc", 101, ids=query.in_block(0))
+    lines = explain(trail, statement)
+    [condition] = [line for line in lines if "Index Cond" in line]
+    assert "~~*" in condition and "(id >> 20) =" in condition, lines
+    assert not [line for line in lines if line.strip().startswith("Filter")], lines
 
 
 def copy_plan(url: str, filters: dict, fmt: str = "csv") -> list[str]:

@@ -88,31 +88,77 @@ def ordered(query: sa.Select, order: str, after: Cursor | None = None, entity=Lo
 
 
 def first_rows(filters: dict, viewer: User, order: str, limit: int,
-               after: Cursor | None = None) -> sa.Select:
-    """The first `limit` matching rows in order, after `after`.
+               after: Cursor | None = None, ids: sa.ColumnElement[bool] | None = None
+               ) -> sa.Select:
+    """The first `limit` matching rows in order, after `after` (and meeting `ids`, a condition
+    on their ids, when given).
 
     For several levels, one ordered index range per level, merged: PostgreSQL cannot read
     (level, created_at, id) in order for `level IN (...)`, and would otherwise scan the whole
     time index for rare levels, or fetch and sort every row of them.
     """
+    def rows(level_filters: dict) -> sa.Select:
+        query = matching(level_filters, viewer)
+        return query if ids is None else query.where(ids)
+
     levels = list(dict.fromkeys(filters.get("level") or ()))
     if len(levels) < 2:
-        return ordered(matching(filters, viewer), order, after).limit(limit)
-    arms = [ordered(matching({**filters, "level": [level]}, viewer), order, after)
+        return ordered(rows(filters), order, after).limit(limit)
+    arms = [ordered(rows({**filters, "level": [level]}), order, after)
             .limit(limit).subquery() for level in levels]
     merged = so.aliased(Log, sa.union_all(*(sa.select(arm) for arm in arms)).subquery())
     return ordered(sa.select(merged), order, entity=merged).limit(limit)
+
+
+# `q`, newest first, searches the newest block of 2**BLOCK_BITS ids first, and the older
+# rows only when that block holds less than a page. Ids follow (created_at, id) order along
+# the chain (chain.link never lets time run backwards), so every row of a block sorts after
+# every row of the blocks before it, and the two parts of a page join up in order. The
+# trigram index keys each row's block too (migration 0006): a rare substring's search at 10M
+# rows reads the ~600 matching rows of its newest block, not all ~5,000 (2.3 ms, not 12).
+BLOCK_BITS = 20
+
+
+def id_block(column) -> sa.ColumnElement[int]:
+    """`column >> BLOCK_BITS`, the expression the trigram index keys (literally: a bound
+    parameter for the 20 would not match the index's expression)."""
+    return column.op(">>", return_type=sa.BigInteger)(
+        sa.literal_column(str(BLOCK_BITS), sa.Integer))
+
+
+def in_block(block: int) -> sa.ColumnElement[bool]:
+    return id_block(Log.id) == sa.literal(block, sa.BigInteger)
+
+
+def before_block(block: int) -> sa.ColumnElement[bool]:
+    return Log.id < sa.literal(block << BLOCK_BITS, sa.BigInteger)
+
+
+def search_block(connection: sa.Connection, after: Cursor | None) -> int:
+    """The block a newest-first search starts in: the cursor's, or the newest row's."""
+    if after is not None:
+        return after.id >> BLOCK_BITS
+    newest = connection.scalar(sa.select(sa.func.max(Log.id)))
+    return (newest or 0) >> BLOCK_BITS
 
 
 def page(filters: dict, viewer: User, *, order: str, limit: int,
          after: Cursor | None = None) -> tuple[list[sa.Row], Cursor | None]:
     """One page of rows and the cursor of the next page (None on the last page).
 
-    The rows are plain result rows, read by one statement in autocommit: a hundred ORM
-    objects cost more than the rest of the request, and a lone SELECT needs no transaction."""
-    statement = first_rows(filters, viewer, order, limit + 1, after)
+    The rows are plain result rows, read in autocommit: a hundred ORM objects cost more than
+    the rest of the request, and a lone SELECT needs no transaction."""
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        rows = connection.execute(statement).all()
+        if filters.get("q") and order == "desc":
+            block = search_block(connection, after)
+            rows = connection.execute(first_rows(filters, viewer, order, limit + 1, after,
+                                                 ids=in_block(block))).all()
+            if len(rows) <= limit and block > 0:
+                rows += connection.execute(first_rows(
+                    filters, viewer, order, limit + 1 - len(rows), after,
+                    ids=before_block(block))).all()
+        else:
+            rows = connection.execute(first_rows(filters, viewer, order, limit + 1, after)).all()
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
