@@ -252,9 +252,9 @@ def explain(url: str, params: dict, as_member: bool, plans: Path, name: str) -> 
     with psycopg.connect(database.libpq_url(url)) as connection:
         filters = LogQuerySchema().load(params)
         ids = None
-        if filters.get("q"):  # the first of query.page's two parts: the newest block of ids
-            newest = connection.execute("SELECT max(id) FROM audit_log").fetchone()[0]
-            ids = query.in_block(newest >> query.BLOCK_BITS)
+        newest = connection.execute("SELECT max(id) FROM audit_log").fetchone()[0]
+        if filters.get("q") and newest >> query.BLOCK_BITS:  # as query.page: its first part,
+            ids = query.in_block(newest >> query.BLOCK_BITS)  # the newest block of ids
         statement = query.first_rows(filters, viewer, filters["order"], filters["limit"] + 1,
                                      ids=ids)
         runs = [explain_analyze(connection, statement) for _ in range(3)]

@@ -149,11 +149,12 @@ def page(filters: dict, viewer: User, *, order: str, limit: int,
     The rows are plain result rows, read in autocommit: a hundred ORM objects cost more than
     the rest of the request, and a lone SELECT needs no transaction."""
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        if filters.get("q") and order == "desc":
-            block = search_block(connection, after)
+        # In the first block (a trail of fewer than 2**20 rows) there is nothing to split, and
+        # the block's key in the index would only cost its reading (3.6 against 0.9 ms at 1M).
+        if filters.get("q") and order == "desc" and (block := search_block(connection, after)):
             rows = connection.execute(first_rows(filters, viewer, order, limit + 1, after,
                                                  ids=in_block(block))).all()
-            if len(rows) <= limit and block > 0:
+            if len(rows) <= limit:
                 rows += connection.execute(first_rows(
                     filters, viewer, order, limit + 1 - len(rows), after,
                     ids=before_block(block))).all()
