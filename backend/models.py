@@ -82,6 +82,11 @@ class LoginThrottle(db.Model):
     __mapper_args__ = {"version_id_col": version}
 
 
+# The trigram index keys each row's block of 2**ID_BLOCK_BITS ids (audit/query.py searches the
+# newest block first). Migration 0006 writes the same number into the index.
+ID_BLOCK_BITS = 20
+
+
 class Log(db.Model):
     """One audit event. Rows are written by `backend.audit.writer` only, and never changed
     (triggers refuse UPDATE, DELETE and TRUNCATE; retention deletes under a purge permit).
@@ -122,7 +127,7 @@ class Log(db.Model):
         # `q` (ILIKE '%...%') on PostgreSQL, with each row's block of ids (audit/query.py,
         # migration 0006); SQLite scans. Its pending list is kept short by the audit writer's
         # sessions (audit/writer.py).
-        sa.Index("ix_audit_log_track_trgm_block", "track", sa.text("(id >> 20)"),
+        sa.Index("ix_audit_log_track_trgm_block", "track", sa.text(f"(id >> {ID_BLOCK_BITS})"),
                  postgresql_using="gin",
                  postgresql_ops={"track": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
     )

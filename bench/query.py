@@ -252,7 +252,7 @@ def explain(url: str, params: dict, as_member: bool, plans: Path, name: str) -> 
     with psycopg.connect(database.libpq_url(url)) as connection:
         filters = LogQuerySchema().load(params)
         ids = None
-        newest = connection.execute("SELECT max(id) FROM audit_log").fetchone()[0]
+        newest = connection.execute("SELECT max(id) FROM audit_log").fetchone()[0] or 0
         if filters.get("q") and newest >> query.BLOCK_BITS:  # as query.page: its first part,
             ids = query.in_block(newest >> query.BLOCK_BITS)  # the newest block of ids
         statement = query.first_rows(filters, viewer, filters["order"], filters["limit"] + 1,

@@ -260,23 +260,39 @@ def test_filters_combine(api, trail):
         and "pass" in row.track.lower() and row.created_at >= since))
 
 
+NEEDLE_WALKS = {  # name: (extra parameters, viewer, which needle rows each selects)
+    "q alone": ({}, ADMIN, lambda row: True),
+    "levels": ({"level": "info,error"}, ADMIN, lambda row: row.level in {"INFO", "ERROR"}),
+    "since": ({"since": "2000-01-01T00:00:00Z"}, ADMIN, lambda row: True),
+    "a non-admin": ({}, ALICE, lambda row: row.user == ALICE[0]),
+}
+
+
+@pytest.mark.parametrize("walk_name", NEEDLE_WALKS)
 @pytest.mark.parametrize("needles", [
     [2, 3, 5, 9, 10, 11, 13, 17, 22, 23],  # spread over blocks of 4 ids, the newest included
     [2, 3, 5, 6],  # none in the newest blocks: the older rows answer
     [21, 22, 23],  # only in the newest block
 ])
-def test_q_pages_join_the_newest_block_and_the_older_rows_in_order(api, monkeypatch, needles):
+def test_q_pages_join_the_newest_block_and_the_older_rows_in_order(api, monkeypatch, needles,
+                                                                   walk_name):
     """query.page reads a newest-first `q` in two parts: the newest block of ids, then the
     older rows if the block holds less than a page. With blocks of 4 ids and pages of 2, every
-    page may come from either part or both, and the walk must be the plain listing's."""
+    page may come from either part or both, and the walk must be the plain listing's, with
+    the other filters and the visibility rule too."""
     monkeypatch.setattr(query, "BLOCK_BITS", 2)
+    params, viewer, keep = NEEDLE_WALKS[walk_name]
     api.create_user(*ADMIN, is_admin=True)
-    token = api.login(*ADMIN)
+    api.create_user(*ALICE)
+    token = api.login(*viewer)
+    levels, users = ("INFO", "ERROR", "WARNING"), (ALICE[0], "bob")
     while (last := api.rows()[-1].id) < 24:
-        write(api.app, track="a needle" if last + 1 in needles else "hay")
-    expected = [row.id for row in reversed(api.rows()) if "needle" in row.track]
-    assert expected == sorted(needles, reverse=True)
-    pages = walk(api, token, q="NEEDLE", limit=2)
+        needle = last + 1 in needles
+        write(api.app, track="a needle" if needle else "hay", level=levels[last % 3],
+              user=users[last % 2])
+    expected = [row.id for row in reversed(api.rows()) if "needle" in row.track and keep(row)]
+    assert expected and set(expected) <= set(needles)
+    pages = walk(api, token, q="NEEDLE", limit=2, **params)
     assert [row_id for page in pages for row_id in ids(page)] == expected
 
 

@@ -6,7 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from backend.extensions import db
-from tests.conftest import ALICE
+from tests.conftest import ALICE, postgresql_only
 from tests.test_main import schema_version
 
 
@@ -34,3 +34,14 @@ def test_upgrade_at_the_latest_migration_changes_nothing(app, api, runner):
     assert runner.invoke(args=["db", "upgrade"]).exit_code == 0
     assert schema_version(app) == before
     assert api.login(*ALICE)
+
+
+@postgresql_only
+def test_the_audit_table_is_analyzed_every_100000_changes(api):
+    """The planner must know how many rows the newest block of ids holds (backend/audit/
+    query.py): autovacuum's default would analyze the table after a tenth of it changed."""
+    with api.app.app_context(), db.engine.connect() as connection:
+        options = connection.exec_driver_sql(
+            "SELECT reloptions FROM pg_class WHERE relname = 'audit_log'").scalar()
+    assert sorted(options) == ["autovacuum_analyze_scale_factor=0",
+                               "autovacuum_analyze_threshold=100000"]
