@@ -319,7 +319,9 @@ def test_a_bad_parameter_is_400_naming_it(api, users, params, field):
 # --- flask audit export ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
-@pytest.mark.parametrize("params", [{}, *FILTERS], ids=lambda params: next(iter(params), "all"))
+@pytest.mark.parametrize("params", [
+    {}, *FILTERS, {"since": "2000-01-01T00:00:00Z", "until": "2100-01-01T00:00:00.5+02:00"}],
+    ids=lambda params: next(iter(params), "all"))
 def test_the_command_writes_the_bytes_the_api_gives_an_admin(api, rows, runner, fmt, params):
     options = [f"--{name}={value}" for name, value in params.items()]
     result = runner.invoke(args=["audit", "export", f"--format={fmt}", *options])
