@@ -91,6 +91,7 @@ bind = ["0.0.0.0:8000"]
 # a machine. The service is run by signals (docker stop, SIGHUP), so it has none.
 control_socket_disable = True
 
+
 class BalancedThreadWorker(ThreadWorker):
     """gunicorn's gthread worker, except that while every one of its threads has a request,
     it leaves new connections to the other workers.

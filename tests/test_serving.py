@@ -6,7 +6,6 @@ database of the `database_url` fixture; the session talks to it over a loopback 
 urllib, and then reads its own steps back from /v1/logs and from the access log.
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -27,6 +26,7 @@ from tests.serving import (
     BIN,
     READY_DEADLINE,
     Client,
+    access_log,
     free_port,
     make_run_command,
     readme_session,
@@ -129,11 +129,6 @@ def test_a_worker_whose_threads_are_all_busy_leaves_new_connections_to_the_other
     time.sleep(0.2)  # the access log line follows the response
     logins = [entry for entry in access_log(log) if entry["path"] == "/login"]
     assert sorted(Counter(entry["pid"] for entry in logins).values()) == [2, 2]
-
-
-def access_log(log: Path) -> list[dict]:
-    """The JSON access-log lines of the server's output (backend/gunicorn_conf.py)."""
-    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
 
 
 @postgresql_only
