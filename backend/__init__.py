@@ -1,18 +1,26 @@
 """Flask audit trail: a REST API whose every security-relevant act leaves an audit row.
 
-`create_app()` builds the app; importing this package does no work.
+`create_app()` builds the app; importing this package does no work, and imports neither
+Flask nor SQLAlchemy: gunicorn's master imports it (for backend.gunicorn_conf), and each gevent
+worker must monkey-patch the standard library before those are imported (gunicorn_conf).
 """
 
-import sqlalchemy as sa
-from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import config
-from backend import hardening, log_format
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(settings: dict | None = None) -> Flask:
     """Build the app from `settings` (default: `config.settings()` of the environment)."""
+    from flask import Flask
+
+    from backend import hardening, log_format
+
     if settings is None:
         settings = config.settings()
     app = Flask(__name__, instance_path=settings["INSTANCE_PATH"])
@@ -44,12 +52,16 @@ def dispose_engines(app: Flask, close: bool = True) -> None:
 
 def register_proxy_fix(app: Flask) -> None:
     """Trust X-Forwarded-For/-Proto from exactly TRUSTED_PROXY_HOPS proxies, and no one else."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
     hops = app.config["TRUSTED_PROXY_HOPS"]
     if hops:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
 
 
 def register_extensions(app: Flask) -> None:
+    import sqlalchemy as sa
+
     from backend.audit import writer
     from backend.db_types import discard_closed_connections, on_this_database, sqlite_pragmas
     from backend.extensions import apifairy, db, ma, migrate
@@ -86,6 +98,8 @@ def close_session(_error: BaseException | None = None) -> None:
     was made (a restart): the ROLLBACK of Flask-SQLAlchemy's teardown would raise out of the
     app, and the client would get a dropped connection instead of that response. SQLAlchemy
     has by then invalidated the connection, so closing the session again succeeds."""
+    import sqlalchemy as sa
+
     from backend.extensions import db
 
     try:

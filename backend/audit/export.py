@@ -14,12 +14,14 @@ the client reads slowly. On SQLite the rows are read lazily and the csv module w
 import csv
 import io
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import datetime
 
 import psycopg
 import sqlalchemy as sa
 
 from backend.audit.query import matching, ordered
+from backend.concurrency import pause
 from backend.db_types import autocommit_connection
 from backend.models import Log, User
 
@@ -70,9 +72,16 @@ def stream(engine: sa.Engine, query: sa.Select, fmt: str,
     connection is released when the generator ends or is closed, as a server closes it when
     the client leaves (a COPY under way is cancelled).
     """
-    if engine.dialect.name == "postgresql":
-        yield from _copied(engine, query, fmt, progress)
-        return
+    copy = engine.dialect.name == "postgresql"
+    with closing((_copied if copy else _fetched)(engine, query, fmt, progress)) as chunks:
+        for chunk in chunks:
+            yield chunk
+            pause()  # lets the worker serve its other requests (backend.concurrency)
+
+
+def _fetched(engine: sa.Engine, query: sa.Select, fmt: str,
+             progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    """`stream` on SQLite: the rows fetched a batch at a time, each batch made one chunk."""
     with engine.connect() as connection, \
             connection.execution_options(yield_per=FETCH_ROWS).execute(query) as result:
         yield (BOM + _csv_lines([FIELDS]) if fmt == "csv" else "").encode()

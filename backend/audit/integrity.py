@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from backend.audit import chain
 from backend.clock import rfc3339, utcnow
+from backend.concurrency import pause
 from backend.models import AuditChain, Checkpoint, Log, PurgePermit
 
 PURGE_BATCH = 10_000
@@ -55,6 +56,10 @@ class Broken(Exception):
         self.problem = problem
 
 
+# Rows checked between two pauses for the worker's other requests (backend.concurrency).
+PAUSE_EVERY = 1000
+
+
 def verify(connection: sa.Connection, key: bytes, anchors: Iterable[dict] = (),
            progress: Callable[[int], None] = lambda n: None) -> Verdict:
     """Walk the whole trail and return the verdict (never raises for a broken trail)."""
@@ -76,6 +81,8 @@ def verify(connection: sa.Connection, key: bytes, anchors: Iterable[dict] = (),
                 prev_hash = row["hash"]
                 expected_id += 1
                 verdict.rows += 1
+                if verdict.rows % PAUSE_EVERY == 0:
+                    pause()
             progress(len(batch))
         verdict.last_id = expected_id - 1 if verdict.rows else None
         if head and verdict.last_id != head:

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from backend.audit.events import FIELDS, AuditEvent
+from backend.concurrency import off_the_loop
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,9 @@ class Spool:
         if created:  # the new directory entry must survive a crash too
             _fsync_directory(self.path.parent)
         with os.fdopen(fd, "r+b") as file:
-            fcntl.flock(file, fcntl.LOCK_EX)
+            # Another process may hold it for as long as a database write takes (a replay):
+            # in a gevent worker, wait on a real thread, not the one of every request.
+            off_the_loop(fcntl.flock, file.fileno(), fcntl.LOCK_EX)
             try:
                 file.seek(0)
                 yield file
