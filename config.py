@@ -5,6 +5,7 @@ import, so tests and the CLI can change the environment first.
 """
 
 import hmac
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -56,10 +57,11 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         "SECRET_KEY": secret_key,
         "INSTANCE_PATH": str(instance_path),
         "SQLALCHEMY_DATABASE_URI": database_url_for_sqlalchemy(database_url),
-        # Every gunicorn thread may hold a request connection at once. A smaller pool would
-        # close the overflow connections as they came back and open new ones under load (a
-        # PostgreSQL backend started and torn down, per request, past SQLAlchemy's default 5).
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": max(5, gunicorn_threads(environ))},
+        # No overflow: past the pool, a request waits for a connection rather than open one
+        # that is closed when it comes back (a PostgreSQL backend started and torn down per
+        # request, under load, with SQLAlchemy's default overflow of 10).
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": database_pool_size(environ),
+                                      "max_overflow": 0},
         "AUDIT_SIGNING_KEY": signing_key,
         "AUDIT_CHECKPOINT_EVERY": positive_int(environ, "AUDIT_CHECKPOINT_EVERY", 1000),
         "AUDIT_SPOOL_PATH": environ.get("AUDIT_SPOOL_PATH")
@@ -103,18 +105,50 @@ def _login_security(environ: Mapping[str, str]) -> dict:
 # Connections a container's workers may hold together by default: room under PostgreSQL's
 # default max_connections (100) for maintenance, and for a second container.
 CONNECTION_BUDGET = 80
+CGROUP = Path("/sys/fs/cgroup")
 
 
-def gunicorn_threads(environ: Mapping[str, str], workers: int | None = None) -> int:
-    """GUNICORN_THREADS: threads per gunicorn worker (backend/gunicorn_conf.py); by default 8,
-    fewer when `workers` workers x (threads + 1 audit connection) would pass CONNECTION_BUDGET
-    (13 workers, a 6-CPU container: 5), and never fewer than 2.
+def container_cpus(cgroup: Path = CGROUP) -> int:
+    """The CPUs this process may use: its CPU set, capped by a cgroup quota (`docker --cpus`)."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota(cgroup)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return cpus
 
-    Eight, because a worker's concurrent requests share one audit commit (group commit): with
-    wrk's 16 connections on 2 workers, 8 threads served 1,400-1,600 audited requests/s where 4
-    served 1,250 (bench/throughput.py)."""
-    default = 8 if workers is None else max(2, min(8, CONNECTION_BUDGET // workers - 1))
-    return positive_int(environ, "GUNICORN_THREADS", default)
+
+def _cgroup_quota(cgroup: Path) -> float | None:
+    """The CPU quota in CPUs, from cgroup v2 (`cpu.max`) or v1 (`cpu.cfs_*_us`); None: no limit."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    return int(quota) / int(period)
+
+
+def gunicorn_workers(environ: Mapping[str, str]) -> int:
+    """GUNICORN_WORKERS, by default gunicorn's rule of thumb: 2 x CPUs + 1, counted from the
+    container's CPUs, not the host's."""
+    return positive_int(environ, "GUNICORN_WORKERS", 2 * container_cpus() + 1)
+
+
+def database_pool_size(environ: Mapping[str, str]) -> int:
+    """DATABASE_POOL_SIZE: the request connections each process keeps (a request waits for one
+    while all are in use); by default 8, fewer when the gunicorn workers x (pool + 1 audit
+    connection) would pass CONNECTION_BUDGET (13 workers, a 6-CPU container: 5), never fewer
+    than 2.
+
+    A gevent worker serves any number of requests at once, and its token lookups take the
+    pool's connections in turn (~0.1 ms each); with wrk's 16 connections on 2 workers, a
+    pool of 8 served as many audited requests as one of 16 (bench/throughput.py)."""
+    default = max(2, min(8, CONNECTION_BUDGET // gunicorn_workers(environ) - 1))
+    return positive_int(environ, "DATABASE_POOL_SIZE", default)
 
 
 def positive_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:

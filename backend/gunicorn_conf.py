@@ -11,60 +11,32 @@ import ctypes.util
 import functools
 import ipaddress
 import json
-import math
 import os
-from pathlib import Path
 
 from dotenv import load_dotenv
 from gunicorn import glogging
-from gunicorn.workers.gthread import ThreadWorker
 
-from backend import dispose_engines
 from backend.clock import rfc3339, utcnow
-from config import ROOT, gunicorn_threads, positive_int
+from config import ROOT, gunicorn_workers, positive_int
 
-CGROUP = Path("/sys/fs/cgroup")
 # The same .env the app reads (config.settings), so that gunicorn and the app agree on
-# TRUSTED_PROXY_HOPS; like there, a variable already set wins.
+# TRUSTED_PROXY_HOPS and GUNICORN_WORKERS; like there, a variable already set wins.
 load_dotenv(ROOT / ".env")
 
-
-def container_cpus(cgroup: Path = CGROUP) -> int:
-    """The CPUs this process may use: its CPU set, capped by a cgroup quota (`docker --cpus`)."""
-    cpus = len(os.sched_getaffinity(0))
-    quota = _cgroup_quota(cgroup)
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return cpus
-
-
-def _cgroup_quota(cgroup: Path) -> float | None:
-    """The CPU quota in CPUs, from cgroup v2 (`cpu.max`) or v1 (`cpu.cfs_*_us`); None: no limit."""
-    try:
-        quota, period = (cgroup / "cpu.max").read_text().split()
-    except (OSError, ValueError):
-        try:
-            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
-            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            return None
-    if quota in ("max", "-1"):
-        return None
-    return int(quota) / int(period)
-
-
 # --- workers -------------------------------------------------------------------------------
-# gunicorn's rule of thumb, 2 x CPUs + 1, counted from the container's CPUs, not the host's.
-workers = positive_int(os.environ, "GUNICORN_WORKERS", 2 * container_cpus() + 1)
-# Threads let a worker wait on PostgreSQL (and hash a password) for one request while it
-# serves another, and the more of them wait at once, the more audit rows share a commit
-# (config.gunicorn_threads). Each may hold a request connection; the worker's audit writer
-# holds one more.
-threads = gunicorn_threads(os.environ, workers)
-worker_class = "backend.gunicorn_conf.BalancedThreadWorker"
-# The app is built once in the master and forked: a bad setting stops gunicorn before any
-# worker starts, and workers share its memory. post_fork below makes that safe for the pools.
-preload_app = True
+workers = gunicorn_workers(os.environ)
+# gevent: each worker serves its connections in greenlets on one thread, switching where a
+# request waits (for PostgreSQL, for the client). Its concurrent requests share one audit
+# commit all the same (group commit). Against gunicorn's gthread worker, with 8 threads
+# a worker: 0.3 context switches a request instead of 13, and 0.92 instead of 0.74 of the
+# unaudited floor in bench/throughput.py (one run of each, back to back). Password hashes run
+# on real threads and long loops pause (backend/concurrency.py).
+worker_class = "gevent"
+# Each worker builds the app after gevent has patched the standard library: gunicorn
+# discourages preload_app with gevent, whose patching must come before the app's imports
+# (this module imports none of them). A bad setting still stops gunicorn before it serves:
+# the worker exits with "application failed to load" (wsgi.py), and the master with it.
+preload_app = False
 # A worker restarts after this many requests (a slow leak cannot grow for ever); the jitter
 # keeps all workers from restarting at the same moment. Not fewer: a restart costs new
 # database connections and cold statement caches, and stalls the worker's connections: at
@@ -90,36 +62,6 @@ bind = ["0.0.0.0:8000"]
 # unwritable home for the container's user, and one shared path for every gunicorn of a user on
 # a machine. The service is run by signals (docker stop, SIGHUP), so it has none.
 control_socket_disable = True
-
-
-class BalancedThreadWorker(ThreadWorker):
-    """gunicorn's gthread worker, except that while every one of its threads has a request,
-    it leaves new connections to the other workers.
-
-    The stock worker accepts whenever the listening socket is readable, so a worker that is
-    quicker to wake takes a burst of new connections for itself; with keep-alive they stay
-    there, and one worker (one GIL) serves most of them while another idles (16 of wrk's 16
-    connections in some runs of bench/throughput.py). Leaving the accept to a worker with a
-    free thread is what sync workers do by nature. Kept-alive idle connections do not count:
-    only requests being served or queued for a thread.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.busy = 0  # requests handed to the thread pool and not finished; main thread only
-
-    def set_accept_enabled(self, enabled: bool) -> None:
-        super().set_accept_enabled(enabled and self.busy < self.cfg.threads)
-
-    def enqueue_req(self, conn) -> None:
-        self.busy += 1
-        if self.busy >= self.cfg.threads:
-            self.set_accept_enabled(False)
-        super().enqueue_req(conn)
-
-    def finish_request(self, conn, fs) -> None:
-        self.busy -= 1
-        super().finish_request(conn, fs)  # the run loop enables accepting again
 
 
 # --- the client's address ------------------------------------------------------------------
@@ -174,8 +116,10 @@ def post_fork(server, worker) -> None:
     Forgotten, not closed (closing them here would close them for the master too). Then
     db_types.discard_closed_connections replaces those that a database restart has cut.
     """
-    app = server.app.callable  # the app preload_app built in the master
+    app = server.app.callable  # the app built in the master, with --preload
     if app is not None:
+        from backend import dispose_engines
+
         dispose_engines(app, close=False)
 
 
@@ -189,8 +133,8 @@ def release_large_blocks() -> None:
 
     A login's Argon2id hash takes 19 MiB. glibc serves that with mmap and unmaps it when freed,
     but then raises its mmap threshold to that size, so the next ones come from the heap of the
-    thread that hashed, where they stay: some 19 MiB per gunicorn thread that ever checked a
-    password (153 MB per worker in bench/throughput.py, 97 MB with this). A fixed threshold
+    thread that hashed, where they stay: some 19 MiB per thread that ever checked a password
+    (153 MB per worker of 8 threads in bench/throughput.py, 97 MB with this). A fixed threshold
     turns that adjustment off (mallopt(3), M_MMAP_THRESHOLD; MALLOC_MMAP_THRESHOLD_=131072 in
     the environment does the same).
     """
@@ -203,8 +147,11 @@ def release_large_blocks() -> None:
 
 def when_ready(server) -> None:
     """Say once how the service is served (the access log then has one line per request)."""
-    server.log.info("serving with %d workers x %d threads; trusted proxy hops: %d",
-                    server.cfg.workers, server.cfg.threads, TRUSTED_PROXY_HOPS)
+    server.log.info("serving with %d %s workers; trusted proxy hops: %d", server.cfg.workers,
+                    server.cfg.worker_class_str, TRUSTED_PROXY_HOPS)
+    if os.environ.get("GUNICORN_THREADS"):
+        server.log.warning("GUNICORN_THREADS is no longer read: gevent workers have no threads"
+                           " (DATABASE_POOL_SIZE sizes a worker's connections)")
 
 
 # --- logs ------------------------------------------------------------------------------------

@@ -133,13 +133,12 @@ WORKERS = 2
 @contextmanager
 def serve(url: str, instance: str):
     """gunicorn serving the app on a free loopback port, with production's gunicorn settings
-    (gthread workers), 2 workers of 2 threads and no access log."""
+    (gevent workers), 2 workers and no access log."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     environment = {**os.environ, **database.bench_environ(url, instance),
-                   "GUNICORN_WORKERS": str(WORKERS), "GUNICORN_THREADS": "2",
-                   "GUNICORN_ACCESS_LOG": ""}
+                   "GUNICORN_WORKERS": str(WORKERS), "GUNICORN_ACCESS_LOG": ""}
     # A long timeout: at 10M rows a full export takes minutes.
     command = [Path(sys.executable).parent / "gunicorn", "-c", "python:backend.gunicorn_conf",
                "--bind", f"127.0.0.1:{port}", "--timeout", "600", "wsgi:app"]

@@ -39,7 +39,6 @@ from bench.database import (
     with_database,
 )
 from bench.serving import running, status_kb, worker_pids
-from config import gunicorn_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "seed_style"
@@ -98,15 +97,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, each server")
-    parser.add_argument("--threads", type=int, default=gunicorn_threads({}),
-                        help="threads per worker (ours; default: the production default)")
     return parser.parse_args()
 
 
 def _our_environment(url: str, instance_path: str, options) -> dict:
     return {**os.environ, **bench_environ(url, instance_path),
-            "GUNICORN_WORKERS": str(options.workers), "GUNICORN_THREADS": str(options.threads),
-            "GUNICORN_ACCESS_LOG": ""}
+            "GUNICORN_WORKERS": str(options.workers), "GUNICORN_ACCESS_LOG": ""}
 
 
 def create_user(environment: dict) -> None:
@@ -194,9 +190,9 @@ def report(runs: dict, memory: dict, synchronous_commit: str, options) -> None:
                       for key in ("rps", "p50_ms", "p99_ms", "non_2xx")}
                for name, results in runs.items()}
     floor = summary["peer GET /v1/me (AUDIT=0)"]["rps"]
-    print(f"\n{options.workers} gunicorn workers per server (ours: gthread x {options.threads}"
-          f" threads; peer: sync), wrk {options.connections} connections x {options.duration}"
-          f" s, median of {options.rounds} rounds, synchronous_commit={synchronous_commit}\n")
+    print(f"\n{options.workers} gunicorn workers per server (ours: gevent; peer: sync),"
+          f" wrk {options.connections} connections x {options.duration} s, median of"
+          f" {options.rounds} rounds, synchronous_commit={synchronous_commit}\n")
     print(f"{'':30} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs floor':>9}")
     for name, figures in summary.items():
         print(f"{name:30} {figures['rps']:8.0f} {figures['p50_ms']:8.2f} "

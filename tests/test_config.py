@@ -135,11 +135,20 @@ def test_wsgi_in_production_without_a_secret_key_exits_with_one_line(tmp_path):
     assert "SECRET_KEY" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize(("threads", "pool_size"), [(None, 8), ("12", 12), ("2", 5)])
-def test_the_request_pool_keeps_a_connection_for_every_gunicorn_thread(environ, threads,
-                                                                       pool_size):
-    """Fewer would be closed as they come back and opened again under load."""
-    app = create_app(settings(environ | ({"GUNICORN_THREADS": threads} if threads else {})))
+@pytest.mark.parametrize(("environment", "pool_size"), [
+    ({"GUNICORN_WORKERS": "2"}, 8), ({"GUNICORN_WORKERS": "5"}, 8),
+    # workers x (pool + 1 audit connection) within config.CONNECTION_BUDGET (80)
+    ({"GUNICORN_WORKERS": "13"}, 5), ({"GUNICORN_WORKERS": "40"}, 2),
+    ({"GUNICORN_WORKERS": "13", "DATABASE_POOL_SIZE": "12"}, 12),
+])
+def test_the_request_pool_is_sized_within_the_connection_budget(environ, environment,
+                                                                 pool_size):
+    app = create_app(settings(environ | environment))
     with app.app_context():
-        assert db.engine.pool.size() == pool_size
+        assert (db.engine.pool.size(), db.engine.pool._max_overflow) == (pool_size, 0)
     dispose_engines(app)
+
+
+def test_a_bad_pool_size_is_refused_with_its_name(environ):
+    with pytest.raises(ConfigError, match="^DATABASE_POOL_SIZE must be at least 1, not 0$"):
+        settings(environ | {"DATABASE_POOL_SIZE": "0"})

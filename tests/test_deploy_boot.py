@@ -250,8 +250,8 @@ def wait_for(condition, what: str) -> None:
 
 
 def test_sigterm_lets_in_flight_requests_finish_with_their_audit_rows(boot, empty_database):
-    # As many threads in each worker as requests: all of them are in a view at once.
-    app = boot(GUNICORN_THREADS="3")
+    # A gevent worker serves all three at once: each of them is in a view.
+    app = boot()
     logins = [SlowLogin(app.port) for _ in range(3)]
     try:
         time.sleep(1.0)  # the workers have read the headers and wait in the view for the body

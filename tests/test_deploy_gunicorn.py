@@ -13,7 +13,6 @@ import pytest
 import config
 from backend import create_app, gunicorn_conf
 from backend.extensions import db
-from backend.gunicorn_conf import container_cpus
 from tests.conftest import make_settings
 from tests.serving import (
     BIN,
@@ -34,7 +33,7 @@ CLAIMED, PROXY_SEEN = "203.0.113.66", "198.51.100.7"
 def print_config(**environ: str) -> subprocess.CompletedProcess:
     """`gunicorn --print-config` with our config, under `environ`. Unset is pinned as empty
     (which means the default too), so that a developer's .env cannot fill it in."""
-    env = {"PATH": os.defpath, "GUNICORN_WORKERS": "", "GUNICORN_THREADS": "",
+    env = {"PATH": os.defpath, "GUNICORN_WORKERS": "",
            "TRUSTED_PROXY_HOPS": "", "FORWARDED_ALLOW_IPS": "", **environ}
     return subprocess.run(
         [BIN / "gunicorn", "-c", "python:backend.gunicorn_conf", "--print-config", "wsgi:app"],
@@ -52,35 +51,24 @@ def gunicorn_settings(**environ: str) -> dict[str, str]:
 # --- settings ----------------------------------------------------------------------------------
 def test_the_boot_refuses_a_bad_gunicorn_setting_before_touching_the_database(tmp_path):
     database = tmp_path / "audit.db"
-    env = {"PATH": os.defpath, "INSTANCE_PATH": str(tmp_path), "GUNICORN_THREADS": "many",
+    env = {"PATH": os.defpath, "INSTANCE_PATH": str(tmp_path), "GUNICORN_WORKERS": "many",
            "DATABASE_URL": f"sqlite:///{database}"}
     done = subprocess.run(make_run_command(free_port()), cwd=config.ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 4
-    assert done.stderr == "configuration error: GUNICORN_THREADS must be a whole number," \
+    assert done.stderr == "configuration error: GUNICORN_WORKERS must be a whole number," \
                           " not 'many'\n"
     assert not database.exists()
 
 
-def test_workers_default_to_twice_the_cpus_plus_one_with_up_to_eight_threads():
+def test_gevent_workers_default_to_twice_the_cpus_plus_one():
     settings = gunicorn_settings()
-    workers = 2 * container_cpus() + 1
-    threads = config.gunicorn_threads({}, workers)  # 8 up to 3 CPUs; values pinned below
-    assert settings["workers"] == str(workers)
-    assert (settings["threads"], settings["worker_class"]) == (
-        str(threads), "backend.gunicorn_conf.BalancedThreadWorker")
+    assert settings["workers"] == str(2 * config.container_cpus() + 1)
+    assert settings["worker_class"] == "gevent"
 
 
-@pytest.mark.parametrize(("workers", "threads"), [("5", "8"), ("13", "5"), ("40", "2")])
-def test_the_default_threads_keep_a_containers_connections_within_budget(workers, threads):
-    """workers x (threads + 1) stays under 80 of PostgreSQL's default 100 connections."""
-    settings = gunicorn_settings(GUNICORN_WORKERS=workers)
-    assert (settings["workers"], settings["threads"]) == (workers, threads)
-
-
-def test_workers_and_threads_come_from_the_environment():
-    settings = gunicorn_settings(GUNICORN_WORKERS="3", GUNICORN_THREADS="5")
-    assert (settings["workers"], settings["threads"]) == ("3", "5")
+def test_workers_come_from_the_environment():
+    assert gunicorn_settings(GUNICORN_WORKERS="3")["workers"] == "3"
 
 
 def test_a_bad_worker_count_is_refused_with_its_name():
@@ -89,10 +77,22 @@ def test_a_bad_worker_count_is_refused_with_its_name():
         1, "", "\nError: GUNICORN_WORKERS must be at least 1, not 0\n")
 
 
-def test_workers_are_recycled_with_jitter_and_share_the_preloaded_app():
+def test_workers_are_recycled_with_jitter_and_each_loads_the_app_itself():
     settings = gunicorn_settings()
     assert int(settings["max_requests"]) > 0 and int(settings["max_requests_jitter"]) > 0
-    assert settings["preload_app"] == "True"
+    assert settings["preload_app"] == "False"  # gevent patches the worker before the app loads
+
+
+def test_the_master_imports_none_of_what_gevent_must_patch_first():
+    """gunicorn's master loads this config; what it imports, every worker has imported before
+    gevent patches it. Flask, SQLAlchemy and the drivers must come after, in the worker."""
+    done = subprocess.run(
+        [BIN / "python", "-c", "import sys, backend.gunicorn_conf\n"
+                               "print(sorted({name.split('.')[0] for name in sys.modules}"
+                               " & {'flask', 'werkzeug', 'sqlalchemy', 'psycopg', 'argon2',"
+                               " 'blinker', 'gevent'}))"],
+        cwd=config.ROOT, env={"PATH": os.defpath}, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "[]\n", "")
 
 
 def test_no_control_socket_is_opened():
@@ -124,7 +124,7 @@ def test_the_cpu_count_follows_the_cgroup_quota(tmp_path, files, cpus):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(content)
     # None: no quota, so the CPUs this process may run on.
-    assert container_cpus(tmp_path) == (cpus or len(os.sched_getaffinity(0)))
+    assert config.container_cpus(tmp_path) == (cpus or len(os.sched_getaffinity(0)))
 
 
 # --- connection pools after fork ----------------------------------------------------------------

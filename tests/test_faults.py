@@ -1,9 +1,9 @@
 """Fault tests (issue #5.5): a real PostgreSQL and a real gunicorn, broken under load.
 
-Each test serves the app with gunicorn (2 gthread workers x 4 threads, backend/gunicorn_conf.py
-otherwise) against a private PostgreSQL cluster of its own (tests/pgcluster.py: restarting it
-disturbs no other test run), drives it with several client threads, breaks something mid-run,
-and then holds the trail to its promise:
+Each test serves the app with gunicorn (2 workers, backend/gunicorn_conf.py otherwise)
+against a private PostgreSQL cluster of its own (tests/pgcluster.py: restarting it disturbs no
+other test run), drives it with several client threads, breaks something mid-run, and then
+holds the trail to its promise:
 
 - every request that got a 2xx has exactly one row (found by the response's X-Request-ID:
   its `api.request` row for GET /v1/me, its `login.success` row for POST /login);
@@ -50,7 +50,7 @@ pytestmark = [pytest.mark.serving, pytest.mark.faults]
 ADMIN = ("admin", "faults-admin-password-1")
 LOADER_PASSWORD = "faults-loader-password-1"
 CLIENTS = 6
-WORKERS, THREADS = 2, 4
+WORKERS = 2
 GRACEFUL_TIMEOUT = 10  # seconds; gunicorn_conf.py says 30, shortened to bound the test
 LOAD_BEFORE = 3.0  # seconds of load before the fault
 LOAD_AFTER = 3.0  # ... and after it
@@ -97,7 +97,6 @@ def gunicorn_command(port: int) -> list[str]:
     """gunicorn as deployed (backend/gunicorn_conf.py), with the test's size and deadlines."""
     return [str(BIN / "python"), "-m", "gunicorn", "-c", "python:backend.gunicorn_conf",
             "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS),
-            "--worker-class", "gthread", "--threads", str(THREADS),
             "--graceful-timeout", str(GRACEFUL_TIMEOUT), "wsgi:app"]
 
 
@@ -309,7 +308,7 @@ def report(result: Figures) -> None:
     RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
 
 
-def settle(served: Served, requests: int = 2 * WORKERS * THREADS) -> None:
+def settle(served: Served, requests: int = 2 * WORKERS * CLIENTS) -> None:
     """Once the service answers again, a few writes so that each worker replays the spool."""
     wait_until_ready(served.client, served.process, served.log)
     for _ in range(requests):

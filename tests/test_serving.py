@@ -10,8 +10,6 @@ import os
 import socket
 import subprocess
 import time
-from base64 import b64encode
-from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,7 +24,6 @@ from tests.serving import (
     BIN,
     READY_DEADLINE,
     Client,
-    access_log,
     free_port,
     make_run_command,
     readme_session,
@@ -54,7 +51,6 @@ def server_environment(database_url: str, instance_path: Path) -> dict:
         "TOKEN_TTL": "3600",
         "TRUSTED_PROXY_HOPS": "0",
         "GUNICORN_WORKERS": "2",
-        "GUNICORN_THREADS": "2",
     }
 
 
@@ -82,7 +78,7 @@ def test_make_run_serves_with_the_gunicorn_config_and_creates_the_admin(served):
     _, log = served
     output = log.read_text()
     assert f"created admin {ADMIN[0]}\n" in output
-    assert "serving with 2 workers x 2 threads" in output  # backend/gunicorn_conf.py's line
+    assert "serving with 2 gevent workers" in output  # backend/gunicorn_conf.py's line
 
 
 def test_the_readme_session_works_and_leaves_its_trail(served):
@@ -104,31 +100,6 @@ def test_production_without_its_secrets_stops_gunicorn_with_a_clear_message(tmp_
         stop(server)
     assert server.returncode != 0
     assert "configuration error: APP_ENV=production needs DATABASE_URL" in output
-
-
-def test_a_worker_whose_threads_are_all_busy_leaves_new_connections_to_the_other(served):
-    """backend.gunicorn_conf.BalancedThreadWorker: four connections opened at once on 2 workers
-    x 2 threads go two to each worker (a new connection takes a thread until its request
-    comes), not four to whichever worker woke first. The logins are sent once all four are
-    open, so no request finishes and frees a thread meanwhile."""
-    client, log = served
-    port = int(client.base_url.rsplit(":", 1)[1])
-    credentials = b64encode(":".join(ADMIN).encode()).decode()
-    connections = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
-    try:
-        time.sleep(0.3)  # the workers accept them (a thread waits up to 5 s for its data)
-        for connection in connections:
-            connection.sendall(f"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                               f"Authorization: Basic {credentials}\r\nContent-Length: 0\r\n"
-                               f"Connection: close\r\n\r\n".encode())
-        statuses = [connection.makefile("rb").readline() for connection in connections]
-    finally:
-        for connection in connections:
-            connection.close()
-    assert statuses == [b"HTTP/1.1 200 OK\r\n"] * 4
-    time.sleep(0.2)  # the access log line follows the response
-    logins = [entry for entry in access_log(log) if entry["path"] == "/login"]
-    assert sorted(Counter(entry["pid"] for entry in logins).values()) == [2, 2]
 
 
 @postgresql_only

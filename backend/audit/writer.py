@@ -110,10 +110,11 @@ class GroupCommit:
     write queue up; the one at the front writes every event waiting (up to MAX_BATCH) in one
     transaction, wakes their requests, and hands the front to the next request in line.
 
-    A lone request writes its own event with no thread switch; under load, one transaction
-    carries the events of all the process's request threads. A request waits at most WAIT
-    seconds for a turn that has not come, then fails closed (503); once its event is in a
-    batch being written it waits for the outcome, which the database's timeouts bound.
+    A lone request writes its own event with no switch; under load, one transaction carries
+    the events of all the process's concurrent requests (greenlets in a gevent worker, threads
+    under the development server and in tests). A request waits at most WAIT seconds for a
+    turn that has not come, then fails closed (503); once its event is in a batch being
+    written it waits for the outcome, which the database's timeouts bound.
     """
 
     MAX_BATCH = 500
