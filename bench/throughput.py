@@ -60,6 +60,7 @@ def main() -> None:
         environment = _our_environment(ours_url, tmp, options)
         migrate(bench_settings(ours_url, tmp))
         create_user(environment)
+        prepare_peer(peer_url)
         servers = {
             "ours": stack.enter_context(serve_ours(environment, options, 8301)),
             "peer, audited": stack.enter_context(serve_peer(peer_url, options, 8302, audit=True)),
@@ -119,11 +120,23 @@ def serve_ours(environment: dict, options, port: int):
         yield process
 
 
+def peer_environment(url: str, audit: bool = True) -> dict:
+    return {**os.environ, "AUDIT": "1" if audit else "0",
+            "DATABASE_URL": url.replace("postgresql://", "postgresql+psycopg://", 1)}
+
+
+def prepare_peer(url: str) -> None:
+    """The peer's tables and user, made once: each of its workers makes them if missing, and
+    two doing it at once on an empty database fail (the second INSERT of its user), which
+    stops that gunicorn."""
+    subprocess.run([BIN / "python", "-c", "from app import create_app; create_app()"],
+                   cwd=PEER, env=peer_environment(url), check=True, capture_output=True,
+                   timeout=60)
+
+
 @contextmanager
 def serve_peer(url: str, options, port: int, audit: bool):
-    environment = {**os.environ, "DATABASE_URL": url.replace("postgresql://",
-                                                             "postgresql+psycopg://", 1),
-                   "AUDIT": "1" if audit else "0"}
+    environment = peer_environment(url, audit)
     command = [BIN / "gunicorn", "--workers", str(options.workers), "--bind",
                f"127.0.0.1:{port}", "app:create_app()"]
     with running(command, PEER, environment, port, workers=options.workers) as process:
