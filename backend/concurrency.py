@@ -4,8 +4,8 @@ A gevent worker serves each connection in a greenlet, all of them on one thread,
 between them only where one waits: on a socket (a client, PostgreSQL), a lock, a sleep. Two
 kinds of work would hold up every other request of the worker while they run:
 
-- a long computation in C that never waits (an argon2 hash: tens of milliseconds a login),
-  which `off_the_loop` runs on a real thread of gevent's pool instead, the loop carrying on;
+- a call into C that holds the thread (an argon2 hash: tens of milliseconds a login; a wait
+  for a file lock), which `OffTheLoop` runs on a real thread instead, the loop carrying on;
 - a long loop in Python over data that is already there (verifying the whole chain, an export
   whose rows PostgreSQL sends faster than the client reads them), which calls `pause` now and
   then: otherwise one request could hold the worker for minutes, and gunicorn, which hears from
@@ -15,6 +15,7 @@ Outside a gevent worker (the development server, the CLI, the tests) both are pl
 """
 
 import sys
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -27,19 +28,30 @@ def in_greenlets() -> bool:
     return monkey is not None and monkey.is_module_patched("threading")
 
 
-def off_the_loop(function: Callable[..., T], *args) -> T:
-    """`function(*args)`, on one of gevent's real threads in a gevent worker (the calling
-    greenlet waits for it, the others run); the function must release the GIL to gain."""
-    if not in_greenlets():
-        return function(*args)
-    import gevent
+class OffTheLoop:
+    """Calls run at most `size` at a time and in their order of arrival: in a gevent worker on
+    a pool of real threads of their own (the calling greenlet waits, the others run), else
+    under a semaphore. What is called must release the GIL to gain (argon2, flock do)."""
 
-    # Its exception comes back as a value: gevent's pool would print the traceback of one
-    # raised on its thread (a wrong password is an exception of argon2's) before re-raising it.
-    value, error = gevent.get_hub().threadpool.apply(_outcome, (function, args))
-    if error is not None:
-        raise error
-    return value
+    def __init__(self, size: int):
+        self.size = size
+        self._semaphore = threading.BoundedSemaphore(size)
+        self._pool = None  # made in the worker that uses it: threads do not survive a fork
+
+    def __call__(self, function: Callable[..., T], *args) -> T:
+        if not in_greenlets():
+            with self._semaphore:
+                return function(*args)
+        if self._pool is None:
+            from gevent.threadpool import ThreadPool
+
+            self._pool = ThreadPool(self.size)
+        # Its exception comes back as a value: gevent's pool would print the traceback of one
+        # raised on its thread (a wrong password is an exception of argon2's) before raising it.
+        value, error = self._pool.apply(_outcome, (function, args))
+        if error is not None:
+            raise error
+        return value
 
 
 def _outcome(function: Callable[..., T], args: tuple) -> tuple[T | None, Exception | None]:

@@ -7,12 +7,11 @@ holds no usable token.
 
 import hashlib
 import secrets
-import threading
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from backend.concurrency import off_the_loop
+from backend.concurrency import OffTheLoop
 
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 # Verified against when the user does not exist, so that path costs what a real check costs.
@@ -22,22 +21,19 @@ _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 # Each hash takes its 19 MiB while it runs: at most two at a time per process bounds a worker's
 # memory however many of its requests log in at once (eight threads hashing took a worker to
 # 205 MB). Two per process keep the CPUs busy already: argon2 releases the GIL. In a gevent
-# worker they run on real threads (off_the_loop), or each would stop the worker's other
-# requests for as long as it takes.
-_hashing = threading.BoundedSemaphore(2)
+# worker they run on real threads, or each would stop the worker's other requests meanwhile.
+_hashing = OffTheLoop(2)
 
 
 def hash_password(password: str) -> str:
     """An argon2id hash of `password`, in PHC string form."""
-    with _hashing:
-        return off_the_loop(_hasher.hash, password)
+    return _hashing(_hasher.hash, password)
 
 
 def check_password(password_hash: str | None, password: str) -> bool:
     """True when `password` matches; with no hash (unknown user) burn the same time, say no."""
     try:
-        with _hashing:
-            matches = off_the_loop(_hasher.verify, password_hash or _DUMMY_HASH, password)
+        matches = _hashing(_hasher.verify, password_hash or _DUMMY_HASH, password)
         return matches and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False

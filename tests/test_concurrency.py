@@ -72,6 +72,31 @@ def without(module, name, replacement, function):
     return run
 
 
+def hashes_at_once():
+    # Six logins at once: how many hashes run together at the most.
+    lock, real = monkey.get_original("_thread", "allocate_lock")(), security._hasher
+    running = peak = 0
+
+    class Counting:
+        def verify(self, *args):
+            nonlocal running, peak
+            with lock:
+                running += 1
+                peak = max(peak, running)
+            try:
+                return real.verify(*args)
+            finally:
+                with lock:
+                    running -= 1
+
+    security._hasher = Counting()
+    try:
+        gevent.joinall([gevent.spawn(security.check_password, None, "guess") for _ in range(6)])
+    finally:
+        security._hasher = real
+    return peak
+
+
 def on_the_loop(function, *args):
     return function(*args)
 
@@ -106,6 +131,7 @@ with app.app_context():
         "in greenlets": in_greenlets(),
         "hash_password": turns_during(security.hash_password, "a password"),
         "check_password": turns_during(security.check_password, None, "a password"),
+        "hashes at once": hashes_at_once(),
         "verify": turns_during(verify),
         "export": turns_during(export_all),
         "spool append": turns_during(append_to_a_held_spool),
@@ -113,7 +139,7 @@ with app.app_context():
         "hash on the loop": turns_during(security._hasher.hash, "a password"),
         "verify without pause": turns_during(without_pause(integrity, verify)),
         "export without pause": turns_during(without_pause(export, export_all)),
-        "spool append on the loop": turns_during(without(spool, "off_the_loop", on_the_loop,
+        "spool append on the loop": turns_during(without(spool, "_waiting", on_the_loop,
                                                          append_to_a_held_spool)),
     }))
 """
@@ -131,6 +157,7 @@ def test_hashes_verify_and_export_leave_a_gevent_workers_other_greenlets_running
     # Off the loop, the counter runs for as long as the hash takes; on it, never.
     assert turns["hash_password"] > 0 and turns["check_password"] > 0
     assert turns["hash on the loop"] == 0
+    assert turns["hashes at once"] == 2  # 19 MiB each: a worker's memory stays bounded
     # 5,000 rows: verify pauses every 1,000, the export after each chunk of 2,000 (3 chunks),
     # each pause milliseconds after the last: the counter's turn has come by then.
     assert turns["verify"] >= 3 and turns["export"] >= 2
@@ -141,7 +168,7 @@ def test_hashes_verify_and_export_leave_a_gevent_workers_other_greenlets_running
 
 def test_outside_gevent_nothing_is_patched_and_the_calls_are_plain():
     script = ("from backend import concurrency, security\n"
-              "print(concurrency.in_greenlets(), concurrency.off_the_loop(max, 1, 2),"
+              "print(concurrency.in_greenlets(), concurrency.OffTheLoop(1)(max, 1, 2),"
               " security.check_password(security.hash_password('pw'), 'pw'))")
     done = subprocess.run([sys.executable, "-c", script], cwd=config.ROOT, capture_output=True,
                           text=True, timeout=60)

@@ -336,3 +336,25 @@ def test_at_most_two_passwords_are_hashed_at_once_in_a_process(monkeypatch):
         results = list(pool.map(lambda _: security.check_password(None, "guess"), range(6)))
     assert results == [False] * 6
     assert peak == 2
+
+
+@pytest.mark.parametrize(("password", "status"), [(ALICE[1], 200), ("wrong-password", 401)])
+def test_no_database_connection_is_held_while_a_password_is_hashed(api, users, monkeypatch,
+                                                                   password, status):
+    """A hash takes tens of milliseconds, and longer while other logins' hashes go first; the
+    request's connection goes back to the pool meanwhile, for the worker's other requests
+    (a gevent worker has a pool, not a connection per thread), and a password change's too."""
+    from backend.auth import credentials
+
+    real, seen = credentials.check_password, []
+
+    def watched(*args) -> bool:
+        seen.append((db.session().in_transaction(), db.engine.pool.checkedout()))
+        return real(*args)
+
+    monkeypatch.setattr(credentials, "check_password", watched)
+    assert api.client.post("/login", headers=basic(ALICE[0], password)).status_code == status
+    change = api.client.put("/v1/me/password", headers=bearer(users["alice"]),
+                            json={"current_password": password, "new_password": NEW_PASSWORD})
+    assert change.status_code == (200 if status == 200 else 403)
+    assert seen == [(False, 0), (False, 0)]

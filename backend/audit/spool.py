@@ -18,9 +18,11 @@ from datetime import datetime
 from pathlib import Path
 
 from backend.audit.events import FIELDS, AuditEvent
-from backend.concurrency import off_the_loop
+from backend.concurrency import OffTheLoop
 
 logger = logging.getLogger(__name__)
+# A process's writes take turns already (writer.GroupCommit); /readyz counts the spool too.
+_waiting = OffTheLoop(4)
 
 
 def encode(event: AuditEvent) -> bytes:
@@ -103,7 +105,7 @@ class Spool:
         with os.fdopen(fd, "r+b") as file:
             # Another process may hold it for as long as a database write takes (a replay):
             # in a gevent worker, wait on a real thread, not the one of every request.
-            off_the_loop(fcntl.flock, file.fileno(), fcntl.LOCK_EX)
+            _waiting(fcntl.flock, file.fileno(), fcntl.LOCK_EX)
             try:
                 file.seek(0)
                 yield file

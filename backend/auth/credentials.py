@@ -52,8 +52,14 @@ def authenticate_password(username: str, password: str, *, signal: NamedSignal, 
                     track=f"locked out for {seconds} s: {', '.join(scopes)}")
         raise LockedOut(retry_after=seconds)
     user = db.session.scalar(sa.select(User).where(User.username == username))
+    # The hash takes tens of milliseconds, more while other logins' hashes go first: not with
+    # a pooled connection (and its transaction) held, which the worker's other requests would
+    # wait for. Closing keeps what was read of the user (detached) and writes nothing: the
+    # session held nothing else to write (a login or a password change reads first).
+    db.session.close()
     problem = password_problem(user, password)
     if problem is None:
+        db.session.add(user)  # back in the session, for the rehash below and the caller
         if needs_rehash(user.password_hash):  # made with older parameters: replace it now
             user.password_hash = hash_password(password)
         throttle.record_success()  # commits, the new hash with it
