@@ -59,9 +59,10 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         "SQLALCHEMY_DATABASE_URI": database_url_for_sqlalchemy(database_url),
         # No overflow: past the pool, a request waits for a connection rather than open one
         # that is closed when it comes back (a PostgreSQL backend started and torn down per
-        # request, under load, with SQLAlchemy's default overflow of 10).
+        # request, under load, with SQLAlchemy's default overflow of 10); after POOL_TIMEOUT
+        # seconds it gets a 503 (errors.py).
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": database_pool_size(environ),
-                                      "max_overflow": 0},
+                                      "max_overflow": 0, "pool_timeout": POOL_TIMEOUT},
         "AUDIT_SIGNING_KEY": signing_key,
         "AUDIT_CHECKPOINT_EVERY": positive_int(environ, "AUDIT_CHECKPOINT_EVERY", 1000),
         "AUDIT_SPOOL_PATH": environ.get("AUDIT_SPOOL_PATH")
@@ -106,6 +107,8 @@ def _login_security(environ: Mapping[str, str]) -> dict:
 # default max_connections (100) for maintenance, and for a second container.
 CONNECTION_BUDGET = 80
 CGROUP = Path("/sys/fs/cgroup")
+# Seconds a request waits for a pooled connection while all are in use (long exports, say).
+POOL_TIMEOUT = 10
 
 
 def container_cpus(cgroup: Path = CGROUP) -> int:

@@ -39,9 +39,9 @@ def create_app(settings: dict | None = None) -> Flask:
 
 def dispose_engines(app: Flask, close: bool = True) -> None:
     """Close every pooled database connection of `app`: the request engine's and the audit
-    writer's. Forked workers must not share their parent's connections; tests end with it.
-    close=False (a forked worker, gunicorn's post_fork) forgets them without closing them, as
-    they are the parent's too; the writer's group-commit line starts empty either way."""
+    writer's (the boot does before it hands over to gunicorn; tests end with it). close=False
+    forgets them without closing them, as a forked process must for its parent's; the
+    writer's group-commit line starts empty either way."""
     from backend.extensions import db
 
     with app.app_context():

@@ -7,6 +7,7 @@
 
 import re
 
+import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify
 from marshmallow.exceptions import SCHEMA
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
@@ -58,6 +59,15 @@ def http_error(error: HTTPException) -> Response:
     if details is None and isinstance(webargs_messages, dict):
         details = fields_of(webargs_messages)  # e.g. a body that is not JSON at all
     return error_response(error.code or 500, error.description, details, headers)
+
+
+@bp.app_errorhandler(sa.exc.TimeoutError)
+def no_connection_free(error: sa.exc.TimeoutError) -> Response:
+    """Every pooled connection stayed in use for config.POOL_TIMEOUT seconds: the service is
+    busy (a 503 to retry), not broken (a 500)."""
+    current_app.logger.warning("no database connection free: %s", error)
+    return error_response(503, "The service is busy; try again shortly.",
+                          headers={"Retry-After": "1"})
 
 
 def internal_error(error: InternalServerError) -> Response:

@@ -109,22 +109,14 @@ def pre_request(worker, req) -> None:
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
-# --- database connections ------------------------------------------------------------------
-def post_fork(server, worker) -> None:
-    """A new worker must not use a connection of the master's: start its pools empty.
-
-    Forgotten, not closed (closing them here would close them for the master too). Then
-    db_types.discard_closed_connections replaces those that a database restart has cut.
-    """
-    app = server.app.callable  # the app built in the master, with --preload
-    if app is not None:
-        from backend import dispose_engines
-
-        dispose_engines(app, close=False)
-
-
 def on_starting(server) -> None:
-    """Before the app is built and workers are forked (they inherit the setting)."""
+    """Before workers are forked (they inherit the setting); refuses --preload."""
+    if server.cfg.preload_app:
+        # The master would import the app before a worker's gevent patches the standard
+        # library: psycopg would wait on PostgreSQL holding the worker's one thread, and the
+        # pools' locks would be real ones, which a greenlet can wait on for ever.
+        raise SystemExit("preload_app cannot be used with gevent workers"
+                         " (backend/gunicorn_conf.py)")
     release_large_blocks()
 
 

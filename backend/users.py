@@ -16,9 +16,10 @@ class UsernameTaken(ValueError):
 
 def create_user(username: str, password: str, is_admin: bool = False) -> User:
     """Store a new user with a hashed password; raise UsernameTaken if the name is in use."""
+    password_hash = hash_password(password)  # first: with no connection held meanwhile
     if db.session.scalar(sa.select(User.id).where(User.username == username)) is not None:
         raise UsernameTaken(username)
-    user = User(username=username, password_hash=hash_password(password), is_admin=is_admin)
+    user = User(username=username, password_hash=password_hash, is_admin=is_admin)
     db.session.add(user)
     try:
         db.session.commit()

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import gevent
+import psycopg.waiting
 
 import config
 from backend import create_app, security
@@ -129,6 +130,7 @@ with app.app_context():
                                              track=f"row {n}") for n in range(ROWS)], key)
     print(json.dumps({
         "in greenlets": in_greenlets(),
+        "psycopg waits with": psycopg.waiting.wait.__name__,
         "hash_password": turns_during(security.hash_password, "a password"),
         "check_password": turns_during(security.check_password, None, "a password"),
         "hashes at once": hashes_at_once(),
@@ -154,6 +156,8 @@ def test_hashes_verify_and_export_leave_a_gevent_workers_other_greenlets_running
     assert (done.returncode, done.stderr) == (0, "")  # nothing printed: no traceback either
     turns = json.loads(done.stdout)
     assert turns["in greenlets"] is True
+    # psycopg's C wait would hold the thread while PostgreSQL answers; it chose at import.
+    assert turns["psycopg waits with"] != "wait_c"
     # Off the loop, the counter runs for as long as the hash takes; on it, never.
     assert turns["hash_password"] > 0 and turns["check_password"] > 0
     assert turns["hash on the loop"] == 0

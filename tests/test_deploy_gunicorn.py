@@ -11,9 +11,6 @@ from pathlib import Path
 import pytest
 
 import config
-from backend import create_app, gunicorn_conf
-from backend.extensions import db
-from tests.conftest import make_settings
 from tests.serving import (
     BIN,
     Client,
@@ -127,30 +124,21 @@ def test_the_cpu_count_follows_the_cgroup_quota(tmp_path, files, cpus):
     assert config.container_cpus(tmp_path) == (cpus or len(os.sched_getaffinity(0)))
 
 
-# --- connection pools after fork ----------------------------------------------------------------
-def test_post_fork_empties_every_engines_pool_and_leaves_the_masters_connections_open(
-        database_url, tmp_path):
-    """A worker forgets the master's pooled connections (the app's and the audit writer's)
-    without closing them, as they are the master's too."""
-    app = create_app(make_settings(database_url, tmp_path))
-    with app.app_context():
-        engines = [*db.engines.values(), app.extensions["audit_writer"].engine]
-    masters = []
-    for engine in engines:
-        pooled = engine.raw_connection()
-        masters.append(pooled.driver_connection)
-        pooled.close()  # back to the pool
-        assert engine.pool.checkedin() == 1
-
-    class Server:  # what post_fork uses of gunicorn's arbiter
-        class app:
-            callable = app
-
-    gunicorn_conf.post_fork(Server, worker=None)
-    assert [engine.pool.checkedin() for engine in engines] == [0] * len(engines)
-    for connection in masters:
-        connection.cursor().execute("SELECT 1")  # still open
-        connection.close()
+# --- preload ----------------------------------------------------------------------------------
+def test_preload_is_refused_before_any_worker_starts(tmp_path):
+    """gevent must patch a worker before the app is imported; a preloading master would import
+    it first."""
+    env = {"PATH": os.defpath, "INSTANCE_PATH": str(tmp_path),
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'audit.db'}", "GUNICORN_WORKERS": "1",
+           "GUNICORN_CMD_ARGS": "--preload"}
+    done = subprocess.run(
+        [BIN / "gunicorn", "-c", "python:backend.gunicorn_conf", "--bind",
+         f"127.0.0.1:{free_port()}", "wsgi:app"],
+        cwd=config.ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.endswith(
+        "preload_app cannot be used with gevent workers (backend/gunicorn_conf.py)\n")
+    assert "Booting worker" not in done.stderr
 
 
 # --- the client's address, served ---------------------------------------------------------------

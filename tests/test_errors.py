@@ -3,7 +3,9 @@
 `assert_error` and `add_crashing_route` are shared with the other test modules.
 """
 
-from backend.extensions import token_auth
+import pytest
+
+from backend.extensions import db, token_auth
 from tests.conftest import ALICE, basic
 
 JSON = "application/json; charset=utf-8"
@@ -120,3 +122,20 @@ def test_409_has_the_error_shape(api, users):
 def test_500_of_a_crash_has_the_error_shape(app, api):
     token = add_crashing_route(app, api)
     assert_error(api.get("/v1/boom", token), 500)
+
+
+@pytest.mark.settings(DATABASE_POOL_SIZE="1")
+def test_a_request_that_finds_no_connection_free_is_a_503_to_retry(app, api):
+    """All of a worker's pooled connections in use (long exports, say) past the pool's
+    timeout: the service is busy, not broken."""
+    api.create_user(*ALICE)
+    token = api.login(*ALICE)
+    with app.app_context():
+        db.engine.pool._timeout = 0.2  # config.POOL_TIMEOUT is 10 s
+        with db.engine.connect():  # the only one
+            response = api.get("/v1/me", token=token)
+        assert api.get("/v1/me", token=token).status_code == 200  # and once one is free
+    assert_error(response, 503)
+    assert response.headers["Retry-After"] == "1"
+    [row] = api.rows(event="api.request", status=503)
+    assert row.path == "/v1/me"

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 import config
+from backend.auth import credentials
 from backend.clock import moved
 from backend.extensions import db
 from backend.models import LoginThrottle
@@ -255,6 +256,29 @@ def test_concurrent_failures_are_all_counted(app, alice):
         thread.join()
     assert statuses == [401] * 8
     assert_locked(attempt(app.test_client(), *ALICE), 60)
+
+
+@pytest.mark.settings(LOGIN_MAX_FAILURES="3")
+def test_guesses_sent_all_at_once_cannot_all_pass_the_lockout_check(app, alice):
+    """Twelve wrong passwords at once against a lock at three failures: a process checks
+    CHECKS_AT_ONCE (2) passwords at a time, each counted before the next one is let in, so
+    only one guess beyond the three is checked, and the others are refused with 429 unchecked.
+    (Without the bound, all twelve passed the check before the first failure was counted.)"""
+    barrier = threading.Barrier(12)
+    statuses = []
+
+    def one_guess():
+        client = app.test_client()
+        barrier.wait()
+        statuses.append(attempt(client, ALICE[0], WRONG).status_code)
+
+    threads = [threading.Thread(target=one_guess) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert 3 <= statuses.count(401) <= 3 + credentials.CHECKS_AT_ONCE - 1
+    assert statuses.count(401) + statuses.count(429) == 12
 
 
 def test_wrong_current_passwords_count_toward_the_same_lock(api, client, alice):

@@ -135,6 +135,27 @@ def test_a_hash_with_older_parameters_is_upgraded_at_login(api, client):
     assert api.login(*ALICE)
 
 
+def test_an_upgrade_never_undoes_a_password_change_made_during_the_login(api, client,
+                                                                           monkeypatch):
+    """The old password is checked against the hash read before; if the password changes
+    while that check runs, the upgrade must not write the old password's hash back."""
+    from backend.auth import credentials
+
+    alice_with_an_old_hash(api)
+    changed = PasswordHasher().hash(NEW_PASSWORD)
+    real = credentials.check_password
+
+    def changed_meanwhile(*args) -> bool:
+        with db.engine.begin() as connection:  # another request, on a connection of its own
+            connection.execute(sa.update(User).values(password_hash=changed))
+        return real(*args)
+
+    monkeypatch.setattr(credentials, "check_password", changed_meanwhile)
+    assert client.post("/login", headers=basic(*ALICE)).status_code == 200
+    [alice] = stored(api.app, User, username="alice")
+    assert alice.password_hash == changed
+
+
 def test_a_failed_login_leaves_an_old_hash_alone(api, client):
     weak = alice_with_an_old_hash(api)
     client.post("/login", headers=basic("alice", "not-her-password"))

@@ -1,5 +1,6 @@
 """How a request proves who it is: a password at login, a bearer token everywhere else."""
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -46,11 +47,32 @@ def authenticate_password(username: str, password: str, *, signal: NamedSignal, 
     """
     sender = current_app._get_current_object()
     throttle = Throttle(username, request.remote_addr)
-    if (lock := throttle.lock()) is not None:
+    with _checking:
+        if (lock := throttle.lock()) is None:
+            user, problem = _check(throttle, username, password)
+    if lock is not None:
         seconds, scopes = lock
         signal.send(sender, event=f"{event}.locked", level="WARNING", user=username, status=429,
                     track=f"locked out for {seconds} s: {', '.join(scopes)}")
         raise LockedOut(retry_after=seconds)
+    if problem is None:
+        return user
+    signal.send(sender, event=f"{event}.failure", level="WARNING", user=username, status=status,
+                track=problem)
+    return None
+
+
+# A process checks at most this many passwords at once, each from its lockout check to the
+# counting of its outcome. A check then sees every failure counted before it began but one:
+# guesses sent all at once cannot all pass the check before the first is counted (a gevent
+# worker would take up to a thousand at once), and with lockouts at 5 failures at most
+# workers x 2 - 1 more are checked. Two, as two hashes run at once anyway (security.py).
+CHECKS_AT_ONCE = 2
+_checking = threading.BoundedSemaphore(CHECKS_AT_ONCE)
+
+
+def _check(throttle: Throttle, username: str, password: str) -> tuple[User | None, str | None]:
+    """Check the password and count the outcome: (the user, why it does not let them in)."""
     user = db.session.scalar(sa.select(User).where(User.username == username))
     # The hash takes tens of milliseconds, more while other logins' hashes go first: not with
     # a pooled connection (and its transaction) held, which the worker's other requests would
@@ -59,15 +81,16 @@ def authenticate_password(username: str, password: str, *, signal: NamedSignal, 
     db.session.close()
     problem = password_problem(user, password)
     if problem is None:
-        db.session.add(user)  # back in the session, for the rehash below and the caller
-        if needs_rehash(user.password_hash):  # made with older parameters: replace it now
-            user.password_hash = hash_password(password)
+        db.session.add(user)  # back in the session, for the caller
+        if needs_rehash(user.password_hash):  # made with older parameters: replace it now,
+            # unless the password changed since it was read: that hash is not ours to undo
+            db.session.execute(sa.update(User).where(User.id == user.id,
+                                                     User.password_hash == user.password_hash)
+                               .values(password_hash=hash_password(password)))
         throttle.record_success()  # commits, the new hash with it
-        return user
-    throttle.record_failure()
-    signal.send(sender, event=f"{event}.failure", level="WARNING", user=username, status=status,
-                track=problem)
-    return None
+    else:
+        throttle.record_failure()
+    return user, problem
 
 
 def password_problem(user: User | None, password: str) -> str | None:
