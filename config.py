@@ -149,7 +149,8 @@ def database_pool_size(environ: Mapping[str, str]) -> int:
 
     A gevent worker serves any number of requests at once, and its token lookups take the
     pool's connections in turn (~0.1 ms each); with wrk's 16 connections on 2 workers, a
-    pool of 8 served as many audited requests as one of 16 (bench/throughput.py)."""
+    pool of 8 made 0.91 of the unaudited floor where one of 16 made 0.92, in two runs of
+    bench/throughput.py back to back."""
     default = max(2, min(8, CONNECTION_BUDGET // gunicorn_workers(environ) - 1))
     return positive_int(environ, "DATABASE_POOL_SIZE", default)
 
