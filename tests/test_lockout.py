@@ -239,9 +239,10 @@ def test_bad_lockout_settings_stop_the_start(environ, message):
                          **environ})
 
 
-@pytest.mark.settings(LOGIN_MAX_FAILURES="8")
-def test_concurrent_failures_are_all_counted(app, alice):
-    barrier = threading.Barrier(8)
+def wrong_passwords_at_once(app, count: int) -> list[int]:
+    """The statuses of `count` logins of alice with a wrong password, sent at the same moment
+    from as many threads."""
+    barrier = threading.Barrier(count)
     statuses = []
 
     def one_failure():
@@ -249,12 +250,17 @@ def test_concurrent_failures_are_all_counted(app, alice):
         barrier.wait()
         statuses.append(attempt(client, ALICE[0], WRONG).status_code)
 
-    threads = [threading.Thread(target=one_failure) for _ in range(8)]
+    threads = [threading.Thread(target=one_failure) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert statuses == [401] * 8
+    return statuses
+
+
+@pytest.mark.settings(LOGIN_MAX_FAILURES="8")
+def test_concurrent_failures_are_all_counted(app, alice):
+    assert wrong_passwords_at_once(app, 8) == [401] * 8
     assert_locked(attempt(app.test_client(), *ALICE), 60)
 
 
@@ -264,19 +270,7 @@ def test_guesses_sent_all_at_once_cannot_all_pass_the_lockout_check(app, alice):
     CHECKS_AT_ONCE (2) passwords at a time, each counted before the next one is let in, so
     only one guess beyond the three is checked, and the others are refused with 429 unchecked.
     (Without the bound, all twelve passed the check before the first failure was counted.)"""
-    barrier = threading.Barrier(12)
-    statuses = []
-
-    def one_guess():
-        client = app.test_client()
-        barrier.wait()
-        statuses.append(attempt(client, ALICE[0], WRONG).status_code)
-
-    threads = [threading.Thread(target=one_guess) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    statuses = wrong_passwords_at_once(app, 12)
     assert 3 <= statuses.count(401) <= 3 + credentials.CHECKS_AT_ONCE - 1
     assert statuses.count(401) + statuses.count(429) == 12
 
