@@ -72,3 +72,14 @@ def pause() -> None:
         import gevent
 
         gevent.sleep(0.000_001)
+
+
+def os_poll():
+    """The operating system's `select.poll()`, even in a gevent worker, whose patched one
+    answers through its event loop: for a look that never waits (a timeout of 0)."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("select"):
+        return monkey.get_original("select", "poll")()
+    import select
+
+    return select.poll()

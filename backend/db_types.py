@@ -9,6 +9,8 @@ import psycopg
 import sqlalchemy as sa
 from psycopg.pq import TransactionStatus
 
+from backend.concurrency import os_poll
+
 
 class UTCDateTime(sa.types.TypeDecorator):
     """A timezone-aware UTC datetime on every database.
@@ -69,7 +71,7 @@ def _closed_by_server(dbapi_connection, connection_record, connection_proxy) -> 
         socket = dbapi_connection.pgconn.socket
     except Exception:  # psycopg: the connection is closed already
         raise sa.exc.DisconnectionError("connection closed") from None
-    waiting = select.poll()
+    waiting = os_poll()  # a look that never waits: the system's, not gevent's loop
     waiting.register(socket, select.POLLIN)
     if waiting.poll(0):
         raise sa.exc.DisconnectionError("the server closed this pooled connection")
