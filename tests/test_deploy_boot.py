@@ -283,7 +283,9 @@ def test_workers_recover_when_the_database_cuts_their_connections(boot, empty_da
     token = app.client.post("/login", basic=ADMIN).body["token"]
     for _ in range(20):  # every worker has pooled connections by now
         assert app.client.get("/v1/me", token=token).status == 200
-    [(cut,)] = query(empty_database, "SELECT count(pg_terminate_backend(pid)) FROM"
+    # With a timeout, pg_terminate_backend returns once the backend has exited (its socket
+    # closed), not when it has only been told to: no request races the termination.
+    [(cut,)] = query(empty_database, "SELECT count(pg_terminate_backend(pid, 5000)) FROM"
                                      " pg_stat_activity WHERE datname = current_database()"
                                      " AND pid <> pg_backend_pid()")
     assert cut > 0
