@@ -28,8 +28,8 @@ workers = gunicorn_workers(os.environ)
 # gevent: each worker serves its connections in greenlets on one thread, switching where a
 # request waits (for PostgreSQL, for the client). Its concurrent requests share one audit
 # commit all the same (group commit). Against gunicorn's gthread worker, with 8 threads
-# a worker: 0.3 context switches a request instead of 13, and 0.79-0.92 of the unaudited
-# floor in bench/throughput.py instead of 0.64-0.80 (README, Benchmarks). Password hashes run
+# a worker: 0.3 context switches a request instead of 13, and 0.85 of the unaudited floor
+# on average in bench/throughput.py instead of 0.74 (README, Benchmarks). Password hashes run
 # on real threads and long loops pause (backend/concurrency.py).
 worker_class = "gevent"
 # Each worker builds the app after gevent has patched the standard library: gunicorn
