@@ -34,6 +34,7 @@ from backend.audit import chain, export, integrity, spool
 from backend.audit.events import AuditEvent
 from backend.concurrency import in_greenlets
 from backend.extensions import db
+from tests.hashing import CountingHasher
 
 turns = 0
 
@@ -75,27 +76,14 @@ def without(module, name, replacement, function):
 
 def hashes_at_once():
     # Six logins at once: how many hashes run together at the most.
-    lock, real = monkey.get_original("_thread", "allocate_lock")(), security._hasher
-    running = peak = 0
-
-    class Counting:
-        def verify(self, *args):
-            nonlocal running, peak
-            with lock:
-                running += 1
-                peak = max(peak, running)
-            try:
-                return real.verify(*args)
-            finally:
-                with lock:
-                    running -= 1
-
-    security._hasher = Counting()
+    real = security._hasher
+    security._hasher = counting = CountingHasher(real, monkey.get_original("_thread",
+                                                                           "allocate_lock")())
     try:
         gevent.joinall([gevent.spawn(security.check_password, None, "guess") for _ in range(6)])
     finally:
         security._hasher = real
-    return peak
+    return counting.peak
 
 
 def on_the_loop(function, *args):

@@ -18,6 +18,7 @@ from backend.clock import moved
 from backend.extensions import db
 from backend.models import Token, User
 from tests.conftest import ADMIN, ALICE, basic, bearer
+from tests.hashing import CountingHasher
 from tests.test_errors import assert_error
 from tests.test_lockout import same_headers
 
@@ -337,26 +338,12 @@ def test_at_most_two_passwords_are_hashed_at_once_in_a_process(monkeypatch):
     make that eight times over."""
     from backend import security
 
-    real, lock = security._hasher, threading.Lock()
-    running, peak = 0, 0
-
-    class CountingHasher:
-        def verify(self, *args):
-            nonlocal running, peak
-            with lock:
-                running += 1
-                peak = max(peak, running)
-            try:
-                return real.verify(*args)
-            finally:
-                with lock:
-                    running -= 1
-
-    monkeypatch.setattr(security, "_hasher", CountingHasher())
+    counting = CountingHasher(security._hasher, threading.Lock())
+    monkeypatch.setattr(security, "_hasher", counting)
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda _: security.check_password(None, "guess"), range(6)))
     assert results == [False] * 6
-    assert peak == 2
+    assert counting.peak == 2
 
 
 @pytest.mark.parametrize(("password", "status"), [(ALICE[1], 200), ("wrong-password", 401)])
