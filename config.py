@@ -65,6 +65,9 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
                                       "max_overflow": 0, "pool_timeout": POOL_TIMEOUT},
         "AUDIT_SIGNING_KEY": signing_key,
         "AUDIT_CHECKPOINT_EVERY": positive_int(environ, "AUDIT_CHECKPOINT_EVERY", 1000),
+        # Retention (flask audit purge): PCI DSS 10.5.1 keeps a year. Tests may purge anything.
+        "AUDIT_MIN_RETENTION_DAYS": positive_int(environ, "AUDIT_MIN_RETENTION_DAYS", 365,
+                                                 minimum=0 if app_env == "testing" else 1),
         "AUDIT_SPOOL_PATH": environ.get("AUDIT_SPOOL_PATH")
         or str(instance_path / "audit-spool.jsonl"),
         "TOKEN_TTL": positive_int(environ, "TOKEN_TTL", 3600),

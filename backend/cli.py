@@ -11,7 +11,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
-from backend.audit import export, integrity
+from backend.audit import export, integrity, retention
 from backend.audit.events import AuditEvent
 from backend.audit.writer import write, writer
 from backend.clock import rfc3339
@@ -108,32 +108,122 @@ def anchor_command(output) -> None:
 @audit.command("purge")
 @click.option("--before", required=True, metavar="DATE",
               help="Delete rows created before this date (YYYY-MM-DD, UTC) or RFC 3339 time.")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def purge_command(before: str, yes: bool) -> None:
-    """Retention: delete rows older than DATE, leaving what remains verifiable."""
-    cutoff = _moment(before)
+@click.option("--batch", type=click.IntRange(min=1), default=retention.PURGE_BATCH,
+              show_default=True, help="Rows deleted per transaction.")
+def purge_command(before: str, dry_run: bool, yes: bool, batch: int) -> None:
+    """Retention: delete rows older than DATE, leaving what remains verifiable.
+
+    Refused, deleting nothing, for a date in the future or within AUDIT_MIN_RETENTION_DAYS, and
+    while any legal hold stands. Every attempt is recorded before a row is deleted.
+    """
+    try:
+        cutoff = _moment(before)
+    except click.BadParameter:
+        _record_purge(f"purge refused: --before {before!r} is not a date", "WARNING")
+        raise
+    asked = f"purge of the rows created before {rfc3339(cutoff)}"
     with writer().engine.connect() as connection:
-        count, last_id = integrity.purge_plan(connection, cutoff)
-    if not count:
+        refused = retention.refusal(connection, cutoff,
+                                    current_app.config["AUDIT_MIN_RETENTION_DAYS"])
+        plan = None if refused else retention.plan(connection, cutoff)
+    if refused:
+        _record_purge(f"{asked} refused: {refused}", "WARNING")
+        raise click.ClickException(f"purge refused, nothing deleted: {refused}")
+    if not plan.rows:
+        _record_purge(f"{asked}: nothing to delete", "INFO")
         click.echo(f"no rows created before {rfc3339(cutoff)}")
         return
-    if not yes:
-        click.confirm(f"Delete {count} rows (up to row {last_id})?", abort=True)
+    if dry_run:
+        _record_purge(f"{asked}: dry run, would delete {plan.describe()}", "INFO")
+        click.echo(f"would purge {plan.describe()}; nothing deleted (dry run)")
+        return
+    if not yes and not click.confirm(f"Delete {plan.describe()}?"):
+        _record_purge(f"{asked}: declined at the prompt, nothing deleted", "INFO")
+        raise click.Abort()
     # Recorded before the first row goes, so even an interrupted purge is on the record (its
-    # signed purge checkpoints show how far it got).
-    write(AuditEvent(source="app", event="audit.purge", level="WARNING",
-                     track=f"purging {count} rows created before {rfc3339(cutoff)}"
-                           f" (up to row {last_id}) from the command line"))
+    # signed purge checkpoints show how far it got; running it again finishes it).
+    _record_purge(f"{asked}: deleting {plan.describe()}", "WARNING")
     deleted = 0
-    with click.progressbar(length=count, label="purging", file=sys.stderr) as bar:
-        while True:
-            with writer().engine.begin() as connection:
-                batch = integrity.purge_batch(connection, writer().key, last_id)
-            if not batch:
-                break
-            deleted += batch
-            bar.update(batch)
-    click.echo(f"purged {deleted} rows (up to row {last_id})")
+    with click.progressbar(length=plan.rows, label="purging", file=sys.stderr) as bar:
+        while batch_deleted := _purge_batch(plan.last_id, batch, deleted):
+            deleted += batch_deleted
+            bar.update(batch_deleted)
+    click.echo(f"purged {deleted} rows (up to row {plan.last_id})")
+
+
+def _purge_batch(up_to: int, batch: int, deleted: int) -> int:
+    """One transaction of the purge; a legal hold placed meanwhile stops it (the trigger)."""
+    try:
+        with writer().engine.begin() as connection:
+            return retention.purge_batch(connection, writer().key, up_to, batch)
+    except sa.exc.DBAPIError as error:  # the driver's message, not the SQL and its parameters
+        reason = str(error.orig).splitlines()[0]
+        _record_purge(f"purge stopped after {deleted} rows: {reason}", "WARNING")
+        raise click.ClickException(f"purge stopped after {deleted} rows: {reason}") from None
+
+
+def _record_purge(track: str, level: str) -> None:
+    _record_cli("trail.purge", track, level)
+
+
+def _record_cli(event: str, track: str, level: str) -> None:
+    """A row of the trail for a command's act, naming the OS account that ran it."""
+    write(AuditEvent(source="cli", event=event, level=level,
+                     track=f"{track} (by {retention.operator()})"))
+
+
+@audit.group("hold")
+def hold() -> None:
+    """Legal holds: while any stands, nothing of the trail is purged."""
+
+
+@hold.command("add")
+@click.argument("name")
+@click.option("--reason", required=True, help="Why: the case, request or ticket it serves.")
+def hold_add(name: str, reason: str) -> None:
+    """Place the legal hold NAME."""
+    with _holding() as connection:
+        retention.place_hold(connection, name, reason)
+    _record_cli("hold.add", f"legal hold {name.strip()!r} placed: {reason.strip()}", "WARNING")
+    click.echo(f"legal hold {name.strip()!r} placed: nothing will be purged while it stands")
+
+
+@hold.command("release")
+@click.argument("name")
+def hold_release(name: str) -> None:
+    """Release the legal hold NAME."""
+    with _holding() as connection:
+        retention.release_hold(connection, name)
+    _record_cli("hold.release", f"legal hold {name!r} released", "WARNING")
+    click.echo(f"legal hold {name!r} released")
+
+
+@hold.command("list")
+@click.option("--all", "everything", is_flag=True, help="Released holds too.")
+def hold_list(everything: bool) -> None:
+    """The standing legal holds (with --all, the released ones too)."""
+    with writer().engine.connect() as connection:
+        holds = (retention.all_holds if everything else retention.standing_holds)(connection)
+    if not holds:
+        click.echo("no legal hold has been placed" if everything
+                   else "no legal hold is standing")
+    for entry in holds:
+        line = f"{entry.name}: placed {rfc3339(entry.placed_at)} by {entry.placed_by}"
+        if entry.released_at:
+            line += f", released {rfc3339(entry.released_at)} by {entry.released_by}"
+        click.echo(f"{line}; reason: {entry.reason}")
+
+
+@contextmanager
+def _holding():
+    """A transaction for a hold command; its HoldError becomes a one-line error, exit 1."""
+    try:
+        with writer().engine.begin() as connection:
+            yield connection
+    except retention.HoldError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @audit.command("replay")

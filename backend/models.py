@@ -1,4 +1,5 @@
-"""The three tables: users, their bearer tokens, and the audit trail."""
+"""The tables: users, their bearer tokens, login throttles, and the audit trail with its chain
+head, checkpoints and legal holds."""
 
 import uuid
 from datetime import datetime
@@ -11,7 +12,8 @@ from backend.db_types import BigIntegerKey, UTCDateTime
 from backend.extensions import db
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-SOURCES = ("auth", "v1", "main", "app")
+# `cli`: a `flask` command (retention, legal holds).
+SOURCES = ("auth", "v1", "main", "app", "cli")
 
 
 class User(db.Model):
@@ -168,3 +170,28 @@ class PurgePermit(db.Model):
     __tablename__ = "audit_purge_permit"
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
+
+
+class Hold(db.Model):
+    """A legal hold: while one stands (placed, not released), nothing of the trail is deleted.
+
+    `flask audit purge` refuses to run, and the append-only triggers refuse every DELETE of
+    `audit_log` (migration 0007). A released hold stays here, with who released it and when.
+    """
+
+    __tablename__ = "audit_hold"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(64))
+    reason: so.Mapped[str] = so.mapped_column(sa.Text)
+    placed_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
+    placed_by: so.Mapped[str] = so.mapped_column(sa.String(255))
+    released_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
+    released_by: so.Mapped[str | None] = so.mapped_column(sa.String(255))
+
+    __table_args__ = (
+        # One standing hold of a name at a time; a name can be placed again once released.
+        sa.Index("uq_audit_hold_standing_name", "name", unique=True,
+                 postgresql_where=sa.text("released_at IS NULL"),
+                 sqlite_where=sa.text("released_at IS NULL")),
+    )

@@ -91,6 +91,7 @@ def empty_postgresql(url: str) -> None:
     them the one sanctioned way, under a purge permit, and resets the chain's head."""
     engine = sa.create_engine(url)
     with engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM audit_hold"))
         connection.execute(sa.text("INSERT INTO audit_purge_permit (id) VALUES (1)"))
         connection.execute(sa.text("DELETE FROM audit_log"))
         connection.execute(sa.text("DELETE FROM audit_checkpoint"))

@@ -1,17 +1,18 @@
-"""Retention (issue 5, item 4): `flask audit purge --before DATE` deletes old rows through the
-sanctioned path, leaves the rest verifiable, and is itself audited.
+"""Retention: `flask audit purge --before DATE` deletes old rows through the sanctioned path,
+leaves the rest verifiable, and records every attempt. (Its guards and legal holds:
+test_retention_guards.py.)
 
 Old rows are made by moving the clock back around real requests, oldest first (the writer keeps
-`created_at` non-decreasing along ids). `aged_trail` and `purge` are shared with
-test_append_only.py.
+`created_at` non-decreasing along ids): older than the default minimum retention of 365 days,
+which every test here runs under. `aged_trail` and `purge` are shared with
+test_append_only.py and test_retention_guards.py.
 """
 
 from datetime import timedelta
 
-import pytest
 import sqlalchemy as sa
 
-from backend.audit import integrity
+from backend.audit import retention
 from backend.clock import moved, rfc3339, utcnow
 from backend.extensions import db
 from backend.models import Checkpoint
@@ -24,17 +25,23 @@ from tests.test_integrity import (
     verify_line,
 )
 
-TEN_DAYS_AGO = timedelta(days=-10)
+OLD = timedelta(days=-400)
+
+
+def days_ago(days: int) -> str:
+    """The date `days` days ago, as YYYY-MM-DD."""
+    return (utcnow() - timedelta(days=days)).date().isoformat()
 
 
 def cutoff() -> str:
-    """The DATE of every purge here: a week ago, between the old rows and the new ones."""
-    return (utcnow() - timedelta(days=7)).date().isoformat()
+    """The DATE of every purge here: 390 days ago, between the old rows and the new ones, and
+    past the default minimum retention (365 days)."""
+    return days_ago(390)
 
 
 def aged_trail(client, old: int, new: int) -> tuple[list[str], list[str]]:
-    """`old` requests ten days ago, then `new` now; the request ids of each."""
-    with moved(TEN_DAYS_AGO):
+    """`old` requests 400 days ago, then `new` now; the request ids of each."""
+    with moved(OLD):
         old_ids = make_trail(client, old)
     return old_ids, make_trail(client, new)
 
@@ -59,11 +66,12 @@ def test_purge_deletes_exactly_the_rows_created_before_the_date(api, client, run
     _, new = aged_trail(client, old=3, new=2)
     assert purge(runner, "--yes").exit_code == 0
     assert [row.request_id for row in api.rows(event="index.view")] == new
-    assert ids_and_events(api) == [(4, "index.view"), (5, "index.view"), (6, "audit.purge")]
+    assert ids_and_events(api) == [(4, "index.view"), (5, "index.view"), (6, "trail.purge")]
 
 
 def test_purge_keeps_a_row_created_at_the_cutoff_itself(api, client, runner):
-    make_trail(client, 5)
+    with moved(OLD):
+        make_trail(client, 5)
     rows = api.rows()
     at = rows[2].created_at
     assert purge(runner, "--yes", before=rfc3339(at)).exit_code == 0
@@ -92,29 +100,30 @@ def test_a_purge_leaves_a_signed_checkpoint_of_the_last_deleted_row(app, client,
     assert purge_checkpoints(app) == [3]
 
 
-def test_a_purge_is_audited(api, client, runner):
+def test_a_purge_is_recorded_with_what_it_deletes_and_who_ran_it(api, client, runner):
     aged_trail(client, old=3, new=2)
+    old = api.rows()[:3]
     purge(runner, "--yes")
     last = api.rows()[-1]
     assert (last.source, last.event, last.level, last.user) == (
-        "app", "audit.purge", "WARNING", None)
-    assert last.track.startswith(f"purging 3 rows created before {cutoff()}T00:00:00.000000Z")
+        "cli", "trail.purge", "WARNING", None)
+    assert last.track == (
+        f"purge of the rows created before {cutoff()}T00:00:00.000000Z: deleting 3 rows"
+        f" (ids 1-3, created {rfc3339(old[0].created_at)} to {rfc3339(old[2].created_at)})"
+        f" (by {retention.operator()})")
 
 
-def test_a_purge_in_several_batches_deletes_every_old_row(app, api, client, runner,
-                                                          monkeypatch):
-    monkeypatch.setattr(integrity, "PURGE_BATCH", 2)
+def test_a_purge_in_several_batches_deletes_every_old_row(app, api, client, runner):
     aged_trail(client, old=5, new=1)
-    result = purge(runner, "--yes")
+    result = purge(runner, "--yes", "--batch", "2")
     assert result.stdout == "purged 5 rows (up to row 5)\n"
-    assert ids_and_events(api) == [(6, "index.view"), (7, "audit.purge")]
+    assert ids_and_events(api) == [(6, "index.view"), (7, "trail.purge")]
     assert purge_checkpoints(app) == [2, 4, 5]
 
 
-def test_a_purge_in_several_batches_verifies(client, runner, monkeypatch):
-    monkeypatch.setattr(integrity, "PURGE_BATCH", 2)
+def test_a_purge_in_several_batches_verifies(client, runner):
     aged_trail(client, old=5, new=1)
-    purge(runner, "--yes")
+    purge(runner, "--yes", "--batch", "2")
     assert verify_line(runner) == (0, (
         "intact: 2 rows (rows 6-7, after the signed purge of rows 1-5), none signed since"))
 
@@ -122,20 +131,19 @@ def test_a_purge_in_several_batches_verifies(client, runner, monkeypatch):
 def test_purging_every_row_leaves_a_verifiable_trail(api, client, runner):
     aged_trail(client, old=3, new=0)
     purge(runner, "--yes")
-    assert ids_and_events(api) == [(4, "audit.purge")]
+    assert ids_and_events(api) == [(4, "trail.purge")]
     assert verify_line(runner) == (0, (
         "intact: 1 row (rows 4-4, after the signed purge of rows 1-3), none signed since"))
 
 
 def test_two_purges_one_after_the_other_verify(app, client, runner):
-    with moved(TEN_DAYS_AGO):
+    with moved(OLD):
         make_trail(client, 2)
-    with moved(TEN_DAYS_AGO / 2):
+    with moved(timedelta(days=-380)):
         make_trail(client, 2)
     make_trail(client, 1)
     purge(runner, "--yes")
-    three_days_ago = (utcnow() - timedelta(days=3)).date().isoformat()
-    assert purge(runner, "--yes", before=three_days_ago).exit_code == 0
+    assert purge(runner, "--yes", before=days_ago(370)).exit_code == 0
     assert purge_checkpoints(app) == [2, 4]
     assert verify_line(runner) == (0, (
         "intact: 3 rows (rows 5-7, after the signed purge of rows 1-4), none signed since"))
@@ -146,31 +154,28 @@ def test_a_purge_with_nothing_before_the_date_says_so_and_exits_0(api, client, r
     result = purge(runner, "--yes")
     assert result.exit_code == 0
     assert result.stdout == f"no rows created before {cutoff()}T00:00:00.000000Z\n"
-    assert ids_and_events(api) == [(1, "index.view"), (2, "index.view")]
-
-
-@pytest.mark.parametrize("date", ["last-week", "2026-13-01", "2026-11-21T10:00:00"])
-def test_a_bad_date_exits_2_naming_before(api, client, runner, date):
-    make_trail(client, 1)
-    result = purge(runner, "--yes", before=date)
-    assert result.exit_code == 2
-    assert "Invalid value for --before" in result.output
-    assert len(api.rows()) == 1
+    assert ids_and_events(api) == [(1, "index.view"), (2, "index.view"), (3, "trail.purge")]
+    assert api.rows()[-1].track.startswith(
+        f"purge of the rows created before {cutoff()}T00:00:00.000000Z: nothing to delete")
 
 
 def test_without_yes_a_purge_asks_and_no_deletes_nothing(api, client, runner):
     aged_trail(client, old=3, new=1)
+    old = api.rows()[:3]
     result = purge(runner, input="n\n")
     assert result.exit_code == 1
-    assert "Delete 3 rows (up to row 3)? [y/N]" in result.output
+    assert (f"Delete 3 rows (ids 1-3, created {rfc3339(old[0].created_at)} to"
+            f" {rfc3339(old[2].created_at)})? [y/N]") in result.output
     assert "Aborted" in result.output
-    assert [row_id for row_id, _ in ids_and_events(api)] == [1, 2, 3, 4]
+    assert ids_and_events(api) == [(1, "index.view"), (2, "index.view"), (3, "index.view"),
+                                   (4, "index.view"), (5, "trail.purge")]
+    assert "declined at the prompt, nothing deleted" in api.rows()[-1].track
 
 
 def test_without_yes_a_purge_answered_yes_deletes(api, client, runner):
     aged_trail(client, old=3, new=1)
     assert purge(runner, input="y\n").exit_code == 0
-    assert ids_and_events(api) == [(4, "index.view"), (5, "audit.purge")]
+    assert ids_and_events(api) == [(4, "index.view"), (5, "trail.purge")]
 
 
 # -- an anchor file made before a purge -------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Proving the trail intact (`verify`), signing its head (`anchor`) and retention (`purge`).
+"""Proving the trail intact (`verify`) and signing its head (`anchor`); retention is retention.py.
 
 `verify` walks every row in id order and names the first one that breaks a promise:
 
@@ -21,16 +21,13 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime
 
 import sqlalchemy as sa
 
 from backend.audit import chain
 from backend.clock import rfc3339, utcnow
 from backend.concurrency import pause
-from backend.models import AuditChain, Checkpoint, Log, PurgePermit
-
-PURGE_BATCH = 10_000
+from backend.models import AuditChain, Checkpoint, Log
 
 
 @dataclass
@@ -199,32 +196,6 @@ def checkpoints_file(connection: sa.Connection) -> Iterator[str]:
 def read_anchors(lines: Iterable[str]) -> list[dict]:
     """The checkpoints of an anchor file."""
     return [json.loads(line) for line in lines if line.strip()]
-
-
-def purge_plan(connection: sa.Connection, before: datetime) -> tuple[int, int | None]:
-    """(how many rows, the last id) that `purge(before)` would delete."""
-    last = connection.scalar(sa.select(sa.func.max(Log.id)).where(Log.created_at < before))
-    if last is None:
-        return 0, None
-    count = connection.scalar(sa.select(sa.func.count()).select_from(Log).where(Log.id <= last))
-    return count, last
-
-
-def purge_batch(connection: sa.Connection, key: bytes, up_to: int) -> int:
-    """Delete the oldest rows up to id `up_to` (at most PURGE_BATCH of them) in the caller's
-    transaction; return how many. A signed checkpoint of the last deleted row is written
-    first, so the first row left still verifies. The one sanctioned way past the triggers."""
-    first = connection.scalar(sa.select(sa.func.min(Log.id)))
-    if first is None or first > up_to:
-        return 0
-    last = min(up_to, first + PURGE_BATCH - 1)
-    row = connection.execute(sa.select(Log.hash, Log.created_at).where(Log.id == last)).one()
-    connection.execute(sa.insert(Checkpoint),
-                       chain.sign(key, last, row.hash, row.created_at, "purge"))
-    connection.execute(sa.insert(PurgePermit).values(id=1))
-    deleted = connection.execute(sa.delete(Log).where(Log.id <= last)).rowcount
-    connection.execute(sa.delete(PurgePermit))
-    return deleted
 
 
 def describe(verdict: Verdict) -> str:
