@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from backend.audit.events import AuditEvent
+from backend.audit.spool import encode
 from backend.audit.writer import writer
 from backend.extensions import db
 from tests.test_integrity import flask_audit, make_trail, verify_line
@@ -190,3 +191,18 @@ def test_flask_audit_replay_sets_aside_a_refused_event_and_replays_the_rest(
     ]
     assert [e["event_id"] for e in set_aside(app)] == [str(refused.event_id)]
     assert spool_file(app).read_bytes() == b""
+
+
+def test_a_spooled_line_with_a_value_of_the_wrong_type_is_set_aside_and_the_rest_replayed(
+    app, api, client
+):
+    """A list where text belongs fails in the driver (SQLite cannot bind it), not in the
+    database: read as an unreadable line, not retried forever."""
+    good = event("good")
+    line = json.loads(encode(event("bad")))
+    line["user"] = ["not", "text"]
+    spool_file(app).parent.mkdir(parents=True, exist_ok=True)
+    spool_file(app).write_bytes(json.dumps(line).encode() + b"\n" + encode(good))
+    make_trail(client, 1)
+    assert tracks(api) == ["good", "GET /"]
+    assert set_aside(app) == [line]
