@@ -69,34 +69,32 @@ def storable(text: str) -> str:
 def event_from_signal(source: str, *, event: str, level: str = "INFO", track: str = "",
                       user: str | None = None, status: int | None = None) -> AuditEvent:
     """Combine what a signal said with who asked and how (nothing outside a request)."""
-    context, note = request_fields(), ""
-    if context.get("ip") is None and context.get("remote_addr"):
-        # Not an address: a proxy we trust passed on what a client wrote. Kept, quoted, for a
-        # person to see; it moves to `details` when the trail gains that field (CONTRACT.md).
-        note = (f" [client address is not an IP address:"
-                f" {json.dumps(context['remote_addr'][:ADDRESS_QUOTED_MAX])}]")
-    context.pop("remote_addr", None)
+    context, note = request_fields()
     return AuditEvent(source=source, event=event, level=level,
                       track=track[:TRACK_MAX - len(note)] + note, user=user or None,
                       status=status, **context)
 
 
-def request_fields() -> dict:
-    """Client address (after ProxyFix), method, path, request id and user agent, and
-    `remote_addr`, the address as the request gave it (the `ip` stored is None unless it is an
-    IP address)."""
+def request_fields() -> tuple[dict, str]:
+    """Client address (after ProxyFix), method, path, request id and user agent; and what the
+    track should add about them: a client address that is not an IP address, quoted."""
     if not has_request_context():
-        return {}
+        return {}, ""
     current = request._get_current_object()  # one proxy lookup, not five
-    remote_addr = header_text(current.remote_addr or "")
+    address = header_text(current.remote_addr or "")
+    ip, note = ip_address_or_none(address), ""
+    if ip is None and address:
+        # A proxy we trust passed on what a client wrote. Kept, quoted, for a person to see;
+        # it moves to `details` when the trail gains that field (CONTRACT.md, second release).
+        note = (f" [client address is not an IP address:"
+                f" {json.dumps(address[:ADDRESS_QUOTED_MAX])}]")
     return {
-        "ip": ip_address_or_none(remote_addr),
-        "remote_addr": remote_addr,
+        "ip": ip,
         "method": current.method,
         "path": current.path,
         "request_id": g.get("request_id"),
         "user_agent": header_text(current.environ.get("HTTP_USER_AGENT", "")) or None,
-    }
+    }, note
 
 
 def header_text(value: str) -> str:
