@@ -6,12 +6,13 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 
 import click
+import psycopg
 import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
-from backend.audit import export, integrity, retention
+from backend.audit import export, integrity, refusals, retention
 from backend.audit.events import AuditEvent
 from backend.audit.writer import write, writer
 from backend.clock import rfc3339
@@ -228,13 +229,22 @@ def _holding():
 
 @audit.command("replay")
 def replay_command() -> None:
-    """Write the events waiting in the local spool to the database, in order, exactly once."""
+    """Write the events waiting in the local spool to the database, in order, exactly once.
+
+    An event the database refuses for its content is set aside (and recorded as
+    `audit.rejected`); the rest are written, and the command says which it set aside."""
     try:
-        replayed = writer().replay()
-    except sa.exc.DBAPIError as error:  # the driver's message, not the SQL and its parameters
+        replay = writer().replay()
+    except (sa.exc.DBAPIError, psycopg.Error) as error:  # psycopg's: PostgreSQL's appends
+        # The database's message, not the SQL and its parameters.
         raise click.ClickException(f"the database did not take the spooled events, which stay"
-                                   f" in the spool: {error.orig}") from None
-    click.echo(f"replayed {replayed} events")
+                                   f" in the spool: {refusals.reason(error)}") from None
+    click.echo(f"replayed {replay.replayed} events")
+    if replay.set_aside:
+        click.echo(f"set aside {len(replay.set_aside)} events the database refused, kept in"
+                   f" {writer().spool.rejected_path}:")
+        for event, why in replay.set_aside:
+            click.echo(f"  {event.event_id} ({event.source}/{event.event}): {why}")
 
 
 def _moment(text: str) -> datetime:

@@ -177,3 +177,9 @@ def basic(username: str, password: str) -> dict:
 
 def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
+
+
+def wsgi_header(text: str) -> str:
+    """A header value as a WSGI server puts it in the environ (PEP 3333): the bytes the client
+    sent, here `text` in UTF-8, decoded as Latin-1."""
+    return text.encode("utf-8").decode("latin-1")

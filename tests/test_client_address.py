@@ -6,7 +6,7 @@ what each proxy appended.
 
 import pytest
 
-from tests.conftest import ALICE
+from tests.conftest import ALICE, wsgi_header
 from tests.test_lockout import WRONG, assert_locked, attempt
 
 CLIENT = "203.0.113.9"
@@ -67,3 +67,38 @@ def test_the_locked_row_carries_the_appended_address(api, client):
         login_failure_from(client, PROXY, f"{SPOOFED}, {CLIENT}")
     [row] = api.rows(event="login.locked")
     assert row.ip == CLIENT
+
+
+# A value a trusted proxy passed on from a client that wrote its own last entry: 60 characters,
+# longer than any address (the `ip` column's 45).
+NOT_AN_ADDRESS = "not-an-address;" + "x" * 45
+
+
+@pytest.mark.settings(TRUSTED_PROXY_HOPS="1")
+def test_a_forwarded_value_that_is_not_an_address_is_recorded_with_a_null_ip(api, client):
+    response = login_failure_from(client, PROXY, NOT_AN_ADDRESS)
+    [row] = api.rows(event="login.failure")
+    assert (row.ip, row.request_id) == (None, response.headers["X-Request-ID"])
+
+
+@pytest.mark.settings(TRUSTED_PROXY_HOPS="1")
+def test_a_forwarded_value_that_is_not_an_address_is_quoted_in_the_track(api, client):
+    """As a JSON string: a backslash, a control or a non-ASCII character escaped."""
+    login_failure_from(client, PROXY, wsgi_header(f"{CLIENT}, {NOT_AN_ADDRESS}\\\x7fé"))
+    [row] = api.rows(event="login.failure")
+    assert row.track == (f'unknown user [client address is not an IP address:'
+                         f' "{NOT_AN_ADDRESS}\\\\\\u007f\\u00e9"]')
+
+
+@pytest.mark.settings(TRUSTED_PROXY_HOPS="1")
+def test_the_quoted_value_is_bounded(api, client):
+    login_failure_from(client, PROXY, "y" * 5000)
+    [row] = api.rows(event="login.failure")
+    assert row.track == f'unknown user [client address is not an IP address: "{"y" * 100}"]'
+
+
+@pytest.mark.settings(TRUSTED_PROXY_HOPS="1")
+def test_a_forwarded_ipv6_address_is_recorded(api, client):
+    login_failure_from(client, PROXY, "2001:db8::1")
+    [row] = api.rows(event="login.failure")
+    assert (row.ip, row.track) == ("2001:db8::1", "unknown user")

@@ -20,6 +20,12 @@ from tests.test_errors import assert_error
 from tests.test_logs import T, write
 
 FORMULAS = ("=HYPERLINK(\"http://x\")", "+SUM(A1)", "-2+3", "@cmd", "\tTAB", "\rCR")
+# Formulas a spreadsheet still runs: after what it skips (a line feed, a space, a no-break
+# space, a zero-width space, a byte order mark), or written in full-width forms.
+DISGUISED = ("\nLF", " =1+1", "\u00a0=1+1", "\u200b=1+1", "\ufeff=1+1", "\uff1d1+1",
+             "\uff0bSUM(A1)", " \u3000\u200b@cmd")
+# Not formulas: nothing to defuse, whatever the spaces or the full-width signs inside.
+HARMLESS = (" plain", "\u00a0plain", "a\uff1db", "1-2", "\u200bword")
 FILTERS = [
     {"user": "alice"},
     {"ip": "203.0.113.9"},
@@ -40,8 +46,10 @@ def rows(api, users):
     write(api.app, user="bob", track="tab\tbackslash\\ bell\x07 \x01\x02 ünïcode ☃ \u2028")
     write(api.app, source="main", level="DEBUG", track="Quote-free")
     write(api.app, user="dave", track="", user_agent="")  # empty text: an empty CSV cell
-    for number, formula in enumerate(FORMULAS):
+    for number, formula in enumerate(FORMULAS + DISGUISED):
         write(api.app, user=formula if number % 2 else "carol", track=formula)
+    for text in HARMLESS:
+        write(api.app, user=text, track=text)
     return users
 
 
@@ -146,14 +154,19 @@ def test_csv_starts_with_a_byte_order_mark_and_ends_lines_with_crlf(api, rows):
     assert b'"a ""quote"", a comma, and\na newline"' in data
 
 
-@pytest.mark.parametrize("formula", FORMULAS)
+@pytest.mark.parametrize("formula", FORMULAS + DISGUISED)
 def test_csv_cells_cannot_run_as_formulas(api, rows, formula):
     header, *body = csv_rows(get_export(api, rows["admin"], format="csv").get_data())
     [cells] = [cells for cells in body if cells[header.index("track")] == "'" + formula]
     # `rows` wrote the formula as the user of every other row, "carol" as the rest's.
-    user = "'" + formula if FORMULAS.index(formula) % 2 else "carol"
+    user = "'" + formula if (FORMULAS + DISGUISED).index(formula) % 2 else "carol"
     assert cells[header.index("user")] == user
-    assert not any(cell.startswith(export.FORMULA_STARTS) for cell in cells)
+    assert not any(cell.startswith(FORMULAS_START) for cell in cells)
+
+
+# What a spreadsheet runs as a formula at the start of a cell, and what it skips before it.
+FORMULAS_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", " ", "\u00a0",
+                  "\u200b", "\ufeff", "\u3000")
 
 
 def test_csv_leaves_other_cells_alone(api, rows):
@@ -162,8 +175,15 @@ def test_csv_leaves_other_cells_alone(api, rows):
     assert "Quote-free" in tracks and "GET /v1/me -> 200" in tracks
 
 
+@pytest.mark.parametrize("text", HARMLESS)
+def test_csv_leaves_spaces_and_full_width_signs_alone_where_no_formula_follows(api, rows, text):
+    header, *body = csv_rows(get_export(api, rows["admin"], format="csv").get_data())
+    [cells] = [cells for cells in body if cells[header.index("user")] == text]
+    assert cells[header.index("track")] == text
+
+
 def _looks_like_formula(row: dict) -> bool:
-    return any(isinstance(value, str) and value.startswith(export.FORMULA_STARTS)
+    return any(isinstance(value, str) and export.looks_like_formula(value)
                for value in row.values())
 
 
@@ -363,6 +383,6 @@ def test_csv_rows_are_what_the_csv_module_writes_byte_for_byte(api, rows):
 
 
 def _defused(value):
-    if isinstance(value, str) and value.startswith(export.FORMULA_STARTS):
+    if isinstance(value, str) and export.looks_like_formula(value):
         return "'" + value
     return value

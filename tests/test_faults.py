@@ -21,6 +21,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -33,6 +34,7 @@ import psycopg
 import pytest
 
 import config
+from backend.audit.events import AuditEvent
 from backend.audit.spool import Spool
 from tests.pgcluster import private_cluster
 from tests.serving import (
@@ -459,3 +461,35 @@ def test_sigterm_under_load_lets_in_flight_requests_finish_with_their_rows(serve
     # Every request the server had begun (it left a row) was answered, completely: a client
     # without a response is one whose connection gunicorn never accepted.
     assert result.served_without_response == 0
+
+
+def test_a_database_refused_event_in_the_spool_is_set_aside_and_the_trail_flows(served):
+    """An event the database refuses (a status beyond smallint, which no validation of the
+    service stops when it comes straight from the spool file) is planted in the spool mid-load:
+    the next write of either worker sets it aside and records `audit.rejected`, and the trail
+    keeps reaching the database; nothing waits in the spool behind it."""
+    instance = Path(served.env["INSTANCE_PATH"])
+    spool = Spool(instance / "audit-spool.jsonl")
+    refused = AuditEvent(source="app", event="faults.refused", level="INFO",
+                         track="planted in the spool", status=70_000)
+    with Load(served, "refused") as load:
+        time.sleep(LOAD_BEFORE)
+        spool.append(refused)
+        planted = time.monotonic()
+        time.sleep(LOAD_AFTER)
+    left_behind = spool.count()  # before finish() replays anything
+    result = finish(served, "a database-refused event in the spool", load.outcomes, {
+        "2xx after the plant": sum(o.ok and o.sent > planted for o in load.outcomes),
+        "spool left after the load": left_behind})
+    assert left_behind == 0
+    assert result.notes["2xx after the plant"] > 0
+    assert result.notes["spooled (server log)"] == 0  # the database took every other event
+    kept = [json.loads(line) for line in spool.rejected_path.read_bytes().splitlines()]
+    assert [event["event_id"] for event in kept] == [str(refused.event_id)]
+    assert stat.S_IMODE(spool.rejected_path.stat().st_mode) == 0o600
+    with psycopg.connect(served.env["DATABASE_URL"], connect_timeout=10) as connection:
+        rejections = connection.execute(
+            "SELECT source, level, track FROM audit_log WHERE event = 'audit.rejected'").fetchall()
+    assert rejections == [("app", "ERROR", f"the database refused event {refused.event_id}"
+                           " (app/faults.refused); set aside in audit-spool.jsonl.rejected:"
+                           ' value "70000" is out of range for type smallint')]

@@ -19,7 +19,7 @@ import pytest
 import config
 from bench import load
 from bench.database import libpq_url
-from tests.conftest import postgresql_only
+from tests.conftest import postgresql_only, wsgi_header
 from tests.serving import (
     BIN,
     READY_DEADLINE,
@@ -132,3 +132,16 @@ def exports_running(database_url: str) -> int:
     with psycopg.connect(libpq_url(database_url), autocommit=True) as connection:
         return connection.execute("SELECT count(*) FROM pg_stat_activity"
                                   " WHERE query LIKE 'COPY (%' AND state = 'active'").fetchone()[0]
+
+
+def test_gunicorn_records_a_utf8_user_agent_as_the_text_sent(served):
+    """gunicorn hands header bytes to the app decoded as Latin-1, as WSGI says: the trail
+    stores the UTF-8 text the client sent, not its mojibake."""
+    client, _ = served
+    agent = "Navigateur/1.0 (Zürich ☃)"
+    # urllib sends a header's characters as Latin-1 bytes: these are the agent's UTF-8 bytes.
+    index = client.get("/", headers={"User-Agent": wsgi_header(agent)})
+    token = client.post("/login", basic=ADMIN).body["token"]
+    rows = client.get("/v1/logs?event=index.view", token=token).body["items"]
+    assert [(row["request_id"], row["user_agent"]) for row in rows] == [
+        (index.headers["X-Request-ID"], agent)]

@@ -19,7 +19,7 @@ from backend.audit.events import AuditEvent
 from backend.audit.spool import encode
 from backend.audit.writer import writer
 from backend.extensions import db
-from tests.conftest import ALICE, basic, postgresql_only
+from tests.conftest import ALICE, basic, postgresql_only, wsgi_header
 from tests.test_audit_trail import DISK_FULL, audit_table_unavailable
 from tests.test_integrity import flask_audit, make_trail, verify_line
 
@@ -214,7 +214,7 @@ def test_the_spool_has_one_json_line_per_event(app, outage):
 
 def test_a_control_character_in_the_user_agent_stays_inside_its_line(app, client):
     with audit_table_unavailable(app):
-        client.get("/", environ_base={"HTTP_USER_AGENT": HOSTILE_AGENT})
+        client.get("/", environ_base={"HTTP_USER_AGENT": wsgi_header(HOSTILE_AGENT)})
         client.get("/")
     events = spooled(app)
     assert len(events) == 2
@@ -224,7 +224,7 @@ def test_a_control_character_in_the_user_agent_stays_inside_its_line(app, client
 
 def test_a_control_character_in_the_user_agent_survives_the_replay(app, api, client, runner):
     with audit_table_unavailable(app):
-        client.get("/", environ_base={"HTTP_USER_AGENT": HOSTILE_AGENT})
+        client.get("/", environ_base={"HTTP_USER_AGENT": wsgi_header(HOSTILE_AGENT)})
     flask_audit(runner, "replay")
     assert [row.user_agent for row in api.rows()] == [HOSTILE_AGENT]
     assert verify_line(runner)[0] == 0

@@ -2,6 +2,7 @@
 
 - `subscribers`: receivers connected at module level to auth_log, v1_log, main_log and Flask's
   got_request_exception; they turn a signal plus the request into an `AuditEvent`.
-- `writer`: stores an event in its own transaction, before the response leaves.
+- `writer`: stores an event in its own transaction, before the response leaves; `spool` holds
+  what the database cannot take, `refusals` decides what it refused for its content.
 - `query`: the filters, visibility rule and keyset cursor of GET /v1/logs.
 """

@@ -1,5 +1,7 @@
 """An audit event, and the parts of the request every event carries."""
 
+import ipaddress
+import json
 import re
 import uuid
 from dataclasses import dataclass, field, fields
@@ -8,9 +10,12 @@ from datetime import datetime
 from flask import Response, g, has_request_context, request
 
 from backend.clock import utcnow
+from backend.models import Log
 
 TRACK_MAX = 2000
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# How many characters of a client address that is not one the track quotes.
+ADDRESS_QUOTED_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -36,17 +41,24 @@ class AuditEvent:
         """The column values of the `audit_log` row.
 
         NUL (which PostgreSQL text cannot hold) and lone surrogates (which no UTF-8 encoder
-        takes, e.g. from JSON's "\\ud800") are stored as U+FFFD on every database: an event
-        the database can never take would stay first in the spool and hold back every later one.
+        takes, e.g. from JSON's "\\ud800") are stored as U+FFFD on every database, and a string
+        is cut to its column's length (COLUMN_LENGTHS): an event the database refuses would
+        have to be set aside (writer.py), where it is read by a person, not queried.
         """
         row = {}
         for name in FIELDS:  # not dataclasses.asdict: its deep copies cost more than the rest
             value = getattr(self, name)
-            row[name] = storable(value) if isinstance(value, str) else value
+            if isinstance(value, str):
+                value = storable(value)[:COLUMN_LENGTHS.get(name)]
+            row[name] = value
         return row
 
 
 FIELDS = tuple(field.name for field in fields(AuditEvent))
+# The length of each bounded text column of the trail (varchar(n) on PostgreSQL), read from the
+# model so that a migration that widens a column widens what is stored.
+COLUMN_LENGTHS = {column.name: column.type.length for column in Log.__table__.columns
+                  if column.name in FIELDS and getattr(column.type, "length", None)}
 
 
 def storable(text: str) -> str:
@@ -57,22 +69,53 @@ def storable(text: str) -> str:
 def event_from_signal(source: str, *, event: str, level: str = "INFO", track: str = "",
                       user: str | None = None, status: int | None = None) -> AuditEvent:
     """Combine what a signal said with who asked and how (nothing outside a request)."""
-    return AuditEvent(source=source, event=event, level=level, track=track[:TRACK_MAX],
-                      user=(user or None) and user[:64], status=status, **request_fields())
+    context, note = request_fields()
+    return AuditEvent(source=source, event=event, level=level,
+                      track=track[:TRACK_MAX - len(note)] + note, user=user or None,
+                      status=status, **context)
 
 
-def request_fields() -> dict:
-    """Client address (after ProxyFix), method, path, request id and user agent."""
+def request_fields() -> tuple[dict, str]:
+    """Client address (after ProxyFix), method, path, request id and user agent; and what the
+    track should add about them: a client address that is not an IP address, quoted."""
     if not has_request_context():
-        return {}
+        return {}, ""
     current = request._get_current_object()  # one proxy lookup, not five
+    address = header_text(current.remote_addr or "")
+    ip, note = ip_address_or_none(address), ""
+    if ip is None and address:
+        # A proxy we trust passed on what a client wrote. Kept, quoted, for a person to see;
+        # it moves to `details` when the trail gains that field (CONTRACT.md, second release).
+        note = (f" [client address is not an IP address:"
+                f" {json.dumps(address[:ADDRESS_QUOTED_MAX])}]")
     return {
-        "ip": current.remote_addr,
-        "method": current.method[:16],
-        "path": current.path[:2048],
+        "ip": ip,
+        "method": current.method,
+        "path": current.path,
         "request_id": g.get("request_id"),
-        "user_agent": current.environ.get("HTTP_USER_AGENT", "")[:512] or None,
-    }
+        "user_agent": header_text(current.environ.get("HTTP_USER_AGENT", "")) or None,
+    }, note
+
+
+def header_text(value: str) -> str:
+    """A header's text: WSGI hands header bytes over decoded as Latin-1 (PEP 3333), so a UTF-8
+    header arrives as mojibake; these are its bytes decoded as UTF-8, invalid bytes as U+FFFD.
+    (A value that Latin-1 cannot encode was never bytes: a test's environ. It stays as is.)"""
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value
+    return raw.decode("utf-8", errors="replace")
+
+
+def ip_address_or_none(text: str) -> str | None:
+    """`text` if it is an IPv4 or IPv6 address that fits the `ip` column, else None (whatever
+    else a proxy passed on from X-Forwarded-For)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return text if len(text) <= COLUMN_LENGTHS["ip"] else None
 
 
 def level_for_status(status: int) -> str:

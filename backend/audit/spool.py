@@ -34,11 +34,23 @@ def encode(event: AuditEvent) -> bytes:
 
 
 def decode(line: bytes) -> AuditEvent:
-    """The event a line of the spool holds."""
+    """The event a line of the spool holds; ValueError, KeyError or TypeError if it holds none
+    (a value of the wrong type would fail in the driver, not in the database, as an outage)."""
     row = json.loads(line)
     row["created_at"] = datetime.fromisoformat(row["created_at"])
+    if row["created_at"].tzinfo is None:
+        raise ValueError("a naive created_at")
     row["event_id"] = uuid.UUID(row["event_id"])
+    for name, kind in _JSON_TYPES.items():
+        if not isinstance(row.get(name), kind) or isinstance(row.get(name), bool):
+            raise TypeError(f"{name} is not a {kind}")
     return AuditEvent(**{name: row[name] for name in FIELDS if name in row})
+
+
+# What each other field of an event may be in JSON.
+_JSON_TYPES = {name: (str,) if name in ("source", "event", "level", "track") else
+               (int, type(None)) if name == "status" else (str, type(None))
+               for name in FIELDS if name not in ("created_at", "event_id")}
 
 
 class Spool:
@@ -84,16 +96,34 @@ class Spool:
                     self._set_aside(line)
             yield Drain(file, events)
 
+    @property
+    def rejected_path(self) -> Path:
+        """The file beside the spool where what the database cannot take is kept for a person."""
+        return self.path.with_name(self.path.name + ".rejected")
+
+    def set_aside(self, event: AuditEvent) -> None:
+        """Keep an event the database refused in the rejected file, durably (or OSError), as
+        a spool line: once fixed, a person can append it to the spool and replay it."""
+        self._keep_rejected(encode(event))
+
     def _set_aside(self, line: bytes) -> None:
         # A line cut short by a crash mid-append: its request never got an answer, so nothing
         # was promised; keep the bytes for a person, out of the way of the replay.
         if not line.strip():
             return
         logger.error("audit spool: setting aside an unreadable line (%d bytes)", len(line))
-        with open(self.path.with_name(self.path.name + ".rejected"), "ab") as rejected:
-            rejected.write(line if line.endswith(b"\n") else line + b"\n")
-            rejected.flush()
-            os.fsync(rejected.fileno())
+        self._keep_rejected(line if line.endswith(b"\n") else line + b"\n")
+
+    def _keep_rejected(self, line: bytes) -> None:
+        # Owner-only, like the spool: it holds what clients sent. One write of O_APPEND, so
+        # processes that set events aside at once never interleave their lines.
+        fd = os.open(self.rejected_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError("a short write: the disk is full")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     @contextmanager
     def _locked(self) -> Iterator:

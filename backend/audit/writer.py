@@ -7,6 +7,10 @@ timeout, disk full), fsync'd to the local spool, which is replayed in order and 
 the next successful write (or by `flask audit replay`). When neither can take it, the request
 fails closed with 503 rather than answering without its record.
 
+An event the database refuses for what it holds (refusals.py) is set aside in the spool's
+rejected file and recorded as `audit.rejected`, on the write path and on replay alike; the
+events it shared a batch with are written as if it had not been there.
+
 Group commit (GroupCommit): the events of a process's concurrent requests are appended in
 one transaction: one chain lock, one commit, one disk flush for the lot, instead of one each;
 each request still returns only once its own event is durable.
@@ -15,6 +19,7 @@ each request still returns only once its own event is durable.
 import logging
 import threading
 from collections import deque
+from dataclasses import dataclass
 from itertools import islice
 
 import psycopg
@@ -23,7 +28,7 @@ from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import ServiceUnavailable
 
-from backend.audit import chain
+from backend.audit import chain, refusals
 from backend.audit.events import AuditEvent
 from backend.audit.spool import Spool
 from backend.db_types import autocommit_connection, discard_closed_connections, sqlite_pragmas
@@ -57,11 +62,12 @@ class AuditWriter:
         return self.group.submit(event)
 
     def write_batch(self, events: list[AuditEvent]) -> list[int | None]:
-        """Make `events` durable together, in order: their row ids, or None each if spooled."""
+        """Make `events` durable together, in order: their row ids, or None each if spooled
+        (or set aside: refused by the database, and recorded as such)."""
         try:
             if self.spool.pending():
-                return self._replay_then(events)[1]
-            return self._append_and_commit(events)
+                return self._replay_then(events).ids
+            return self._commit_each_that_fits(events, [])
         except (SQLAlchemyError, psycopg.Error):
             logger.exception("audit write of %d events failed; spooling them", len(events))
         try:
@@ -71,17 +77,58 @@ class AuditWriter:
             raise AuditUnavailable() from None
         return [None] * len(events)
 
-    def _replay_then(self, events: list[AuditEvent]) -> tuple[int, list[int]]:
-        """Replay the spool, then `events`, in one transaction, holding the spool meanwhile;
-        return (how many spooled events were written, the ids of `events`)."""
+    def _replay_then(self, events: list[AuditEvent]) -> "Replay":
+        """Replay the spool, then `events`, in one transaction, holding the spool meanwhile
+        (the events the database refuses are moved to the rejected file)."""
+        set_aside: list[tuple[AuditEvent, str]] = []
         with self.spool.draining() as drain:
-            with self.engine.begin() as connection:
+            with self.engine.connect() as connection:
                 waiting = _not_yet_written(connection, drain.events)
-                ids = self._append(connection, [*waiting, *events]) if waiting or events else []
+            ids = self._commit_each_that_fits([*waiting, *events], set_aside)
             drain.done()
+        replayed = sum(row_id is not None for row_id in ids[:len(waiting)])
         if waiting:
-            logger.warning("replayed %d spooled audit events", len(waiting))
-        return len(waiting), ids[len(waiting):]
+            logger.warning("replayed %d spooled audit events", replayed)
+        return Replay(replayed, set_aside, ids[len(waiting):])
+
+    def _commit_each_that_fits(self, events: list[AuditEvent],
+                               set_aside: list[tuple[AuditEvent, str]]) -> list[int | None]:
+        """Append and commit `events` in order, in one transaction unless the database refuses
+        one for its content: then the batch is halved until that event stands alone, every
+        other is committed, and it is set aside (added to `set_aside` with the database's
+        reason). The ids, None for an event set aside."""
+        if not events:
+            return []
+        try:
+            return self._append_and_commit(events)
+        except refusals.REFUSALS as error:
+            if len(events) == 1:
+                set_aside.append((events[0], self._set_aside(events[0], error)))
+                return [None]
+            half = len(events) // 2
+            return (self._commit_each_that_fits(events[:half], set_aside)
+                    + self._commit_each_that_fits(events[half:], set_aside))
+
+    def _set_aside(self, event: AuditEvent, error: BaseException) -> str:
+        """Record that the database refused `event`, then keep it in the rejected file;
+        return the database's reason."""
+        why = refusals.reason(error)
+        try:
+            self._append_and_commit([refusals.rejection(event, why,
+                                                        self.spool.rejected_path.name)])
+        except refusals.REFUSALS:
+            # Refusing even this row, the database refuses every event, not this one's
+            # content (a chain head behind its rows, a broken constraint): an outage, spooled.
+            logger.error("the database refuses the record of a refused event too")
+            raise error from None
+        logger.error("the database refused audit event %s; set aside in %s: %s",
+                     event.event_id, self.spool.rejected_path, why)
+        try:
+            self.spool.set_aside(event)
+        except OSError:
+            logger.exception("could not set aside audit event %s", event.event_id)
+            raise AuditUnavailable() from None
+        return why
 
     def _append_and_commit(self, events: list[AuditEvent]) -> list[int]:
         if self.engine.dialect.name != "postgresql":
@@ -94,15 +141,25 @@ class AuditWriter:
     def _append(self, connection: sa.Connection, events: list[AuditEvent]) -> list[int]:
         return chain.append(connection, events, self.key, self.checkpoint_every)
 
-    def replay(self) -> int:
-        """Write every spooled event (`flask audit replay`); return how many were written."""
-        return self._replay_then([])[0]
+    def replay(self) -> "Replay":
+        """Write every spooled event (`flask audit replay`): how many were written, and which
+        the database refused (set aside)."""
+        return self._replay_then([])
 
     def forget_connections(self, close: bool = True) -> None:
         """Empty the engine's pool (closing the connections unless `close` is False: a forked
         worker's are its parent's too) and start an empty group-commit line."""
         self.engine.dispose(close=close)
         self.group = GroupCommit(self.write_batch)
+
+
+@dataclass
+class Replay:
+    """What a replay of the spool did."""
+
+    replayed: int  # spooled events now in the trail
+    set_aside: list[tuple[AuditEvent, str]]  # refused by the database, and its reason
+    ids: list[int | None]  # of the events written after the spool's
 
 
 class GroupCommit:

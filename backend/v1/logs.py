@@ -92,7 +92,9 @@ def export_logs(args: dict):
     Every row that the filters of `GET /v1/logs` select and the caller may see, oldest first
     (the chain's order), with `event_id`, `prev_hash` and `hash` for offline verification.
     Streamed: any number of rows in constant memory. In CSV a text cell that a spreadsheet
-    would run as a formula (it starts with `=`, `+`, `-`, `@`, tab or CR) gets a `'` in front.
+    would run as a formula gets a `'` in front: one that starts with a tab, CR or LF, or whose
+    first character that is not whitespace or invisible is `=`, `+`, `-` or `@` after NFKC
+    normalisation (full-width `＝` too).
     """
     fmt = args.pop("format")
     statement = export.statement(args, token_auth.current_user(), db.engine.dialect.name, fmt)
