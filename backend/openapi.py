@@ -41,6 +41,14 @@ def complete(spec: dict) -> dict:
                 # APIFairy adds a 204 to a route documented by @other_responses alone.
                 operation["responses"].pop("204", None)
     _streamed_export(spec["paths"]["/v1/logs/export"]["get"])
+    # HTTP Basic alone, with no body, logs in, and so does a JSON body alone.
+    login = spec["paths"]["/login"]["post"]
+    login["requestBody"]["required"] = False
+    login["security"] = [{"basic_auth": []}, {}]
+    # Both fields; `{}` only says "no credentials here" (HTTP Basic carries them, or it is
+    # answered with a challenge).
+    spec["components"]["schemas"]["Login"]["anyOf"] = [
+        {"required": ["username", "password"]}, {"maxProperties": 0}]
     return spec
 
 
