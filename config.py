@@ -10,6 +10,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
 
@@ -72,6 +73,9 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         or str(instance_path / "audit-spool.jsonl"),
         "TOKEN_TTL": positive_int(environ, "TOKEN_TTL", 3600),
         "TRUSTED_PROXY_HOPS": positive_int(environ, "TRUSTED_PROXY_HOPS", 0, minimum=0),
+        "PUBLIC_URL": public_url(environ.get("PUBLIC_URL")),
+        # Flask (>= 3.1) answers 400 to a request whose Host is not one of these; None: any.
+        "TRUSTED_HOSTS": trusted_hosts(environ.get("TRUSTED_HOSTS")),
         **_login_security(environ),
         "ADMIN_USERNAME": environ.get("ADMIN_USERNAME") or None,
         "ADMIN_PASSWORD": environ.get("ADMIN_PASSWORD") or None,
@@ -88,6 +92,42 @@ def database_url_for_sqlalchemy(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def public_url(raw: str | None) -> str | None:
+    """PUBLIC_URL, the address clients reach the service at (`https://audit.example.com`, or
+    under a path prefix `https://example.com/audit`), without a trailing slash; None when unset.
+
+    Every absolute URL the service writes (the OpenAPI document's `servers`, the links of `/`,
+    `Link` headers) starts with it, whatever Host a request names."""
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
+    except ValueError as error:
+        raise ConfigError(f"PUBLIC_URL is not a URL ({error}): {raw!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not raw.isprintable() \
+            or " " in raw:
+        raise ConfigError(f"PUBLIC_URL must be http:// or https:// and a host, not {raw!r}")
+    if parts.query or parts.fragment or "?" in raw or "#" in raw:
+        raise ConfigError(f"PUBLIC_URL must have no query or fragment, not {raw!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"PUBLIC_URL must carry no user name or password, not {raw!r}")
+    return raw.rstrip("/")
+
+
+def trusted_hosts(raw: str | None) -> list[str] | None:
+    """TRUSTED_HOSTS: comma-separated host names (`.example.com` takes its subdomains too);
+    None when unset, meaning any host."""
+    if not raw or not raw.strip():
+        return None
+    hosts = [host.strip() for host in raw.split(",")]
+    for host in hosts:
+        if not host or "/" in host or " " in host:
+            raise ConfigError("TRUSTED_HOSTS must be host names separated by commas"
+                              f" (e.g. audit.example.com,localhost), not {raw!r}")
+    return hosts
 
 
 def _login_security(environ: Mapping[str, str]) -> dict:

@@ -2,8 +2,11 @@
 
 Every response the API can give is in the document, so a client (or schemathesis) can rely on
 it: the errors any route may answer with, the export's two media types, `level` as the
-comma-separated text it is, and the document's own route.
+comma-separated text it is, and the document's own route. Its `servers` come from the
+settings, never from a request: PUBLIC_URL, or `/` (the host the document was fetched from).
 """
+
+from flask import current_app
 
 from backend.extensions import apifairy
 from backend.models import LEVELS
@@ -20,6 +23,8 @@ NOT_AUDITED = ("/healthz",)
 @apifairy.process_apispec
 def complete(spec: dict) -> dict:
     """Add to the generated document what the decorators leave out."""
+    # APIFairy writes the Host of the request that happened to build the document.
+    spec["servers"] = [{"url": current_app.config["PUBLIC_URL"] or "/"}]
     spec["paths"]["/v1/openapi.json"] = {"get": _document_route()}
     for path, operations in spec["paths"].items():
         for operation in operations.values():
@@ -36,6 +41,14 @@ def complete(spec: dict) -> dict:
                 # APIFairy adds a 204 to a route documented by @other_responses alone.
                 operation["responses"].pop("204", None)
     _streamed_export(spec["paths"]["/v1/logs/export"]["get"])
+    # HTTP Basic alone, with no body, logs in, and so does a JSON body alone.
+    login = spec["paths"]["/login"]["post"]
+    login["requestBody"]["required"] = False
+    login["security"] = [{"basic_auth": []}, {}]
+    # Both fields; `{}` only says "no credentials here" (HTTP Basic carries them, or it is
+    # answered with a challenge).
+    spec["components"]["schemas"]["Login"]["anyOf"] = [
+        {"required": ["username", "password"]}, {"maxProperties": 0}]
     return spec
 
 

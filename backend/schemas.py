@@ -20,6 +20,9 @@ USERNAME = validate.Regexp(
     r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z",
     error="1 to 64 characters: letters, digits and _ . @ - (starting with a letter or digit)",
 )
+# The same rule as the OpenAPI document must write it: JSON Schema patterns are ECMA 262
+# regular expressions, which have no \Z and whose `$` matches at the very end only.
+USERNAME_PATTERN = {"pattern": "^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"}
 
 
 def unicode_text(value: str) -> None:
@@ -60,10 +63,23 @@ class RFC3339DateTime(fields.AwareDateTime):
             raise ValidationError("is out of range") from None
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON `true` or `false`, nothing else: marshmallow's Boolean also takes 1, "yes", "on"..."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise ValidationError("must be true or false")
+        return value
+
+
 def no_nul(value: str) -> None:
     """PostgreSQL text cannot hold NUL; refuse it as a bad value, not a database error."""
     if "\x00" in value:
         raise ValidationError("must not contain NUL characters")
+
+
+# What no_nul refuses, as the OpenAPI document says it.
+NO_NUL = {"pattern": "^[^\\u0000]*$"}
 
 
 class ErrorBodySchema(ma.Schema):
@@ -82,8 +98,8 @@ class ErrorSchema(ma.Schema):
 
 class UserSchema(ma.Schema):
     id = fields.Integer(dump_only=True)
-    username = fields.String(required=True, validate=USERNAME)
-    is_admin = fields.Boolean(load_default=False)
+    username = fields.String(required=True, validate=USERNAME, metadata=USERNAME_PATTERN)
+    is_admin = StrictBoolean(load_default=False)
     created_at = UTCDateTime(dump_only=True)
 
 
@@ -97,7 +113,7 @@ class UserStatusSchema(UserSchema):
 
 
 class UserUpdateSchema(ma.Schema):
-    disabled = fields.Boolean(required=True, metadata={
+    disabled = StrictBoolean(required=True, metadata={
         "description": "`true` disables the user and revokes every token of theirs at once."})
 
 
@@ -192,16 +208,17 @@ class LevelList(DelimitedList):
 class LogFiltersSchema(ma.Schema):
     """The filters that /v1/logs and its export share."""
 
-    user = fields.String(validate=[validate.Length(min=1, max=64), no_nul])
-    ip = fields.String(metadata={"description": "An IPv4 or IPv6 address."})
+    user = fields.String(validate=[validate.Length(min=1, max=64), no_nul], metadata=NO_NUL)
+    ip = fields.String(metadata={"description": "An IPv4 or IPv6 address.",
+                                 "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
     level = LevelList(metadata={"description": "One or more levels, comma separated,"
                                                " case-insensitive, e.g. `WARNING,error`."})
     source = fields.String(validate=validate.OneOf(SOURCES))
-    event = fields.String(validate=[validate.Length(min=1, max=64), no_nul])
+    event = fields.String(validate=[validate.Length(min=1, max=64), no_nul], metadata=NO_NUL)
     since = RFC3339DateTime(metadata={"description": "RFC 3339; inclusive."})
     until = RFC3339DateTime(metadata={"description": "RFC 3339; exclusive."})
     q = fields.String(validate=[validate.Length(min=1, max=256), no_nul],
-                      metadata={"description": "Case-insensitive substring of `track`."})
+                      metadata={"description": "Case-insensitive substring of `track`.", **NO_NUL})
 
     @validates("ip")
     def _ip_address(self, value: str, **kwargs) -> None:
@@ -216,11 +233,17 @@ class LogFiltersSchema(ma.Schema):
             raise ValidationError("must be later than since", "until")
 
 
+# The shape of a cursor (itsdangerous' signed, URL-safe base64 `payload.signature`); only this
+# service's signature makes one valid.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
+
+
 class LogQuerySchema(LogFiltersSchema):
     order = fields.String(load_default="desc", validate=validate.OneOf(["desc", "asc"]))
     limit = fields.Integer(load_default=100, strict=False, validate=validate.Range(
         min=1, max=1000, error="must be between 1 and 1000"))
-    after = fields.String(metadata={"description": "The `next` cursor of the previous page."})
+    after = fields.String(metadata={"description": "The `next` cursor of the previous page.",
+                                    "pattern": CURSOR_PATTERN})
 
     @post_load
     def _decode_cursor(self, data: dict, **kwargs) -> dict:

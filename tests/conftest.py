@@ -7,6 +7,7 @@ skipped (and says so); under CI (CI=true) it fails instead, so CI can never pass
 import os
 import shutil
 from base64 import b64encode
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -140,6 +141,22 @@ class Api:
         response = self.client.post("/login", headers=basic(username, password))
         assert response.status_code == 200, response.get_json()
         return response.get_json()["token"]
+
+    def issue_token(self, username: str) -> str:
+        """A live token for `username`, stored straight in the database: no login, so no
+        lockout can refuse it, and no audit row."""
+        from backend.clock import utcnow
+        from backend.models import Token, User
+        from backend.security import new_token
+
+        token, digest = new_token()
+        with self.app.app_context():
+            user = db.session.scalar(sa.select(User).where(User.username == username))
+            now = utcnow()
+            db.session.add(Token(digest=digest, user=user, created_at=now,
+                                 expires_at=now + timedelta(hours=1)))
+            db.session.commit()
+        return token
 
     def get(self, path: str, token: str | None = None, **kwargs):
         return self.client.get(path, headers=bearer(token) if token else {}, **kwargs)

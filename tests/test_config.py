@@ -91,6 +91,36 @@ def test_a_negative_trusted_proxy_hops_is_refused(environ):
     assert "TRUSTED_PROXY_HOPS" in config_error(environ | {"TRUSTED_PROXY_HOPS": "-1"})
 
 
+@pytest.mark.parametrize("value", [
+    "audit.example.com", "ftp://audit.example.com", "https://", "https:///v1",
+    "https://audit.example.com/?next=1", "https://audit.example.com/?", "https://audit.example.com#top",
+    "https://admin:secret@audit.example.com", "https://audit.example.com:99999",
+    "https://audit.example.com:port", "https://audit example.com", "https://audit.example.com\n",
+])
+def test_a_public_url_that_is_not_an_http_base_url_is_refused(environ, value):
+    assert "PUBLIC_URL" in config_error(environ | {"PUBLIC_URL": value})
+
+
+def test_public_url_is_kept_without_its_trailing_slash(environ):
+    result = settings(environ | {"PUBLIC_URL": "https://audit.example.com:8443/audit/"})
+    assert result["PUBLIC_URL"] == "https://audit.example.com:8443/audit"
+
+
+def test_public_url_and_trusted_hosts_default_to_unset(environ):
+    assert (settings(environ)["PUBLIC_URL"], settings(environ)["TRUSTED_HOSTS"]) == (None, None)
+
+
+def test_trusted_hosts_is_a_comma_separated_list(environ):
+    result = settings(environ | {"TRUSTED_HOSTS": "audit.example.com, .example.org,127.0.0.1"})
+    assert result["TRUSTED_HOSTS"] == ["audit.example.com", ".example.org", "127.0.0.1"]
+
+
+@pytest.mark.parametrize("value", ["audit.example.com,,localhost", "https://audit.example.com",
+                                   "audit.example.com localhost"])
+def test_trusted_hosts_that_are_not_host_names_are_refused(environ, value):
+    assert "TRUSTED_HOSTS" in config_error(environ | {"TRUSTED_HOSTS": value})
+
+
 @pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
 def test_postgresql_urls_use_psycopg_3(environ, scheme):
     url = f"{scheme}://audit:secret@db.example:5432/audit"

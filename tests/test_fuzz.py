@@ -1,59 +1,110 @@
-"""schemathesis against /v1/openapi.json, with a valid admin token: every documented operation,
-with data that fits the document and data that does not. Any 5xx, an undocumented status or
-content type, a body that is not what the document says, a request that breaks the document
-yet is not refused, or a route that ignores its auth is a failure.
+"""schemathesis against the served API, as an outside tester runs `st run --checks all`.
 
-Bounded: MAX_EXAMPLES requests per operation and mode, derandomized (the same requests every
-run), no deadline, no example database on disk. It drives the generated cases itself, through
-schemathesis' Python API, rather than its pytest plugin.
+`make run`'s gunicorn serves each database (tests/serving.py); schemathesis' engine (the one
+behind its command line) reads /v1/openapi.json and runs every phase (explicit examples,
+coverage of each constraint's edges, fuzzing with valid and invalid data, stateful where the
+document has links) with every check: a 5xx, an undocumented status, content type or header,
+a body that is not what the document says, invalid data accepted or valid data refused, a
+method or a missing header answered wrongly, a route that ignores its auth. Any of those, and
+any error of the run itself, fails the test.
+
+Bounded and repeatable: MAX_EXAMPLES cases per operation and phase, one pass of each phase
+(no `max-time`: with one, the engine repeats fuzzing until the time is spent), a fixed seed
+and derandomized generation (the same requests every run), no example database or cache on
+disk, one worker, and a timeout on every request so a hang fails rather than stalls CI.
 """
 
+import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
-from schemathesis.checks import not_a_server_error
-from schemathesis.generation.modes import GenerationMode
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    ignored_auth,
-    negative_data_rejection,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from schemathesis.config._checks import POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES
+from schemathesis.engine import Status, events, from_schema
+
+from tests.conftest import ADMIN, basic
+from tests.test_serving import serving
+
+pytestmark = pytest.mark.serving
 
 MAX_EXAMPLES = 25
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, negative_data_rejection, ignored_auth]
-SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=list(HealthCheck))
+REQUEST_TIMEOUT = 30  # seconds
+SEED = 20261204
 
 
-def test_the_api_keeps_to_its_document(app, users):
-    schema = schemathesis.openapi.from_wsgi("/v1/openapi.json", app)
-    failures, fuzzed, unsatisfiable = {}, set(), set()
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode in GenerationMode:
-            try:
-                fuzz(operation, mode, users["admin"])
-            except Unsatisfiable:  # nothing to get wrong: no parameters, no body
-                unsatisfiable.add((operation.label, mode.value))
-                continue
-            except Exception as error:  # noqa: BLE001 (collected, then reported together)
-                failures[f"{operation.label} ({mode})"] = f"{type(error).__name__}: {error}"
-            fuzzed.add(operation.label)
-    # Every operation is exercised, and only negative data can be impossible to make.
-    assert fuzzed == {result.ok().label for result in schema.get_all_operations()}
-    assert {mode for _, mode in unsatisfiable} <= {"negative"}
-    assert not failures, "\n\n".join(f"{name}:\n{error}" for name, error in failures.items())
+def engine_config() -> schemathesis.Config:
+    """`st run --checks all --phases examples,coverage,fuzzing,stateful --seed SEED
+    --generation-deterministic --max-examples MAX_EXAMPLES --generation-database none`."""
+    return schemathesis.Config.from_dict({
+        "seed": SEED,
+        "request-timeout": REQUEST_TIMEOUT,
+        # Nothing learnt by an earlier run changes this one, and nothing is left on disk.
+        "cache": {"enabled": False},
+        "workers": 1,
+        "checks": {"enabled": True},
+        "phases": {name: {"enabled": True}
+                   for name in ("examples", "coverage", "fuzzing", "stateful")}
+        # Error feedback (a generation aid, not a check) reads our 400's `details` as where the
+        # body's fields go and then sends `{"error": {"details": {"username": ...}}, ...}` as
+        # valid data; schemathesis 4.32's misreading, so it is off.
+        | {"fuzzing": {"enabled": True, "error-feedback": {"enabled": False}}},
+        "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True,
+                       "database": "none"},
+        "operations": [{
+            # Rules JSON Schema cannot state, so valid-looking data may still get a 400 there:
+            # `until` after `since`, at most 1000 buckets, and `after` a cursor this service
+            # signed (each 400 names its field; tests/test_logs.py and test_stats.py).
+            "include-path-regex": "^/v1/logs(/export|/stats)?$",
+            "checks": {"positive_data_acceptance": {
+                "expected-statuses": [*POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES, "400"]}},
+        }],
+    })
 
 
-def fuzz(operation, mode: GenerationMode, token: str) -> None:
-    @SETTINGS
-    @given(case=operation.as_strategy(generation_mode=mode))
-    def run(case):
-        # /login takes HTTP Basic or a JSON body, as generated; the rest, the admin's token.
-        headers = None if case.path == "/login" else {"Authorization": f"Bearer {token}"}
-        case.call_and_validate(headers=headers, checks=CHECKS)
+def credentials(api, token: str) -> type:
+    """The auth of each case: HTTP Basic for /login; for /logout, which revokes the token it
+    is sent with, a token of its own each time; the admin's token everywhere else."""
 
-    run()
+    class Credentials:
+        def get(self, case, context) -> str:
+            if case.path == "/login":
+                return basic(*ADMIN)["Authorization"]
+            if case.path == "/logout":
+                return f"Bearer {api.issue_token(ADMIN[0])}"
+            return f"Bearer {token}"
+
+        def set(self, case, data: str, context) -> None:
+            case.headers = {**(case.headers or {}), "Authorization": data}
+
+    return Credentials
+
+
+def run(schema) -> tuple[dict, set]:
+    """Run the engine; return its failures and errors by operation, and the operations run."""
+    problems: dict[str, set[str]] = {}
+    exercised = set()
+    for event in from_schema(schema).execute():
+        if isinstance(event, events.ScenarioFinished):
+            if event.status != Status.SKIP:
+                exercised.add(event.recorder.label)
+            for nodes in event.recorder.checks.values():
+                for node in nodes:
+                    if node.failure_info is not None:
+                        failure = node.failure_info.failure
+                        problems.setdefault(event.recorder.label, set()).add(
+                            f"{node.name} ({event.phase}): {failure.title}\n{failure.message}\n"
+                            f"{node.failure_info.code_sample}")
+        elif isinstance(event, events.NonFatalError | events.FatalError):
+            label = getattr(event, "label", "the run")
+            problems.setdefault(label, set()).add(f"error: {event.info.format()}")
+    return problems, exercised
+
+
+def test_the_api_keeps_to_its_document(database_url, api, users, tmp_path):
+    server_path = tmp_path / "server"
+    server_path.mkdir()
+    with serving(database_url, server_path) as (client, _):
+        schema = schemathesis.openapi.from_url(f"{client.base_url}/v1/openapi.json",
+                                               config=engine_config())
+        schema.auth(refresh_interval=None)(credentials(api, users["admin"]))
+        problems, exercised = run(schema)
+    assert not problems, "\n\n".join(
+        f"{label}:\n" + "\n".join(sorted(found)) for label, found in sorted(problems.items()))
+    assert {operation.ok().label for operation in schema.get_all_operations()} <= exercised

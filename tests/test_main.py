@@ -159,3 +159,33 @@ def test_openapi_says_v1_routes_need_the_bearer_token(openapi):
     for path in protected:
         for operation in openapi["paths"][path].values():
             assert bearer_names & {name for need in operation["security"] for name in need}
+
+
+def query_parameter(openapi, path: str, name: str) -> dict:
+    [parameter] = [p for p in openapi["paths"][path]["get"]["parameters"] if p["name"] == name]
+    return parameter["schema"]
+
+
+def test_openapi_says_ip_is_an_ipv4_or_ipv6_address(openapi):
+    assert query_parameter(openapi, "/v1/logs", "ip")["anyOf"] == [
+        {"format": "ipv4"}, {"format": "ipv6"}]
+
+
+def test_openapi_says_text_filters_hold_no_nul(openapi):
+    for name in ("user", "event", "q"):
+        assert query_parameter(openapi, "/v1/logs", name)["pattern"] == "^[^\\u0000]*$"
+
+
+def test_openapi_patterns_are_ecma_regular_expressions(openapi):
+    # JSON Schema patterns have no \\Z (Python's end of text); `$` is the very end there.
+    username = openapi["components"]["schemas"]["NewUser"]["properties"]["username"]
+    assert username["pattern"] == "^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+
+
+def test_openapi_login_takes_http_basic_or_a_body_of_both_fields(openapi):
+    login = openapi["paths"]["/login"]["post"]
+    assert login["security"] == [{"basic_auth": []}, {}]
+    assert login["requestBody"]["required"] is False
+    assert openapi["components"]["schemas"]["Login"]["anyOf"] == [
+        {"required": ["username", "password"]}, {"maxProperties": 0}]
+

@@ -132,6 +132,12 @@ def test_the_longest_valid_username_is_accepted(api, users):
     assert response.status_code == 201
 
 
+@pytest.mark.parametrize("is_admin", [1, 0, "true", "yes", None])
+def test_is_admin_that_is_not_a_json_boolean_is_400_naming_it(app, api, users, is_admin):
+    assert_error(create(api, users["admin"], is_admin=is_admin), 400, details={"is_admin"})
+    assert list(stored_users(app)) == ["admin", "alice", "bob"]
+
+
 def test_a_short_password_is_400_naming_it(api, users):
     assert_error(create(api, users["admin"], password="short7!"), 400, details={"password"})
 

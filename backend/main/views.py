@@ -6,7 +6,7 @@ from importlib.metadata import version
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from apifairy import other_responses
-from flask import current_app, url_for
+from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.audit.writer import writer
@@ -14,6 +14,7 @@ from backend.errors import error_response
 from backend.extensions import db, main_log, migrate
 from backend.main import bp
 from backend.schemas import ErrorSchema, HealthSchema, IndexSchema, ReadySchema
+from backend.urls import external_url
 
 SERVICE = "flask-audit-trail"
 
@@ -28,13 +29,13 @@ def index():
         "service": SERVICE,
         "version": service_version(),
         "links": {
-            "login": url_for("auth.login", _external=True),
-            "logout": url_for("auth.logout", _external=True),
-            "me": url_for("v1.me", _external=True),
-            "logs": url_for("v1.logs", _external=True),
-            "openapi": url_for("apifairy.json", _external=True),
-            "health": url_for("main.healthz", _external=True),
-            "ready": url_for("main.readyz", _external=True),
+            "login": external_url("auth.login"),
+            "logout": external_url("auth.logout"),
+            "me": external_url("v1.me"),
+            "logs": external_url("v1.logs"),
+            "openapi": external_url("apifairy.json"),
+            "health": external_url("main.healthz"),
+            "ready": external_url("main.readyz"),
         },
     }
 

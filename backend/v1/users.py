@@ -8,7 +8,6 @@ from werkzeug.exceptions import Conflict, Forbidden, NotFound
 from backend.auth import accounts
 from backend.auth.credentials import authenticate_password
 from backend.clock import rfc3339
-from backend.errors import ValidationFailed
 from backend.extensions import db, token_auth, v1_log
 from backend.models import User
 from backend.schemas import (
@@ -70,21 +69,23 @@ def new_user(fields: dict):
 @authenticate(token_auth, role="admin")
 @body(UserUpdateSchema)
 @response(UserStatusSchema)
-@other_responses({**ADMIN_ONLY, 400: (ErrorSchema, "Invalid fields, or disabling yourself"),
+@other_responses({**UNAUTHORIZED, 400: (ErrorSchema, "Invalid fields"),
+                  403: (ErrorSchema, "Admins only; and no admin may disable themselves"),
                   404: (ErrorSchema, "No such user")})
 def update_user(fields: dict, user_id: int):
     """Disable or enable a user (admin)
 
     `{"disabled": true}` revokes every token of the user at once, and their logins get the
     same 401 as a wrong password; `{"disabled": false}` lets them log in again. An admin
-    cannot disable themselves. Non-admins get 403 whether or not the user exists.
+    cannot disable themselves (403). Non-admins get 403 whether or not the user exists.
     """
     user = db.session.get(User, user_id)
     if user is None:
         raise NotFound("No user with that id.")
     admin = token_auth.current_user()
     if fields["disabled"] and user.id == admin.id:
-        raise ValidationFailed({"disabled": ["you cannot disable yourself"]})
+        # A valid request that a rule refuses: 403, not the 400 of a malformed one.
+        raise Forbidden("You cannot disable yourself.")
     disabled = fields["disabled"]
     if disabled != user.disabled:
         revoked = accounts.set_disabled(user, disabled)
