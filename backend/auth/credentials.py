@@ -81,12 +81,18 @@ def _check(throttle: Throttle, username: str, password: str) -> tuple[User | Non
     db.session.close()
     problem = password_problem(user, password)
     if problem is None:
+        checked = user.password_hash
         db.session.add(user)  # back in the session, for the caller
-        if needs_rehash(user.password_hash):  # made with older parameters: replace it now,
+        if needs_rehash(checked):  # made with older parameters: replace it now,
             # unless the password changed since it was read: that hash is not ours to undo
+            rehashed = hash_password(password)
             db.session.execute(sa.update(User).where(User.id == user.id,
-                                                     User.password_hash == user.password_hash)
-                               .values(password_hash=hash_password(password)))
+                                                     User.password_hash == checked)
+                               .values(password_hash=rehashed))
+            checked = rehashed
+        # What a login's token is issued against (accounts.issue_token): the hash as read,
+        # not as the user's row holds it by then, which a password change may have replaced.
+        g.checked_password_hash = checked
         throttle.record_success()  # commits, the new hash with it
     else:
         throttle.record_failure()

@@ -4,14 +4,14 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from apifairy import authenticate, body, other_responses, response
-from flask import current_app, g
+from flask import abort, current_app, g
 
 from backend.auth import bp
+from backend.auth.accounts import issue_token
 from backend.clock import utcnow
 from backend.extensions import auth_log, basic_auth, db, token_auth
 from backend.models import Token
 from backend.schemas import ErrorSchema, LoginSchema, MessageSchema, TokenSchema
-from backend.security import new_token
 
 
 @bp.post("/login")
@@ -34,11 +34,15 @@ def login(credentials: dict):
     no further: 429, with `Retry-After` in seconds. README, "Login security", has the rules.
     """
     user = basic_auth.current_user()
-    token, digest = new_token()
     created_at = g.login_started_at
     expires_at = created_at + timedelta(seconds=current_app.config["TOKEN_TTL"])
-    db.session.add(Token(digest=digest, user=user, created_at=created_at, expires_at=expires_at))
+    token = issue_token(user.id, g.checked_password_hash, created_at, expires_at)
     db.session.commit()
+    if token is None:  # the password changed, or the user was disabled, since it was checked
+        auth_log.send(current_app._get_current_object(), event="login.failure",
+                      level="WARNING", user=user.username, status=401,
+                      track="password changed or user disabled during the login")
+        abort(basic_auth.auth_error_callback(401))  # the 401 of any failed login
     auth_log.send(current_app._get_current_object(), event="login.success", level="INFO",
                   user=user.username, status=200, track="logged in")
     return {"token": token, "token_type": "Bearer", "expires_at": expires_at, "user": user}
