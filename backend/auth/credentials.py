@@ -171,6 +171,28 @@ def verify_token(token: str) -> Caller | None:
     return g.caller
 
 
+def token_problem(token: str) -> tuple[str | None, str]:
+    """Why `token` is not live, for the trail: (its user's name, or None for a token nobody
+    was given; the reason), in the order LIVE_TOKEN checks."""
+    row = db.session.execute(
+        sa.select(User.username, User.disabled_at, User.password_changed_at, Token.created_at,
+                  Token.expires_at, Token.revoked_at)
+        .join(Token.user).where(Token.digest == token_digest(token))).first()
+    if row is None:
+        return None, "unknown token"
+    if row.revoked_at is not None:
+        problem = "revoked token"
+    elif row.expires_at <= utcnow():
+        problem = "expired token"
+    elif row.disabled_at is not None:
+        problem = "disabled user"
+    elif row.password_changed_at is not None and row.created_at < row.password_changed_at:
+        problem = "token older than the password"
+    else:  # live now: a user enabled again since the check
+        problem = "invalid token"
+    return row.username, problem
+
+
 @token_auth.get_user_roles
 def user_roles(user: Caller) -> list[str]:
     """`admin` for admins, nothing else."""

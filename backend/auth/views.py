@@ -1,6 +1,7 @@
 """POST /login and GET /logout."""
 
 from datetime import timedelta
+from typing import NoReturn
 
 import sqlalchemy as sa
 from apifairy import authenticate, body, other_responses, response
@@ -8,6 +9,7 @@ from flask import abort, current_app, g
 
 from backend.auth import bp
 from backend.auth.accounts import issue_token
+from backend.auth.credentials import token_problem
 from backend.clock import utcnow
 from backend.extensions import auth_log, basic_auth, db, token_auth
 from backend.models import Token
@@ -49,12 +51,14 @@ def login(credentials: dict):
 
 
 @bp.get("/logout")
-@authenticate(token_auth)
+@authenticate(token_auth, optional=True)  # a bad token is refused below, once recorded
 @response(MessageSchema)
 @other_responses({401: (ErrorSchema, "No valid bearer token"),
                   503: (ErrorSchema, "The audit trail cannot record the logout")})
 def logout():
     """Revoke the bearer token of this request"""
+    if token_auth.current_user() is None:
+        refuse_logout()
     db.session.execute(sa.update(Token)
                        .where(Token.id == g.caller.token_id, Token.revoked_at.is_(None))
                        .values(revoked_at=utcnow()))
@@ -62,3 +66,15 @@ def logout():
     auth_log.send(current_app._get_current_object(), event="logout", level="INFO",
                   user=token_auth.current_user().username, status=200, track="logged out")
     return {"message": "logged out"}
+
+
+def refuse_logout() -> NoReturn:
+    """A logout with a token that is not live: a `logout` row at WARNING saying why (like a
+    failed login's), then the 401 of any bad token. No token at all is a challenge, not an
+    attempt, and leaves no row (as a login without credentials)."""
+    token = getattr(token_auth.get_auth(), "token", None)
+    if token:
+        username, problem = token_problem(token)
+        auth_log.send(current_app._get_current_object(), event="logout", level="WARNING",
+                      user=username, status=401, track=problem)
+    abort(token_auth.auth_error_callback(401))
