@@ -9,7 +9,7 @@ import re
 
 import psycopg
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, got_request_exception, jsonify
 from marshmallow.exceptions import SCHEMA
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
@@ -100,6 +100,8 @@ def database_unreachable(error: Exception) -> Response:
     if not database_away(error):
         raise error
     current_app.logger.warning("database unreachable: %s", getattr(error, "orig", error))
+    # It still ended the request: on the record as an unhandled exception is (the row spools).
+    got_request_exception.send(current_app._get_current_object(), exception=error, status=503)
     return error_response(503, "The database is unavailable; try again shortly.",
                           headers={"Retry-After": "1"})
 

@@ -12,7 +12,7 @@ import pytest
 import config
 from backend import create_app, dispose_engines
 from backend.users import create_user
-from tests.conftest import ALICE, basic, bearer, make_settings, migrate_to_head
+from tests.conftest import ALICE, Api, basic, bearer, make_settings, migrate_to_head
 from tests.pgcluster import PrivateCluster, private_cluster
 from tests.test_errors import assert_error
 
@@ -70,3 +70,14 @@ def test_a_login_answers_503_while_the_database_is_away(app, cluster):
     with database_stopped(cluster):
         assert_retry_later(client.post("/login", headers=basic(*ALICE)))
     assert client.post("/login", headers=basic(*ALICE)).status_code == 200
+
+
+def test_a_request_the_database_was_away_for_leaves_a_request_exception_row(app, cluster):
+    """Spooled while the database is away, replayed once it is back."""
+    client = app.test_client()
+    with database_stopped(cluster):
+        refused = client.post("/login", headers=basic(*ALICE))
+    assert client.post("/login", headers=basic(*ALICE)).status_code == 200  # replays the spool
+    [row] = Api(app, client).rows(request_id=refused.headers["X-Request-ID"])
+    assert (row.event, row.level, row.status) == ("request.exception", "ERROR", 503)
+    assert row.track.startswith("sqlalchemy.exc.OperationalError: connection failed")
