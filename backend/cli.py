@@ -1,9 +1,11 @@
 """Command-line tools: `flask users ...` and `flask audit ...`."""
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
+from pathlib import Path
 
 import click
 import psycopg
@@ -69,9 +71,31 @@ def ensure_admin_command() -> None:
         return
     if generated is None:
         click.echo(f"created admin {user.username}")
+        return
+    # Standard output is the service's log stream (`make run`, `docker logs`), which others
+    # read and ship: the password goes to a file only its owner can read, and to the screen
+    # only when a person is looking at one.
+    path = keep_private(Path(current_app.instance_path) / GENERATED_PASSWORD_FILE, generated)
+    if sys.stdout.isatty():
+        click.echo(f"created admin {user.username} with password {generated} (shown once here;"
+                   f" also in {path}, readable by its owner only)")
     else:
-        click.echo(f"created admin {user.username} with password {generated}"
-                   " (shown once: write it down)")
+        click.echo(f"created admin {user.username}; its password is in {path}"
+                   " (readable by its owner only)")
+
+
+GENERATED_PASSWORD_FILE = "initial-admin-password"
+
+
+def keep_private(path: Path, text: str) -> Path:
+    """Write `text` to `path`, readable and writable by its owner only (0600), replacing what
+    was there; never through a symbolic link. Return the absolute path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # a file left from before keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as file:
+        file.write(text + "\n")
+    return path.resolve()
 
 
 @audit.command("verify")

@@ -7,8 +7,9 @@
 
 import re
 
+import psycopg
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, got_request_exception, jsonify
 from marshmallow.exceptions import SCHEMA
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
@@ -67,6 +68,41 @@ def no_connection_free(error: sa.exc.TimeoutError) -> Response:
     busy (a 503 to retry), not broken (a 500)."""
     current_app.logger.warning("no database connection free: %s", error)
     return error_response(503, "The service is busy; try again shortly.",
+                          headers={"Retry-After": "1"})
+
+
+# PostgreSQL's SQLSTATEs of a server that is going or not yet back: terminating connection
+# (admin_shutdown, crash_shutdown), "the database system is starting up" (cannot_connect_now).
+_SERVER_AWAY = ("57P01", "57P02", "57P03")
+
+
+def database_away(error: Exception) -> bool:
+    """Whether `error` says the database cannot be reached now (refused, cut, restarting), as
+    opposed to one that answered with an error about the statement."""
+    if isinstance(error, sa.exc.DBAPIError):
+        if error.connection_invalidated:  # SQLAlchemy saw the connection die
+            return True
+        error = error.orig
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    # No SQLSTATE: the driver's own failure to connect or to talk (no server answered);
+    # class 08: connection exceptions.
+    return error.sqlstate is None or error.sqlstate.startswith("08") or (
+        error.sqlstate in _SERVER_AWAY)
+
+
+@bp.app_errorhandler(sa.exc.DBAPIError)
+@bp.app_errorhandler(psycopg.OperationalError)  # the token lookup uses the driver directly
+def database_unreachable(error: Exception) -> Response:
+    """The database is away (a restart, a failover): a 503 that load balancers and clients
+    retry. Any other database error goes on to be the 500 of an unhandled exception, with
+    its request.exception row."""
+    if not database_away(error):
+        raise error
+    current_app.logger.warning("database unreachable: %s", getattr(error, "orig", error))
+    # It still ended the request: on the record as an unhandled exception is (the row spools).
+    got_request_exception.send(current_app._get_current_object(), exception=error, status=503)
+    return error_response(503, "The database is unavailable; try again shortly.",
                           headers={"Retry-After": "1"})
 
 

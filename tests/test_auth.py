@@ -1,9 +1,14 @@
 """POST /login and GET /logout, and the audit rows they leave."""
 
+from datetime import timedelta
+
 import pytest
+import sqlalchemy as sa
 from blinker import ANY
 
-from backend.extensions import auth_log
+from backend.clock import moved, utcnow
+from backend.extensions import auth_log, db
+from backend.models import User
 from tests.conftest import ALICE, basic, bearer
 from tests.test_errors import assert_error
 
@@ -95,6 +100,52 @@ def test_logout_leaves_a_row(api, client):
     client.get("/logout", headers=bearer(api.login(*ALICE)))
     [row] = api.rows(event="logout")
     assert (row.source, row.level, row.user, row.track) == ("auth", "INFO", "alice", "logged out")
+
+
+def failed_logout_row(api, client, token: str):
+    """GET /logout with `token`: it must be refused; return the one logout row it left."""
+    response = client.get("/logout", headers=bearer(token))
+    assert_error(response, 401)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    [row] = [row for row in api.rows(event="logout") if row.status == 401]
+    assert (row.source, row.level, row.method, row.path) == ("auth", "WARNING", "GET", "/logout")
+    return row
+
+
+def test_a_logout_with_a_revoked_token_is_401_and_leaves_a_row(api, client):
+    api.create_user(*ALICE)
+    token = api.login(*ALICE)
+    client.get("/logout", headers=bearer(token))
+    row = failed_logout_row(api, client, token)
+    assert (row.user, row.track) == ("alice", "revoked token")
+
+
+def test_a_logout_with_an_expired_token_is_401_and_leaves_a_row(api, client):
+    api.create_user(*ALICE)
+    token = api.login(*ALICE)
+    with moved(timedelta(seconds=api.app.config["TOKEN_TTL"] + 1)):
+        row = failed_logout_row(api, client, token)
+    assert (row.user, row.track) == ("alice", "expired token")
+
+
+def test_a_logout_with_an_unknown_token_is_401_and_leaves_a_row(api, client):
+    row = failed_logout_row(api, client, "not-a-token-anyone-was-given")
+    assert (row.user, row.track) == (None, "unknown token")
+
+
+def test_a_logout_with_the_token_of_a_disabled_user_names_the_user(api, client, users):
+    with api.app.app_context():
+        db.session.execute(sa.update(User).where(User.username == "alice")
+                           .values(disabled_at=utcnow()))
+        db.session.commit()
+    row = failed_logout_row(api, client, users["alice"])
+    assert (row.user, row.track) == ("alice", "disabled user")
+
+
+def test_a_logout_without_a_token_is_challenged_not_recorded(api, client):
+    response = client.get("/logout")
+    assert response.status_code == 401
+    assert api.rows(source="auth") == []
 
 
 def test_login_sends_auth_log_with_the_app_as_sender(app, api):

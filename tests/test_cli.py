@@ -1,14 +1,21 @@
 """`flask users create` and `flask users ensure-admin`."""
 
-import re
+import os
+import pty
+import shutil
+import stat
+import subprocess
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+import config
 from backend import create_app, dispose_engines
 from backend.extensions import db
 from backend.models import User
 from tests.conftest import ALICE, Api, basic, make_settings
+from tests.serving import BIN
 from tests.test_users import stored_users
 
 PASSWORD = "carol-password-1"
@@ -94,22 +101,73 @@ def test_create_with_a_short_password_fails_naming_the_field(app, runner):
     assert stored_users(app) == {}
 
 
-def test_ensure_admin_on_an_empty_database_creates_admin_with_a_printed_password(app, runner):
+def generated_password_file(app) -> Path:
+    return Path(app.instance_path) / "initial-admin-password"
+
+
+def test_ensure_admin_on_an_empty_database_keeps_the_password_in_an_owner_only_file(app, runner):
     result = run_ensure_admin(runner)
     assert result.exit_code == 0, result.output
-    match = re.fullmatch(r"created admin admin with password (\S+) \(shown once.*\)\n",
-                         result.output)
-    assert match, result.output
+    path = generated_password_file(app)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stored_users(app) == {"admin": True}
-    assert can_log_in(app, "admin", match[1])
+    assert can_log_in(app, "admin", path.read_text().strip())
 
 
-def test_ensure_admin_prints_a_new_random_password_each_time(app, runner):
-    first = run_ensure_admin(runner).output
+def test_ensure_admin_off_a_terminal_says_where_the_password_is_and_never_prints_it(app, runner):
+    """Standard output is the service's log stream (`make run`, `docker logs`)."""
+    result = run_ensure_admin(runner)
+    path = generated_password_file(app)
+    assert result.output == (
+        f"created admin admin; its password is in {path} (readable by its owner only)\n"
+    )
+    assert path.read_text().strip() not in result.output
+
+
+def test_ensure_admin_on_a_terminal_also_shows_the_password(sqlite_template, tmp_path):
+    database = tmp_path / "audit.db"
+    shutil.copy(sqlite_template, database)
+    output = ensure_admin_on_a_terminal(f"sqlite:///{database}", tmp_path)
+    password = (tmp_path / "initial-admin-password").read_text().strip()
+    assert f"created admin admin with password {password} " in output
+
+
+def ensure_admin_on_a_terminal(database_url: str, instance_path: Path) -> str:
+    """`flask users ensure-admin` with its standard output on a pseudo-terminal; what it
+    printed there."""
+    controller, terminal = pty.openpty()
+    env = {"PATH": os.environ.get("PATH", os.defpath), "APP_ENV": "development",
+           "DATABASE_URL": database_url, "INSTANCE_PATH": str(instance_path),
+           "SECRET_KEY": "test-secret-key"}
+    try:
+        done = subprocess.run([BIN / "flask", "users", "ensure-admin"], cwd=config.ROOT,
+                              env=env, stdin=subprocess.DEVNULL, stdout=terminal,
+                              stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(terminal)
+    assert done.returncode == 0, done.stderr
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: every writer of the terminal has closed it
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return output.decode()
+
+
+def test_ensure_admin_writes_a_new_random_password_each_time(app, runner):
+    run_ensure_admin(runner)
+    first = generated_password_file(app).read_text()
     with app.app_context():
         db.session.execute(sa.delete(User))
         db.session.commit()
-    assert run_ensure_admin(runner).output != first
+    run_ensure_admin(runner)
+    assert generated_password_file(app).read_text() != first
+    assert stat.S_IMODE(generated_password_file(app).stat().st_mode) == 0o600
 
 
 def test_ensure_admin_does_nothing_when_users_exist(app, api, runner):

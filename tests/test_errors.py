@@ -4,6 +4,7 @@
 """
 
 import pytest
+import sqlalchemy as sa
 
 from backend.extensions import db, token_auth
 from tests.conftest import ALICE, basic
@@ -38,15 +39,16 @@ def assert_error(response, status: int, details: set[str] | None = None) -> dict
     return error
 
 
-def add_crashing_route(app, api) -> str:
-    """Add GET /v1/boom (bearer auth) that raises RuntimeError; return alice's token for it.
+def crash():
+    raise RuntimeError(CRASH_MESSAGE)
+
+
+def add_crashing_route(app, api, boom=crash) -> str:
+    """Add GET /v1/boom (bearer auth) that runs `boom` (default: raise RuntimeError); return
+    alice's token for it.
 
     Routes can only be added before the app's first request, so this logs in afterwards.
     """
-
-    def boom():
-        raise RuntimeError(CRASH_MESSAGE)
-
     app.add_url_rule("/v1/boom", "boom", token_auth.login_required(boom))
     api.create_user(*ALICE)
     return api.login(*ALICE)
@@ -139,3 +141,14 @@ def test_a_request_that_finds_no_connection_free_is_a_503_to_retry(app, api):
     assert response.headers["Retry-After"] == "1"
     [row] = api.rows(event="api.request", status=503)
     assert row.path == "/v1/me"
+
+
+def test_a_database_error_that_is_no_lost_connection_stays_a_500_with_its_row(app, api):
+    """Only a database that cannot be reached is a 503 to retry (tests/test_database_away.py);
+    a statement the database refuses is a bug, recorded as one."""
+    token = add_crashing_route(
+        app, api, lambda: db.session.execute(sa.text("SELECT * FROM no_such_table"))
+    )
+    assert_error(api.get("/v1/boom", token), 500)
+    [row] = api.rows(event="request.exception")
+    assert "no_such_table" in row.track

@@ -152,7 +152,8 @@ def test_an_upgrade_never_undoes_a_password_change_made_during_the_login(api, cl
         return real(*args)
 
     monkeypatch.setattr(credentials, "check_password", changed_meanwhile)
-    assert client.post("/login", headers=basic(*ALICE)).status_code == 200
+    # The old password no longer logs in either (test_password_change_race.py).
+    assert client.post("/login", headers=basic(*ALICE)).status_code == 401
     [alice] = stored(api.app, User, username="alice")
     assert alice.password_hash == changed
 
@@ -286,9 +287,9 @@ def test_a_bad_password_change_is_400_naming_the_fields(client, users, body, fie
     assert_error(response, 400, details=fields)
 
 
-def login_racing(client, monkeypatch, act) -> str:
+def login_racing(client, monkeypatch, act):
     """Alice's login, with `act()` run right after it checked her password (before it made
-    its token); return the token it made."""
+    its token); return its response."""
     from backend.auth import credentials
 
     check = credentials.password_problem
@@ -300,22 +301,24 @@ def login_racing(client, monkeypatch, act) -> str:
         return problem
 
     monkeypatch.setattr(credentials, "password_problem", check_then_act)
-    raced = client.post("/login", headers=basic(*ALICE))
-    assert raced.status_code == 200
-    return raced.get_json()["token"]
+    return client.post("/login", headers=basic(*ALICE))
 
 
-def test_a_login_racing_a_password_change_gets_a_dead_token(api, client, users, monkeypatch):
-    token = login_racing(client, monkeypatch, lambda: change_password(client, users["alice"],
+def test_a_login_racing_a_password_change_is_refused(api, client, users, monkeypatch):
+    raced = login_racing(client, monkeypatch, lambda: change_password(client, users["alice"],
                                                                       ALICE[1]))
-    assert api.get("/v1/me", token).status_code == 401
+    wrong_password = client.post("/login", headers=basic("bob", "not-his-password"))
+    assert raced.status_code == wrong_password.status_code == 401
+    assert raced.data == wrong_password.data
+    assert same_headers(raced) == same_headers(wrong_password)
     assert api.get("/v1/me", api.login("alice", NEW_PASSWORD)).status_code == 200
 
 
-def test_a_login_racing_a_disable_gets_a_dead_token(api, client, users, monkeypatch):
+def test_a_login_racing_a_disable_is_refused(api, client, users, monkeypatch):
     uid = user_id(api.app, "alice")
-    token = login_racing(client, monkeypatch, lambda: disable(api, users["admin"], uid))
-    assert api.get("/v1/me", token).status_code == 401
+    raced = login_racing(client, monkeypatch, lambda: disable(api, users["admin"], uid))
+    assert raced.status_code == 401
+    assert stored(api.app, Token, user_id=uid, revoked_at=None) == []
 
 
 def test_the_openapi_document_tells_of_lockout_and_the_new_routes(client):

@@ -36,10 +36,13 @@ def record_main_event(sender, **event) -> None:
 
 
 @got_request_exception.connect
-def record_request_exception(sender, exception: BaseException, **extra) -> None:
-    """An unhandled exception: its class and message, at ERROR.
+def record_request_exception(sender, exception: BaseException, status: int = 500,
+                             **extra) -> None:
+    """An exception that ended the request: its class and message, at ERROR. `status` is the
+    response's: Flask sends none for an unhandled exception (a 500); errors.py sends 503 for a
+    database that could not be reached.
 
-    The response is a 500 whatever happens here, so a failed write is logged, not raised.
+    The response is what it is whatever happens here, so a failed write is logged, not raised.
     """
     try:
         username = getattr(token_auth.current_user(), "username", None)
@@ -52,6 +55,6 @@ def record_request_exception(sender, exception: BaseException, **extra) -> None:
     track = f"{type(exception).__module__}.{type(exception).__qualname__}: {cause}"
     try:
         write(event_from_signal("app", event="request.exception", level="ERROR", track=track,
-                                user=username, status=500))
+                                user=username, status=status))
     except AuditUnavailable:
         logger.error("could not record request.exception: %s", track)

@@ -81,12 +81,18 @@ def _check(throttle: Throttle, username: str, password: str) -> tuple[User | Non
     db.session.close()
     problem = password_problem(user, password)
     if problem is None:
+        checked = user.password_hash
         db.session.add(user)  # back in the session, for the caller
-        if needs_rehash(user.password_hash):  # made with older parameters: replace it now,
+        if needs_rehash(checked):  # made with older parameters: replace it now,
             # unless the password changed since it was read: that hash is not ours to undo
+            rehashed = hash_password(password)
             db.session.execute(sa.update(User).where(User.id == user.id,
-                                                     User.password_hash == user.password_hash)
-                               .values(password_hash=hash_password(password)))
+                                                     User.password_hash == checked)
+                               .values(password_hash=rehashed))
+            checked = rehashed
+        # What a login's token is issued against (accounts.issue_token): the hash as read,
+        # not as the user's row holds it by then, which a password change may have replaced.
+        g.checked_password_hash = checked
         throttle.record_success()  # commits, the new hash with it
     else:
         throttle.record_failure()
@@ -163,6 +169,28 @@ def verify_token(token: str) -> Caller | None:
         return None
     g.caller = Caller(*row)
     return g.caller
+
+
+def token_problem(token: str) -> tuple[str | None, str]:
+    """Why `token` is not live, for the trail: (its user's name, or None for a token nobody
+    was given; the reason), in the order LIVE_TOKEN checks."""
+    row = db.session.execute(
+        sa.select(User.username, User.disabled_at, User.password_changed_at, Token.created_at,
+                  Token.expires_at, Token.revoked_at)
+        .join(Token.user).where(Token.digest == token_digest(token))).first()
+    if row is None:
+        return None, "unknown token"
+    if row.revoked_at is not None:
+        problem = "revoked token"
+    elif row.expires_at <= utcnow():
+        problem = "expired token"
+    elif row.disabled_at is not None:
+        problem = "disabled user"
+    elif row.password_changed_at is not None and row.created_at < row.password_changed_at:
+        problem = "token older than the password"
+    else:  # live now: a user enabled again since the check
+        problem = "invalid token"
+    return row.username, problem
 
 
 @token_auth.get_user_roles

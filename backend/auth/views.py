@@ -1,17 +1,19 @@
 """POST /login and GET /logout."""
 
 from datetime import timedelta
+from typing import NoReturn
 
 import sqlalchemy as sa
 from apifairy import authenticate, body, other_responses, response
-from flask import current_app, g
+from flask import abort, current_app, g
 
 from backend.auth import bp
+from backend.auth.accounts import issue_token
+from backend.auth.credentials import token_problem
 from backend.clock import utcnow
 from backend.extensions import auth_log, basic_auth, db, token_auth
 from backend.models import Token
 from backend.schemas import ErrorSchema, LoginSchema, MessageSchema, TokenSchema
-from backend.security import new_token
 
 
 @bp.post("/login")
@@ -34,23 +36,29 @@ def login(credentials: dict):
     no further: 429, with `Retry-After` in seconds. README, "Login security", has the rules.
     """
     user = basic_auth.current_user()
-    token, digest = new_token()
     created_at = g.login_started_at
     expires_at = created_at + timedelta(seconds=current_app.config["TOKEN_TTL"])
-    db.session.add(Token(digest=digest, user=user, created_at=created_at, expires_at=expires_at))
+    token = issue_token(user.id, g.checked_password_hash, created_at, expires_at)
     db.session.commit()
+    if token is None:  # the password changed, or the user was disabled, since it was checked
+        auth_log.send(current_app._get_current_object(), event="login.failure",
+                      level="WARNING", user=user.username, status=401,
+                      track="password changed or user disabled during the login")
+        abort(basic_auth.auth_error_callback(401))  # the 401 of any failed login
     auth_log.send(current_app._get_current_object(), event="login.success", level="INFO",
                   user=user.username, status=200, track="logged in")
     return {"token": token, "token_type": "Bearer", "expires_at": expires_at, "user": user}
 
 
 @bp.get("/logout")
-@authenticate(token_auth)
+@authenticate(token_auth, optional=True)  # a bad token is refused below, once recorded
 @response(MessageSchema)
 @other_responses({401: (ErrorSchema, "No valid bearer token"),
                   503: (ErrorSchema, "The audit trail cannot record the logout")})
 def logout():
     """Revoke the bearer token of this request"""
+    if token_auth.current_user() is None:
+        refuse_logout()
     db.session.execute(sa.update(Token)
                        .where(Token.id == g.caller.token_id, Token.revoked_at.is_(None))
                        .values(revoked_at=utcnow()))
@@ -58,3 +66,15 @@ def logout():
     auth_log.send(current_app._get_current_object(), event="logout", level="INFO",
                   user=token_auth.current_user().username, status=200, track="logged out")
     return {"message": "logged out"}
+
+
+def refuse_logout() -> NoReturn:
+    """A logout with a token that is not live: a `logout` row at WARNING saying why (like a
+    failed login's), then the 401 of any bad token. No token at all is a challenge, not an
+    attempt, and leaves no row (as a login without credentials)."""
+    token = getattr(token_auth.get_auth(), "token", None)
+    if token:
+        username, problem = token_problem(token)
+        auth_log.send(current_app._get_current_object(), event="logout", level="WARNING",
+                      user=username, status=401, track=problem)
+    abort(token_auth.auth_error_callback(401))
