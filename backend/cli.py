@@ -18,6 +18,7 @@ from backend.clock import rfc3339
 from backend.errors import flat
 from backend.extensions import db
 from backend.models import Log
+from backend.roles import owner_engine
 from backend.schemas import LogFiltersSchema, NewUserSchema, RFC3339DateTime
 from backend.users import UsernameTaken, create_user, ensure_admin
 
@@ -112,7 +113,7 @@ def anchor_command(output) -> None:
 def purge_command(before: str, yes: bool) -> None:
     """Retention: delete rows older than DATE, leaving what remains verifiable."""
     cutoff = _moment(before)
-    with writer().engine.connect() as connection:
+    with owner_engine().connect() as connection:
         count, last_id = integrity.purge_plan(connection, cutoff)
     if not count:
         click.echo(f"no rows created before {rfc3339(cutoff)}")
@@ -127,7 +128,7 @@ def purge_command(before: str, yes: bool) -> None:
     deleted = 0
     with click.progressbar(length=count, label="purging", file=sys.stderr) as bar:
         while True:
-            with writer().engine.begin() as connection:
+            with owner_engine().begin() as connection:
                 batch = integrity.purge_batch(connection, writer().key, last_id)
             if not batch:
                 break

@@ -23,6 +23,7 @@ from backend.audit.chain import checkpoint_mac, row_hash
 from backend.clock import utcnow
 from backend.extensions import db
 from backend.models import AuditChain, Checkpoint, Log
+from backend.roles import owner_engine
 from tests.test_errors import assert_error
 
 PROTECTED = ("audit_log", "audit_checkpoint")
@@ -31,9 +32,9 @@ CHECKPOINT_EVERY_3 = pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="3")
 
 @contextmanager
 def tampering(app) -> Iterator[sa.Connection]:
-    """A transaction in which the trail's append-only triggers are lifted, as the tables' owner
-    could lift them; they are back when the block ends."""
-    with app.app_context(), db.engine.begin() as connection:
+    """A transaction of the tables' owner in which the trail's append-only triggers are lifted,
+    as the owner could lift them; they are back when the block ends."""
+    with app.app_context(), owner_engine().begin() as connection:
         if connection.dialect.name == "postgresql":
             for table in PROTECTED:
                 connection.exec_driver_sql(
