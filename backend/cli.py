@@ -84,8 +84,11 @@ def verify_command(anchor_file, as_json: bool) -> None:
     with integrity.snapshot(db.engine) as connection:
         total = integrity.row_count(connection)
         with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
-            verdict = integrity.verify(connection, writer().key, anchors, progress=bar.update)
+            verdict = integrity.verify(connection, writer().key, anchors, progress=bar.update,
+                                       checkpoint_every=writer().checkpoint_every)
     click.echo(json.dumps(verdict.as_dict()) if as_json else integrity.describe(verdict))
+    if caveat := integrity.caveat(verdict):
+        click.echo(caveat, err=True)
     sys.exit(0 if verdict.intact else 1)
 
 
