@@ -104,8 +104,9 @@ def test_an_upgrade_takes_back_a_privilege_granted_by_hand(app, trail):
     assert_permission_denied(app, "DELETE FROM audit_log WHERE id = 1")
 
 
-def test_flask_audit_purge_deletes_as_the_owner(app, client, runner):
+def test_purge_deletes_as_the_owner_what_the_apps_role_may_not(app, client, runner):
     aged_trail(client, old=2, new=1)
+    assert_permission_denied(app, PERMIT, "DELETE FROM audit_log WHERE id = 1")
     result = purge(runner, "--yes")
     assert result.exit_code == 0, result.output
     assert [row.id for row in table_rows(app, "audit_log")] == [3, 4]
