@@ -38,6 +38,9 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         if production:
             raise ConfigError("APP_ENV=production needs DATABASE_URL (e.g. postgresql://...)")
         database_url = f"sqlite:///{instance_path / 'audit.db'}"
+    # The database's owner, for migrations and retention; the app serves as DATABASE_URL's
+    # role, which then needs no more than INSERT and SELECT on the trail (backend/roles.py).
+    admin_url = environ.get("DATABASE_ADMIN_URL") or database_url
 
     secret_key = environ.get("SECRET_KEY")
     if not secret_key:
@@ -58,6 +61,7 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         "SECRET_KEY": secret_key,
         "INSTANCE_PATH": str(instance_path),
         "SQLALCHEMY_DATABASE_URI": database_url_for_sqlalchemy(database_url),
+        "DATABASE_ADMIN_URL": database_url_for_sqlalchemy(admin_url),
         # No overflow: past the pool, a request waits for a connection rather than open one
         # that is closed when it comes back (a PostgreSQL backend started and torn down per
         # request, under load, with SQLAlchemy's default overflow of 10); after POOL_TIMEOUT

@@ -62,6 +62,7 @@ def register_proxy_fix(app: Flask) -> None:
 def register_extensions(app: Flask) -> None:
     import sqlalchemy as sa
 
+    from backend import roles
     from backend.audit import writer
     from backend.db_types import discard_closed_connections, on_this_database, sqlite_pragmas
     from backend.extensions import apifairy, db, ma, migrate
@@ -70,15 +71,17 @@ def register_extensions(app: Flask) -> None:
     app.config.setdefault("APIFAIRY_VERSION", "1")
     app.config.setdefault("APIFAIRY_APISPEC_PATH", "/v1/openapi.json")
     app.config.setdefault("APIFAIRY_UI_PATH", None)  # its UI loads scripts from a CDN
+    roles.add_owner_bind(app)
     db.init_app(app)
     migrate.init_app(app, db, directory=str(config.ROOT / "migrations"), render_as_batch=True,
                      include_object=on_this_database)
     ma.init_app(app)
     apifairy.init_app(app)
     with app.app_context():
-        if db.engine.dialect.name == "sqlite":
-            sa.event.listen(db.engine, "connect", sqlite_pragmas)
-        discard_closed_connections(db.engine)
+        for engine in db.engines.values():  # the app's, and the owner's (backend/roles.py)
+            if engine.dialect.name == "sqlite":
+                sa.event.listen(engine, "connect", sqlite_pragmas)
+            discard_closed_connections(engine)
     writer.init_app(app)
 
 

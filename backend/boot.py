@@ -2,9 +2,10 @@
 
     python -m backend.boot [gunicorn options]
 
-run from the directory that holds wsgi.py. It does what `flask db upgrade` and
-`flask users ensure-admin` do, then replaces itself with gunicorn (exec), so the container's
-stop signal goes straight to gunicorn's master. Several copies may start at once against one
+run from the directory that holds wsgi.py. It does what `flask db upgrade` (as the tables'
+owner, DATABASE_ADMIN_URL) and `flask users ensure-admin` do, then replaces itself with gunicorn
+(exec), without the owner's URL, so the container's stop signal goes straight to gunicorn's
+master. Several copies may start at once against one
 PostgreSQL (scaling out): an advisory lock lets one migrate while the others wait for it.
 """
 
@@ -47,6 +48,9 @@ def main(gunicorn_options: list[str]) -> int:
         return error.exit_code
     finally:
         dispose_engines(app)
+    # The owner's URL was for the migrations: the served processes must not hold it (empty, not
+    # unset, so that a .env file cannot bring it back; config.py reads empty as unset).
+    os.environ["DATABASE_ADMIN_URL"] = ""
     command = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, *gunicorn_options,
                "wsgi:app"]
     sys.stdout.flush()

@@ -21,6 +21,7 @@ from backend.clock import rfc3339
 from backend.errors import flat
 from backend.extensions import db
 from backend.models import Log
+from backend.roles import owner_engine
 from backend.schemas import LogFiltersSchema, NewUserSchema, RFC3339DateTime
 from backend.users import UsernameTaken, create_user, ensure_admin
 
@@ -108,8 +109,11 @@ def verify_command(anchor_file, as_json: bool) -> None:
     with integrity.snapshot(db.engine) as connection:
         total = integrity.row_count(connection)
         with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
-            verdict = integrity.verify(connection, writer().key, anchors, progress=bar.update)
+            verdict = integrity.verify(connection, writer().key, anchors, progress=bar.update,
+                                       checkpoint_every=writer().checkpoint_every)
     click.echo(json.dumps(verdict.as_dict()) if as_json else integrity.describe(verdict))
+    if caveat := integrity.caveat(verdict):
+        click.echo(caveat, err=True)
     sys.exit(0 if verdict.intact else 1)
 
 
@@ -149,7 +153,7 @@ def purge_command(before: str, dry_run: bool, yes: bool, batch: int) -> None:
         _record_purge(f"purge refused: --before {before!r} is not a date", "WARNING")
         raise
     asked = f"purge of the rows created before {rfc3339(cutoff)}"
-    with writer().engine.connect() as connection:
+    with owner_engine().connect() as connection:
         refused = retention.refusal(connection, cutoff,
                                     current_app.config["AUDIT_MIN_RETENTION_DAYS"])
         plan = None if refused else retention.plan(connection, cutoff)
@@ -181,7 +185,7 @@ def purge_command(before: str, dry_run: bool, yes: bool, batch: int) -> None:
 def _purge_batch(up_to: int, batch: int, deleted: int) -> int:
     """One transaction of the purge; a legal hold placed meanwhile stops it (the trigger)."""
     try:
-        with writer().engine.begin() as connection:
+        with owner_engine().begin() as connection:
             return retention.purge_batch(connection, writer().key, up_to, batch)
     except sa.exc.DBAPIError as error:  # the driver's message, not the SQL and its parameters
         reason = str(error.orig).splitlines()[0]
@@ -229,7 +233,7 @@ def hold_release(name: str) -> None:
 @click.option("--all", "everything", is_flag=True, help="Released holds too.")
 def hold_list(everything: bool) -> None:
     """The standing legal holds (with --all, the released ones too)."""
-    with writer().engine.connect() as connection:
+    with owner_engine().connect() as connection:
         holds = (retention.all_holds if everything else retention.standing_holds)(connection)
     if not holds:
         click.echo("no legal hold has been placed" if everything
@@ -245,7 +249,7 @@ def hold_list(everything: bool) -> None:
 def _holding():
     """A transaction for a hold command; its HoldError becomes a one-line error, exit 1."""
     try:
-        with writer().engine.begin() as connection:
+        with owner_engine().begin() as connection:
             yield connection
     except retention.HoldError as error:
         raise click.ClickException(str(error)) from None

@@ -6,14 +6,18 @@ from logging.config import fileConfig
 from alembic import context
 from flask import current_app
 
+from backend.roles import app_role, grant_app_privileges, owner_engine
+
 config = context.config
 # Keep the app's loggers alive when migrations run inside a process that already has them.
 fileConfig(config.config_file_name, disable_existing_loggers=False)
 logger = logging.getLogger("alembic.env")
 
 db = current_app.extensions["migrate"].db
+# Migrations run as the tables' owner (DATABASE_ADMIN_URL), never as the app's own role.
+engine = owner_engine()
 config.set_main_option(
-    "sqlalchemy.url", db.engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    "sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%")
 )
 
 
@@ -26,7 +30,9 @@ def run_migrations_offline():
 
 
 def run_migrations_online():
-    """Run the migrations against the app's database."""
+    """Run the migrations against the app's database, as its owner; then give the app's own
+    role, if it has one, exactly its privileges (backend/roles.py), on every run: tables a
+    migration made are covered at once, and anything granted by hand is taken back."""
 
     def process_revision_directives(context, revision, directives):
         # `flask db migrate` with no model changes writes no empty revision.
@@ -36,10 +42,13 @@ def run_migrations_online():
 
     conf_args = dict(current_app.extensions["migrate"].configure_args)
     conf_args.setdefault("process_revision_directives", process_revision_directives)
-    with db.engine.connect() as connection:
+    role = app_role(current_app)
+    with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=db.metadata, **conf_args)
         with context.begin_transaction():
             context.run_migrations()
+            if role:
+                grant_app_privileges(connection, role)
 
 
 if context.is_offline_mode():

@@ -2,6 +2,11 @@
 
 Every database test runs once per database. Without TEST_DATABASE_URL the PostgreSQL half is
 skipped (and says so); under CI (CI=true) it fails instead, so CI can never pass without it.
+
+TEST_DATABASE_URL is the tables' owner: it migrates, and it tampers. With
+TEST_DATABASE_APP_URL too (CI sets it: a second role of the same database), the apps and the
+servers of the tests run as that role, with only the privileges backend/roles.py grants it,
+as production does; DATABASE_ADMIN_URL gives them the owner.
 """
 
 import os
@@ -20,6 +25,7 @@ from backend.extensions import db
 from backend.models import Log
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
+TEST_DATABASE_APP_URL = os.environ.get("TEST_DATABASE_APP_URL")
 ADMIN = ("admin", "admin-password-1")
 ALICE = ("alice", "alice-password-1")
 BOB = ("bob", "bob-password-1")
@@ -27,9 +33,24 @@ BOB = ("bob", "bob-password-1")
 
 def make_settings(database_url: str, instance_path, **environ) -> dict:
     """Settings as `config.settings` builds them from an environment of only these values."""
-    return config.settings({"APP_ENV": "testing", "DATABASE_URL": database_url,
+    return config.settings({"APP_ENV": "testing", **database_environment(database_url),
                             "SECRET_KEY": "test-secret-key", "INSTANCE_PATH": str(instance_path),
                             **environ})
+
+
+def database_environment(database_url: str) -> dict:
+    """DATABASE_URL and DATABASE_ADMIN_URL of an app, or a server, on this test database."""
+    return {"DATABASE_URL": database_url, "DATABASE_ADMIN_URL": owner_url(database_url)}
+
+
+def owner_url(database_url: str) -> str:
+    """The URL of the tables' owner of a test database: TEST_DATABASE_URL for
+    TEST_DATABASE_APP_URL (in either spelling), else `database_url` itself."""
+    sqlalchemy_url = config.database_url_for_sqlalchemy
+    if TEST_DATABASE_APP_URL and (sqlalchemy_url(database_url)
+                                  == sqlalchemy_url(TEST_DATABASE_APP_URL)):
+        return sqlalchemy_url(TEST_DATABASE_URL)
+    return database_url
 
 
 def migrate_to_head(database_url: str, instance_path) -> None:
@@ -50,12 +71,13 @@ def sqlite_template(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def postgresql_url(tmp_path_factory):
-    """TEST_DATABASE_URL, emptied and migrated once for the session."""
+    """TEST_DATABASE_URL, emptied and migrated once for the session; the URL the apps run as
+    (TEST_DATABASE_APP_URL's role, when it is set)."""
     if not TEST_DATABASE_URL:
         if os.environ.get("CI"):
             pytest.fail("CI must set TEST_DATABASE_URL: the PostgreSQL tests may not be skipped")
         pytest.skip("TEST_DATABASE_URL is not set: PostgreSQL tests not run")
-    url = config.database_url_for_sqlalchemy(TEST_DATABASE_URL)
+    url = config.database_url_for_sqlalchemy(TEST_DATABASE_APP_URL or TEST_DATABASE_URL)
     drop_schema(url)
     migrate_to_head(url, tmp_path_factory.mktemp("pg-migrate"))
     return url
@@ -63,8 +85,9 @@ def postgresql_url(tmp_path_factory):
 
 def drop_schema(url: str) -> None:
     """An empty PostgreSQL database: its public schema dropped and made anew (CI's role cannot
-    create a database); what a fresh volume of the compose file's db service holds."""
-    engine = sa.create_engine(url)
+    create a database); what a fresh volume of the compose file's db service holds. As the
+    tables' owner, whichever role's URL is given."""
+    engine = sa.create_engine(owner_url(url))
     with engine.begin() as connection:
         connection.execute(sa.text("DROP SCHEMA public CASCADE"))
         connection.execute(sa.text("CREATE SCHEMA public"))
@@ -89,8 +112,9 @@ def database_url(request, tmp_path):
 
 def empty_postgresql(url: str) -> None:
     """Back to a freshly migrated state. The trail's tables are append-only, so this deletes
-    them the one sanctioned way, under a purge permit, and resets the chain's head."""
-    engine = sa.create_engine(url)
+    them the one sanctioned way, under a purge permit (as the tables' owner), and resets the
+    chain's head."""
+    engine = sa.create_engine(owner_url(url))
     with engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM audit_hold"))
         connection.execute(sa.text("INSERT INTO audit_purge_permit (id) VALUES (1)"))

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import pytest
 import sqlalchemy as sa
 
-from backend.extensions import db
+from backend.roles import owner_engine
 from tests.test_integrity import make_trail, tampering
 from tests.test_retention import aged_trail, purge
 
@@ -23,14 +23,16 @@ PERMIT = "INSERT INTO audit_purge_permit (id) VALUES (1)"
 
 
 def run_sql(app, *statements: str) -> None:
-    """Raw SQL in one transaction of the app's own database connection."""
-    with app.app_context(), db.engine.begin() as connection:
+    """Raw SQL in one transaction of the tables' owner (whose mistakes the triggers stop; the
+    app's own role may not even try: test_least_privilege.py)."""
+    with app.app_context(), owner_engine().begin() as connection:
         for statement in statements:
             connection.execute(sa.text(statement))
 
 
 def table_rows(app, table: str) -> list[tuple]:
-    with app.app_context(), db.engine.connect() as connection:
+    """Every row of `table`, read by its owner (the app's role may not read the permits)."""
+    with app.app_context(), owner_engine().connect() as connection:
         return connection.execute(sa.text(f"SELECT * FROM {table} ORDER BY id")).all()
 
 
@@ -86,10 +88,10 @@ def test_a_delete_inside_a_transaction_holding_a_purge_permit_is_allowed(app, tr
 def test_another_transactions_purge_permit_allows_no_delete(app, trail):
     """While a purge holds its permit, a DELETE from any other transaction still fails (on
     SQLite, one writer at a time, it cannot even begin: it is told so at once)."""
-    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    url = app.config["DATABASE_ADMIN_URL"]
     sqlite = url.startswith("sqlite")
     other = sa.create_engine(url, connect_args={"timeout": 0} if sqlite else {})
-    with app.app_context(), db.engine.connect() as purging:
+    with app.app_context(), owner_engine().connect() as purging:
         purging.execute(sa.text(PERMIT))  # not committed: only this transaction holds it
         try:
             with (pytest.raises(sa.exc.DatabaseError,

@@ -11,6 +11,7 @@ from flask import current_app
 
 from backend.extensions import auth_log, db, main_log, v1_log
 from backend.models import User
+from backend.roles import owner_engine
 from tests.conftest import ALICE, basic, bearer
 from tests.test_errors import CRASH_MESSAGE, add_crashing_route, assert_error
 
@@ -43,9 +44,10 @@ def captured(signal) -> Iterator[list[tuple[object, dict]]]:
 
 @contextmanager
 def audit_table_unavailable(app) -> Iterator[None]:
-    """Really take the audit table away (renamed, with raw SQL), and give it back after."""
+    """Really take the audit table away (renamed by its owner, with raw SQL), and give it back
+    after."""
     def execute(sql: str) -> None:
-        with app.app_context(), db.engine.begin() as connection:
+        with app.app_context(), owner_engine().begin() as connection:
             connection.execute(sa.text(sql))
 
     execute("ALTER TABLE audit_log RENAME TO audit_log_away")

@@ -133,6 +133,20 @@ def test_other_database_urls_are_left_alone(environ):
     assert settings(environ | {"DATABASE_URL": url})["SQLALCHEMY_DATABASE_URI"] == url
 
 
+def test_the_admin_database_url_defaults_to_the_database_url(environ):
+    """A single-role setup: migrations and purges connect as the app does."""
+    assert settings(environ | {"DATABASE_URL": PG})["DATABASE_ADMIN_URL"] == (
+        "postgresql+psycopg://audit:secret@db.example:5432/audit")
+
+
+def test_the_admin_database_url_uses_psycopg_3(environ):
+    owner = "postgresql://owner:secret@db.example:5432/audit"
+    result = settings(environ | {"DATABASE_URL": PG, "DATABASE_ADMIN_URL": owner})
+    assert result["DATABASE_ADMIN_URL"] == "postgresql+psycopg://owner:secret@db.example:5432/audit"
+    assert result["SQLALCHEMY_DATABASE_URI"] == (
+        "postgresql+psycopg://audit:secret@db.example:5432/audit")
+
+
 def test_the_default_database_is_sqlite_in_the_instance_folder(environ, tmp_path):
     uri = settings(environ)["SQLALCHEMY_DATABASE_URI"]
     assert uri == f"sqlite:///{tmp_path / 'audit.db'}"

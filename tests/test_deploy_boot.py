@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from backend.gunicorn_conf import graceful_timeout
-from tests.conftest import drop_schema, migrate_to_head
+from tests.conftest import drop_schema, migrate_to_head, owner_url
 from tests.deployment import (
     compose,
     env_example,
@@ -84,17 +84,19 @@ def compose_app(database_url: str, instance: Path, port: int,
                 **dotenv: str) -> tuple[list[str], dict]:
     """The app service's command and environment, as they would run in the container, with
     `dotenv` added to the operator's .env."""
-    url = sa.make_url(database_url)
+    url, owner = sa.make_url(database_url), sa.make_url(owner_url(database_url))
     variables = env_example() | OPERATOR_ENV | {
-        "POSTGRES_USER": url.username, "POSTGRES_PASSWORD": url.password,
+        "POSTGRES_USER": owner.username, "POSTGRES_PASSWORD": owner.password,
+        "POSTGRES_APP_USER": url.username, "POSTGRES_APP_PASSWORD": url.password,
         "POSTGRES_DB": url.database, "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"} | dotenv
     service = compose()["services"]["app"]
     environment = {name: interpolate(str(value), variables)
                    for name, value in service["environment"].items()}
     # Docker's network resolves `db`; here the database is TEST_DATABASE_URL's server.
-    assert "@db:5432/" in environment["DATABASE_URL"]
-    environment["DATABASE_URL"] = environment["DATABASE_URL"].replace(
-        "@db:5432/", f"@{url.host}:{url.port or 5432}/")
+    for name in ("DATABASE_URL", "DATABASE_ADMIN_URL"):
+        assert "@db:5432/" in environment[name]
+        environment[name] = environment[name].replace(
+            "@db:5432/", f"@{url.host}:{url.port or 5432}/")
     image = image_environment()
     assert image["PATH"].startswith("/opt/venv/bin:")
     env = image | {
@@ -191,6 +193,28 @@ def test_the_image_healthcheck_passes_while_the_service_lives(boot):
     assert subprocess.run(command, env=env, capture_output=True, timeout=10).returncode == 0
     assert stopped(app) == 0
     assert subprocess.run(command, env=env, capture_output=True, timeout=10).returncode != 0
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    """A running process's environment, as the system shows it."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return dict(entry.split("=", 1) for entry in entries if entry)
+
+
+def test_gunicorn_is_not_given_the_owners_url(boot):
+    """The boot migrated as the owner; what serves requests must not be able to act as it."""
+    app = boot()
+    assert app.client.get("/readyz").status == 200
+    assert environment_of(app.process.pid)["DATABASE_ADMIN_URL"] == ""
+
+
+def test_the_booted_service_connects_as_the_apps_role(boot, empty_database):
+    app = boot()
+    assert app.client.post("/login", basic=ADMIN).status == 200
+    roles = query(owner_url(empty_database),
+                  "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname ="
+                  " current_database() AND pid <> pg_backend_pid()")
+    assert roles == [(sa.make_url(empty_database).username,)]
 
 
 # --- booting again, and together ---------------------------------------------------------------

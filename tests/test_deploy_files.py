@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+import config
 from backend import gunicorn_conf
 from tests.deployment import (
     COMPOSE_FILE,
@@ -147,12 +148,26 @@ def test_the_compose_file_has_no_obsolete_keys():
         assert "links" not in service, name
 
 
+def db_mounts() -> dict[str, str]:
+    """The db service's mounts: {target: "source[:mode]"}."""
+    mounts = {}
+    for volume in compose()["services"]["db"]["volumes"]:
+        source, target, *mode = volume.split(":")
+        mounts[target] = ":".join([source, *mode])
+    return mounts
+
+
 def test_the_database_keeps_its_data_in_a_named_volume():
-    model = compose()
-    [volume] = model["services"]["db"]["volumes"]
-    name, target = volume.split(":")
-    assert target == "/var/lib/postgresql/data"
-    assert name in model["volumes"]
+    name = db_mounts()["/var/lib/postgresql/data"]
+    assert name in compose()["volumes"]
+
+
+def test_the_database_creates_the_apps_role_on_its_first_start():
+    """The postgres image runs /docker-entrypoint-initdb.d/* on an empty volume."""
+    source = db_mounts()["/docker-entrypoint-initdb.d/10-app-role.sh"]
+    path, mode = source.rsplit(":", 1)
+    assert mode == "ro"
+    assert (config.ROOT / path).read_text().startswith("#!/bin/sh\n")
 
 
 def test_the_database_reports_healthy_with_pg_isready():
@@ -178,7 +193,7 @@ def test_stopping_waits_longer_than_gunicorns_graceful_timeout():
 def test_compose_refuses_to_start_without_the_secrets():
     """With .env.example as it is committed (secrets blank), every secret is reported."""
     environment = compose()["services"]["app"]["environment"]
-    for name in ("SECRET_KEY", "AUDIT_SIGNING_KEY", "DATABASE_URL"):
+    for name in ("SECRET_KEY", "AUDIT_SIGNING_KEY", "DATABASE_URL", "DATABASE_ADMIN_URL"):
         with pytest.raises(MissingVariable):
             interpolate(environment[name], env_example())
 

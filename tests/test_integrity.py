@@ -23,6 +23,7 @@ from backend.audit.chain import checkpoint_mac, row_hash
 from backend.clock import utcnow
 from backend.extensions import db
 from backend.models import AuditChain, Checkpoint, Log
+from backend.roles import owner_engine
 from tests.test_errors import assert_error
 
 PROTECTED = ("audit_log", "audit_checkpoint")
@@ -31,9 +32,9 @@ CHECKPOINT_EVERY_3 = pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="3")
 
 @contextmanager
 def tampering(app) -> Iterator[sa.Connection]:
-    """A transaction in which the trail's append-only triggers are lifted, as the tables' owner
-    could lift them; they are back when the block ends."""
-    with app.app_context(), db.engine.begin() as connection:
+    """A transaction of the tables' owner in which the trail's append-only triggers are lifted,
+    as the owner could lift them; they are back when the block ends."""
+    with app.app_context(), owner_engine().begin() as connection:
         if connection.dialect.name == "postgresql":
             for table in PROTECTED:
                 connection.exec_driver_sql(
@@ -245,15 +246,17 @@ def test_a_chain_recomputed_without_the_key_is_named_at_the_next_checkpoint(app,
 
 
 @CHECKPOINT_EVERY_3
-def test_a_recomputed_chain_without_its_checkpoints_passes_verify_without_an_anchor(
-        app, client, runner, tmp_path):
-    """The documented limit: with the checkpoints deleted too, only an anchor kept outside the
-    database can tell."""
+def test_a_recomputed_chain_without_its_checkpoints_is_named_where_the_head_counts_from(
+        app, client, runner):
+    """The head counts 2 rows since its last periodic checkpoint, which must be row 6; the
+    forms of this with the head forged too are in test_checkpoint_cadence.py."""
     make_trail(client, 8)
     with tampering(app) as connection:
         recompute_chain(connection, 2, user="mallory")
         connection.execute(sa.delete(Checkpoint))
-    assert verify_line(runner) == (0, "intact: 8 rows (rows 1-8), no signed checkpoint yet")
+    assert_broken(runner, "BROKEN at row 6: missing: no signed checkpoint at this row, where"
+                          " the chain's head counts 2 rows since the last periodic one (there"
+                          " is none): checkpoints were deleted")
 
 
 @CHECKPOINT_EVERY_3

@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 import config
 from backend import create_app, dispose_engines
 from backend.extensions import db
+from backend.roles import owner_engine
 from tests.conftest import make_settings
 from tests.test_errors import assert_error
 
@@ -36,11 +37,12 @@ def schema_version(app) -> list[str]:
 
 @contextmanager
 def schema_version_set_to(app, revision: str) -> Iterator[None]:
-    """Pretend the schema is at `revision`, with raw SQL; restore the real version after."""
+    """Pretend the schema is at `revision`, with raw SQL as the tables' owner; restore the real
+    version after."""
     [real] = schema_version(app)
 
     def set_version(value: str) -> None:
-        with app.app_context(), db.engine.begin() as connection:
+        with app.app_context(), owner_engine().begin() as connection:
             connection.execute(sa.text("UPDATE alembic_version SET version_num = :v"), {"v": value})
 
     set_version(revision)

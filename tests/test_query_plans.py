@@ -34,11 +34,11 @@ ORDERED = {"first page": {}, "user": {"user": SERVICE}, "ip": {"ip": "10.200.0.1
 @pytest.fixture(scope="module")
 def trail(tmp_path_factory, request):
     """ROWS synthetic rows in the session's PostgreSQL database, analysed; emptied after."""
-    from tests.conftest import empty_postgresql
+    from tests.conftest import empty_postgresql, owner_url
 
     url = request.getfixturevalue("postgresql_url")
     empty_postgresql(url)
-    load.load(libpq_url(url), ROWS, b"test-signing-key")
+    load.load(libpq_url(owner_url(url)), ROWS, b"test-signing-key")
     with psycopg.connect(libpq_url(url)) as connection:
         yield connection
     empty_postgresql(url)

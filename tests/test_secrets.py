@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 import config
-from backend.extensions import db
-from tests.conftest import ADMIN
+from backend.roles import owner_engine
+from tests.conftest import ADMIN, owner_url
 from tests.test_serving import ADMIN as SERVED_ADMIN
 from tests.test_serving import served  # noqa: F401  (a fixture: `make run`'s gunicorn)
 
@@ -135,7 +135,7 @@ def test_no_secret_reaches_a_row_a_log_record_or_an_error_body(app, api, client,
     records = "\n".join(caplog.handler.format(record) for record in caplog.records)
     assert "lockout of this account from this address" in records
     assert_no_secret(session.secrets, "the log", records)
-    with app.app_context(), db.engine.connect() as connection:
+    with app.app_context(), owner_engine().connect() as connection:  # every table, permits too
         rows = every_row(connection)
     assert "mallory" in rows and "login.locked" in rows
     assert_no_secret(session.secrets, "the database", rows)
@@ -156,7 +156,7 @@ def test_no_secret_reaches_the_served_output_or_the_database(served, database_ur
     assert_no_secret(session.secrets, "the server's output", output)
     for text in session.error_bodies():
         assert_no_secret(session.secrets, "a response body", text)
-    engine = sa.create_engine(config.database_url_for_sqlalchemy(database_url))
+    engine = sa.create_engine(config.database_url_for_sqlalchemy(owner_url(database_url)))
     try:
         with engine.connect() as connection:
             assert_no_secret(session.secrets, "the database", every_row(connection))

@@ -8,13 +8,16 @@
 - a row whose hash differs from a signed checkpoint (in the database, or in an anchor file
   kept elsewhere): the chain was recomputed by someone without AUDIT_SIGNING_KEY;
 - a checkpoint whose signature is wrong: forged without the key;
-- a row beyond the chain's head: inserted without the writer (which moves the head with it).
+- a row beyond the chain's head: inserted without the writer (which moves the head with it);
+- a periodic checkpoint missing where the head's count or the spacing of the others puts one
+  (backend/audit/cadence.py): deleted, with the chain recomputed after it, or with the tail.
 
 It reads one snapshot (`snapshot`): rows and checkpoints committed while it walks are not
 mistaken for tampering.
 
-Rows after the last signed checkpoint are only as safe as the chain; `flask audit anchor`
-signs the head on demand and writes the checkpoints to a file to keep outside the database.
+Rows after the last signed checkpoint are only as safe as the database (`caveat` says so):
+`flask audit anchor` signs the head on demand and writes the checkpoints to a file to keep
+outside it.
 """
 
 import json
@@ -24,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import sqlalchemy as sa
 
-from backend.audit import chain
+from backend.audit import cadence, chain
 from backend.clock import rfc3339, utcnow
 from backend.concurrency import pause
 from backend.models import AuditChain, Checkpoint, Log
@@ -58,9 +61,12 @@ PAUSE_EVERY = 1000
 
 
 def verify(connection: sa.Connection, key: bytes, anchors: Iterable[dict] = (),
-           progress: Callable[[int], None] = lambda n: None) -> Verdict:
-    """Walk the whole trail and return the verdict (never raises for a broken trail)."""
-    head = connection.execute(sa.select(AuditChain.last_id).where(AuditChain.id == 1)).scalar_one()
+           progress: Callable[[int], None] = lambda n: None,
+           checkpoint_every: int | None = None) -> Verdict:
+    """Walk the whole trail and return the verdict (never raises for a broken trail).
+    `checkpoint_every`: AUDIT_CHECKPOINT_EVERY, how far apart periodic checkpoints are due."""
+    head, since = connection.execute(sa.select(AuditChain.last_id, AuditChain.since_checkpoint)
+                                     .where(AuditChain.id == 1)).one()
     first_id = connection.scalar(sa.select(sa.func.min(Log.id)))
     verdict = Verdict(intact=True, rows=0, first_id=first_id, last_id=None, signed_up_to=None)
     try:
@@ -89,6 +95,10 @@ def verify(connection: sa.Connection, key: bytes, anchors: Iterable[dict] = (),
         beyond = [log_id for log_id in signed if log_id > head]
         if beyond:
             raise Broken(head + 1, f"missing: a signed checkpoint names row {min(beyond)}")
+        missing = cadence.missing_checkpoint(_periodic(connection), head, since,
+                                             checkpoint_every)
+        if missing:
+            raise Broken(*missing)
         verdict.signed_up_to = max((i for i in signed if first_id and i >= first_id),
                                    default=None)
     except Broken as broken:
@@ -116,6 +126,13 @@ def _signed_positions(connection: sa.Connection, key: bytes,
             if reason == "purge":
                 purges.add(log_id)
     return signed, purges
+
+
+def _periodic(connection: sa.Connection) -> list[int]:
+    """The rows of the periodic checkpoints, ascending (signatures checked by the caller)."""
+    return list(connection.scalars(sa.select(Checkpoint.log_id)
+                                   .where(Checkpoint.reason == "periodic")
+                                   .order_by(Checkpoint.log_id)))
 
 
 def _start(first_id: int | None, head: int, signed: dict, purges: set[int]) -> str:
@@ -210,3 +227,16 @@ def describe(verdict: Verdict) -> str:
                   else "no signed checkpoint yet")
         return f"intact: {count} ({span}), {signed}"
     return f"BROKEN at row {verdict.broken_row}: {verdict.problem}"
+
+
+def caveat(verdict: Verdict) -> str | None:
+    """One line on what an intact verdict cannot vouch for: its rows after the last signed
+    checkpoint, which someone who can write the database could have deleted, moving the head
+    back (None when every row is signed, or the trail is broken anyway)."""
+    if not verdict.intact or not verdict.rows or verdict.signed_up_to == verdict.last_id:
+        return None
+    first = (verdict.signed_up_to or verdict.first_id - 1) + 1
+    rows = (f"row {first}, after the last signed checkpoint, is" if first == verdict.last_id
+            else f"rows {first}-{verdict.last_id}, after the last signed checkpoint, are")
+    return (f"note: {rows} only as safe as the database: keep an anchor outside it (flask audit"
+            " anchor); a later release adds public-key signed tree heads")

@@ -22,4 +22,5 @@ def verify():
     minutes apart, not seconds.
     """
     with integrity.snapshot(db.engine) as connection:
-        return integrity.verify(connection, writer().key).as_dict()
+        return integrity.verify(connection, writer().key,
+                                checkpoint_every=writer().checkpoint_every).as_dict()
