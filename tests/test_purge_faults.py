@@ -21,7 +21,12 @@ from backend.audit.events import AuditEvent
 from backend.audit.writer import writer
 from backend.clock import moved, utcnow
 from backend.models import Log
-from tests.conftest import empty_postgresql, make_settings, migrate_to_head
+from tests.conftest import (
+    database_environment,
+    empty_postgresql,
+    make_settings,
+    migrate_to_head,
+)
 from tests.pgcluster import private_cluster
 from tests.serving import BIN
 
@@ -34,7 +39,7 @@ DEADLINE = 60.0  # seconds for anything to happen; a bound, never a wait
 def environment(database_url: str, instance_path) -> dict:
     """The `flask` command's environment: the settings of the tests' app (same signing key)."""
     return {"PATH": os.environ.get("PATH", os.defpath), "APP_ENV": "testing",
-            "DATABASE_URL": database_url, "SECRET_KEY": "test-secret-key",
+            **database_environment(database_url), "SECRET_KEY": "test-secret-key",
             "INSTANCE_PATH": str(instance_path)}
 
 

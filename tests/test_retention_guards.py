@@ -13,7 +13,7 @@ import sqlalchemy as sa
 import config
 from backend.audit import retention
 from backend.clock import rfc3339, utcnow
-from backend.extensions import db
+from backend.roles import owner_engine
 from backend.schemas import RFC3339DateTime
 from tests.test_integrity import flask_audit, verify_line
 from tests.test_retention import aged_trail, cutoff, days_ago, ids_and_events, purge
@@ -139,7 +139,7 @@ def test_the_database_refuses_a_permitted_delete_while_a_hold_stands(app, api, c
     aged_trail(client, old=2, new=0)
     hold(runner, "add", "case-4711", "--reason", "litigation hold")
     with pytest.raises(sa.exc.DBAPIError, match="under a legal hold"):
-        with app.app_context(), db.engine.begin() as connection:
+        with app.app_context(), owner_engine().begin() as connection:
             connection.execute(sa.text("INSERT INTO audit_purge_permit (id) VALUES (1)"))
             connection.execute(sa.text("DELETE FROM audit_log WHERE id = 1"))
     assert [row.id for row in api.rows()][:2] == [1, 2]
