@@ -1,5 +1,6 @@
 """POST /login and GET /logout, and the audit rows they leave."""
 
+from base64 import b64encode
 from datetime import timedelta
 
 import pytest
@@ -71,6 +72,25 @@ def test_login_without_credentials_is_challenged_not_recorded(api, client):
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Basic")
     assert api.rows(source="auth") == []
+
+
+def test_a_bearer_header_whose_token_decodes_as_credentials_logs_nobody_in(api, client):
+    """Only the Basic scheme carries a password: another scheme's value is no credentials,
+    even one that happens to decode as `name:password` (a real token does, now and then)."""
+    api.create_user(*ALICE)
+    smuggled = b64encode(f"{ALICE[0]}:{ALICE[1]}".encode()).decode()
+    response = client.post("/login", headers={"Authorization": f"Bearer {smuggled}"})
+    assert_error(response, 401)
+    assert api.rows() == []
+
+
+def test_a_bearer_header_beside_a_json_body_leaves_the_body_to_log_in(api, client):
+    api.create_user(*ALICE)
+    smuggled = b64encode(b"nobody:nothing").decode()
+    response = client.post("/login", headers={"Authorization": f"Bearer {smuggled}"},
+                           json={"username": ALICE[0], "password": ALICE[1]})
+    assert response.status_code == 200
+    assert response.get_json()["user"]["username"] == ALICE[0]
 
 
 def test_login_body_with_a_bad_field_is_400_naming_it(client):

@@ -25,6 +25,8 @@ from backend.security import check_password, hash_password, needs_rehash, token_
 @basic_auth.verify_password
 def verify_password(username: str, password: str) -> User | None:
     """Check login credentials from HTTP Basic or, failing that, a JSON body."""
+    if not _sent_basic():  # Flask-HTTPAuth's Basic parser reads any scheme's credentials: a
+        username = password = ""  # Bearer token that happens to decode as `x:y` would count
     if not username and not password:
         username, password = _json_credentials()
         if username is None:
@@ -33,6 +35,12 @@ def verify_password(username: str, password: str) -> User | None:
     g.login_started_at = utcnow()
     return authenticate_password(storable(username), password, signal=auth_log, event="login",
                                  status=401)
+
+
+def _sent_basic() -> bool:
+    """The request's Authorization header uses the Basic scheme."""
+    authorization = request.authorization
+    return authorization is not None and authorization.type == "basic"
 
 
 def authenticate_password(username: str, password: str, *, signal: NamedSignal, event: str,
