@@ -55,10 +55,15 @@ def storable(text: str) -> str:
 
 
 def event_from_signal(source: str, *, event: str, level: str = "INFO", track: str = "",
-                      user: str | None = None, status: int | None = None) -> AuditEvent:
-    """Combine what a signal said with who asked and how (nothing outside a request)."""
+                      user: str | None = None, status: int | None = None,
+                      request: dict | None = None) -> AuditEvent:
+    """Combine what a signal said with who asked and how (nothing outside a request).
+
+    `request`: the request_fields() of a request that is over, for an event announced after
+    its response began (the end of a streamed export)."""
     return AuditEvent(source=source, event=event, level=level, track=track[:TRACK_MAX],
-                      user=(user or None) and user[:64], status=status, **request_fields())
+                      user=(user or None) and user[:64], status=status,
+                      **(request_fields() if request is None else request))
 
 
 def request_fields() -> dict:
