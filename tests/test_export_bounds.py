@@ -36,14 +36,19 @@ def start_export(api):
         response.close()
 
 
+def assert_refused(response, message: str) -> None:
+    """A 429 in the JSON error shape, saying `message`, with Retry-After."""
+    assert assert_error(response, 429)["message"] == message
+    assert response.headers["Retry-After"] == "5"
+
+
 @pytest.mark.settings(EXPORTS_PER_USER="1")
 def test_a_users_export_past_their_bound_is_429_with_retry_after(api, trail, start_export):
     running = start_export(trail["alice"])
     assert running.status_code == 200
-    refused = start_export(trail["alice"])
-    error = assert_error(refused, 429)
-    assert error["message"] == "You have 1 exports running; wait for one to finish."
-    assert refused.headers["Retry-After"] == "5"
+    assert_refused(
+        start_export(trail["alice"]), "You have 1 exports running; wait for one to finish."
+    )
 
 
 @pytest.mark.settings(EXPORTS_PER_USER="1")
@@ -56,10 +61,7 @@ def test_another_users_export_is_not_held_to_that_bound(api, trail, start_export
 @pytest.mark.settings(EXPORTS_PER_WORKER="1")
 def test_an_export_past_the_workers_bound_is_429_with_retry_after(api, trail, start_export):
     assert start_export(trail["alice"]).status_code == 200
-    refused = start_export(trail["bob"])
-    error = assert_error(refused, 429)
-    assert error["message"] == "Too many exports are running; try again shortly."
-    assert refused.headers["Retry-After"] == "5"
+    assert_refused(start_export(trail["bob"]), "Too many exports are running; try again shortly.")
 
 
 @pytest.mark.settings(EXPORTS_PER_USER="1")
