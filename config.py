@@ -55,6 +55,7 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
                               " kept apart from the database's backups)")
         signing_key = hmac.new(secret_key.encode(), b"audit-signing-key", "sha256").hexdigest()
 
+    pool_size = database_pool_size(environ)
     return {
         "APP_ENV": app_env,
         "TESTING": app_env == "testing",
@@ -66,8 +67,9 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         # that is closed when it comes back (a PostgreSQL backend started and torn down per
         # request, under load, with SQLAlchemy's default overflow of 10); after POOL_TIMEOUT
         # seconds it gets a 503 (errors.py).
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": database_pool_size(environ),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": pool_size,
                                       "max_overflow": 0, "pool_timeout": POOL_TIMEOUT},
+        **export_bounds(environ, pool_size),
         "AUDIT_SIGNING_KEY": signing_key,
         "AUDIT_CHECKPOINT_EVERY": positive_int(environ, "AUDIT_CHECKPOINT_EVERY", 1000),
         # Retention (flask audit purge): PCI DSS 10.5.1 keeps a year. Tests may purge anything.
@@ -148,6 +150,20 @@ def _login_security(environ: Mapping[str, str]) -> dict:
     if values["LOGIN_COOLOFF"] > values["LOGIN_COOLOFF_MAX"]:
         raise ConfigError("LOGIN_COOLOFF must not exceed LOGIN_COOLOFF_MAX")
     return values
+
+
+def export_bounds(environ: Mapping[str, str], pool_size: int) -> dict:
+    """Bounds on GET /v1/logs/export (backend/v1/export_guard.py), which holds one of a
+    worker's pooled connections for as long as its client takes to read: exports at once per
+    user and per worker (by default half the pool, so the other half stays for every other
+    request), and the seconds a client may leave the server waiting before it is cut off."""
+    per_worker = positive_int(environ, "EXPORTS_PER_WORKER", max(1, pool_size // 2))
+    if pool_size > 1 and per_worker >= pool_size:
+        raise ConfigError(f"EXPORTS_PER_WORKER must be less than DATABASE_POOL_SIZE ({pool_size}),"
+                          f" not {per_worker}: other requests need a connection while exports run")
+    return {"EXPORTS_PER_USER": positive_int(environ, "EXPORTS_PER_USER", 2),
+            "EXPORTS_PER_WORKER": per_worker,
+            "EXPORT_STALL_TIMEOUT": positive_int(environ, "EXPORT_STALL_TIMEOUT", 30)}
 
 
 # Connections a container's workers may hold together by default: room under PostgreSQL's

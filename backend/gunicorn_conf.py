@@ -166,9 +166,10 @@ class JsonAccessLogger(glogging.Logger):
             "client": environ.get("REMOTE_ADDR"),
             "peer": original.get("REMOTE_ADDR"),
             "method": environ.get("REQUEST_METHOD"),
-            "path": environ.get("PATH_INFO"),
+            # A request gunicorn refused itself reached no app: its environ has no PATH_INFO.
+            "path": environ.get("PATH_INFO", getattr(req, "path", None)),
             "query": environ.get("QUERY_STRING", ""),
-            "status": resp.status_code,
+            "status": status_code(resp),
             "bytes": resp.sent,
             "duration_ms": round(request_time.total_seconds() * 1000, 3),
             "request_id": request_id,
@@ -176,6 +177,14 @@ class JsonAccessLogger(glogging.Logger):
             "pid": os.getpid(),
         }
         self.access_log.info(json.dumps(entry))
+
+
+def status_code(resp) -> int:
+    """The response's status as a number. gunicorn's own error answers (a malformed request:
+    400, 414, 431, ...) are a bare Response whose status is only its text, "400 Bad Request";
+    status_code is set when the app starts its response."""
+    code = getattr(resp, "status_code", None)
+    return code if code is not None else int(str(resp.status).split(None, 1)[0])
 
 
 logger_class = JsonAccessLogger

@@ -69,6 +69,22 @@ class Client:
         return self.call("POST", path, **kwargs)
 
 
+def raw_exchange(base_url: str, request: bytes, timeout: float = 10) -> tuple[int, bytes]:
+    """Send `request` as it is on a new connection, read until the server closes it; return
+    the status and the body. For what no HTTP client would send (two Content-Lengths, ...)."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+        connection.sendall(request)
+        try:
+            while data := connection.recv(65536):
+                received += data
+        except ConnectionResetError:  # closed on a body it did not read: the answer came first
+            pass
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

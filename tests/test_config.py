@@ -196,3 +196,23 @@ def test_the_request_pool_is_sized_within_the_connection_budget(environ, environ
 def test_a_bad_pool_size_is_refused_with_its_name(environ):
     with pytest.raises(ConfigError, match="^DATABASE_POOL_SIZE must be at least 1, not 0$"):
         settings(environ | {"DATABASE_POOL_SIZE": "0"})
+
+
+@pytest.mark.parametrize(("environment", "bounds"), [
+    ({}, (2, 4, 30)),  # half of the default pool of 8
+    ({"DATABASE_POOL_SIZE": "5"}, (2, 2, 30)),
+    ({"DATABASE_POOL_SIZE": "1"}, (2, 1, 30)),  # a pool of one: the one export may have it
+    ({"EXPORTS_PER_USER": "1", "EXPORTS_PER_WORKER": "7", "EXPORT_STALL_TIMEOUT": "5"},
+     (1, 7, 5)),
+])
+def test_exports_are_bounded_per_user_and_to_under_the_workers_pool(environ, environment,
+                                                                    bounds):
+    values = settings(environ | environment)
+    assert (values["EXPORTS_PER_USER"], values["EXPORTS_PER_WORKER"],
+            values["EXPORT_STALL_TIMEOUT"]) == bounds
+
+
+def test_exports_may_not_take_the_whole_pool(environ):
+    assert config_error(environ | {"DATABASE_POOL_SIZE": "4", "EXPORTS_PER_WORKER": "4"}) == (
+        "EXPORTS_PER_WORKER must be less than DATABASE_POOL_SIZE (4), not 4: other requests"
+        " need a connection while exports run")

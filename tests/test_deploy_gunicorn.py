@@ -4,8 +4,10 @@ The settings are read back from gunicorn itself (`--print-config`), under a give
 the client-address rules are checked against a real gunicorn on a loopback port.
 """
 
+import json
 import os
 import subprocess
+from base64 import b64encode
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from tests.serving import (
     access_log,
     free_port,
     make_run_command,
+    raw_exchange,
     start,
     stop,
     wait_until_ready,
@@ -202,3 +205,52 @@ def test_forwarding_headers_from_a_peer_that_is_not_the_proxy_are_dropped(serve)
                                                FORWARDED_ALLOW_IPS="192.0.2.10"))
     assert (ip, scheme) == ("127.0.0.1", "http")
     assert (entry["client"], entry["peer"]) == ("127.0.0.1", "127.0.0.1")
+
+
+# --- requests gunicorn refuses itself, and bodies of unknown length ---------------------------
+FRAMING = {
+    "two Content-Lengths": b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+    "a negative Content-Length": b"Content-Length: -1\r\n\r\n{}",
+    "Content-Length and chunked": b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  b"2\r\n{}\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.serving
+def test_a_request_with_conflicting_framing_is_a_400_with_an_access_line(serve):
+    """gunicorn refuses such a request before the app sees it (request smuggling); its own
+    error answer must still be a 400 and be logged, not crash the access logger."""
+    client, log = serve()
+    for name, framing in FRAMING.items():
+        status, _ = raw_exchange(client.base_url, b"POST /login HTTP/1.1\r\nHost: x\r\n" + framing)
+        assert status == 400, name
+    output = log.read_text()
+    assert "Traceback" not in output
+    refused = [entry for entry in access_log(log) if entry["request_id"] is None]
+    assert [(entry["method"], entry["path"], entry["status"]) for entry in refused] == [
+        ("POST", "/login", 400)] * len(FRAMING)
+
+
+def chunked_login(client: Client, password: str) -> tuple[int, bytes]:
+    """A JSON login of 70 KB sent in chunks, with `password` in its HTTP Basic header."""
+    body = json.dumps({"username": ADMIN[0], "password": "x" * 70_000}).encode()
+    credentials = b64encode(f"{ADMIN[0]}:{password}".encode())
+    head = (b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Basic " + credentials + b"\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    chunks = b"".join(b"%X\r\n%s\r\n" % (len(part), part)
+                      for part in (body[:40_000], body[40_000:])) + b"0\r\n\r\n"
+    return raw_exchange(client.base_url, head + chunks)
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize("password", ["not-the-password", ADMIN[1]])
+def test_a_chunked_body_over_64_kib_is_413_before_the_password_is_checked_when_served(
+        serve, password):
+    client, _ = serve()
+    status, body = chunked_login(client, password)
+    assert status == 413
+    assert json.loads(body)["error"]["code"] == "request_entity_too_large"
+    token = client.post("/login", basic=ADMIN).body["token"]
+    logins = client.get("/v1/logs?source=auth", token=token).body["items"]
+    assert [row["event"] for row in logins] == ["login.success"]  # this one; none before

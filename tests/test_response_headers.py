@@ -1,5 +1,8 @@
 """Headers of an API's answers, and the limit on what a request may send."""
 
+import io
+import json
+
 import pytest
 
 from tests.conftest import ALICE, basic, bearer
@@ -65,6 +68,31 @@ def test_a_body_over_64_kib_is_413_before_anything_is_checked(api, users, method
     assert_error(response, 413)
     assert_protected(response)
     assert api.rows(event="login.failure") == []
+
+
+def chunked(client, path: str, body: bytes, headers: dict):
+    """`body` sent as a server hands a chunked request to the app: no Content-Length, a
+    Transfer-Encoding of chunked, and an input stream the server ends (gunicorn, Werkzeug)."""
+    return client.post(path, input_stream=io.BytesIO(body), content_type="application/json",
+                       headers={**headers, "Transfer-Encoding": "chunked"},
+                       environ_overrides={"CONTENT_LENGTH": "", "wsgi.input_terminated": True})
+
+
+@pytest.mark.parametrize("password", ["not-her-password", ALICE[1]])
+def test_a_chunked_body_over_64_kib_is_413_before_the_password_is_checked(api, users, password):
+    body = json.dumps({"username": "carol", "password": TOO_BIG}).encode()
+    response = chunked(api.client, "/login", body, basic("alice", password))
+    assert_error(response, 413)
+    assert_protected(response)
+    assert api.rows(event="login.failure") == []
+    assert len(api.rows(event="login.success", user="alice")) == 1  # the fixture's own
+
+
+def test_a_chunked_body_under_64_kib_is_read_whole(api, users):
+    body = json.dumps({"username": ALICE[0], "password": ALICE[1]}).encode()
+    response = chunked(api.client, "/login", body, {})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["user"]["username"] == ALICE[0]
 
 
 def test_a_body_of_64_kib_is_accepted(api, users):

@@ -55,11 +55,13 @@ def server_environment(database_url: str, instance_path: Path) -> dict:
 
 
 @contextmanager
-def serving(database_url: str, tmp_path: Path):
-    """`make run`'s command on a migrated database; yields (client, server output)."""
+def serving(database_url: str, tmp_path: Path, **environ: str):
+    """`make run`'s command on a migrated database, with `environ` on top of
+    server_environment; yields (client, server output)."""
     port = free_port()
     log = tmp_path / "server.log"
-    server = start(make_run_command(port), server_environment(database_url, tmp_path), log)
+    server = start(make_run_command(port),
+                   server_environment(database_url, tmp_path) | environ, log)
     try:
         client = Client(f"http://127.0.0.1:{port}")
         wait_until_ready(client, server, log)

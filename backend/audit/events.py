@@ -67,9 +67,13 @@ def storable(text: str) -> str:
 
 
 def event_from_signal(source: str, *, event: str, level: str = "INFO", track: str = "",
-                      user: str | None = None, status: int | None = None) -> AuditEvent:
-    """Combine what a signal said with who asked and how (nothing outside a request)."""
-    context, note = request_fields()
+                      user: str | None = None, status: int | None = None,
+                      request: tuple[dict, str] | None = None) -> AuditEvent:
+    """Combine what a signal said with who asked and how (nothing outside a request).
+
+    `request`: the request_fields() of a request that is over, for an event announced after
+    its response began (the end of a streamed export)."""
+    context, note = request_fields() if request is None else request
     return AuditEvent(source=source, event=event, level=level,
                       track=track[:TRACK_MAX - len(note)] + note, user=user or None,
                       status=status, **context)

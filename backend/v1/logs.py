@@ -19,7 +19,7 @@ from backend.schemas import (
     logs_as_json,
 )
 from backend.urls import external_url
-from backend.v1 import bp
+from backend.v1 import bp, export_guard
 from backend.v1.users import UNAUTHORIZED
 
 BAD_PARAMETER = {400: (ErrorSchema, "Unknown parameter, bad value or cursor")}
@@ -86,19 +86,24 @@ def stats(args: dict):
 @authenticate(token_auth)
 @arguments(LogExportSchema, unknown=RAISE)
 @other_responses({200: "Every matching row, oldest first, streamed", **UNAUTHORIZED,
-                  **BAD_PARAMETER})
+                  **BAD_PARAMETER,
+                  429: (ErrorSchema, "Too many exports running; see `Retry-After`")})
 def export_logs(args: dict):
     """Export the audit trail as NDJSON or CSV
 
     Every row that the filters of `GET /v1/logs` select and the caller may see, oldest first
     (the chain's order), with `event_id`, `prev_hash` and `hash` for offline verification.
-    Streamed: any number of rows in constant memory. In CSV a text cell that a spreadsheet
-    would run as a formula gets a `'` in front: one that starts with a tab, CR or LF, or whose
-    first character that is not whitespace or invisible is `=`, `+`, `-` or `@` after NFKC
-    normalisation (full-width `＝` too).
+    Streamed: any number of rows in constant memory. A user may run EXPORTS_PER_USER exports
+    at once (429 with `Retry-After` past that, or past the service's own bound), and a client
+    that reads nothing for EXPORT_STALL_TIMEOUT seconds is cut off. In CSV a text cell that a
+    spreadsheet would run as a formula gets a `'` in front: one that starts with a tab, CR or
+    LF, or whose first character that is not whitespace or invisible is `=`, `+`, `-` or `@`
+    after NFKC normalisation (full-width `＝` too).
     """
     fmt = args.pop("format")
-    statement = export.statement(args, token_auth.current_user(), db.engine.dialect.name, fmt)
-    chunks = export.stream(db.engine, statement, fmt)
-    return Response(export.started(chunks), content_type=export.MEDIA_TYPES[fmt], headers={
+    user = token_auth.current_user()
+    statement = export.statement(args, user, db.engine.dialect.name, fmt)
+    chunks = export_guard.guarded(
+        user, lambda: export.started(export.stream(db.engine, statement, fmt)))
+    return Response(chunks, content_type=export.MEDIA_TYPES[fmt], headers={
         "Content-Disposition": f'attachment; filename="audit-log.{fmt}"'})

@@ -1,0 +1,211 @@
+"""Bounds on GET /v1/logs/export, which holds a pooled database connection (on PostgreSQL, a
+COPY in an open transaction) for as long as its client takes to read the file.
+
+Unbounded, 48 connections that asked for an export and read nothing held 40 PostgreSQL
+sessions, and every other request waited POOL_TIMEOUT seconds for a connection and got a 503.
+So, in each worker process:
+
+- ExportSlots: at most EXPORTS_PER_USER exports of one user and EXPORTS_PER_WORKER of all
+  users run at once (config.py keeps the latter under DATABASE_POOL_SIZE: other requests always
+  find a connection); one more is a 429 with Retry-After, before any connection is taken.
+- GuardedExport: the file leaves in pieces of at most PIECE bytes, and a client that keeps the
+  server waiting EXPORT_STALL_TIMEOUT seconds to take one is cut off. Its socket is shut, so the
+  server's blocked write fails and it closes the response, which closes the stream: the
+  connection and its transaction are released, and a `trail.export` row at WARNING says so.
+"""
+
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from flask import current_app, request
+from werkzeug.exceptions import TooManyRequests
+
+from backend.audit.events import request_fields
+from backend.extensions import v1_log
+from backend.models import User
+from backend.v1 import bp
+
+# How much the server is handed at a time: a client must take this much in
+# EXPORT_STALL_TIMEOUT seconds (64 KiB in 30 s: 2 KiB/s) not to count as reading nothing.
+PIECE = 64 * 1024
+# An export lasts seconds to minutes; a client that retries sooner is refused again.
+RETRY_AFTER = 5
+
+
+class ExportsBusy(TooManyRequests):
+    """429 with Retry-After: as many exports as the bounds allow are running."""
+
+
+class ExportSlots:
+    """The exports running in this process, per user: a slot is taken before the export's
+    connection, and given back when its response is closed."""
+
+    def __init__(self, per_user: int, per_worker: int):
+        self.per_user = per_user
+        self.per_worker = per_worker
+        self._running: Counter[int] = Counter()
+        # Reentrant: GuardedExport.__del__ gives a slot back wherever the collector runs.
+        self._lock = threading.RLock()
+
+    def take(self, user: User) -> Callable[[], None]:
+        """A slot for one export of `user`, as the function that gives it back (once; later
+        calls do nothing); ExportsBusy if a bound is reached."""
+        with self._lock:
+            if self._running[user.id] >= self.per_user:
+                raise ExportsBusy(
+                    f"You have {self.per_user} exports running; wait for one to finish.",
+                    retry_after=RETRY_AFTER,
+                )
+            if self._running.total() >= self.per_worker:
+                raise ExportsBusy(
+                    "Too many exports are running; try again shortly.", retry_after=RETRY_AFTER
+                )
+            self._running[user.id] += 1
+        given_back = threading.Event()
+
+        def give_back() -> None:
+            with self._lock:
+                if not given_back.is_set():
+                    given_back.set()
+                    self._running[user.id] -= 1
+
+        return give_back
+
+
+@bp.record_once
+def _make_slots(state) -> None:
+    config = state.app.config
+    state.app.extensions["export_slots"] = ExportSlots(
+        config["EXPORTS_PER_USER"], config["EXPORTS_PER_WORKER"]
+    )
+
+
+def guarded(user: User, open_export: Callable[[], Iterator[bytes]]) -> "GuardedExport":
+    """The chunks that `open_export()` makes, within the bounds: a slot of `user`'s taken
+    first (ExportsBusy, a 429, if none is free), and the client watched while it reads."""
+    give_back = current_app.extensions["export_slots"].take(user)
+    try:
+        chunks = open_export()
+    except BaseException:
+        give_back()
+        raise
+    return GuardedExport(chunks, give_back, user.username)
+
+
+class GuardedExport:
+    """A response body (WSGI calls `close` when it is done with it, read whole or not) that cuts
+    off a client who keeps the server waiting EXPORT_STALL_TIMEOUT seconds for one piece."""
+
+    def __init__(self, chunks: Iterator[bytes], give_back: Callable[[], None], username: str):
+        self._chunks = chunks
+        self._give_back = give_back
+        self._username = username
+        self._app = current_app._get_current_object()
+        self._request = request_fields()  # the row, if any, is written once the request is over
+        self._track = f"{request.method} {request.full_path.rstrip('?')}"
+        environ = request.environ
+        self._watch = StallWatch(
+            self._app.config["EXPORT_STALL_TIMEOUT"],
+            environ.get("gunicorn.socket") or environ.get("werkzeug.socket"),
+        )
+        self._sent = 0
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._watch.start()
+        for chunk in self._chunks:
+            for start in range(0, len(chunk), PIECE):
+                piece = chunk[start : start + PIECE]
+                self._watch.waiting()
+                yield piece
+                if self._watch.cut_off:  # taken as the watch cut in: the socket is shut anyway
+                    return
+                self._watch.taken()
+                self._sent += len(piece)
+
+    def close(self) -> None:
+        """Release the connection and the slot; record a cut-off (once, however often called)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._watch.stop()
+        try:
+            self._chunks.close()
+        finally:
+            self._give_back()
+        if self._watch.cut_off:
+            self._record_cut_off()
+
+    def __del__(self) -> None:
+        # A response dropped unclosed (replaced by the 503 of an audit row that failed) must
+        # not keep its user's slot for the life of the worker.
+        self._give_back()
+
+    def _record_cut_off(self) -> None:
+        seconds = self._watch.seconds
+        with self._app.app_context():
+            v1_log.send(
+                self._app,
+                event="trail.export",
+                level="WARNING",
+                user=self._username,
+                status=200,
+                request=self._request,
+                track=f"{self._track} cut off: the client read nothing for {seconds} s"
+                f" ({self._sent} bytes sent)",
+            )
+
+
+class StallWatch:
+    """A watcher (a thread; a greenlet in a gevent worker) that shuts `connection` once the
+    server has been `waiting` for `seconds` without the piece being `taken`."""
+
+    def __init__(self, seconds: int, connection: socket.socket | None):
+        self.seconds = seconds
+        self.cut_off = False
+        self._connection = connection
+        self._waiting_since: float | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Watch from now until `stop`."""
+        threading.Thread(target=self._watch, name="export-stall-watch", daemon=True).start()
+
+    def waiting(self) -> None:
+        """A piece is with the server, to be sent."""
+        self._waiting_since = time.monotonic()
+
+    def taken(self) -> None:
+        """The server has handed the piece on and asks for the next."""
+        self._waiting_since = None
+
+    def stop(self) -> None:
+        """The export is over."""
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        wait = self.seconds
+        while not self._stopped.wait(wait):
+            since = self._waiting_since
+            waited = 0.0 if since is None else time.monotonic() - since
+            if waited >= self.seconds:
+                self.cut_off = True
+                shut(self._connection)
+                return
+            wait = self.seconds - waited
+
+
+def shut(connection: socket.socket | None) -> None:
+    """End the client's connection: a write the server is blocked in fails at once, and the
+    close that follows resets the connection, dropping what the client never read."""
+    if connection is None:  # not served over a socket (the test client): nothing to shut
+        return
+    try:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.shutdown(socket.SHUT_RDWR)
+    except OSError:  # the client went away meanwhile
+        pass
