@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from backend.audit.events import AuditEvent
 from backend.audit.spool import encode
 from backend.audit.writer import writer
-from backend.extensions import db
+from backend.roles import owner_engine
 from tests.test_integrity import flask_audit, make_trail, verify_line
 from tests.test_spool import spool_file, spooled, spooled_events
 
@@ -51,12 +51,12 @@ def database_refusing(app, condition: str):
             f" CHECK (NOT ({condition.format(row='')}))"
         )
         remove = "ALTER TABLE audit_log DROP CONSTRAINT test_refuse"
-    with app.app_context(), db.engine.begin() as connection:
+    with app.app_context(), owner_engine().begin() as connection:  # DDL: the tables' owner
         connection.execute(sa.text(add))
     try:
         yield
     finally:
-        with app.app_context(), db.engine.begin() as connection:
+        with app.app_context(), owner_engine().begin() as connection:
             connection.execute(sa.text(remove))
 
 

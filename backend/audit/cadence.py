@@ -9,10 +9,11 @@ same transaction as the rows (chain.link). So, whatever the setting was over the
   changed), or rows deleted from the tail with the head moved back, break that, unless the
   count was forged too;
 - fewer rows follow the last one than the setting asks for, or than the widest spacing of the
-  signed checkpoints (the setting may have been larger when the last rows were written);
-- between two periodic checkpoints the spacing is the setting of the moment: where both
-  neighbours of a spacing are equal and it is a whole multiple of theirs, the checkpoints in
-  between are missing.
+  signed checkpoints (the setting may have been larger when the last rows were written).
+
+The spacings between checkpoints are not judged: the setting may change at any restart, so a
+wide spacing proves nothing (a checkpoint deleted between two others only matters to a chain
+recomputed past it, which the checkpoints after it already catch).
 
 Purges delete rows, never checkpoints; anchors and purge checkpoints do not restart the count.
 Neither changes any of this. What no local check can tell (`verify` says so, integrity.caveat):
@@ -27,8 +28,7 @@ def missing_checkpoint(
     """The first row where a periodic checkpoint should be and is not, and why; None when the
     periodic checkpoints (their row ids, ascending) agree with the head and with `every`
     (AUDIT_CHECKPOINT_EVERY; None: judge by the checkpoints' own spacing alone)."""
-    findings = [*_gaps(periodic), *_tail(periodic, last_id, since, every)]
-    return min(findings, default=None)
+    return min(_tail(periodic, last_id, since, every), default=None)
 
 
 def _tail(
@@ -70,23 +70,3 @@ def _tail(
             )
         ]
     return []
-
-
-def _gaps(periodic: list[int]) -> list[tuple[int, str]]:
-    """Spacings that are a whole multiple of equal spacings on either side of them."""
-    findings = []
-    for before, this, after, next_ in zip(
-        [0, *periodic], periodic, periodic[1:], periodic[2:], strict=False
-    ):
-        left, spacing, right = this - before, after - this, next_ - after
-        if left == right and spacing > left and spacing % left == 0:
-            findings.append(
-                (
-                    this + left,
-                    "missing: no signed checkpoint at this row, between"
-                    f" those of rows {this} and {after}, {spacing} rows"
-                    f" apart where the ones around them are {left}"
-                    " apart",
-                )
-            )
-    return findings
