@@ -147,6 +147,12 @@ def test_csv_is_a_header_then_every_row_oldest_first(api, rows):
         as_csv_cells(row) for row in safe]
 
 
+def test_the_written_out_formula_pattern_is_what_the_unicode_tables_give():
+    """FORMULA_PATTERN is kept in the code (built, it costs half a second in a request); a new
+    Python's Unicode tables may change it: then write out what this builds."""
+    assert export.FORMULA_PATTERN == export.unicode_formula_pattern()
+
+
 def test_csv_starts_with_a_byte_order_mark_and_ends_lines_with_crlf(api, rows):
     data = get_export(api, rows["admin"], format="csv").get_data()
     assert data.startswith("\ufeffid,created_at,".encode())

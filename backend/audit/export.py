@@ -12,7 +12,6 @@ the client reads slowly. On SQLite the rows are read lazily and the csv module w
 """
 
 import csv
-import functools
 import io
 import re
 import sys
@@ -48,6 +47,19 @@ FORMULA_CHARACTERS = ("=", "+", "-", "@")
 # it starts with a tab, CR or LF (which OWASP lists too). Defusing too much costs one quote.
 LINE_STARTS = ("\t", "\r", "\n")
 BLANK_CATEGORIES = ("Zs", "Zl", "Zp", "Cc", "Cf")
+# That rule as a regular expression that PostgreSQL's (ARE) and Python's `re` read alike
+# (character classes of \u/\U escapes only), as `unicode_formula_pattern()` builds it from
+# Python 3.11's Unicode tables. Written out, not built at first use: building it looks at every
+# code point (half a second of a gevent worker's only thread, inside a request);
+# tests/test_export.py checks the two agree.
+FORMULA_PATTERN = (
+    r"^([\u0009\u000d\u000a]|[\u0001-\u0020\u007f-\u00a0\u00ad\u0600-\u0605\u061c"
+    r"\u06dd\u070f\u0890-\u0891\u08e2\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-"
+    r"\u2064\u2066-\u206f\u3000\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-"
+    r"\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-"
+    r"\U000e007f]*[\u002b\u002d\u003d\u0040\u207a\u207c\u208a\u208c\u2a75-\u2a76\ufb29"
+    r"\ufe62-\ufe63\ufe66\ufe6b\uff0b\uff0d\uff1d\uff20])"
+)
 # Excel reads a CSV file as UTF-8 only when it starts with a byte order mark.
 BOM = "\ufeff"
 # COPY's CSV: RFC 4180 quoting (a cell with a comma, quote, CR or LF is quoted); NULL is an empty
@@ -221,7 +233,7 @@ def _defused(value: sa.ColumnElement[str], dialect: str) -> sa.ColumnElement[str
     """A CSV cell that a spreadsheet shows as text: `'` before a would-be formula (see
     FORMULA_CHARACTERS). The same regular expression on both databases: PostgreSQL's `~`, and
     on SQLite the REGEXP that SQLAlchemy's driver gives it (Python's `re`, a call per cell)."""
-    defused = value.regexp_match(formula_pattern()), "'" + value
+    defused = value.regexp_match(FORMULA_PATTERN), "'" + value
     if dialect != "sqlite":
         # (The plain `~` alone: the planner costs each operator in the select list, and more
         # of them made it plan the unfiltered export in parallel, not as one index scan.)
@@ -235,14 +247,14 @@ def _defused(value: sa.ColumnElement[str], dialect: str) -> sa.ColumnElement[str
 
 def looks_like_formula(text: str) -> bool:
     """True for a cell that the CSV export defuses: the rule of FORMULA_CHARACTERS, in Python."""
-    return re.match(formula_pattern(), text) is not None
+    return _FORMULA.match(text) is not None
 
 
-@functools.cache
-def formula_pattern() -> str:
-    """The rule of FORMULA_CHARACTERS as a regular expression that PostgreSQL's (ARE) and
-    Python's `re` read alike: character classes of \\u/\\U escapes only. Built from Python's
-    Unicode tables on first use (half a second: every code point is looked at)."""
+_FORMULA = re.compile(FORMULA_PATTERN)
+
+
+def unicode_formula_pattern() -> str:
+    """FORMULA_PATTERN as Python's Unicode tables give it (every code point is looked at)."""
     blank, formula = [], []
     for code in range(1, sys.maxunicode + 1):  # NUL is never stored (events.storable)
         character = chr(code)
