@@ -2,12 +2,16 @@
 once per user and per worker, and the cut-off of a client that reads nothing. Served for real,
 with raw sockets that never read: tests/test_export_bounds_served.py."""
 
+import gc
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from backend.audit import export
 from backend.extensions import db
+from backend.models import User
+from backend.v1 import export_guard
 from tests.conftest import bearer
 from tests.test_errors import assert_error
 from tests.test_logs import write
@@ -110,3 +114,44 @@ def test_a_slow_reader_that_keeps_reading_is_not_cut_off(api, trail, start_expor
     response.close()
     assert sum(chunk.count(b"\n") for chunk in chunks) == len(api.rows()) - 1  # all but its own
     assert api.rows(event="trail.export") == []
+
+
+def opened_and_closed():
+    """An export's chunks that say whether they were closed (their connection released)."""
+    state = {"closed": False}
+
+    def chunks():
+        try:
+            yield b"chunk"
+        finally:
+            state["closed"] = True
+
+    return state, chunks()
+
+
+@pytest.mark.settings(EXPORTS_PER_USER="1")
+def test_an_export_dropped_unclosed_releases_its_chunks_and_slot(api, trail):
+    """A response replaced before the server closes it (the 503 of an audit row that failed)."""
+    state, chunks = opened_and_closed()
+    with api.app.test_request_context("/v1/logs/export"):
+        user = db.session.scalar(sa.select(User).where(User.username == "alice"))
+        guarded = export_guard.guarded(user, lambda: chunks)
+        next(iter(guarded))  # started: the chunks hold their connection
+        del guarded
+        gc.collect()
+        assert state["closed"]
+        export_guard.guarded(user, lambda: (chunk for chunk in ())).close()  # the slot was given back
+
+
+@pytest.mark.settings(EXPORTS_PER_USER="1")
+def test_an_export_that_fails_to_start_releases_its_chunks_and_slot(api, trail, monkeypatch):
+    state, chunks = opened_and_closed()
+    next(chunks)  # opened: a COPY under way
+    monkeypatch.setattr(export_guard, "request_fields", lambda: 1 / 0)
+    with api.app.test_request_context("/v1/logs/export"):
+        user = db.session.scalar(sa.select(User).where(User.username == "alice"))
+        with pytest.raises(ZeroDivisionError):
+            export_guard.guarded(user, lambda: chunks)
+        assert state["closed"]
+        monkeypatch.undo()
+        export_guard.guarded(user, lambda: (chunk for chunk in ())).close()  # the slot was given back

@@ -88,17 +88,24 @@ def guarded(user: User, open_export: Callable[[], Iterator[bytes]]) -> "GuardedE
     """The chunks that `open_export()` makes, within the bounds: a slot of `user`'s taken
     first (ExportsBusy, a 429, if none is free), and the client watched while it reads."""
     give_back = current_app.extensions["export_slots"].take(user)
+    chunks = None
     try:
         chunks = open_export()
+        return GuardedExport(chunks, give_back, user.username)
     except BaseException:
-        give_back()
+        try:
+            if chunks is not None:
+                chunks.close()  # its connection and transaction
+        finally:
+            give_back()
         raise
-    return GuardedExport(chunks, give_back, user.username)
 
 
 class GuardedExport:
     """A response body (WSGI calls `close` when it is done with it, read whole or not) that cuts
     off a client who keeps the server waiting EXPORT_STALL_TIMEOUT seconds for one piece."""
+
+    _closed = True  # until __init__ has finished: nothing of a half-made one to release
 
     def __init__(self, chunks: Iterator[bytes], give_back: Callable[[], None], username: str):
         self._chunks = chunks
@@ -129,21 +136,26 @@ class GuardedExport:
 
     def close(self) -> None:
         """Release the connection and the slot; record a cut-off (once, however often called)."""
+        if self._release() and self._watch.cut_off:
+            self._record_cut_off()
+
+    def __del__(self) -> None:
+        # A response dropped unclosed (replaced by the 503 of an audit row that failed) must
+        # not keep its connection, its transaction or its user's slot for the life of the worker.
+        self._release()
+
+    def _release(self) -> bool:
+        """Stop watching, close the chunks (their connection), give the slot back; False when
+        that was done already."""
         if self._closed:
-            return
+            return False
         self._closed = True
         self._watch.stop()
         try:
             self._chunks.close()
         finally:
             self._give_back()
-        if self._watch.cut_off:
-            self._record_cut_off()
-
-    def __del__(self) -> None:
-        # A response dropped unclosed (replaced by the 503 of an audit row that failed) must
-        # not keep its user's slot for the life of the worker.
-        self._give_back()
+        return True
 
     def _record_cut_off(self) -> None:
         seconds = self._watch.seconds
