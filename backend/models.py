@@ -50,8 +50,8 @@ class Token(db.Model):
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     digest: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
     user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("users.id"), index=True)
-    # For a login token, when that login began (before the password was read): compared with
-    # the user's password_changed_at, so a change during the login still kills the token.
+    # When it was issued; a token issued before the user's password_changed_at is dead (besides
+    # revoked by the change: backend/auth/accounts.py orders the two against logins).
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
     expires_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
     revoked_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)

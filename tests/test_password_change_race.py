@@ -12,7 +12,7 @@ import pytest
 
 from backend.clock import moved
 from tests.conftest import ALICE, basic, bearer
-from tests.test_login_security import NO_LOCKOUT, change_password, login_racing
+from tests.test_login_security import NEW_PASSWORD, NO_LOCKOUT, change_password, login_racing
 
 ROUNDS = 5
 # As many as a process checks passwords at once (credentials.CHECKS_AT_ONCE): none waits for
@@ -82,3 +82,23 @@ def attack_during_change(app, owner_token: str, old: str, new: str) -> list[str]
         thread.join(timeout=60)
     assert changed.status_code == 200
     return tokens
+
+
+def test_a_login_with_the_new_password_begun_before_the_change_gets_a_live_token(
+    api, client, users, monkeypatch
+):
+    """The change commits after the login began and before it read the user: the login checks
+    the new password, and its token must work (it must not be dated from before the change)."""
+    from backend.auth import credentials
+
+    lock = credentials.Throttle.lock
+
+    def change_then_lock(throttle):
+        monkeypatch.undo()  # once: the change's own password check takes a lock too
+        assert change_password(client, users["alice"], ALICE[1]).status_code == 200
+        return lock(throttle)
+
+    monkeypatch.setattr(credentials.Throttle, "lock", change_then_lock)
+    response = client.post("/login", headers=basic(ALICE[0], NEW_PASSWORD))
+    assert response.status_code == 200
+    assert client.get("/v1/me", headers=bearer(response.get_json()["token"])).status_code == 200

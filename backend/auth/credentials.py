@@ -31,8 +31,6 @@ def verify_password(username: str, password: str) -> User | None:
         username, password = _json_credentials()
         if username is None:
             return None  # no credentials at all: a challenge, not a failed attempt
-    # Before the user is read: the token this login makes dates from here (see Token).
-    g.login_started_at = utcnow()
     return authenticate_password(storable(username), password, signal=auth_log, event="login",
                                  status=401)
 

@@ -36,7 +36,10 @@ def login(credentials: dict):
     no further: 429, with `Retry-After` in seconds. README, "Login security", has the rules.
     """
     user = basic_auth.current_user()
-    created_at = g.login_started_at
+    # Issued now: a change committed before this login read the user (whose new password it
+    # checked) must not date the token before itself. A change after the read is what
+    # issue_token refuses; one after the token, what revoke_tokens revokes.
+    created_at = utcnow()
     expires_at = created_at + timedelta(seconds=current_app.config["TOKEN_TTL"])
     token = issue_token(user.id, g.checked_password_hash, created_at, expires_at)
     db.session.commit()
