@@ -149,9 +149,10 @@ def purge_command(before: str, dry_run: bool, yes: bool, batch: int) -> None:
     """
     try:
         cutoff = _moment(before)
-    except click.BadParameter:
+    except click.BadParameter as error:
         _record_purge(f"purge refused: --before {before!r} is not a date", "WARNING")
-        raise
+        raise click.ClickException(f"purge refused, nothing deleted: --before {before!r}"
+                                   f" is not a date: {error.message}") from None
     asked = f"purge of the rows created before {rfc3339(cutoff)}"
     with owner_engine().connect() as connection:
         refused = retention.refusal(connection, cutoff,
@@ -188,7 +189,7 @@ def _purge_batch(up_to: int, batch: int, deleted: int) -> int:
         with owner_engine().begin() as connection:
             return retention.purge_batch(connection, writer().key, up_to, batch)
     except sa.exc.DBAPIError as error:  # the driver's message, not the SQL and its parameters
-        reason = str(error.orig).splitlines()[0]
+        reason = refusals.reason(error)
         _record_purge(f"purge stopped after {deleted} rows: {reason}", "WARNING")
         raise click.ClickException(f"purge stopped after {deleted} rows: {reason}") from None
 

@@ -47,7 +47,7 @@ def tampering(app) -> Iterator[sa.Connection]:
         triggers = connection.execute(sa.text(
             "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
             f" AND tbl_name IN {PROTECTED}")).all()
-        assert len(triggers) == 5, triggers  # no update, no delete (x2), none under a hold
+        assert len(triggers) == 6, triggers  # per table: no update, no delete, none under a hold
         for name, _ in triggers:
             connection.exec_driver_sql(f"DROP TRIGGER {name}")
         try:

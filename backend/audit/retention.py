@@ -9,7 +9,8 @@ Before anything is deleted, `refusal` checks the date (not in the future, not la
 AUDIT_MIN_RETENTION_DAYS ago) and the legal holds (while any stands, nothing goes). Each
 attempt, refused or not, is recorded as a `trail.purge` row before a row is deleted. The
 database enforces the holds too: its append-only triggers refuse every DELETE of `audit_log`
-while a hold stands (migration 0007), so a hold placed while a purge runs stops it.
+and `audit_checkpoint` while a hold stands (migration 0007), so a hold placed while a purge
+runs stops it.
 """
 
 import getpass
@@ -126,6 +127,7 @@ def place_hold(connection: sa.Connection, name: str, reason: str) -> None:
 
 def release_hold(connection: sa.Connection, name: str) -> None:
     """Release the standing hold NAME (it stays listed, with when and by whom)."""
+    name = name.strip()
     hold_id = _standing(connection, name)
     if hold_id is None:
         raise HoldError(f"no hold named {name!r} is standing")

@@ -1,4 +1,5 @@
-"""Legal holds: the audit_hold table, and triggers that refuse to delete rows while one stands.
+"""Legal holds: the audit_hold table, and triggers that refuse to delete rows (of the trail and
+its checkpoints) while one stands.
 
 `flask audit purge` checks the holds before it starts; the triggers make the database say no
 as well, so a hold placed while a purge runs stops its next batch, and no other DELETE under a
@@ -17,8 +18,9 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
+PROTECTED = ("audit_log", "audit_checkpoint")
 APPEND_ONLY = "{} is append-only: {} is not allowed (retention: flask audit purge)"
-HELD = ("audit_log is under a legal hold: no row may be deleted while one stands"
+HELD = ("{} is under a legal hold: no row may be deleted while one stands"
         " (flask audit hold list)")
 
 
@@ -39,14 +41,15 @@ def upgrade():
                     sqlite_where=sa.text("released_at IS NULL"))
     if op.get_bind().dialect.name == "postgresql":
         _postgresql_function(hold_check=f"""
-                IF TG_TABLE_NAME = 'audit_log'
-                   AND EXISTS (SELECT 1 FROM audit_hold WHERE released_at IS NULL) THEN
-                    RAISE EXCEPTION '{HELD}' USING ERRCODE = 'insufficient_privilege';
+                IF EXISTS (SELECT 1 FROM audit_hold WHERE released_at IS NULL) THEN
+                    RAISE EXCEPTION '{HELD.format("%")}', TG_TABLE_NAME
+                        USING ERRCODE = 'insufficient_privilege';
                 END IF;""")
     else:
-        op.execute(f"""CREATE TRIGGER audit_log_no_delete_under_hold BEFORE DELETE ON audit_log
-                       WHEN EXISTS (SELECT 1 FROM audit_hold WHERE released_at IS NULL)
-                       BEGIN SELECT RAISE(ABORT, '{HELD}'); END""")
+        for table in PROTECTED:
+            op.execute(f"""CREATE TRIGGER {table}_no_delete_under_hold BEFORE DELETE ON {table}
+                           WHEN EXISTS (SELECT 1 FROM audit_hold WHERE released_at IS NULL)
+                           BEGIN SELECT RAISE(ABORT, '{HELD.format(table)}'); END""")
 
 
 def _postgresql_function(hold_check: str):
@@ -67,6 +70,7 @@ def downgrade():
     if op.get_bind().dialect.name == "postgresql":
         _postgresql_function(hold_check="")
     else:
-        op.execute("DROP TRIGGER audit_log_no_delete_under_hold")
+        for table in PROTECTED:
+            op.execute(f"DROP TRIGGER {table}_no_delete_under_hold")
     op.drop_index("uq_audit_hold_standing_name", table_name="audit_hold")
     op.drop_table("audit_hold")
