@@ -140,7 +140,7 @@ def test_an_export_dropped_unclosed_releases_its_chunks_and_slot(api, trail):
         del guarded
         gc.collect()
         assert state["closed"]
-        export_guard.guarded(user, lambda: (chunk for chunk in ())).close()  # the slot was given back
+        export_guard.guarded(user, lambda: (chunk for chunk in ())).close()  # a slot is free
 
 
 @pytest.mark.settings(EXPORTS_PER_USER="1")
@@ -154,4 +154,4 @@ def test_an_export_that_fails_to_start_releases_its_chunks_and_slot(api, trail, 
             export_guard.guarded(user, lambda: chunks)
         assert state["closed"]
         monkeypatch.undo()
-        export_guard.guarded(user, lambda: (chunk for chunk in ())).close()  # the slot was given back
+        export_guard.guarded(user, lambda: (chunk for chunk in ())).close()  # a slot is free
