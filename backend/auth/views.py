@@ -7,8 +7,8 @@ import sqlalchemy as sa
 from apifairy import authenticate, body, other_responses, response
 from flask import abort, current_app, g
 
+from backend.accounts import issue_token
 from backend.auth import bp
-from backend.auth.accounts import issue_token
 from backend.auth.credentials import token_problem
 from backend.clock import utcnow
 from backend.extensions import auth_log, basic_auth, db, token_auth

@@ -5,7 +5,7 @@ from apifairy import authenticate, body, other_responses, response
 from flask import current_app
 from werkzeug.exceptions import Conflict, Forbidden, NotFound
 
-from backend.auth import accounts
+from backend import accounts
 from backend.auth.credentials import authenticate_password
 from backend.clock import rfc3339
 from backend.extensions import db, token_auth, v1_log
@@ -20,7 +20,6 @@ from backend.schemas import (
     UserStatusSchema,
     UserUpdateSchema,
 )
-from backend.users import UsernameTaken, create_user
 from backend.v1 import bp
 
 UNAUTHORIZED = {401: (ErrorSchema, "No valid bearer token")}
@@ -56,8 +55,8 @@ def list_users():
 def new_user(fields: dict):
     """Create a user (admin)"""
     try:
-        user = create_user(fields["username"], fields["password"], fields["is_admin"])
-    except UsernameTaken:
+        user = accounts.create_user(fields["username"], fields["password"], fields["is_admin"])
+    except accounts.UsernameTaken:
         raise Conflict(f"The username {fields['username']!r} is taken.") from None
     v1_log.send(current_app._get_current_object(), event="user.create", level="INFO",
                 user=token_auth.current_user().username, status=201,
