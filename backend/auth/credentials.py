@@ -6,7 +6,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from blinker import NamedSignal
-from flask import current_app, g, request
+from flask import g, request
 from marshmallow import ValidationError
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from werkzeug.exceptions import BadRequest
@@ -16,10 +16,11 @@ from backend.auth.lockout import LockedOut, Throttle
 from backend.clock import utcnow
 from backend.db_types import autocommit_connection
 from backend.errors import ValidationFailed, fields_of
-from backend.extensions import auth_log, basic_auth, db, token_auth
+from backend.extensions import basic_auth, db, token_auth
 from backend.models import Token, User
 from backend.schemas import LoginSchema
 from backend.security import check_password, hash_password, needs_rehash, token_digest
+from backend.signals import announce, auth_log
 
 
 @basic_auth.verify_password
@@ -53,20 +54,19 @@ def authenticate_password(username: str, password: str, *, signal: NamedSignal, 
     send `<event>.failure` with `status`; only the row's `track` tells them apart. On success,
     a hash made with older parameters is replaced, now that the password is at hand.
     """
-    sender = current_app._get_current_object()
     throttle = Throttle(username, request.remote_addr)
     with _checking:
         if (lock := throttle.lock()) is None:
             user, problem = _check(throttle, username, password)
     if lock is not None:
         seconds, scopes = lock
-        signal.send(sender, event=f"{event}.locked", level="WARNING", user=username, status=429,
-                    track=f"locked out for {seconds} s: {', '.join(scopes)}")
+        announce(signal, f"{event}.locked", level="WARNING", status=429,
+                 track=f"locked out for {seconds} s: {', '.join(scopes)}", user=username)
         raise LockedOut(retry_after=seconds)
     if problem is None:
         return user
-    signal.send(sender, event=f"{event}.failure", level="WARNING", user=username, status=status,
-                track=problem)
+    announce(signal, f"{event}.failure", level="WARNING", status=status, track=problem,
+             user=username)
     return None
 
 
