@@ -5,7 +5,8 @@ from apifairy import authenticate, body, other_responses, response
 from werkzeug.exceptions import Conflict, Forbidden, NotFound
 
 from backend import accounts
-from backend.auth.credentials import authenticate_password
+from backend.auth.credentials import Outcome, authenticate_password
+from backend.auth.lockout import LockedOut
 from backend.clock import rfc3339
 from backend.extensions import db, token_auth
 from backend.models import User
@@ -111,11 +112,16 @@ def change_password(fields: dict):
     revoked: log in again with the new password.
     """
     username = token_auth.current_user().username
-    user = authenticate_password(username, fields["current_password"], signal=v1_log,
-                                 event="password.change", status=403)
-    if user is None:
+    check = authenticate_password(username, fields["current_password"])
+    if check.outcome is Outcome.LOCKED:
+        announce(v1_log, "password.change.locked", level="WARNING", status=LockedOut.code,
+                 track=check.reason, user=username)
+        raise LockedOut(retry_after=check.retry_after)
+    if check.outcome is not Outcome.SUCCESS:
+        announce(v1_log, "password.change.failure", level="WARNING", status=403,
+                 track=check.reason, user=username)
         raise Forbidden("The current password is wrong.")
-    revoked = accounts.change_password(user, fields["new_password"])
+    revoked = accounts.change_password(check.user, fields["new_password"])
     announce(v1_log, "password.change", level="INFO", status=200,
              track=f"changed password; tokens revoked: {revoked}", user=username)
     return {"message": "Password changed; log in again."}
