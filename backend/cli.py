@@ -14,6 +14,7 @@ from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
+from backend.accounts import UsernameTaken, create_user, ensure_admin
 from backend.audit import export, integrity, refusals, retention
 from backend.audit.events import AuditEvent
 from backend.audit.writer import write, writer
@@ -23,7 +24,6 @@ from backend.extensions import db
 from backend.models import Log
 from backend.roles import owner_engine
 from backend.schemas import LogFiltersSchema, NewUserSchema, RFC3339DateTime
-from backend.users import UsernameTaken, create_user, ensure_admin
 
 users = AppGroup("users", help="Manage the users who can log in.")
 audit = AppGroup("audit", help="Check, export and prune the audit trail.")

@@ -9,12 +9,13 @@ import re
 
 import psycopg
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app, got_request_exception, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from marshmallow.exceptions import SCHEMA
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
 from backend.extensions import apifairy, basic_auth, token_auth
+from backend.signals import announce_exception
 
 bp = Blueprint("errors", __name__)
 
@@ -101,7 +102,7 @@ def database_unreachable(error: Exception) -> Response:
         raise error
     current_app.logger.warning("database unreachable: %s", getattr(error, "orig", error))
     # It still ended the request: on the record as an unhandled exception is (the row spools).
-    got_request_exception.send(current_app._get_current_object(), exception=error, status=503)
+    announce_exception(error, status=503)
     return error_response(503, "The database is unavailable; try again shortly.",
                           headers={"Retry-After": "1"})
 

@@ -18,10 +18,8 @@ _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
-# Each hash takes its 19 MiB while it runs: at most two at a time per process bounds a worker's
-# memory however many of its requests log in at once (eight threads hashing took a worker to
-# 205 MB). Two per process keep the CPUs busy already: argon2 releases the GIL. In a gevent
-# worker they run on real threads, or each would stop the worker's other requests meanwhile.
+# Two hashes at a time per process bound a worker's memory and still keep the CPUs busy.
+# (figures: docs/benchmarks.md, "Tuning decisions")
 _hashing = OffTheLoop(2)
 
 

@@ -115,7 +115,7 @@ def prepare(options, settings: dict, report: "Report") -> None:
 def ensure_users(settings: dict) -> None:
     """The admin and the ordinary user the benchmark logs in as."""
     from backend import create_app, dispose_engines
-    from backend.users import UsernameTaken, create_user
+    from backend.accounts import UsernameTaken, create_user
 
     app = create_app(settings)
     with app.app_context():

@@ -156,7 +156,7 @@ class Api:
         self.client = client
 
     def create_user(self, username: str, password: str, is_admin: bool = False) -> None:
-        from backend.users import create_user
+        from backend.accounts import create_user
 
         with self.app.app_context():
             create_user(username, password, is_admin)

@@ -25,13 +25,14 @@ import sqlalchemy as sa
 from flask import template_rendered
 
 from backend import create_app, dispose_engines
+from backend.accounts import create_user
 from backend.audit import subscribers, writer
 from backend.audit.events import AuditEvent
 from backend.audit.writer import AuditUnavailable
 from backend.clock import rfc3339, utcnow
-from backend.extensions import db, main_log
+from backend.extensions import db
 from backend.models import Log
-from backend.users import create_user
+from backend.signals import main_log
 from tests.conftest import ALICE, make_settings
 from tests.serving import Client, free_port, make_run_command, start, stop, wait_until_ready
 from tests.test_errors import assert_error

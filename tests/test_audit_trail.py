@@ -9,9 +9,10 @@ import sqlalchemy as sa
 from blinker import ANY
 from flask import current_app
 
-from backend.extensions import auth_log, db, main_log, v1_log
+from backend.extensions import db
 from backend.models import User
 from backend.roles import owner_engine
+from backend.signals import auth_log, main_log, v1_log
 from tests.conftest import ALICE, basic, bearer
 from tests.test_errors import CRASH_MESSAGE, add_crashing_route, assert_error
 

@@ -8,8 +8,9 @@ import sqlalchemy as sa
 from blinker import ANY
 
 from backend.clock import moved, utcnow
-from backend.extensions import auth_log, db
+from backend.extensions import db
 from backend.models import User
+from backend.signals import auth_log
 from tests.conftest import ALICE, basic, bearer
 from tests.test_errors import assert_error
 

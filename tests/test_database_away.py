@@ -11,7 +11,7 @@ import pytest
 
 import config
 from backend import create_app, dispose_engines
-from backend.users import create_user
+from backend.accounts import create_user
 from tests.conftest import ALICE, Api, basic, bearer, make_settings, migrate_to_head
 from tests.pgcluster import PrivateCluster, private_cluster
 from tests.test_errors import assert_error

@@ -3,10 +3,10 @@
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 
 import sqlalchemy as sa
-from blinker import NamedSignal
-from flask import current_app, g, request
+from flask import g, request
 from marshmallow import ValidationError
 from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from werkzeug.exceptions import BadRequest
@@ -16,10 +16,42 @@ from backend.auth.lockout import LockedOut, Throttle
 from backend.clock import utcnow
 from backend.db_types import autocommit_connection
 from backend.errors import ValidationFailed, fields_of
-from backend.extensions import auth_log, basic_auth, db, token_auth
+from backend.extensions import basic_auth, db, token_auth
 from backend.models import Token, User
 from backend.schemas import LoginSchema
 from backend.security import check_password, hash_password, needs_rehash, token_digest
+from backend.signals import announce, auth_log
+
+
+class Outcome(Enum):
+    """What a password check found; a refusal's value is its reason, for the trail."""
+
+    SUCCESS = "success"
+    UNKNOWN_USER = "unknown user"
+    INVALID_PASSWORD = "invalid password"
+    DISABLED = "disabled user"
+    LOCKED = "locked out"
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordCheck:
+    """The outcome of a password check, with the user it lets in (SUCCESS only)."""
+
+    outcome: Outcome
+    user: User | None = None
+    # SUCCESS: the hash the password matched, as read (not as the user's row may hold it by
+    # now, after a password change): what a login's token is issued against (issue_token).
+    checked_hash: str | None = None
+    # LOCKED: how long until an attempt may be made, and which keys are locked.
+    retry_after: int = 0
+    locked: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        """Why the password does not let the user in, for the row's `track`."""
+        if self.outcome is Outcome.LOCKED:
+            return f"locked out for {self.retry_after} s: {', '.join(self.locked)}"
+        return self.outcome.value
 
 
 @basic_auth.verify_password
@@ -31,8 +63,18 @@ def verify_password(username: str, password: str) -> User | None:
         username, password = _json_credentials()
         if username is None:
             return None  # no credentials at all: a challenge, not a failed attempt
-    return authenticate_password(storable(username), password, signal=auth_log, event="login",
-                                 status=401)
+    username = storable(username)
+    check = authenticate_password(username, password)
+    if check.outcome is Outcome.LOCKED:
+        announce(auth_log, "login.locked", level="WARNING", status=LockedOut.code,
+                 track=check.reason, user=username)
+        raise LockedOut(retry_after=check.retry_after)
+    if check.outcome is not Outcome.SUCCESS:
+        announce(auth_log, "login.failure", level="WARNING", status=401, track=check.reason,
+                 user=username)
+        return None
+    g.checked_password_hash = check.checked_hash
+    return check.user
 
 
 def _sent_basic() -> bool:
@@ -41,31 +83,20 @@ def _sent_basic() -> bool:
     return authorization is not None and authorization.type == "basic"
 
 
-def authenticate_password(username: str, password: str, *, signal: NamedSignal, event: str,
-                          status: int) -> User | None:
-    """The user whose password this is, within the lockout rules; None for a failed check.
+def authenticate_password(username: str, password: str) -> PasswordCheck:
+    """Check `username`'s password within the lockout rules, for a login or a password change.
 
-    While the attempt is locked out (`backend.auth.lockout`), send `<event>.locked` and raise
-    LockedOut (429) without checking anything. An unknown name, a wrong password and a
-    disabled user are one kind of failure: they cost the same time, count toward a lock and
-    send `<event>.failure` with `status`; only the row's `track` tells them apart. On success,
-    a hash made with older parameters is replaced, now that the password is at hand.
+    While the attempt is locked out (`backend.auth.lockout`) nothing is checked: LOCKED. An
+    unknown name, a wrong password and a disabled user are one kind of failure to the client:
+    they cost the same time and count toward a lock; only the outcome tells them apart. On
+    success, a hash made with older parameters is replaced, now that the password is at hand.
     """
-    sender = current_app._get_current_object()
     throttle = Throttle(username, request.remote_addr)
     with _checking:
         if (lock := throttle.lock()) is None:
-            user, problem = _check(throttle, username, password)
-    if lock is not None:
-        seconds, scopes = lock
-        signal.send(sender, event=f"{event}.locked", level="WARNING", user=username, status=429,
-                    track=f"locked out for {seconds} s: {', '.join(scopes)}")
-        raise LockedOut(retry_after=seconds)
-    if problem is None:
-        return user
-    signal.send(sender, event=f"{event}.failure", level="WARNING", user=username, status=status,
-                track=problem)
-    return None
+            return _check(throttle, username, password)
+    seconds, scopes = lock
+    return PasswordCheck(Outcome.LOCKED, retry_after=seconds, locked=tuple(scopes))
 
 
 # A process checks at most this many passwords at once, each from its lockout check to the
@@ -77,8 +108,8 @@ CHECKS_AT_ONCE = 2
 _checking = threading.BoundedSemaphore(CHECKS_AT_ONCE)
 
 
-def _check(throttle: Throttle, username: str, password: str) -> tuple[User | None, str | None]:
-    """Check the password and count the outcome: (the user, why it does not let them in)."""
+def _check(throttle: Throttle, username: str, password: str) -> PasswordCheck:
+    """Check the password and count the outcome."""
     user = db.session.scalar(sa.select(User).where(User.username == username))
     # The hash takes tens of milliseconds, more while other logins' hashes go first: not with
     # a pooled connection (and its transaction) held, which the worker's other requests would
@@ -86,30 +117,27 @@ def _check(throttle: Throttle, username: str, password: str) -> tuple[User | Non
     # session held nothing else to write (a login or a password change reads first).
     db.session.close()
     problem = password_problem(user, password)
-    if problem is None:
-        checked = user.password_hash
-        db.session.add(user)  # back in the session, for the caller
-        if needs_rehash(checked):  # made with older parameters: replace it now,
-            # unless the password changed since it was read: that hash is not ours to undo
-            rehashed = hash_password(password)
-            db.session.execute(sa.update(User).where(User.id == user.id,
-                                                     User.password_hash == checked)
-                               .values(password_hash=rehashed))
-            checked = rehashed
-        # What a login's token is issued against (accounts.issue_token): the hash as read,
-        # not as the user's row holds it by then, which a password change may have replaced.
-        g.checked_password_hash = checked
-        throttle.record_success()  # commits, the new hash with it
-    else:
+    if problem is not None:
         throttle.record_failure()
-    return user, problem
+        return PasswordCheck(problem)
+    checked = user.password_hash
+    db.session.add(user)  # back in the session, for the caller
+    if needs_rehash(checked):  # made with older parameters: replace it now,
+        # unless the password changed since it was read: that hash is not ours to undo
+        rehashed = hash_password(password)
+        db.session.execute(sa.update(User).where(User.id == user.id,
+                                                 User.password_hash == checked)
+                           .values(password_hash=rehashed))
+        checked = rehashed
+    throttle.record_success()  # commits, the new hash with it
+    return PasswordCheck(Outcome.SUCCESS, user, checked_hash=checked)
 
 
-def password_problem(user: User | None, password: str) -> str | None:
-    """Why `password` does not let `user` in (for the trail), or None when it does."""
+def password_problem(user: User | None, password: str) -> Outcome | None:
+    """Why `password` does not let `user` in, or None when it does."""
     if not check_password(user.password_hash if user else None, password):
-        return "unknown user" if user is None else "invalid password"
-    return "disabled user" if user.disabled else None
+        return Outcome.UNKNOWN_USER if user is None else Outcome.INVALID_PASSWORD
+    return Outcome.DISABLED if user.disabled else None
 
 
 def _json_credentials() -> tuple[str | None, str | None]:

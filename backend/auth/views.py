@@ -7,13 +7,14 @@ import sqlalchemy as sa
 from apifairy import authenticate, body, other_responses, response
 from flask import abort, current_app, g
 
+from backend.accounts import issue_token
 from backend.auth import bp
-from backend.auth.accounts import issue_token
 from backend.auth.credentials import token_problem
 from backend.clock import utcnow
-from backend.extensions import auth_log, basic_auth, db, token_auth
+from backend.extensions import basic_auth, db, token_auth
 from backend.models import Token
 from backend.schemas import ErrorSchema, LoginSchema, MessageSchema, TokenSchema
+from backend.signals import announce, auth_log
 
 
 @bp.post("/login")
@@ -44,12 +45,11 @@ def login(credentials: dict):
     token = issue_token(user.id, g.checked_password_hash, created_at, expires_at)
     db.session.commit()
     if token is None:  # the password changed, or the user was disabled, since it was checked
-        auth_log.send(current_app._get_current_object(), event="login.failure",
-                      level="WARNING", user=user.username, status=401,
-                      track="password changed or user disabled during the login")
+        announce(auth_log, "login.failure", level="WARNING", status=401,
+                 track="password changed or user disabled during the login", user=user.username)
         abort(basic_auth.auth_error_callback(401))  # the 401 of any failed login
-    auth_log.send(current_app._get_current_object(), event="login.success", level="INFO",
-                  user=user.username, status=200, track="logged in")
+    announce(auth_log, "login.success", level="INFO", status=200, track="logged in",
+             user=user.username)
     return {"token": token, "token_type": "Bearer", "expires_at": expires_at, "user": user}
 
 
@@ -66,8 +66,8 @@ def logout():
                        .where(Token.id == g.caller.token_id, Token.revoked_at.is_(None))
                        .values(revoked_at=utcnow()))
     db.session.commit()
-    auth_log.send(current_app._get_current_object(), event="logout", level="INFO",
-                  user=token_auth.current_user().username, status=200, track="logged out")
+    announce(auth_log, "logout", level="INFO", status=200, track="logged out",
+             user=token_auth.current_user().username)
     return {"message": "logged out"}
 
 
@@ -78,6 +78,5 @@ def refuse_logout() -> NoReturn:
     token = getattr(token_auth.get_auth(), "token", None)
     if token:
         username, problem = token_problem(token)
-        auth_log.send(current_app._get_current_object(), event="logout", level="WARNING",
-                      user=username, status=401, track=problem)
+        announce(auth_log, "logout", level="WARNING", status=401, track=problem, user=username)
     abort(token_auth.auth_error_callback(401))

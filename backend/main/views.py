@@ -11,9 +11,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from backend.audit.writer import writer
 from backend.errors import error_response
-from backend.extensions import db, main_log, migrate
+from backend.extensions import db, migrate
 from backend.main import bp
 from backend.schemas import ErrorSchema, HealthSchema, IndexSchema, ReadySchema
+from backend.signals import announce, main_log
 from backend.urls import external_url
 
 SERVICE = "flask-audit-trail"
@@ -23,8 +24,7 @@ SERVICE = "flask-audit-trail"
 @other_responses({200: (IndexSchema, "The service and its links")})
 def index():
     """The service's name, version and where its API is."""
-    main_log.send(current_app._get_current_object(), event="index.view", level="DEBUG",
-                  status=200, track="GET /")
+    announce(main_log, "index.view", level="DEBUG", status=200, track="GET /")
     return {
         "service": SERVICE,
         "version": service_version(),

@@ -1,11 +1,12 @@
 """The REST API under /v1: the current user, users, and the audit trail."""
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 
 from backend.audit.events import level_for_status
 from backend.audit.writer import AuditUnavailable
 from backend.errors import error_response
-from backend.extensions import token_auth, v1_log
+from backend.extensions import token_auth
+from backend.signals import announce, v1_log
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
@@ -22,10 +23,9 @@ def record_api_request(response: Response) -> Response:
     user = caller()
     status = response.status_code
     try:
-        v1_log.send(current_app._get_current_object(), event="api.request",
-                    level=level_for_status(status), user=getattr(user, "username", None),
-                    status=status, track=f"{request.method} {request.full_path.rstrip('?')}"
-                                         f" -> {status}")
+        announce(v1_log, "api.request", level=level_for_status(status), status=status,
+                 track=f"{request.method} {request.full_path.rstrip('?')} -> {status}",
+                 user=getattr(user, "username", None))
     except AuditUnavailable as error:
         return error_response(error.code, error.description)
     return response

@@ -25,8 +25,8 @@ from flask import current_app, request
 from werkzeug.exceptions import TooManyRequests
 
 from backend.audit.events import request_fields
-from backend.extensions import v1_log
 from backend.models import User
+from backend.signals import announce, v1_log
 from backend.v1 import bp
 
 # How much the server is handed at a time: a client must take this much in
@@ -160,16 +160,10 @@ class GuardedExport:
     def _record_cut_off(self) -> None:
         seconds = self._watch.seconds
         with self._app.app_context():
-            v1_log.send(
-                self._app,
-                event="trail.export",
-                level="WARNING",
-                user=self._username,
-                status=200,
-                request=self._request,
-                track=f"{self._track} cut off: the client read nothing for {seconds} s"
-                f" ({self._sent} bytes sent)",
-            )
+            announce(v1_log, "trail.export", level="WARNING", status=200,
+                     track=f"{self._track} cut off: the client read nothing for {seconds} s"
+                           f" ({self._sent} bytes sent)",
+                     user=self._username, request=self._request)
 
 
 class StallWatch:

@@ -2,13 +2,13 @@
 
 import sqlalchemy as sa
 from apifairy import authenticate, body, other_responses, response
-from flask import current_app
 from werkzeug.exceptions import Conflict, Forbidden, NotFound
 
-from backend.auth import accounts
-from backend.auth.credentials import authenticate_password
+from backend import accounts
+from backend.auth.credentials import Outcome, authenticate_password
+from backend.auth.lockout import LockedOut
 from backend.clock import rfc3339
-from backend.extensions import db, token_auth, v1_log
+from backend.extensions import db, token_auth
 from backend.models import User
 from backend.schemas import (
     ErrorSchema,
@@ -20,7 +20,7 @@ from backend.schemas import (
     UserStatusSchema,
     UserUpdateSchema,
 )
-from backend.users import UsernameTaken, create_user
+from backend.signals import announce, v1_log
 from backend.v1 import bp
 
 UNAUTHORIZED = {401: (ErrorSchema, "No valid bearer token")}
@@ -56,12 +56,12 @@ def list_users():
 def new_user(fields: dict):
     """Create a user (admin)"""
     try:
-        user = create_user(fields["username"], fields["password"], fields["is_admin"])
-    except UsernameTaken:
+        user = accounts.create_user(fields["username"], fields["password"], fields["is_admin"])
+    except accounts.UsernameTaken:
         raise Conflict(f"The username {fields['username']!r} is taken.") from None
-    v1_log.send(current_app._get_current_object(), event="user.create", level="INFO",
-                user=token_auth.current_user().username, status=201,
-                track=f"created {'admin' if user.is_admin else 'user'} {user.username}")
+    announce(v1_log, "user.create", level="INFO", status=201,
+             track=f"created {'admin' if user.is_admin else 'user'} {user.username}",
+             user=token_auth.current_user().username)
     return user
 
 
@@ -90,10 +90,10 @@ def update_user(fields: dict, user_id: int):
     if disabled != user.disabled:
         revoked = accounts.set_disabled(user, disabled)
         action = "disable" if disabled else "enable"
-        v1_log.send(current_app._get_current_object(), event=f"user.{action}", level="INFO",
-                    user=admin.username, status=200,
-                    track=f"{action}d user {user.username}"
-                          + (f"; tokens revoked: {revoked}" if disabled else ""))
+        announce(v1_log, f"user.{action}", level="INFO", status=200,
+                 track=f"{action}d user {user.username}"
+                       + (f"; tokens revoked: {revoked}" if disabled else ""),
+                 user=admin.username)
     return user
 
 
@@ -112,11 +112,16 @@ def change_password(fields: dict):
     revoked: log in again with the new password.
     """
     username = token_auth.current_user().username
-    user = authenticate_password(username, fields["current_password"], signal=v1_log,
-                                 event="password.change", status=403)
-    if user is None:
+    check = authenticate_password(username, fields["current_password"])
+    if check.outcome is Outcome.LOCKED:
+        announce(v1_log, "password.change.locked", level="WARNING", status=LockedOut.code,
+                 track=check.reason, user=username)
+        raise LockedOut(retry_after=check.retry_after)
+    if check.outcome is not Outcome.SUCCESS:
+        announce(v1_log, "password.change.failure", level="WARNING", status=403,
+                 track=check.reason, user=username)
         raise Forbidden("The current password is wrong.")
-    revoked = accounts.change_password(user, fields["new_password"])
-    v1_log.send(current_app._get_current_object(), event="password.change", level="INFO",
-                user=username, status=200, track=f"changed password; tokens revoked: {revoked}")
+    revoked = accounts.change_password(check.user, fields["new_password"])
+    announce(v1_log, "password.change", level="INFO", status=200,
+             track=f"changed password; tokens revoked: {revoked}", user=username)
     return {"message": "Password changed; log in again."}

@@ -1,13 +1,16 @@
-"""Giving and taking access: a login's token is stored only while the password it was checked
-against is still the user's; a new password or a disabled user revokes every token of the user.
+"""Users and their tokens: create a user, ensure an admin, change a password, disable or enable
+a user, revoke a user's tokens, and issue a login's token. One path for the API, the CLI and
+the boot script; password hashing and token material are in `backend.security`.
 
-Why no token made with an old password outlives a change, whatever the interleaving (the same
-holds for disabling a user). A login reads the user, checks the password against the hash it
-read (tens of milliseconds, with no connection held), then stores its token with
-`issue_token`: one statement that inserts the token only if the user's hash is still the one
-checked and the user is not disabled, locking the user's row (FOR SHARE on PostgreSQL; on
-SQLite the statement takes the database's one write lock). A change writes the user's row
-first (`revoke_tokens` flushes it), then revokes the user's tokens, then commits:
+A login's token is stored only while the password it was checked against is still the user's;
+a new password or a disabled user revokes every token of the user. Why no token made with an
+old password outlives a change, whatever the interleaving (the same holds for disabling a
+user). A login reads the user, checks the password against the hash it read (tens of
+milliseconds, with no connection held), then stores its token with `issue_token`: one
+statement that inserts the token only if the user's hash is still the one checked and the
+user is not disabled, locking the user's row (FOR SHARE on PostgreSQL; on SQLite the
+statement takes the database's one write lock). A change writes the user's row first
+(`revoke_tokens` flushes it), then revokes the user's tokens, then commits:
 
 - the login's insert comes first: it holds the row, so the change's UPDATE of the user waits
   until the login commits; the change's revocation, a later statement, sees that token and
@@ -22,15 +25,54 @@ No clock is involved: a change stamped before the login began (a slow hash, anot
 clock) cannot let the login's token live, as a comparison of timestamps alone could.
 """
 
+import secrets
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from backend.clock import utcnow
 from backend.db_types import UTCDateTime
 from backend.extensions import db
 from backend.models import Token, User
 from backend.security import hash_password, new_token
+
+
+class UsernameTaken(ValueError):
+    """Another user already has this name."""
+
+
+def create_user(username: str, password: str, is_admin: bool = False) -> User:
+    """Store a new user with a hashed password; raise UsernameTaken if the name is in use."""
+    password_hash = hash_password(password)  # first: with no connection held meanwhile
+    if db.session.scalar(sa.select(User.id).where(User.username == username)) is not None:
+        raise UsernameTaken(username)
+    user = User(username=username, password_hash=password_hash, is_admin=is_admin)
+    db.session.add(user)
+    try:
+        db.session.commit()
+    except IntegrityError:  # lost a race with another request for the same name
+        db.session.rollback()
+        raise UsernameTaken(username) from None
+    return user
+
+
+def ensure_admin(username: str | None, password: str | None) -> tuple[User | None, str | None]:
+    """Make sure the service can be administered; return (created user, generated password).
+
+    With a name and password, create that admin unless the name exists. Without them, and only
+    while there are no users at all, create `admin` with a random password for the caller to
+    print once. Otherwise do nothing and return (None, None).
+    """
+    if username and password:
+        try:
+            return create_user(username, password, is_admin=True), None
+        except UsernameTaken:
+            return None, None
+    if db.session.scalar(sa.select(User.id).limit(1)) is not None:
+        return None, None
+    generated = secrets.token_urlsafe(12)
+    return create_user("admin", generated, is_admin=True), generated
 
 
 def issue_token(user_id: int, checked_hash: str, created_at: datetime,
