@@ -17,7 +17,7 @@ from dotenv import load_dotenv
 from gunicorn import glogging
 
 from backend.clock import rfc3339, utcnow
-from config import ROOT, gunicorn_workers, positive_int
+from config import ROOT, gunicorn_workers, trusted_proxy_hops
 
 # The same .env the app reads (config.settings), so that gunicorn and the app agree on
 # TRUSTED_PROXY_HOPS and GUNICORN_WORKERS; like there, a variable already set wins.
@@ -71,7 +71,7 @@ control_socket_disable = True
 # it accepts them only from FORWARDED_ALLOW_IPS (default: any peer, as the proxies' addresses
 # are seldom known in a container network), and pre_request strips them from anyone else
 # before ProxyFix sees them.
-TRUSTED_PROXY_HOPS = positive_int(os.environ, "TRUSTED_PROXY_HOPS", 0, minimum=0)
+TRUSTED_PROXY_HOPS = trusted_proxy_hops(os.environ)
 forwarded_allow_ips = (os.environ.get("FORWARDED_ALLOW_IPS") or "*") if TRUSTED_PROXY_HOPS else ""
 # No peer may rewrite SCRIPT_NAME or PATH_INFO through headers: the app is not mounted under a
 # prefix, and the Link URLs it builds must not be steerable.
@@ -141,9 +141,6 @@ def when_ready(server) -> None:
     """Say once how the service is served (the access log then has one line per request)."""
     server.log.info("serving with %d %s workers; trusted proxy hops: %d", server.cfg.workers,
                     server.cfg.worker_class_str, TRUSTED_PROXY_HOPS)
-    if os.environ.get("GUNICORN_THREADS"):
-        server.log.warning("GUNICORN_THREADS is no longer read: gevent workers have no threads"
-                           " (DATABASE_POOL_SIZE sizes a worker's connections)")
 
 
 # --- logs ------------------------------------------------------------------------------------
