@@ -147,7 +147,7 @@ def trusted_hosts(raw: str | None) -> list[str] | None:
 
 
 def _login_security(environ: Mapping[str, str]) -> dict:
-    """Brute-force protection (README, "Login security"): thresholds well under NIST's 100."""
+    """Brute-force protection (docs/login-security.md): thresholds well under NIST's 100."""
     values = {name: positive_int(environ, name, default) for name, default in (
         ("LOGIN_MAX_FAILURES", 5),  # per (account, address) pair
         ("LOGIN_MAX_FAILURES_PER_ADDRESS", 20),  # per address, whatever the accounts
@@ -220,10 +220,7 @@ def database_pool_size(environ: Mapping[str, str]) -> int:
     connection) would pass CONNECTION_BUDGET (13 workers, a 6-CPU container: 5), never fewer
     than 2.
 
-    A gevent worker serves any number of requests at once, and its token lookups take the
-    pool's connections in turn (~0.1 ms each); with wrk's 16 connections on 2 workers, a
-    pool of 8 made 0.91 of the unaudited floor where one of 16 made 0.92, in two runs of
-    bench/throughput.py back to back."""
+    8 serves a gevent worker as well as 16 (figures: docs/benchmarks.md, "Tuning decisions")."""
     default = max(2, min(8, CONNECTION_BUDGET // gunicorn_workers(environ) - 1))
     return positive_int(environ, "DATABASE_POOL_SIZE", default)
 
