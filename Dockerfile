@@ -1,4 +1,4 @@
-# The service's image; `docker compose up` builds it (README.md, "Deployment").
+# The service's image; `docker compose up` builds it (docs/operations.md, "Deployment").
 # The same Python as the tests run on; slim: no compiler, no apt packages needed at run time.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

@@ -18,7 +18,7 @@ test: $(VENV)/.installed-test
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
-# The query and export benchmark (README, "Benchmarks"): ROWS=10000000 make bench-query.
+# The query and export benchmark (docs/benchmarks.md): ROWS=10000000 make bench-query.
 ROWS ?= 1000000
 bench-query: $(VENV)/.installed
 	$(BIN)/python -m bench.query --rows $(ROWS)

@@ -16,6 +16,11 @@ from dotenv import load_dotenv
 
 ROOT = Path(__file__).resolve().parent
 ENVIRONMENTS = ("development", "testing", "production")
+# The largest request body, in bytes: a JSON API never needs more in one request.
+MAX_BODY = 64 * 1024
+# gunicorn's "application failed to load": its master stops instead of respawning workers that
+# can never start (wsgi.py, backend/boot.py). `flask` simply exits with it.
+APP_LOAD_ERROR = 4
 
 
 class ConfigError(RuntimeError):
@@ -78,15 +83,14 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         "AUDIT_SPOOL_PATH": environ.get("AUDIT_SPOOL_PATH")
         or str(instance_path / "audit-spool.jsonl"),
         "TOKEN_TTL": positive_int(environ, "TOKEN_TTL", 3600),
-        "TRUSTED_PROXY_HOPS": positive_int(environ, "TRUSTED_PROXY_HOPS", 0, minimum=0),
+        "TRUSTED_PROXY_HOPS": trusted_proxy_hops(environ),
         "PUBLIC_URL": public_url(environ.get("PUBLIC_URL")),
         # Flask (>= 3.1) answers 400 to a request whose Host is not one of these; None: any.
         "TRUSTED_HOSTS": trusted_hosts(environ.get("TRUSTED_HOSTS")),
         **_login_security(environ),
         "ADMIN_USERNAME": environ.get("ADMIN_USERNAME") or None,
         "ADMIN_PASSWORD": environ.get("ADMIN_PASSWORD") or None,
-        # A JSON API never needs more than this in one request body.
-        "MAX_CONTENT_LENGTH": 64 * 1024,
+        "MAX_CONTENT_LENGTH": MAX_BODY,
         # Unhandled exceptions must reach our JSON 500 handler (and the audit) even in tests.
         "PROPAGATE_EXCEPTIONS": False,
     }
@@ -98,6 +102,12 @@ def database_url_for_sqlalchemy(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def trusted_proxy_hops(environ: Mapping[str, str]) -> int:
+    """TRUSTED_PROXY_HOPS: the proxies in front of the service whose X-Forwarded-For/-Proto
+    count (ProxyFix in the app, forwarded_allow_ips in backend/gunicorn_conf.py); 0 by default."""
+    return positive_int(environ, "TRUSTED_PROXY_HOPS", 0, minimum=0)
 
 
 def public_url(raw: str | None) -> str | None:
@@ -137,7 +147,7 @@ def trusted_hosts(raw: str | None) -> list[str] | None:
 
 
 def _login_security(environ: Mapping[str, str]) -> dict:
-    """Brute-force protection (README, "Login security"): thresholds well under NIST's 100."""
+    """Brute-force protection (docs/login-security.md): thresholds well under NIST's 100."""
     values = {name: positive_int(environ, name, default) for name, default in (
         ("LOGIN_MAX_FAILURES", 5),  # per (account, address) pair
         ("LOGIN_MAX_FAILURES_PER_ADDRESS", 20),  # per address, whatever the accounts
@@ -210,10 +220,7 @@ def database_pool_size(environ: Mapping[str, str]) -> int:
     connection) would pass CONNECTION_BUDGET (13 workers, a 6-CPU container: 5), never fewer
     than 2.
 
-    A gevent worker serves any number of requests at once, and its token lookups take the
-    pool's connections in turn (~0.1 ms each); with wrk's 16 connections on 2 workers, a
-    pool of 8 made 0.91 of the unaudited floor where one of 16 made 0.92, in two runs of
-    bench/throughput.py back to back."""
+    8 serves a gevent worker as well as 16 (figures: docs/benchmarks.md, "Tuning decisions")."""
     default = max(2, min(8, CONNECTION_BUDGET // gunicorn_workers(environ) - 1))
     return positive_int(environ, "DATABASE_POOL_SIZE", default)
 

@@ -3,11 +3,7 @@
 import sys
 
 from backend import create_app
-from config import ConfigError
-
-# gunicorn's "application failed to load": its master stops instead of respawning workers
-# that can never start. `flask` simply exits with it.
-APP_LOAD_ERROR = 4
+from config import APP_LOAD_ERROR, ConfigError
 
 try:
     app = create_app()

@@ -22,13 +22,12 @@ from flask_migrate import upgrade
 
 from backend import dispose_engines
 from backend.extensions import db
-from config import ConfigError
+from config import APP_LOAD_ERROR, ConfigError
 
 GUNICORN_CONFIG = "python:backend.gunicorn_conf"
 # Any 64-bit number, the same in every copy of the service: "audit_bo" in ASCII.
 BOOT_LOCK = 0x6175_6469_745F_626F
 BOOT_LOCK_POLL = 0.5  # seconds between tries while another boot migrates
-CONFIGURATION_ERROR = 4  # as wsgi.py: gunicorn's "application failed to load"
 
 
 def main(gunicorn_options: list[str]) -> int:
@@ -37,7 +36,7 @@ def main(gunicorn_options: list[str]) -> int:
         from backend import gunicorn_conf  # noqa: F401  (its settings, checked before migrating)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
-        return CONFIGURATION_ERROR
+        return APP_LOAD_ERROR
     # The very app gunicorn will serve; a bad setting exits here with its one-line message.
     from wsgi import app
 

@@ -2,7 +2,8 @@
 
     {"error": {"status": 400, "code": "bad_request", "message": "...", "details": {...}}}
 
-`details` appears only on validation errors and maps each bad field to its messages.
+`details` appears only on validation errors and maps each bad field to its messages. The
+error answers the views document (apifairy's `other_responses`) are written here once.
 """
 
 import re
@@ -15,9 +16,19 @@ from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 from werkzeug.http import HTTP_STATUS_CODES
 
 from backend.extensions import apifairy, basic_auth, token_auth
+from backend.schemas import ErrorSchema
 from backend.signals import announce_exception
+from config import MAX_BODY
 
 bp = Blueprint("errors", __name__)
+
+# The documented error answers of the views, to combine in their `@other_responses({...})`.
+UNAUTHORIZED = {401: (ErrorSchema, "No valid bearer token")}
+ADMIN_ONLY = {**UNAUTHORIZED, 403: (ErrorSchema, "Admins only")}
+BAD_PARAMETER = {400: (ErrorSchema, "Unknown parameter, bad value or cursor")}
+INVALID_FIELDS = {400: (ErrorSchema, "Invalid fields")}
+LOCKED_OUT = {429: (ErrorSchema, "Locked out after too many failures; see `Retry-After`")}
+TOO_LARGE = f"The request body is over {MAX_BODY // 1024} KiB"
 
 # Headers of an HTTPException that carry meaning and must survive the JSON rewrite.
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")

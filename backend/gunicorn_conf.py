@@ -17,7 +17,7 @@ from dotenv import load_dotenv
 from gunicorn import glogging
 
 from backend.clock import rfc3339, utcnow
-from config import ROOT, gunicorn_workers, positive_int
+from config import ROOT, gunicorn_workers, trusted_proxy_hops
 
 # The same .env the app reads (config.settings), so that gunicorn and the app agree on
 # TRUSTED_PROXY_HOPS and GUNICORN_WORKERS; like there, a variable already set wins.
@@ -27,10 +27,8 @@ load_dotenv(ROOT / ".env")
 workers = gunicorn_workers(os.environ)
 # gevent: each worker serves its connections in greenlets on one thread, switching where a
 # request waits (for PostgreSQL, for the client). Its concurrent requests share one audit
-# commit all the same (group commit). Against gunicorn's gthread worker, with 8 threads
-# a worker: 0.3 context switches a request instead of 13, and 0.85 of the unaudited floor
-# on average in bench/throughput.py instead of 0.74 (README, Benchmarks). Password hashes run
-# on real threads and long loops pause (backend/concurrency.py).
+# commit all the same (group commit). Password hashes run on real threads and long loops pause
+# (backend/concurrency.py). Faster than gthread (figures: docs/benchmarks.md, "Tuning decisions").
 worker_class = "gevent"
 # Each worker builds the app after gevent has patched the standard library: gunicorn
 # discourages preload_app with gevent, whose patching must come before the app's imports
@@ -39,11 +37,8 @@ worker_class = "gevent"
 preload_app = False
 # A worker restarts after this many requests (a slow leak cannot grow for ever); the jitter
 # keeps all workers from restarting at the same moment. Not fewer: a restart costs new
-# database connections and cold statement caches, and stalls the worker's connections: at
-# 1,000 a busy worker restarted every few seconds (a quarter of its throughput, in
-# bench/throughput.py), at 20,000 every half minute at full load (a run during a restart:
-# 1,375 req/s and p99 245 ms against 1,500-1,600 and 17-18 ms). Here: every two minutes or
-# more, and its memory stays flat over bench/throughput.py's runs.
+# database connections and cold statement caches, and stalls the worker's connections
+# (figures: docs/benchmarks.md, "Tuning decisions").
 max_requests = 100000
 max_requests_jitter = 10000
 timeout = 30
@@ -71,7 +66,7 @@ control_socket_disable = True
 # it accepts them only from FORWARDED_ALLOW_IPS (default: any peer, as the proxies' addresses
 # are seldom known in a container network), and pre_request strips them from anyone else
 # before ProxyFix sees them.
-TRUSTED_PROXY_HOPS = positive_int(os.environ, "TRUSTED_PROXY_HOPS", 0, minimum=0)
+TRUSTED_PROXY_HOPS = trusted_proxy_hops(os.environ)
 forwarded_allow_ips = (os.environ.get("FORWARDED_ALLOW_IPS") or "*") if TRUSTED_PROXY_HOPS else ""
 # No peer may rewrite SCRIPT_NAME or PATH_INFO through headers: the app is not mounted under a
 # prefix, and the Link URLs it builds must not be steerable.
@@ -126,9 +121,9 @@ def release_large_blocks() -> None:
     A login's Argon2id hash takes 19 MiB. glibc serves that with mmap and unmaps it when freed,
     but then raises its mmap threshold to that size, so the next ones come from the heap of the
     thread that hashed, where they stay: some 19 MiB per thread that ever checked a password
-    (153 MB per worker of 8 threads in bench/throughput.py, 97 MB with this). A fixed threshold
-    turns that adjustment off (mallopt(3), M_MMAP_THRESHOLD; MALLOC_MMAP_THRESHOLD_=131072 in
-    the environment does the same).
+    (figures: docs/benchmarks.md, "Tuning decisions"). A fixed threshold turns that adjustment
+    off (mallopt(3), M_MMAP_THRESHOLD; MALLOC_MMAP_THRESHOLD_=131072 in the environment does
+    the same).
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -141,9 +136,6 @@ def when_ready(server) -> None:
     """Say once how the service is served (the access log then has one line per request)."""
     server.log.info("serving with %d %s workers; trusted proxy hops: %d", server.cfg.workers,
                     server.cfg.worker_class_str, TRUSTED_PROXY_HOPS)
-    if os.environ.get("GUNICORN_THREADS"):
-        server.log.warning("GUNICORN_THREADS is no longer read: gevent workers have no threads"
-                           " (DATABASE_POOL_SIZE sizes a worker's connections)")
 
 
 # --- logs ------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ class Token(db.Model):
     digest: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
     user_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("users.id"), index=True)
     # When it was issued; a token issued before the user's password_changed_at is dead (besides
-    # revoked by the change: backend/auth/accounts.py orders the two against logins).
+    # revoked by the change: backend/accounts.py orders the two against logins).
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)
     expires_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
     revoked_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)

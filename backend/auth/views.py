@@ -11,6 +11,7 @@ from backend.accounts import issue_token
 from backend.auth import bp
 from backend.auth.credentials import token_problem
 from backend.clock import utcnow
+from backend.errors import LOCKED_OUT, TOO_LARGE, UNAUTHORIZED
 from backend.extensions import basic_auth, db, token_auth
 from backend.models import Token
 from backend.schemas import ErrorSchema, LoginSchema, MessageSchema, TokenSchema
@@ -23,8 +24,7 @@ from backend.signals import announce, auth_log
 @response(TokenSchema)
 @other_responses({400: (ErrorSchema, "Malformed credentials"),
                   401: (ErrorSchema, "Unknown user, wrong password or disabled user"),
-                  413: (ErrorSchema, "A body over 64 KiB"),
-                  429: (ErrorSchema, "Locked out after too many failures; see `Retry-After`"),
+                  413: (ErrorSchema, TOO_LARGE), **LOCKED_OUT,
                   503: (ErrorSchema, "The audit trail cannot record the login")})
 def login(credentials: dict):
     """Log in with HTTP Basic or a JSON body and get a new bearer token
@@ -34,7 +34,7 @@ def login(credentials: dict):
     and a disabled user get the same 401, after the same work. Consecutive failures lock this
     account from this address (5 by default), this address (20) and, for a minute, this
     account (20; not from an address it logged in from lately). A locked attempt is checked
-    no further: 429, with `Retry-After` in seconds. README, "Login security", has the rules.
+    no further: 429, with `Retry-After` in seconds. docs/login-security.md has the rules.
     """
     user = basic_auth.current_user()
     # Issued now: a change committed before this login read the user (whose new password it
@@ -56,7 +56,7 @@ def login(credentials: dict):
 @bp.get("/logout")
 @authenticate(token_auth, optional=True)  # a bad token is refused below, once recorded
 @response(MessageSchema)
-@other_responses({401: (ErrorSchema, "No valid bearer token"),
+@other_responses({**UNAUTHORIZED,
                   503: (ErrorSchema, "The audit trail cannot record the logout")})
 def logout():
     """Revoke the bearer token of this request"""

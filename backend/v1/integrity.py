@@ -4,10 +4,10 @@ from apifairy import authenticate, other_responses, response
 
 from backend.audit import integrity
 from backend.audit.writer import writer
+from backend.errors import ADMIN_ONLY
 from backend.extensions import db, token_auth
 from backend.schemas import VerdictSchema
 from backend.v1 import bp
-from backend.v1.users import ADMIN_ONLY
 
 
 @bp.get("/logs/verify")

@@ -7,6 +7,7 @@ from marshmallow import RAISE
 from werkzeug.exceptions import NotFound
 
 from backend.audit import export, query
+from backend.errors import BAD_PARAMETER, UNAUTHORIZED
 from backend.extensions import db, token_auth
 from backend.schemas import (
     ErrorSchema,
@@ -20,9 +21,7 @@ from backend.schemas import (
 )
 from backend.urls import external_url
 from backend.v1 import bp, export_guard
-from backend.v1.users import UNAUTHORIZED
 
-BAD_PARAMETER = {400: (ErrorSchema, "Unknown parameter, bad value or cursor")}
 # Ids are 64-bit; a larger one names no row (and must not reach the database as a number).
 MAX_ID = 2**63 - 1
 

@@ -8,6 +8,7 @@ from backend import accounts
 from backend.auth.credentials import Outcome, authenticate_password
 from backend.auth.lockout import LockedOut
 from backend.clock import rfc3339
+from backend.errors import ADMIN_ONLY, INVALID_FIELDS, LOCKED_OUT, UNAUTHORIZED
 from backend.extensions import db, token_auth
 from backend.models import User
 from backend.schemas import (
@@ -22,9 +23,6 @@ from backend.schemas import (
 )
 from backend.signals import announce, v1_log
 from backend.v1 import bp
-
-UNAUTHORIZED = {401: (ErrorSchema, "No valid bearer token")}
-ADMIN_ONLY = {**UNAUTHORIZED, 403: (ErrorSchema, "Admins only")}
 
 
 @bp.get("/me")
@@ -51,7 +49,7 @@ def list_users():
 @authenticate(token_auth, role="admin")
 @body(NewUserSchema)
 @response(UserSchema, 201)
-@other_responses({**ADMIN_ONLY, 400: (ErrorSchema, "Invalid fields"),
+@other_responses({**ADMIN_ONLY, **INVALID_FIELDS,
                   409: (ErrorSchema, "The username is taken")})
 def new_user(fields: dict):
     """Create a user (admin)"""
@@ -69,7 +67,7 @@ def new_user(fields: dict):
 @authenticate(token_auth, role="admin")
 @body(UserUpdateSchema)
 @response(UserStatusSchema)
-@other_responses({**UNAUTHORIZED, 400: (ErrorSchema, "Invalid fields"),
+@other_responses({**UNAUTHORIZED, **INVALID_FIELDS,
                   403: (ErrorSchema, "Admins only; and no admin may disable themselves"),
                   404: (ErrorSchema, "No such user")})
 def update_user(fields: dict, user_id: int):
@@ -101,9 +99,9 @@ def update_user(fields: dict, user_id: int):
 @authenticate(token_auth)
 @body(PasswordChangeSchema)
 @response(MessageSchema)
-@other_responses({**UNAUTHORIZED, 400: (ErrorSchema, "Invalid fields"),
+@other_responses({**UNAUTHORIZED, **INVALID_FIELDS,
                   403: (ErrorSchema, "The current password is wrong"),
-                  429: (ErrorSchema, "Locked out after too many failures; see `Retry-After`")})
+                  **LOCKED_OUT})
 def change_password(fields: dict):
     """Change your password
 
