@@ -84,7 +84,7 @@ class LoginThrottle(db.Model):
     __mapper_args__ = {"version_id_col": version}
 
 
-# The trigram index keys each row's block of 2**ID_BLOCK_BITS ids (audit/query.py searches the
+# The trigram index keys each row's block of 2**ID_BLOCK_BITS ids (audit/listing.py searches the
 # newest block first). Migration 0006 writes the same number into the index.
 ID_BLOCK_BITS = 20
 
@@ -126,7 +126,7 @@ class Log(db.Model):
         ),
         # A user's rows of given levels: one ordered range per level (migration 0005).
         sa.Index("ix_audit_log_user_level_created_at_id", "user", "level", "created_at", "id"),
-        # `q` (ILIKE '%...%') on PostgreSQL, with each row's block of ids (audit/query.py,
+        # `q` (ILIKE '%...%') on PostgreSQL, with each row's block of ids (audit/listing.py,
         # migration 0006); SQLite scans. Its pending list is kept short by the audit writer's
         # sessions (audit/writer.py).
         sa.Index("ix_audit_log_track_trgm_block", "track", sa.text(f"(id >> {ID_BLOCK_BITS})"),

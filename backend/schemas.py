@@ -6,12 +6,10 @@ import re
 from datetime import UTC
 
 from flask import request
-from marshmallow import ValidationError, fields, post_load, validate, validates, validates_schema
+from marshmallow import ValidationError, fields, validate, validates, validates_schema
 from webargs.fields import DelimitedList
 
-from backend.audit.export import MEDIA_TYPES
-from backend.audit.query import BUCKETS, Cursor, InvalidCursor, InvalidRange, stats_window
-from backend.clock import rfc3339, utcnow
+from backend.clock import rfc3339
 from backend.extensions import ma
 from backend.models import LEVELS, SOURCES
 
@@ -245,18 +243,15 @@ class LogQuerySchema(LogFiltersSchema):
     after = fields.String(metadata={"description": "The `next` cursor of the previous page.",
                                     "pattern": CURSOR_PATTERN})
 
-    @post_load
-    def _decode_cursor(self, data: dict, **kwargs) -> dict:
-        if "after" in data:
-            try:
-                data["after"] = Cursor.decode(data["after"], data["order"])
-            except InvalidCursor as error:
-                raise ValidationError(str(error), "after") from None
-        return data
+
+# The names of audit.export.MEDIA_TYPES and audit.stats.BUCKETS (tests/test_audit_fields.py
+# checks that they agree): this module only describes the API and imports nothing of the trail.
+EXPORT_FORMATS = ("ndjson", "csv")
+STATS_BUCKETS = ("hour", "day")
 
 
 class LogExportSchema(LogFiltersSchema):
-    format = fields.String(load_default="ndjson", validate=validate.OneOf(list(MEDIA_TYPES)),
+    format = fields.String(load_default="ndjson", validate=validate.OneOf(list(EXPORT_FORMATS)),
                            metadata={"description": "`ndjson` (one JSON object per line) or"
                                                     " `csv` (a header row, then one row each)."})
 
@@ -264,18 +259,8 @@ class LogExportSchema(LogFiltersSchema):
 class LogStatsQuerySchema(LogFiltersSchema):
     """The filters of /v1/logs, and the size of the buckets to count rows in."""
 
-    bucket = fields.String(load_default="hour", validate=validate.OneOf(list(BUCKETS)),
+    bucket = fields.String(load_default="hour", validate=validate.OneOf(list(STATS_BUCKETS)),
                            metadata={"description": "`hour` (default) or `day`, in UTC."})
-
-    @post_load
-    def _window(self, data: dict, **kwargs) -> dict:
-        """Fill in the default window (the last 48 hours or 90 days) and bound its size."""
-        try:
-            data["since"], data["until"] = stats_window(data["bucket"], data.get("since"),
-                                                        data.get("until"), utcnow())
-        except InvalidRange as error:
-            raise ValidationError(str(error), error.field) from None
-        return data
 
 
 class BucketSchema(ma.Schema):
@@ -288,7 +273,7 @@ class BucketSchema(ma.Schema):
 
 
 class LogStatsSchema(ma.Schema):
-    bucket = fields.String(required=True, metadata={"enum": list(BUCKETS)})
+    bucket = fields.String(required=True, metadata={"enum": list(STATS_BUCKETS)})
     since = UTCDateTime(required=True, metadata={"description": "Counted from here (inclusive)."})
     until = UTCDateTime(required=True, metadata={"description": "... to here (exclusive)."})
     total = fields.Integer(required=True, metadata={"description": "Rows in the whole range."})

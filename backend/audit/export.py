@@ -24,7 +24,7 @@ from datetime import datetime
 import psycopg
 import sqlalchemy as sa
 
-from backend.audit.query import matching, ordered
+from backend.audit.listing import matching, ordered
 from backend.concurrency import pause
 from backend.db_types import autocommit_connection
 from backend.models import Log, User
