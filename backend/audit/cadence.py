@@ -15,7 +15,7 @@ same transaction as the rows (chain.link). So, whatever the setting was over the
   between are missing.
 
 Purges delete rows, never checkpoints; anchors and purge checkpoints do not restart the count.
-Neither changes any of this. What no local check can tell (`verify` says so, integrity.caveat):
+Neither changes any of this. What no local check can tell (`verify` says so, verification.caveat):
 the rows after the last signed checkpoint deleted, with the head moved back and its count made
 to agree, fewer of them than a checkpoint's worth.
 """
