@@ -27,7 +27,7 @@ from flask import template_rendered
 from backend import create_app, dispose_engines
 from backend.audit import subscribers, writer
 from backend.audit.events import AuditEvent
-from backend.audit.writer import AuditUnavailable
+from backend.audit.group_commit import AuditUnavailable
 from backend.clock import rfc3339, utcnow
 from backend.extensions import db, main_log
 from backend.models import Log
