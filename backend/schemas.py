@@ -10,8 +10,9 @@ from marshmallow import ValidationError, fields, validate, validates, validates_
 from webargs.fields import DelimitedList
 
 from backend.clock import rfc3339
+from backend.db_types import UTCDateTime as DBDateTime
 from backend.extensions import ma
-from backend.models import LEVELS, SOURCES
+from backend.models import AUDIT_FIELDS, LEVELS, SOURCES, AuditField
 
 # \Z, not $: `$` also matches before a final newline, which would let "alice\n" through.
 USERNAME = validate.Regexp(
@@ -154,22 +155,17 @@ class UserListSchema(ma.Schema):
     items = fields.List(fields.Nested(UserSchema), required=True)
 
 
-class LogSchema(ma.Schema):
-    id = fields.Integer(required=True)
-    created_at = UTCDateTime(required=True)
-    source = fields.String(required=True, metadata={"enum": list(SOURCES)})
-    event = fields.String(required=True, metadata={"example": "login.failure"})
-    level = fields.String(required=True, metadata={"enum": list(LEVELS)})
-    user = fields.String(required=True, allow_none=True)
-    ip = fields.String(required=True, allow_none=True)
-    track = fields.String(required=True)
-    method = fields.String(allow_none=True)
-    path = fields.String(allow_none=True)
-    status = fields.Integer(allow_none=True)
-    request_id = fields.String(allow_none=True)
-    user_agent = fields.String(allow_none=True)
+def log_field(spec: AuditField) -> fields.Field:
+    """The marshmallow field of an audit row's field, of the kind its column holds."""
+    kind = (UTCDateTime if isinstance(spec.type, DBDateTime)
+            else fields.Integer if spec.type.python_type is int else fields.String)
+    return kind(allow_none=spec.nullable, **spec.api)
 
 
+# One row of the trail, as the API shows it: the fields of models.AUDIT_FIELDS that have `api`.
+LogSchema = ma.Schema.from_dict(
+    {spec.name: log_field(spec) for spec in AUDIT_FIELDS if spec.api is not None},
+    name="LogSchema")
 LOG_FIELDS = tuple(LogSchema().fields)
 
 
