@@ -111,10 +111,8 @@ def first_rows(filters: dict, viewer: User, order: str, limit: int,
 # rows only when that block holds less than a page. Ids follow (created_at, id) order along
 # the chain (chain.link never lets time run backwards), so every row of a block sorts after
 # every row of the blocks before it, and the two parts of a page join up in order. The
-# trigram index keys each row's block too (migration 0006), so a rare substring's search reads
-# the matches of its newest block only (figures: docs/benchmarks.md, "Tuning decisions").
-
-
+# trigram index keys each row's block too (migration 0006): a rare substring's search reads
+# its newest block's matches only (figures: docs/benchmarks.md, "Tuning decisions").
 def id_block(column) -> sa.ColumnElement[int]:
     """`column >> ID_BLOCK_BITS`, the expression the trigram index keys (literally: a bound
     parameter for the 20 would not match the index's expression)."""
@@ -147,9 +145,8 @@ def page(filters: dict, viewer: User, *, order: str, limit: int,
     the rest of the request, and SELECTs need no transaction (a newest-first `q` reads the
     newest id, then its block, then perhaps the older rows)."""
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        # In the first block (a trail of fewer than 2**20 rows) there is nothing to split, and
-        # the block's key in the index would only cost its reading (figures: docs/benchmarks.md,
-        # "Tuning decisions").
+        # In the first block there is nothing to split, and its key would only cost its reading
+        # (figures: docs/benchmarks.md, "Tuning decisions").
         if filters.get("q") and order == "desc" and (block := search_block(connection, after)):
             rows = connection.execute(first_rows(filters, viewer, order, limit + 1, after,
                                                  ids=in_block(block))).all()

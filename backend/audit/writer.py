@@ -156,10 +156,8 @@ def _not_yet_written(connection: sa.Connection, events: list[AuditEvent]) -> lis
     return [e for e in events if e.event_id not in done]
 
 
-# A short pending list for `q`'s trigram index (gin_pending_list_limit, a setting of the
-# inserting session): a long one slows every search that must read it; 256 kB keeps it to a
-# few hundred rows for little insert cost, and as a session setting it takes no lock on the
-# index (figures: docs/benchmarks.md, "Tuning decisions").
+# Keeps the pending list of `q`'s trigram index short, which every search reads in full; a
+# session setting, as ALTER INDEX would lock (figures: docs/benchmarks.md, "Tuning decisions").
 PENDING_LIST_LIMIT = "256kB"
 
 
