@@ -15,7 +15,7 @@ from flask.cli import AppGroup
 from marshmallow import ValidationError
 
 from backend.accounts import UsernameTaken, create_user, ensure_admin
-from backend.audit import export, integrity, refusals, retention
+from backend.audit import anchors, export, refusals, retention, verification
 from backend.audit.events import AuditEvent
 from backend.audit.writer import write, writer
 from backend.clock import rfc3339
@@ -105,14 +105,14 @@ def keep_private(path: Path, text: str) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 def verify_command(anchor_file, as_json: bool) -> None:
     """Check the whole trail's hash chain and signatures; exit 1 naming the first broken row."""
-    anchors = integrity.read_anchors(anchor_file) if anchor_file else []
-    with integrity.snapshot(db.engine) as connection:
-        total = integrity.row_count(connection)
+    kept = anchors.read_anchors(anchor_file) if anchor_file else []
+    with verification.snapshot(db.engine) as connection:
+        total = verification.row_count(connection)
         with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
-            verdict = integrity.verify(connection, writer().key, anchors, progress=bar.update,
-                                       checkpoint_every=writer().checkpoint_every)
-    click.echo(json.dumps(verdict.as_dict()) if as_json else integrity.describe(verdict))
-    if caveat := integrity.caveat(verdict):
+            verdict = verification.verify(connection, writer().key, kept, progress=bar.update,
+                                             checkpoint_every=writer().checkpoint_every)
+    click.echo(json.dumps(verdict.as_dict()) if as_json else verification.describe(verdict))
+    if caveat := verification.caveat(verdict):
         click.echo(caveat, err=True)
     sys.exit(0 if verdict.intact else 1)
 
@@ -127,9 +127,9 @@ def anchor_command(output) -> None:
     then detects a chain recomputed by someone who could write the database.
     """
     with writer().engine.begin() as connection:
-        checkpoint = integrity.anchor(connection, writer().key)
+        checkpoint = anchors.anchor(connection, writer().key)
     with writer().engine.connect() as connection:
-        output.writelines(integrity.checkpoints_file(connection))
+        output.writelines(anchors.checkpoints_file(connection))
     if checkpoint:
         click.echo(f"signed row {checkpoint['log_id']}", err=True)
 

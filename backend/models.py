@@ -2,6 +2,8 @@
 head, checkpoints and legal holds."""
 
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -84,9 +86,58 @@ class LoginThrottle(db.Model):
     __mapper_args__ = {"version_id_col": version}
 
 
-# The trigram index keys each row's block of 2**ID_BLOCK_BITS ids (audit/query.py searches the
+# The trigram index keys each row's block of 2**ID_BLOCK_BITS ids (audit/listing.py searches the
 # newest block first). Migration 0006 writes the same number into the index.
 ID_BLOCK_BITS = 20
+
+
+@dataclass(frozen=True)
+class AuditField:
+    """One field of an audit row. Its column, its place in the row's hash, the export and the
+    API all come from AUDIT_FIELDS: adding a field is one entry here, plus its migration."""
+
+    name: str
+    type: sa.types.TypeEngine
+    nullable: bool = False
+    # Given by chain.link (the id, and the hashes that link the row), not by the AuditEvent.
+    by_chain: bool = False
+    # An AuditEvent's default for the field (a nullable field's is None).
+    default_factory: Callable[[], object] | None = None
+    # Covered by the row's hash, in AUDIT_FIELDS order (chain version 1: never change which).
+    hashed: bool = True
+    # In LogSchema, with these options of its marshmallow field (the row of CONTRACT.md);
+    # None: in the export only, after the API's fields (what offline verification needs).
+    api: dict | None = None
+    # Further options of the column (primary key, unique).
+    column: dict = field(default_factory=dict)
+
+    def as_column(self) -> sa.Column:
+        """The field's column of `audit_log`."""
+        return sa.Column(self.name, self.type, nullable=self.nullable, **self.column)
+
+
+AUDIT_FIELDS = (
+    AuditField("id", BigIntegerKey, by_chain=True, api={"required": True},
+               column={"primary_key": True, "autoincrement": False}),
+    AuditField("created_at", UTCDateTime(), default_factory=utcnow, api={"required": True}),
+    # Names the event across retries: a replay from the spool never writes it twice.
+    AuditField("event_id", sa.Uuid(), default_factory=uuid.uuid4, column={"unique": True}),
+    AuditField("source", sa.String(8), api={"required": True,
+                                            "metadata": {"enum": list(SOURCES)}}),
+    AuditField("event", sa.String(64), api={"required": True,
+                                            "metadata": {"example": "login.failure"}}),
+    AuditField("level", sa.String(8), api={"required": True, "metadata": {"enum": list(LEVELS)}}),
+    AuditField("user", sa.String(64), nullable=True, api={"required": True}),
+    AuditField("ip", sa.String(45), nullable=True, api={"required": True}),
+    AuditField("track", sa.Text(), api={"required": True}),
+    AuditField("method", sa.String(16), nullable=True, api={}),
+    AuditField("path", sa.String(2048), nullable=True, api={}),
+    AuditField("status", sa.SmallInteger(), nullable=True, api={}),
+    AuditField("request_id", sa.String(32), nullable=True, api={}),
+    AuditField("user_agent", sa.String(512), nullable=True, api={}),
+    AuditField("prev_hash", sa.String(64), by_chain=True, hashed=False),
+    AuditField("hash", sa.String(64), by_chain=True, hashed=False),
+)
 
 
 class Log(db.Model):
@@ -96,29 +147,12 @@ class Log(db.Model):
     Ids are given out by the writer under the chain's lock: gapless, in commit order, and
     `created_at` never decreases along them. Every query of the trail orders by
     (created_at, id), so each filterable column leads an index that ends in that order: a
-    filter plus a cursor is one index range scan.
+    filter plus a cursor is one index range scan. The columns are AUDIT_FIELDS.
     """
 
-    __tablename__ = "audit_log"
-
-    id: so.Mapped[int] = so.mapped_column(BigIntegerKey, primary_key=True, autoincrement=False)
-    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
-    event_id: so.Mapped[uuid.UUID] = so.mapped_column(sa.Uuid, unique=True)
-    source: so.Mapped[str] = so.mapped_column(sa.String(8))
-    event: so.Mapped[str] = so.mapped_column(sa.String(64))
-    level: so.Mapped[str] = so.mapped_column(sa.String(8))
-    user: so.Mapped[str | None] = so.mapped_column(sa.String(64))
-    ip: so.Mapped[str | None] = so.mapped_column(sa.String(45))
-    track: so.Mapped[str] = so.mapped_column(sa.Text)
-    method: so.Mapped[str | None] = so.mapped_column(sa.String(16))
-    path: so.Mapped[str | None] = so.mapped_column(sa.String(2048))
-    status: so.Mapped[int | None] = so.mapped_column(sa.SmallInteger)
-    request_id: so.Mapped[str | None] = so.mapped_column(sa.String(32))
-    user_agent: so.Mapped[str | None] = so.mapped_column(sa.String(512))
-    prev_hash: so.Mapped[str] = so.mapped_column(sa.String(64))
-    hash: so.Mapped[str] = so.mapped_column(sa.String(64))
-
-    __table_args__ = (
+    __table__ = sa.Table(
+        "audit_log", db.metadata,
+        *(spec.as_column() for spec in AUDIT_FIELDS),
         sa.Index("ix_audit_log_created_at_id", "created_at", "id"),
         *(
             sa.Index(f"ix_audit_log_{column}_created_at_id", column, "created_at", "id")
@@ -126,7 +160,7 @@ class Log(db.Model):
         ),
         # A user's rows of given levels: one ordered range per level (migration 0005).
         sa.Index("ix_audit_log_user_level_created_at_id", "user", "level", "created_at", "id"),
-        # `q` (ILIKE '%...%') on PostgreSQL, with each row's block of ids (audit/query.py,
+        # `q` (ILIKE '%...%') on PostgreSQL, with each row's block of ids (audit/listing.py,
         # migration 0006); SQLite scans. Its pending list is kept short by the audit writer's
         # sessions (audit/writer.py).
         sa.Index("ix_audit_log_track_trgm_block", "track", sa.text(f"(id >> {ID_BLOCK_BITS})"),

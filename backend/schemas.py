@@ -6,14 +6,13 @@ import re
 from datetime import UTC
 
 from flask import request
-from marshmallow import ValidationError, fields, post_load, validate, validates, validates_schema
+from marshmallow import ValidationError, fields, validate, validates, validates_schema
 from webargs.fields import DelimitedList
 
-from backend.audit.export import MEDIA_TYPES
-from backend.audit.query import BUCKETS, Cursor, InvalidCursor, InvalidRange, stats_window
-from backend.clock import rfc3339, utcnow
+from backend.clock import rfc3339
+from backend.db_types import UTCDateTime as DBDateTime
 from backend.extensions import ma
-from backend.models import LEVELS, SOURCES
+from backend.models import AUDIT_FIELDS, LEVELS, SOURCES, AuditField
 
 # \Z, not $: `$` also matches before a final newline, which would let "alice\n" through.
 USERNAME = validate.Regexp(
@@ -156,22 +155,17 @@ class UserListSchema(ma.Schema):
     items = fields.List(fields.Nested(UserSchema), required=True)
 
 
-class LogSchema(ma.Schema):
-    id = fields.Integer(required=True)
-    created_at = UTCDateTime(required=True)
-    source = fields.String(required=True, metadata={"enum": list(SOURCES)})
-    event = fields.String(required=True, metadata={"example": "login.failure"})
-    level = fields.String(required=True, metadata={"enum": list(LEVELS)})
-    user = fields.String(required=True, allow_none=True)
-    ip = fields.String(required=True, allow_none=True)
-    track = fields.String(required=True)
-    method = fields.String(allow_none=True)
-    path = fields.String(allow_none=True)
-    status = fields.Integer(allow_none=True)
-    request_id = fields.String(allow_none=True)
-    user_agent = fields.String(allow_none=True)
+def log_field(spec: AuditField) -> fields.Field:
+    """The marshmallow field of an audit row's field, of the kind its column holds."""
+    kind = (UTCDateTime if isinstance(spec.type, DBDateTime)
+            else fields.Integer if spec.type.python_type is int else fields.String)
+    return kind(allow_none=spec.nullable, **spec.api)
 
 
+# One row of the trail, as the API shows it: the fields of models.AUDIT_FIELDS that have `api`.
+LogSchema = ma.Schema.from_dict(
+    {spec.name: log_field(spec) for spec in AUDIT_FIELDS if spec.api is not None},
+    name="LogSchema")
 LOG_FIELDS = tuple(LogSchema().fields)
 
 
@@ -245,18 +239,15 @@ class LogQuerySchema(LogFiltersSchema):
     after = fields.String(metadata={"description": "The `next` cursor of the previous page.",
                                     "pattern": CURSOR_PATTERN})
 
-    @post_load
-    def _decode_cursor(self, data: dict, **kwargs) -> dict:
-        if "after" in data:
-            try:
-                data["after"] = Cursor.decode(data["after"], data["order"])
-            except InvalidCursor as error:
-                raise ValidationError(str(error), "after") from None
-        return data
+
+# The names of audit.export.MEDIA_TYPES and audit.stats.BUCKETS (tests/test_audit_fields.py
+# checks that they agree): this module only describes the API and imports nothing of the trail.
+EXPORT_FORMATS = ("ndjson", "csv")
+STATS_BUCKETS = ("hour", "day")
 
 
 class LogExportSchema(LogFiltersSchema):
-    format = fields.String(load_default="ndjson", validate=validate.OneOf(list(MEDIA_TYPES)),
+    format = fields.String(load_default="ndjson", validate=validate.OneOf(list(EXPORT_FORMATS)),
                            metadata={"description": "`ndjson` (one JSON object per line) or"
                                                     " `csv` (a header row, then one row each)."})
 
@@ -264,18 +255,8 @@ class LogExportSchema(LogFiltersSchema):
 class LogStatsQuerySchema(LogFiltersSchema):
     """The filters of /v1/logs, and the size of the buckets to count rows in."""
 
-    bucket = fields.String(load_default="hour", validate=validate.OneOf(list(BUCKETS)),
+    bucket = fields.String(load_default="hour", validate=validate.OneOf(list(STATS_BUCKETS)),
                            metadata={"description": "`hour` (default) or `day`, in UTC."})
-
-    @post_load
-    def _window(self, data: dict, **kwargs) -> dict:
-        """Fill in the default window (the last 48 hours or 90 days) and bound its size."""
-        try:
-            data["since"], data["until"] = stats_window(data["bucket"], data.get("since"),
-                                                        data.get("until"), utcnow())
-        except InvalidRange as error:
-            raise ValidationError(str(error), error.field) from None
-        return data
 
 
 class BucketSchema(ma.Schema):
@@ -288,7 +269,7 @@ class BucketSchema(ma.Schema):
 
 
 class LogStatsSchema(ma.Schema):
-    bucket = fields.String(required=True, metadata={"enum": list(BUCKETS)})
+    bucket = fields.String(required=True, metadata={"enum": list(STATS_BUCKETS)})
     since = UTCDateTime(required=True, metadata={"description": "Counted from here (inclusive)."})
     until = UTCDateTime(required=True, metadata={"description": "... to here (exclusive)."})
     total = fields.Integer(required=True, metadata={"description": "Rows in the whole range."})

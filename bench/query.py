@@ -242,7 +242,7 @@ def deep_page_cursor(server: Server, token: str) -> str:
 def explain(url: str, params: dict, as_member: bool, plans: Path, name: str) -> tuple:
     """PostgreSQL's own time for the shape's query (warm, the best of three), and its plan's
     access path; the whole plan goes to `plans`."""
-    from backend.audit import query
+    from backend.audit import listing
     from backend.models import User
     from backend.schemas import LogQuerySchema
     from bench.plans import access_path, explain_analyze
@@ -252,10 +252,10 @@ def explain(url: str, params: dict, as_member: bool, plans: Path, name: str) -> 
         filters = LogQuerySchema().load(params)
         ids = None
         newest = connection.execute("SELECT max(id) FROM audit_log").fetchone()[0] or 0
-        if filters.get("q") and newest >> query.BLOCK_BITS:  # as query.page: its first part,
-            ids = query.in_block(newest >> query.BLOCK_BITS)  # the newest block of ids
-        statement = query.first_rows(filters, viewer, filters["order"], filters["limit"] + 1,
-                                     ids=ids)
+        if filters.get("q") and newest >> listing.ID_BLOCK_BITS:  # as listing.page: its first
+            ids = listing.in_block(newest >> listing.ID_BLOCK_BITS)  # part, the newest block
+        statement = listing.first_rows(filters, viewer, filters["order"], filters["limit"] + 1,
+                                       ids=ids)
         runs = [explain_analyze(connection, statement) for _ in range(3)]
     best, lines = min(runs)
     with plans.open("a") as out:

@@ -28,7 +28,7 @@ from backend import create_app, dispose_engines
 from backend.accounts import create_user
 from backend.audit import subscribers, writer
 from backend.audit.events import AuditEvent
-from backend.audit.writer import AuditUnavailable
+from backend.audit.group_commit import AuditUnavailable
 from backend.clock import rfc3339, utcnow
 from backend.extensions import db
 from backend.models import Log

@@ -30,7 +30,7 @@ import psycopg.waiting
 
 import config
 from backend import create_app, security
-from backend.audit import chain, export, integrity, spool
+from backend.audit import chain, export, spool, verification
 from backend.audit.events import AuditEvent
 from backend.concurrency import in_greenlets
 from backend.extensions import db
@@ -54,8 +54,8 @@ def turns_during(function, *args):
 
 
 def verify():
-    with integrity.snapshot(db.engine) as connection:
-        assert integrity.verify(connection, key).intact
+    with verification.snapshot(db.engine) as connection:
+        assert verification.verify(connection, key).intact
 
 
 def export_all():
@@ -127,7 +127,7 @@ with app.app_context():
         "spool append": turns_during(append_to_a_held_spool),
         # The same without the cooperation.
         "hash on the loop": turns_during(security._hasher.hash, "a password"),
-        "verify without pause": turns_during(without_pause(integrity, verify)),
+        "verify without pause": turns_during(without_pause(verification, verify)),
         "export without pause": turns_during(without_pause(export, export_all)),
         "spool append on the loop": turns_during(without(spool, "_waiting", on_the_loop,
                                                          append_to_a_held_spool)),

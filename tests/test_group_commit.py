@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from backend.audit.writer import AuditUnavailable, GroupCommit
+from backend.audit.group_commit import AuditUnavailable, GroupCommit
 
 
 class Recorder:

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from backend.audit import query, writer
+from backend.audit import listing, writer
 from backend.audit.events import AuditEvent
 from backend.clock import rfc3339
 from tests.conftest import ADMIN, ALICE, basic
@@ -276,11 +276,11 @@ NEEDLE_WALKS = {  # name: (extra parameters, viewer, which needle rows each sele
 ])
 def test_q_pages_join_the_newest_block_and_the_older_rows_in_order(api, monkeypatch, needles,
                                                                    walk_name):
-    """query.page reads a newest-first `q` in two parts: the newest block of ids, then the
+    """listing.page reads a newest-first `q` in two parts: the newest block of ids, then the
     older rows if the block holds less than a page. With blocks of 4 ids and pages of 2, every
     page may come from either part or both, and the walk must be the plain listing's, with
     the other filters and the visibility rule too."""
-    monkeypatch.setattr(query, "BLOCK_BITS", 2)
+    monkeypatch.setattr(listing, "ID_BLOCK_BITS", 2)
     params, viewer, keep = NEEDLE_WALKS[walk_name]
     api.create_user(*ADMIN, is_admin=True)
     api.create_user(*ALICE)

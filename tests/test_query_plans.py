@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 
-from backend.audit import export, query
+from backend.audit import export, listing
 from backend.models import User
 from backend.schemas import LogFiltersSchema, LogQuerySchema
 from bench import load
@@ -46,7 +46,7 @@ def trail(tmp_path_factory, request):
 
 def plan(connection, params: dict, viewer: User = ADMIN, order: str = "desc") -> list[str]:
     filters = LogQuerySchema().load({**params, "order": order})
-    return nodes(explain(connection, query.first_rows(filters, viewer, order, 101)))
+    return nodes(explain(connection, listing.first_rows(filters, viewer, order, 101)))
 
 
 @pytest.mark.parametrize("name", SHAPES)
@@ -68,11 +68,11 @@ def assert_reads_in_order(steps: list[str], order: str = "desc") -> None:
 
 def test_a_deep_page_costs_what_the_first_does(trail):
     filters = LogQuerySchema().load({})
-    first = query.first_rows(filters, ADMIN, "desc", 101)
-    rows = trail.execute(*compiled(query.first_rows(filters, ADMIN, "desc", 50_000))).fetchall()
+    first = listing.first_rows(filters, ADMIN, "desc", 101)
+    rows = trail.execute(*compiled(listing.first_rows(filters, ADMIN, "desc", 50_000))).fetchall()
     row_id, created_at = rows[-1][:2]
-    cursor = query.Cursor("desc", created_at, row_id)
-    deep = query.first_rows(filters, ADMIN, "desc", 101, after=cursor)
+    cursor = listing.Cursor("desc", created_at, row_id)
+    deep = listing.first_rows(filters, ADMIN, "desc", 101, after=cursor)
     assert nodes(explain(trail, deep)) == nodes(explain(trail, first))
 
 
@@ -89,8 +89,8 @@ def test_a_rare_substring_is_found_through_the_trigram_index(trail):
 def test_both_parts_of_a_rare_substring_search_read_the_block_in_the_index(trail, part):
     """The block of ids is an index condition, not a filter on every matching row's page."""
     filters = LogQuerySchema().load(SHAPES["q, rare (ZeroDivision)"])
-    ids = query.in_block(0) if part == "newest block" else query.before_block(1)
-    lines = explain(trail, query.first_rows(filters, ADMIN, "desc", 101, ids=ids))
+    ids = listing.in_block(0) if part == "newest block" else listing.before_block(1)
+    lines = explain(trail, listing.first_rows(filters, ADMIN, "desc", 101, ids=ids))
     [condition] = [line for line in lines if "Index Cond" in line]
     assert "~~*" in condition and "(id >> 20)" in condition, lines
     assert not [line for line in lines if line.strip().startswith("Filter")], lines

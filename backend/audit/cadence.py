@@ -16,7 +16,7 @@ wide spacing proves nothing (a checkpoint deleted between two others only matter
 recomputed past it, which the checkpoints after it already catch).
 
 Purges delete rows, never checkpoints; anchors and purge checkpoints do not restart the count.
-Neither changes any of this. What no local check can tell (`verify` says so, integrity.caveat):
+Neither changes any of this. What no local check can tell (`verify` says so, verification.caveat):
 the rows after the last signed checkpoint deleted, with the head moved back and its count made
 to agree, fewer of them than a checkpoint's worth.
 """

@@ -23,12 +23,12 @@ from psycopg.rows import dict_row
 
 from backend.audit.events import AuditEvent
 from backend.clock import rfc3339
-from backend.models import AuditChain, Checkpoint, Log
+from backend.models import AUDIT_FIELDS, AuditChain, Checkpoint, Log
 
 GENESIS = "0" * 64
-# The fields a row's hash covers, in this order; changing it is a new chain version.
-HASHED_FIELDS = ("id", "created_at", "event_id", "source", "event", "level", "user", "ip",
-                 "track", "method", "path", "status", "request_id", "user_agent")
+# The fields a row's hash covers, in this order (models.AUDIT_FIELDS, `hashed`); changing
+# it is a new chain version.
+HASHED_FIELDS = tuple(spec.name for spec in AUDIT_FIELDS if spec.hashed)
 
 
 def row_hash(row: dict, prev_hash: str) -> str:
@@ -146,7 +146,7 @@ def existing_event_ids(connection: sa.Connection, event_ids: Iterable) -> set:
 
 # The statements of `append_and_commit`, in psycopg's parameter style.
 HEAD_COLUMNS = ("last_id", "last_hash", "last_created_at", "since_checkpoint")
-LOG_COLUMNS = tuple(column.name for column in Log.__table__.columns)
+LOG_COLUMNS = tuple(spec.name for spec in AUDIT_FIELDS)
 CHECKPOINT_COLUMNS = ("log_id", "log_hash", "created_at", "reason", "mac")
 _PG_BEGIN_LOCK_HEAD = (f"BEGIN; SELECT {', '.join(HEAD_COLUMNS)} FROM audit_chain WHERE id = 1"
                        " FOR UPDATE")

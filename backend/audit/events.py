@@ -4,13 +4,12 @@ import ipaddress
 import json
 import re
 import uuid
-from dataclasses import dataclass, field, fields
-from datetime import datetime
+from dataclasses import field as dataclass_field
+from dataclasses import fields, make_dataclass
 
 from flask import Response, g, has_request_context, request
 
-from backend.clock import utcnow
-from backend.models import Log
+from backend.models import AUDIT_FIELDS, AuditField
 
 TRACK_MAX = 2000
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -18,47 +17,45 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 ADDRESS_QUOTED_MAX = 100
 
 
-@dataclass(frozen=True)
-class AuditEvent:
-    """One row of the trail, before it has an id."""
+def _as_row(self) -> dict:
+    """The column values of the `audit_log` row.
 
-    source: str
-    event: str
-    level: str
-    track: str
-    user: str | None = None
-    status: int | None = None
-    ip: str | None = None
-    method: str | None = None
-    path: str | None = None
-    request_id: str | None = None
-    user_agent: str | None = None
-    created_at: datetime = field(default_factory=utcnow)
-    # Names the event across retries: a replay from the spool never writes it twice.
-    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
-
-    def as_row(self) -> dict:
-        """The column values of the `audit_log` row.
-
-        NUL (which PostgreSQL text cannot hold) and lone surrogates (which no UTF-8 encoder
-        takes, e.g. from JSON's "\\ud800") are stored as U+FFFD on every database, and a string
-        is cut to its column's length (COLUMN_LENGTHS): an event the database refuses would
-        have to be set aside (writer.py), where it is read by a person, not queried.
-        """
-        row = {}
-        for name in FIELDS:  # not dataclasses.asdict: its deep copies cost more than the rest
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = storable(value)[:COLUMN_LENGTHS.get(name)]
-            row[name] = value
-        return row
+    NUL (which PostgreSQL text cannot hold) and lone surrogates (which no UTF-8 encoder
+    takes, e.g. from JSON's "\\ud800") are stored as U+FFFD on every database, and a string
+    is cut to its column's length (COLUMN_LENGTHS): an event the database refuses would
+    have to be set aside (writer.py), where it is read by a person, not queried.
+    """
+    row = {}
+    for name in FIELDS:  # not dataclasses.asdict: its deep copies cost more than the rest
+        value = getattr(self, name)
+        if isinstance(value, str):
+            value = storable(value)[:COLUMN_LENGTHS.get(name)]
+        row[name] = value
+    return row
 
 
-FIELDS = tuple(field.name for field in fields(AuditEvent))
+def _event_field(spec: AuditField) -> tuple:
+    """An AuditEvent field of `spec`: required, None by default when nullable, or made."""
+    kind = spec.type.python_type | None if spec.nullable else spec.type.python_type
+    if spec.default_factory is not None:
+        return spec.name, kind, dataclass_field(default_factory=spec.default_factory)
+    if spec.nullable:
+        return spec.name, kind, dataclass_field(default=None)
+    return spec.name, kind
+
+
+# One row of the trail before it has an id: the fields of models.AUDIT_FIELDS that the chain
+# does not give (keyword arguments only).
+AuditEvent = make_dataclass(
+    "AuditEvent", [_event_field(spec) for spec in AUDIT_FIELDS if not spec.by_chain],
+    namespace={"as_row": _as_row, "__module__": __name__,
+               "__doc__": "One row of the trail, before it has an id."},
+    frozen=True, kw_only=True)
+FIELDS = tuple(spec.name for spec in fields(AuditEvent))
 # The length of each bounded text column of the trail (varchar(n) on PostgreSQL), read from the
-# model so that a migration that widens a column widens what is stored.
-COLUMN_LENGTHS = {column.name: column.type.length for column in Log.__table__.columns
-                  if column.name in FIELDS and getattr(column.type, "length", None)}
+# declaration so that a migration that widens a column widens what is stored.
+COLUMN_LENGTHS = {spec.name: spec.type.length for spec in AUDIT_FIELDS
+                  if not spec.by_chain and getattr(spec.type, "length", None)}
 
 
 def storable(text: str) -> str:

@@ -21,7 +21,7 @@ from backend.audit.events import FIELDS, AuditEvent
 from backend.concurrency import OffTheLoop
 
 logger = logging.getLogger(__name__)
-# A process's writes take turns already (writer.GroupCommit); /readyz counts the spool too.
+# A process's writes take turns already (group_commit.GroupCommit); /readyz counts the spool too.
 _waiting = OffTheLoop(4)
 
 

@@ -12,7 +12,8 @@ from flask import got_request_exception
 from sqlalchemy.exc import SQLAlchemyError, StatementError
 
 from backend.audit.events import event_from_signal
-from backend.audit.writer import AuditUnavailable, write
+from backend.audit.group_commit import AuditUnavailable
+from backend.audit.writer import write
 from backend.extensions import token_auth
 from backend.signals import auth_log, main_log, v1_log
 

@@ -11,35 +11,24 @@ An event the database refuses for what it holds (refusals.py) is set aside in th
 rejected file and recorded as `audit.rejected`, on the write path and on replay alike; the
 events it shared a batch with are written as if it had not been there.
 
-Group commit (GroupCommit): the events of a process's concurrent requests are appended in
-one transaction: one chain lock, one commit, one disk flush for the lot, instead of one each;
-each request still returns only once its own event is durable.
+The events of a process's concurrent requests are appended in one transaction (group_commit.py).
 """
 
 import logging
-import threading
-from collections import deque
 from dataclasses import dataclass
-from itertools import islice
 
 import psycopg
 import sqlalchemy as sa
 from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import ServiceUnavailable
 
 from backend.audit import chain, refusals
 from backend.audit.events import AuditEvent
+from backend.audit.group_commit import AuditUnavailable, GroupCommit
 from backend.audit.spool import Spool
 from backend.db_types import autocommit_connection, discard_closed_connections, sqlite_pragmas
 
 logger = logging.getLogger(__name__)
-
-
-class AuditUnavailable(ServiceUnavailable):
-    """Neither the database nor the spool could take an event: the request must not succeed."""
-
-    description = "The audit trail cannot record this request right now; try again later."
 
 
 class AuditWriter:
@@ -162,105 +151,13 @@ class Replay:
     ids: list[int | None]  # of the events written after the spool's
 
 
-class GroupCommit:
-    """Group commit without a thread of its own (LevelDB's writer queue): requests that want to
-    write queue up; the one at the front writes every event waiting (up to MAX_BATCH) in one
-    transaction, wakes their requests, and hands the front to the next request in line.
-
-    A lone request writes its own event with no switch; under load, one transaction carries
-    the events of all the process's concurrent requests (greenlets in a gevent worker, threads
-    under the development server and in tests). A request waits at most WAIT seconds for a
-    turn that has not come, then fails closed (503); once its event is in a batch being
-    written it waits for the outcome, which the database's timeouts bound.
-    """
-
-    MAX_BATCH = 500
-    WAIT = 30.0
-
-    def __init__(self, write_batch):
-        self._write_batch = write_batch
-        self._mutex = threading.Lock()
-        self._line: deque[_Slot] = deque()
-
-    def submit(self, event: AuditEvent) -> int | None:
-        """Queue `event`; return what `write_batch` gave for it once it is durable."""
-        slot = _Slot(event)
-        with self._mutex:
-            self._line.append(slot)
-            front = len(self._line) == 1
-        if not front and not slot.wait(self.WAIT):
-            with self._mutex:
-                if not slot.taken and self._line[0] is not slot:
-                    self._line.remove(slot)
-                    logger.error("audit write of %s/%s not durable after %s s", event.source,
-                                 event.event, self.WAIT)
-                    raise AuditUnavailable()
-            slot.wait(None)  # in a batch being written, or just made the front: not long now
-        if slot.done:
-            return slot.outcome()
-        self._lead()
-        return slot.outcome()
-
-    def _lead(self) -> None:
-        """Write the waiting events at the front of the line, then wake the next front."""
-        with self._mutex:
-            batch = list(islice(self._line, self.MAX_BATCH))
-            for slot in batch:
-                slot.taken = True
-        try:
-            results = self._write_batch([slot.event for slot in batch])
-        except BaseException as error:  # these requests fail (503, or 500 for a bug)
-            results = [error] * len(batch)
-        with self._mutex:
-            for slot, result in zip(batch, results, strict=True):
-                self._line.popleft()
-                slot.finish(result)
-            if self._line:
-                self._line[0].wake()
-
-
-class _Slot:
-    """A request's place in the line: its event, and then the outcome of writing it."""
-
-    __slots__ = ("event", "taken", "done", "_result", "_signal")
-
-    def __init__(self, event: AuditEvent):
-        self.event = event
-        self.taken = self.done = False
-        self._result = None
-        self._signal = threading.Lock()  # held until the slot is woken
-        self._signal.acquire()
-
-    def wait(self, timeout: float | None) -> bool:
-        return self._signal.acquire(timeout=-1 if timeout is None else timeout)
-
-    def wake(self) -> None:
-        self._signal.release()
-
-    def finish(self, result) -> None:
-        self._result, self.done = result, True
-        self.wake()
-
-    def outcome(self) -> int | None:
-        if isinstance(self._result, BaseException):
-            raise self._result
-        return self._result
-
-
 def _not_yet_written(connection: sa.Connection, events: list[AuditEvent]) -> list[AuditEvent]:
     done = chain.existing_event_ids(connection, [e.event_id for e in events])
     return [e for e in events if e.event_id not in done]
 
 
-# A GIN index queues new entries in a pending list, which every search reads in full, and
-# merges it into the index once it passes gin_pending_list_limit, a setting of the session
-# that inserts. At PostgreSQL's 4 MB a busy trail's `q` searches slowed as the list grew:
-# 2,461 pending rows made a rare search 14.8 instead of 13.3 ms at 10M rows, and a full list
-# holds about five times as many. At 256 kB it holds a few hundred rows; the merges come more
-# often, and inserting realistic rows cost 9.3 instead of 7.0 us each, against ~230 us of
-# PostgreSQL's time per audited request. (A session setting, not the index's storage
-# parameter: ALTER INDEX ... SET takes an ACCESS EXCLUSIVE lock that audit writes would queue
-# behind.)
+# Keeps the pending list of `q`'s trigram index short, which every search reads in full; a
+# session setting, as ALTER INDEX would lock (figures: docs/benchmarks.md, "Tuning decisions").
 PENDING_LIST_LIMIT = "256kB"
 
 

@@ -3,7 +3,7 @@
 from flask import Blueprint, Response, g, request
 
 from backend.audit.events import level_for_status
-from backend.audit.writer import AuditUnavailable
+from backend.audit.group_commit import AuditUnavailable
 from backend.errors import error_response
 from backend.extensions import token_auth
 from backend.signals import announce, v1_log

@@ -2,7 +2,7 @@
 
 from apifairy import authenticate, other_responses, response
 
-from backend.audit import integrity
+from backend.audit import verification
 from backend.audit.writer import writer
 from backend.errors import ADMIN_ONLY
 from backend.extensions import db, token_auth
@@ -21,6 +21,6 @@ def verify():
     first broken row named when the trail was tampered with. It walks every row, so poll it
     minutes apart, not seconds.
     """
-    with integrity.snapshot(db.engine) as connection:
-        return integrity.verify(connection, writer().key,
+    with verification.snapshot(db.engine) as connection:
+        return verification.verify(connection, writer().key,
                                 checkpoint_every=writer().checkpoint_every).as_dict()

@@ -6,8 +6,10 @@ from flask import Response, request
 from marshmallow import RAISE
 from werkzeug.exceptions import NotFound
 
-from backend.audit import export, query
-from backend.errors import BAD_PARAMETER, UNAUTHORIZED
+from backend.audit import export, listing
+from backend.audit.stats import InvalidRange, counts_per_bucket, window
+from backend.clock import utcnow
+from backend.errors import BAD_PARAMETER, UNAUTHORIZED, ValidationFailed
 from backend.extensions import db, token_auth
 from backend.schemas import (
     ErrorSchema,
@@ -37,8 +39,14 @@ def logs(args: dict):
     Admins see every row, other users the rows whose `user` is themselves. Pages follow the
     `next` cursor (also sent as a `Link: <...>; rel="next"` header).
     """
-    rows, next_cursor = query.page(args, token_auth.current_user(), order=args["order"],
-                                   limit=args["limit"], after=args.get("after"))
+    after = None
+    if "after" in args:
+        try:
+            after = listing.Cursor.decode(args["after"], args["order"])
+        except listing.InvalidCursor as error:
+            raise ValidationFailed({"after": [str(error)]}) from None
+    rows, next_cursor = listing.page(args, token_auth.current_user(), order=args["order"],
+                                     limit=args["limit"], after=after)
     headers = {}
     if next_cursor is not None:
         next_cursor = next_cursor.encode()
@@ -54,7 +62,7 @@ def logs(args: dict):
 @other_responses({**UNAUTHORIZED, 404: (ErrorSchema, "No such row, or not yours to see")})
 def log(log_id: int):
     """One row of the audit trail"""
-    row = query.visible_row(log_id, token_auth.current_user()) if log_id <= MAX_ID else None
+    row = listing.visible_row(log_id, token_auth.current_user()) if log_id <= MAX_ID else None
     if row is None:
         raise NotFound("No audit row with that id is visible to you.")
     return row
@@ -73,8 +81,12 @@ def stats(args: dict):
     the last 48 hours (or 90 days), whole buckets. Every bucket of the range is answered,
     oldest first, empty ones too; a range of more than 1000 buckets is a 400 naming `since`.
     """
-    bucket, since, until = args.pop("bucket"), args.pop("since"), args.pop("until")
-    counts = query.counts_per_bucket(args, token_auth.current_user(), bucket, since, until)
+    bucket = args.pop("bucket")
+    try:
+        since, until = window(bucket, args.pop("since", None), args.pop("until", None), utcnow())
+    except InvalidRange as error:
+        raise ValidationFailed({error.field: [str(error)]}) from None
+    counts = counts_per_bucket(args, token_auth.current_user(), bucket, since, until)
     buckets = [{"start": start, "total": sum(levels.values()), "counts": levels}
                for start, levels in counts]
     return {"bucket": bucket, "since": since, "until": until,

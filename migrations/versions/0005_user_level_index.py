@@ -3,7 +3,7 @@
 `user` with a `level` list (the rows of one person at WARNING and above, say) was a bitmap AND
 of the user and level indexes and a sort: 5 ms of PostgreSQL time at 10M rows. With
 (user, level, created_at, id) each level of the list is one ordered index range, and the
-per-level merge of backend/audit/query.py reads the page straight off them.
+per-level merge of backend/audit/listing.py reads the page straight off them.
 
 On PostgreSQL the index is built CONCURRENTLY, outside a transaction: the audit table takes
 writes on every request, and a plain CREATE INDEX would hold them off for the whole build.

@@ -1,6 +1,6 @@
 """Audit at scale (issue 3): the trigram index of `q` keys each row's block of ids too.
 
-A newest-first `q` search reads the newest block of 2**20 ids first (backend/audit/query.py),
+A newest-first `q` search reads the newest block of 2**20 ids first (backend/audit/listing.py),
 and the older rows only if that block holds less than a page. With the block in the index
 (`id >> 20`, through btree_gin), PostgreSQL reads the heap pages of that block's matches
 alone: a rare substring at 10M rows, ~600 of its ~5,000 matching rows, 2.3 instead of 12 ms.

@@ -1,4 +1,4 @@
-"""Querying the trail: filters, the visibility rule, keyset pagination and counts per bucket.
+"""Listing the trail: filters, the visibility rule and keyset pagination (GET /v1/logs).
 
 Rows are ordered by (created_at, id), the same order as every index on the table, and a page
 continues from the last row of the previous one (`(created_at, id) < (c, i)`), never by OFFSET:
@@ -6,18 +6,15 @@ page 10,000 costs what page 1 costs, and rows written while a client pages shift
 """
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import sqlalchemy as sa
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import orm as so
 
-from backend.db_types import UTCDateTime
 from backend.extensions import db
-from backend.models import ID_BLOCK_BITS, LEVELS, Log, User
-
-FILTERS = ("user", "ip", "level", "source", "event", "since", "until", "q")
+from backend.models import ID_BLOCK_BITS, Log, User
 
 
 class InvalidCursor(ValueError):
@@ -110,20 +107,17 @@ def first_rows(filters: dict, viewer: User, order: str, limit: int,
     return ordered(sa.select(merged), order, entity=merged).limit(limit)
 
 
-# `q`, newest first, searches the newest block of 2**BLOCK_BITS ids first, and the older
+# `q`, newest first, searches the newest block of 2**ID_BLOCK_BITS ids first, and the older
 # rows only when that block holds less than a page. Ids follow (created_at, id) order along
 # the chain (chain.link never lets time run backwards), so every row of a block sorts after
 # every row of the blocks before it, and the two parts of a page join up in order. The
-# trigram index keys each row's block too (migration 0006): a rare substring's search at 10M
-# rows reads the ~600 matching rows of its newest block, not all ~5,000 (2.3 ms, not 12).
-BLOCK_BITS = ID_BLOCK_BITS
-
-
+# trigram index keys each row's block too (migration 0006): a rare substring's search reads
+# its newest block's matches only (figures: docs/benchmarks.md, "Tuning decisions").
 def id_block(column) -> sa.ColumnElement[int]:
-    """`column >> BLOCK_BITS`, the expression the trigram index keys (literally: a bound
+    """`column >> ID_BLOCK_BITS`, the expression the trigram index keys (literally: a bound
     parameter for the 20 would not match the index's expression)."""
     return column.op(">>", return_type=sa.BigInteger)(
-        sa.literal_column(str(BLOCK_BITS), sa.Integer))
+        sa.literal_column(str(ID_BLOCK_BITS), sa.Integer))
 
 
 def in_block(block: int) -> sa.ColumnElement[bool]:
@@ -131,16 +125,16 @@ def in_block(block: int) -> sa.ColumnElement[bool]:
 
 
 def before_block(block: int) -> sa.ColumnElement[bool]:
-    # `id < block << BLOCK_BITS`, as the index reads it: the older blocks' matches alone.
+    # `id < block << ID_BLOCK_BITS`, as the index reads it: the older blocks' matches alone.
     return id_block(Log.id) < sa.literal(block, sa.BigInteger)
 
 
 def search_block(connection: sa.Connection, after: Cursor | None) -> int:
     """The block a newest-first search starts in: the cursor's, or the newest row's."""
     if after is not None:
-        return after.id >> BLOCK_BITS
+        return after.id >> ID_BLOCK_BITS
     newest = connection.scalar(sa.select(sa.func.max(Log.id)))
-    return (newest or 0) >> BLOCK_BITS
+    return (newest or 0) >> ID_BLOCK_BITS
 
 
 def page(filters: dict, viewer: User, *, order: str, limit: int,
@@ -151,8 +145,8 @@ def page(filters: dict, viewer: User, *, order: str, limit: int,
     the rest of the request, and SELECTs need no transaction (a newest-first `q` reads the
     newest id, then its block, then perhaps the older rows)."""
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        # In the first block (a trail of fewer than 2**20 rows) there is nothing to split, and
-        # the block's key in the index would only cost its reading (3.6 against 0.9 ms at 1M).
+        # In the first block there is nothing to split, and its key would only cost its reading
+        # (figures: docs/benchmarks.md, "Tuning decisions").
         if filters.get("q") and order == "desc" and (block := search_block(connection, after)):
             rows = connection.execute(first_rows(filters, viewer, order, limit + 1, after,
                                                  ids=in_block(block))).all()
@@ -171,87 +165,6 @@ def page(filters: dict, viewer: User, *, order: str, limit: int,
 def visible_row(log_id: int, viewer: User) -> Log | None:
     """The row with this id, if `viewer` may see it."""
     return db.session.scalar(sa.select(Log).where(Log.id == log_id, visible_to(viewer)))
-
-
-# --- counts per time bucket (GET /v1/logs/stats) ---------------------------------------------
-
-BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
-# Without `since`: the last 48 hours, or the last 90 days, as whole buckets up to `until`.
-DEFAULT_BUCKETS = {"hour": 48, "day": 90}
-# A chart has no room for more bars, and the work is bounded by the time range it covers.
-MAX_BUCKETS = 1000
-
-
-class InvalidRange(ValueError):
-    """The time range of a stats query cannot be counted; `field` is the parameter to blame."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-
-def bucket_floor(moment: datetime, bucket: str) -> datetime:
-    """The start of the UTC bucket holding `moment`."""
-    moment = moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    return moment.replace(hour=0) if bucket == "day" else moment
-
-
-def stats_window(bucket: str, since: datetime | None, until: datetime | None,
-                 now: datetime) -> tuple[datetime, datetime]:
-    """The [since, until) that a stats query counts: `until` defaults to `now`, and `since` to
-    the start of the DEFAULT_BUCKETS buckets that end with the one holding `until`'s last
-    instant. A range over more than MAX_BUCKETS buckets is refused (InvalidRange)."""
-    step = BUCKETS[bucket]
-    try:
-        until = now if until is None else until
-        last = bucket_floor(until - timedelta(microseconds=1), bucket)
-        if since is None:
-            since = last - (DEFAULT_BUCKETS[bucket] - 1) * step
-    except OverflowError:  # e.g. until=0001-01-01T00:00:00Z: no bucket before it
-        raise InvalidRange("until", "is out of range") from None
-    if until <= since:
-        raise InvalidRange("since", "must be earlier than until (which is now unless given)")
-    buckets = (last - bucket_floor(since, bucket)) // step + 1
-    if buckets > MAX_BUCKETS:
-        raise InvalidRange("since", f"the range holds {buckets} {bucket} buckets, more than"
-                                    f" {MAX_BUCKETS}: narrow it, or count by a longer bucket")
-    return since, until
-
-
-def bucket_starts(bucket: str, since: datetime, until: datetime) -> list[datetime]:
-    """The start of every bucket that [since, until) overlaps, oldest first."""
-    step, start = BUCKETS[bucket], bucket_floor(since, bucket)
-    last = bucket_floor(until - timedelta(microseconds=1), bucket)
-    return [start + number * step for number in range((last - start) // step + 1)]
-
-
-def _bucket_of(bucket: str, dialect: str) -> sa.ColumnElement[datetime]:
-    """The UTC start of each row's bucket, computed by the database. The unit is a literal,
-    not a parameter: PostgreSQL must see the same expression in SELECT and GROUP BY."""
-    if dialect == "postgresql":
-        return sa.func.date_trunc(sa.literal_column(f"'{bucket}'"),
-                                  sa.func.timezone("UTC", Log.created_at), type_=UTCDateTime)
-    # SQLite holds naive UTC text, `2026-11-21 10:00:00.123456`.
-    pattern = "%Y-%m-%d 00:00:00" if bucket == "day" else "%Y-%m-%d %H:00:00"
-    return sa.func.strftime(sa.literal_column(f"'{pattern}'"), Log.created_at,
-                            type_=UTCDateTime)
-
-
-def counts_per_bucket(filters: dict, viewer: User, bucket: str, since: datetime,
-                      until: datetime) -> list[tuple[datetime, dict[str, int]]]:
-    """Rows that `filters` select and `viewer` may see in [since, until), counted per bucket
-    and level: every bucket of the range, oldest first, each with a count for every level.
-
-    One GROUP BY over an index range of `created_at` (or of the filter's index), so the work
-    grows with the rows in the range, which the window and MAX_BUCKETS bound."""
-    start = _bucket_of(bucket, db.engine.dialect.name).label("start")
-    query = (matching({**filters, "since": since, "until": until}, viewer)
-             .with_only_columns(start, Log.level, sa.func.count().label("rows"))
-             .group_by(start, Log.level))
-    counts = {moment: dict.fromkeys(LEVELS, 0) for moment in bucket_starts(bucket, since, until)}
-    for moment, level, rows in db.session.execute(query):
-        counts[moment][level] = counts[moment].get(level, 0) + rows
-    return list(counts.items())
 
 
 def _escape_like(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Proving the trail intact (`verify`) and signing its head (`anchor`); retention is retention.py.
+"""Proving the trail intact; signing its head is anchors.py, retention is retention.py.
 
 `verify` walks every row in id order and names the first one that breaks a promise:
 
@@ -20,7 +20,6 @@ Rows after the last signed checkpoint are only as safe as the database (`caveat`
 outside it.
 """
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -28,7 +27,6 @@ from dataclasses import asdict, dataclass
 import sqlalchemy as sa
 
 from backend.audit import cadence, chain
-from backend.clock import rfc3339, utcnow
 from backend.concurrency import pause
 from backend.models import AuditChain, Checkpoint, Log
 
@@ -190,29 +188,6 @@ def row_count(connection: sa.Connection) -> int:
     once more before verify reads it again)."""
     first, last = connection.execute(sa.select(sa.func.min(Log.id), sa.func.max(Log.id))).one()
     return 0 if first is None else last - first + 1
-
-
-def anchor(connection: sa.Connection, key: bytes) -> dict | None:
-    """Sign the chain's head now; return the checkpoint (None on an empty trail)."""
-    head = chain.lock_head(connection)
-    if not head.last_id:
-        return None
-    checkpoint = chain.sign(key, head.last_id, head.last_hash, utcnow(), "anchor")
-    connection.execute(sa.insert(Checkpoint), checkpoint)
-    return checkpoint
-
-
-def checkpoints_file(connection: sa.Connection) -> Iterator[str]:
-    """Every checkpoint as a JSON line: the anchor file for `verify --anchor`."""
-    query = sa.select(Checkpoint.log_id, Checkpoint.log_hash, Checkpoint.created_at,
-                      Checkpoint.reason, Checkpoint.mac).order_by(Checkpoint.id)
-    for row in connection.execute(query).mappings():
-        yield json.dumps({**row, "created_at": rfc3339(row["created_at"])}) + "\n"
-
-
-def read_anchors(lines: Iterable[str]) -> list[dict]:
-    """The checkpoints of an anchor file."""
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def describe(verdict: Verdict) -> str:
