@@ -12,7 +12,7 @@ holds the trail to its promise:
 
 Every request also carries a User-Agent of its own, so the rows of a request whose client got
 no response can be found too. The figures of each fault are printed (run pytest with -s) and
-written to bench/results/faults.json for the closing note.
+written to faults.json in the test's own tmp_path (bench/ keeps only the benchmarks' results).
 """
 
 import contextlib
@@ -58,7 +58,6 @@ LOAD_BEFORE = 3.0  # seconds of load before the fault
 LOAD_AFTER = 3.0  # ... and after it
 MAX_REQUESTS_PER_CLIENT = 5000  # a bound on the load whatever the timing
 CLI_TIMEOUT = 60.0
-RESULTS = config.ROOT / "bench" / "results" / "faults.json"
 # The row each kind of request must leave (its status is whatever the response's was).
 ROW_EVENT = {"me": "api.request", "login": "login.success"}
 # What a client sees when no (complete) response arrives.
@@ -292,22 +291,22 @@ def figures(fault: str, outcomes: list[Outcome], rows: list[Row]) -> Figures:
     )
 
 
-def report(result: Figures) -> None:
-    """Print the figures and keep them in bench/results/faults.json, by fault."""
+def report(result: Figures, directory: Path) -> None:
+    """Print the figures and keep them in `directory`/faults.json, by fault."""
     print(f"\n[{result.fault}] requests sent {result.requests_sent}, 2xx received"
           f" {result.ok_2xx}, rows found {result.rows_found}, rows lost {result.rows_lost},"
           f" duplicates {result.duplicates}; no response {result.no_response}"
           f" (of which served: {result.served_without_response}); responses without a row"
           f" {result.responses_without_row}; statuses {result.statuses};"
           f" errors {result.errors}; {result.notes}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results = directory / "faults.json"
     try:
-        saved = json.loads(RESULTS.read_text())
+        saved = json.loads(results.read_text())
     except (OSError, ValueError):
         saved = {}
     saved[result.fault] = {"at": datetime.now(UTC).isoformat(timespec="seconds"),
                            **asdict(result)}
-    RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
+    results.write_text(json.dumps(saved, indent=2) + "\n")
 
 
 def settle(served: Served, requests: int = 2 * WORKERS * CLIENTS) -> None:
@@ -329,7 +328,7 @@ def finish(served: Served, fault: str, outcomes: list[Outcome], notes: dict) -> 
                  r"replayed (\d+) spooled audit events", output))}
     result = figures(fault, outcomes, trail(served.env["DATABASE_URL"]))
     result.notes = notes
-    report(result)
+    report(result, Path(served.env["INSTANCE_PATH"]))  # the test's tmp_path
     verify = flask(served.env, "audit", "verify")
     assert verify.returncode == 0, f"the chain is broken:\n{verify.stdout}\n{verify.stderr}"
     assert result.requests_sent > 0 and result.ok_2xx > 0
