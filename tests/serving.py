@@ -15,12 +15,14 @@ import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import config
+from tests.conftest import database_environment
 
 BIN = Path(sys.executable).parent
 READY_DEADLINE = 30.0
@@ -234,3 +236,41 @@ def worker_pids(server: subprocess.Popen) -> list[int]:
         if int(text.rsplit(")", 1)[1].split()[1]) == server.pid:
             pids.append(int(text.split(" ", 1)[0]))
     return sorted(pids)
+
+
+# --- `make run`'s command, served -----------------------------------------------------------
+
+ADMIN = ("admin", "serving-admin-password-1")
+
+
+def server_environment(database_url: str, instance_path: Path) -> dict:
+    """What `make run` would see, with every setting the session depends on pinned."""
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "APP_ENV": "development",
+        "INSTANCE_PATH": str(instance_path),
+        **database_environment(database_url),
+        "SECRET_KEY": "serving-test-secret-key",
+        "ADMIN_USERNAME": ADMIN[0],
+        "ADMIN_PASSWORD": ADMIN[1],
+        # Pinned so that a developer's .env (read too, but never overriding) cannot change them.
+        "TOKEN_TTL": "3600",
+        "TRUSTED_PROXY_HOPS": "0",
+        "GUNICORN_WORKERS": "2",
+    }
+
+
+@contextmanager
+def serving(database_url: str, tmp_path: Path, **environ: str):
+    """`make run`'s command on a migrated database, with `environ` on top of
+    server_environment; yields (client, server output)."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    server = start(make_run_command(port),
+                   server_environment(database_url, tmp_path) | environ, log)
+    try:
+        client = Client(f"http://127.0.0.1:{port}")
+        wait_until_ready(client, server, log)
+        yield client, log
+    finally:
+        stop(server)

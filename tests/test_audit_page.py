@@ -12,7 +12,7 @@ from flask import template_rendered
 from backend.audit import subscribers
 from backend.audit.writer import AuditUnavailable
 from backend.extensions import main_log
-from tests.test_errors import assert_error
+from tests.helpers import assert_error
 
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
                "connect-src 'self'; form-action 'self'; base-uri 'none'; "

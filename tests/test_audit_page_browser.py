@@ -28,8 +28,16 @@ from backend.extensions import db
 from backend.models import Log
 from backend.users import create_user
 from tests.conftest import ALICE, make_settings
-from tests.serving import Client, free_port, make_run_command, start, stop, wait_until_ready
-from tests.test_serving import ADMIN, server_environment
+from tests.serving import (
+    ADMIN,
+    Client,
+    free_port,
+    make_run_command,
+    server_environment,
+    start,
+    stop,
+    wait_until_ready,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 HOUR = timedelta(hours=1)

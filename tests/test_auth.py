@@ -11,7 +11,7 @@ from backend.clock import moved, utcnow
 from backend.extensions import auth_log, db
 from backend.models import User
 from tests.conftest import ALICE, basic, bearer
-from tests.test_errors import assert_error
+from tests.helpers import assert_error
 
 
 def test_login_with_basic_auth_gives_a_bearer_token(api, client):

@@ -17,16 +17,17 @@ import sqlalchemy as sa
 from backend import create_app, dispose_engines
 from backend.models import AuditChain, Checkpoint, Log
 from tests.conftest import make_settings
-from tests.test_integrity import (
+from tests.helpers import (
     CHECKPOINT_EVERY_3,
+    aged_trail,
     assert_broken,
     flask_audit,
     make_trail,
+    purge,
     recompute_chain,
     tampering,
     verify_line,
 )
-from tests.test_retention import aged_trail, purge
 
 pytestmark = CHECKPOINT_EVERY_3
 

@@ -9,8 +9,7 @@ import pytest
 from backend.audit import export
 from backend.extensions import db
 from tests.conftest import bearer
-from tests.test_errors import assert_error
-from tests.test_logs import write
+from tests.helpers import assert_error, write
 
 
 @pytest.fixture

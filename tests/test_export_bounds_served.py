@@ -19,8 +19,7 @@ import pytest
 from bench import load
 from bench.database import libpq_url
 from tests.conftest import empty_postgresql
-from tests.serving import Client
-from tests.test_serving import ADMIN, serving
+from tests.serving import ADMIN, Client, serving
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 

@@ -16,36 +16,16 @@ from backend.auth import credentials
 from backend.clock import moved
 from backend.extensions import db
 from backend.models import LoginThrottle
-from tests.conftest import ALICE, BOB, basic, bearer
+from tests.conftest import ALICE, BOB, bearer
+from tests.helpers import ATTACKER, WRONG, assert_locked, attempt, same_headers
 
-ATTACKER = "203.0.113.66"
 OWNER = "198.51.100.7"
-WRONG = "not-the-password"
-
-
-def attempt(client, username: str, password: str, address: str = ATTACKER, headers=None):
-    """POST /login with HTTP Basic from `address`."""
-    return client.post("/login", headers={**basic(username, password), **(headers or {})},
-                       environ_base={"REMOTE_ADDR": address})
 
 
 def fail(client, times: int, username: str = ALICE[0], address: str = ATTACKER) -> None:
     """`times` wrong passwords, each a plain 401 (no lock yet)."""
     for _ in range(times):
         assert attempt(client, username, WRONG, address).status_code == 401
-
-
-def same_headers(response) -> dict:
-    """The response's headers, but for the one that differs on every request."""
-    return {name: value for name, value in response.headers if name != "X-Request-ID"}
-
-
-def assert_locked(response, retry_after: int) -> None:
-    assert response.status_code == 429
-    assert response.headers["Retry-After"] == str(retry_after)
-    assert response.get_json() == {"error": {
-        "status": 429, "code": "too_many_requests",
-        "message": "Too many failed attempts; try again later."}}
 
 
 @pytest.fixture

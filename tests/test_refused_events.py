@@ -18,8 +18,7 @@ from backend.audit.events import AuditEvent
 from backend.audit.spool import encode
 from backend.audit.writer import writer
 from backend.extensions import db
-from tests.test_integrity import flask_audit, make_trail, verify_line
-from tests.test_spool import spool_file, spooled, spooled_events
+from tests.helpers import flask_audit, make_trail, spool_file, spooled, spooled_events, verify_line
 
 REFUSED = "refuse-me"
 # The database's own words, by the first letters of its URL.
