@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,13 +31,10 @@ from backend.users import create_user
 from tests.conftest import ALICE, make_settings
 from tests.serving import (
     ADMIN,
-    Client,
     free_port,
     make_run_command,
+    running,
     server_environment,
-    start,
-    stop,
-    wait_until_ready,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -128,24 +126,21 @@ def site(sqlite_template, tmp_path_factory):
         for row in seeded:
             writer.write(AuditEvent(**row))
     port, log = free_port(), directory / "server.log"
-    server = start(make_run_command(port), environment, log)
     try:
-        client = Client(f"http://127.0.0.1:{port}")
-        wait_until_ready(client, server, log)
-
-        def rows(**where) -> list[Log]:
-            """The rows in the database now, newest first, optionally filtered by column."""
-            with app.app_context():
-                query = sa.select(Log).where(*(getattr(Log, k) == v for k, v in where.items()))
-                found = db.session.scalars(query.order_by(Log.id.desc())).all()
-                db.session.expunge_all()
-                return found
-
-        yield SimpleNamespace(base=client.base_url, client=client, top=top, seeded=seeded,
-                              rows=rows, log=log)
+        with running(make_run_command(port), environment, log, port) as (client, _):
+            yield SimpleNamespace(base=client.base_url, client=client, top=top, seeded=seeded,
+                                  rows=partial(rows_of, app), log=log)
     finally:
-        stop(server)
         dispose_engines(app)
+
+
+def rows_of(app, **where) -> list[Log]:
+    """The rows in `app`'s database now, newest first, optionally filtered by column."""
+    with app.app_context():
+        query = sa.select(Log).where(*(getattr(Log, k) == v for k, v in where.items()))
+        found = db.session.scalars(query.order_by(Log.id.desc())).all()
+        db.session.expunge_all()
+        return found
 
 
 @pytest.fixture(scope="module")

@@ -41,8 +41,7 @@ from tests.serving import (
     BIN,
     Client,
     free_port,
-    start,
-    stop,
+    running,
     wait_until_ready,
     worker_pids,
 )
@@ -136,10 +135,7 @@ def served(database, tmp_path):
     port = free_port()
     log = tmp_path / "gunicorn.log"
     env = environment(database, tmp_path)
-    server = start(gunicorn_command(port), env, log)
-    try:
-        client = Client(f"http://127.0.0.1:{port}")
-        wait_until_ready(client, server, log)
+    with running(gunicorn_command(port), env, log, port) as (client, server):
         login = client.post("/login", basic=ADMIN)
         assert login.status == 200, login.body
         token = login.body["token"]
@@ -149,8 +145,6 @@ def served(database, tmp_path):
                                   json_body={"username": name, "password": password})
             assert created.status in (201, 409), created.body
         yield Served(port, client, server, log, env, token, loaders)
-    finally:
-        stop(server)
 
 
 # --- the load ----------------------------------------------------------------------------------
@@ -368,7 +362,7 @@ def busy_worker(served: Served, deadline: float = 5.0) -> tuple[int, int]:
     workers: list[int] = []
     give_up = time.monotonic() + deadline
     while time.monotonic() < give_up:
-        workers = worker_pids(served.process)
+        workers = worker_pids(served.process.pid)
         if len(workers) == WORKERS:
             held = {pid: client_connections(pid, served.port) for pid in workers}
             victim = max(held, key=held.get)
@@ -420,9 +414,9 @@ def test_killing_a_worker_under_load_loses_and_duplicates_no_row(served):
         killed = time.monotonic()
         time.sleep(LOAD_AFTER)
     deadline = time.monotonic() + 10  # the master replaces the worker
-    while len(worker_pids(served.process)) != WORKERS and time.monotonic() < deadline:
+    while len(worker_pids(served.process.pid)) != WORKERS and time.monotonic() < deadline:
         time.sleep(0.1)
-    replaced = worker_pids(served.process)
+    replaced = worker_pids(served.process.pid)
     assert len(replaced) == WORKERS and victim not in replaced, replaced
     settle(served)
     result = finish(served, "kill -9 a worker", load.outcomes, {
