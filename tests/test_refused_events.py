@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from backend.audit.events import AuditEvent
 from backend.audit.spool import encode
 from backend.audit.writer import writer
-from backend.extensions import db
+from backend.roles import owner_engine
 from tests.helpers import flask_audit, make_trail, spool_file, spooled, spooled_events, verify_line
 
 REFUSED = "refuse-me"
@@ -35,7 +35,8 @@ def event(track: str) -> AuditEvent:
 @contextmanager
 def database_refusing(app, condition: str):
     """The database refuses every new audit row for which `condition` (SQL over the row's
-    columns, each written `{row}name`) holds, until the block ends."""
+    columns, each written `{row}name`) holds, until the block ends. Set up by the tables'
+    owner: the app's role may not alter them."""
     url = app.config["SQLALCHEMY_DATABASE_URI"]
     if url.startswith("sqlite"):
         add = (
@@ -50,12 +51,12 @@ def database_refusing(app, condition: str):
             f" CHECK (NOT ({condition.format(row='')}))"
         )
         remove = "ALTER TABLE audit_log DROP CONSTRAINT test_refuse"
-    with app.app_context(), db.engine.begin() as connection:
+    with app.app_context(), owner_engine().begin() as connection:
         connection.execute(sa.text(add))
     try:
         yield
     finally:
-        with app.app_context(), db.engine.begin() as connection:
+        with app.app_context(), owner_engine().begin() as connection:
             connection.execute(sa.text(remove))
 
 
