@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from urllib.parse import urlencode, urlsplit
 import psycopg
 
 from bench import database, load
-from bench.serving import running, status_kb, worker_pids
+from bench.serving import answering, free_port, running, status_kb, worker_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -134,15 +133,14 @@ WORKERS = 2
 def serve(url: str, instance: str):
     """gunicorn serving the app on a free loopback port, with production's gunicorn settings
     (gevent workers), 2 workers and no access log."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     environment = {**os.environ, **database.bench_environ(url, instance),
                    "GUNICORN_WORKERS": str(WORKERS), "GUNICORN_ACCESS_LOG": ""}
     # A long timeout: at 10M rows a full export takes minutes.
     command = [Path(sys.executable).parent / "gunicorn", "-c", "python:backend.gunicorn_conf",
                "--bind", f"127.0.0.1:{port}", "--timeout", "600", "wsgi:app"]
-    with running(command, ROOT, environment, port, "/healthz", WORKERS) as process:
+    log = Path(instance) / "gunicorn.log"
+    with running(command, ROOT, environment, log, answering(port, "/healthz", WORKERS)) as process:
         yield Server(port, process)
 
 

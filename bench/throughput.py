@@ -38,7 +38,7 @@ from bench.database import (
     recreate,
     with_database,
 )
-from bench.serving import running, status_kb, worker_pids
+from bench.serving import answering, running, status_kb, worker_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "seed_style"
@@ -63,8 +63,10 @@ def main() -> None:
         prepare_peer(peer_url)
         servers = {
             "ours": stack.enter_context(serve_ours(environment, options, 8301)),
-            "peer, audited": stack.enter_context(serve_peer(peer_url, options, 8302, audit=True)),
-            "peer, AUDIT=0": stack.enter_context(serve_peer(peer_url, options, 8303, audit=False)),
+            "peer, audited": stack.enter_context(
+                serve_peer(peer_url, options, 8302, audit=True, directory=Path(tmp))),
+            "peer, AUDIT=0": stack.enter_context(
+                serve_peer(peer_url, options, 8303, audit=False, directory=Path(tmp))),
         }
         token = login(8301)
         loads = {
@@ -116,7 +118,9 @@ def create_user(environment: dict) -> None:
 def serve_ours(environment: dict, options, port: int):
     command = [BIN / "gunicorn", "-c", "python:backend.gunicorn_conf",
                "--bind", f"127.0.0.1:{port}", "wsgi:app"]
-    with running(command, ROOT, environment, port, workers=options.workers) as process:
+    log = Path(environment["INSTANCE_PATH"]) / f"gunicorn-{port}.log"
+    with running(command, ROOT, environment, log,
+                 answering(port, workers=options.workers)) as process:
         yield process
 
 
@@ -135,11 +139,13 @@ def prepare_peer(url: str) -> None:
 
 
 @contextmanager
-def serve_peer(url: str, options, port: int, audit: bool):
+def serve_peer(url: str, options, port: int, audit: bool, directory: Path):
     environment = peer_environment(url, audit)
     command = [BIN / "gunicorn", "--workers", str(options.workers), "--bind",
                f"127.0.0.1:{port}", "app:create_app()"]
-    with running(command, PEER, environment, port, workers=options.workers) as process:
+    log = directory / f"gunicorn-{port}.log"
+    with running(command, PEER, environment, log,
+                 answering(port, workers=options.workers)) as process:
         yield process
 
 

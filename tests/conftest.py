@@ -139,6 +139,15 @@ def app(request, database_url, tmp_path):
 
 
 @pytest.fixture
+def served(database_url, tmp_path):
+    """`make run`'s gunicorn on each database (tests/serving.py): (client, server output)."""
+    from tests.serving import serving  # tests/serving.py imports this module
+
+    with serving(database_url, tmp_path) as client_and_log:
+        yield client_and_log
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

@@ -1,30 +1,31 @@
 """Helpers of the tests that serve the app for real: start the boot, talk HTTP, stop it.
 
-Every wait has a deadline, and `stop` leaves no process behind: SIGTERM first (gunicorn's
-graceful stop), then SIGKILL to the whole process group.
+The launcher is bench/serving.py's, shared with the benchmarks: every wait has a deadline, and
+`stop` leaves no process behind. Here a server that never serves fails the test.
 """
 
 import json
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+import bench.serving as launcher
 import config
+from bench.serving import READY_DEADLINE, NotServing, free_port, stop, worker_pids  # noqa: F401
+from tests.conftest import database_environment
 
 BIN = Path(sys.executable).parent
-READY_DEADLINE = 30.0
-STOP_TIMEOUT = 40.0  # gunicorn's graceful_timeout (30 s), and then some
 
 
 @dataclass
@@ -85,12 +86,6 @@ def raw_exchange(base_url: str, request: bytes, timeout: float = 10) -> tuple[in
     return int(head.split(b" ", 2)[1]), body
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def make_run_command(port: int) -> list[str]:
     """The command of the Makefile's `run` target, with its variables filled in."""
     recipe = (config.ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
@@ -101,40 +96,34 @@ def make_run_command(port: int) -> list[str]:
 
 def start(command: list, env: dict, log: Path) -> subprocess.Popen:
     """Start `command` from the repository root in a session of its own, output to `log`."""
-    with log.open("ab") as output:
-        return subprocess.Popen(command, cwd=config.ROOT, env=env, stdout=output,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    return launcher.start(command, config.ROOT, env, log)
+
+
+def readyz(client: Client) -> Callable[[subprocess.Popen], bool]:
+    """A `ready` for bench/serving.py: /readyz answers 200."""
+    return lambda server: client.get("/readyz").status == 200
 
 
 def wait_until_ready(client: Client, server: subprocess.Popen, log: Path) -> None:
-    """Poll /readyz until it answers 200, the deadline passes or the server exits."""
-    deadline = time.monotonic() + READY_DEADLINE
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"the server exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            if client.get("/readyz").status == 200:
-                return
-        except (OSError, ValueError):  # not listening yet, or cut off mid-answer
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the server was not ready within {READY_DEADLINE:.0f} s:\n{log.read_text()}")
-
-
-def stop(server: subprocess.Popen) -> None:
-    """SIGTERM (gunicorn stops its workers), wait, and only then kill the whole group."""
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pass
-    # The master's own session: a worker left behind by a killed master dies with it.
+    """Poll /readyz until it answers 200; fail the test if the deadline passes or the server
+    exits first."""
     try:
-        os.killpg(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    server.wait(timeout=STOP_TIMEOUT)
+        launcher.wait_until(readyz(client), server, log)
+    except NotServing as error:
+        pytest.fail(str(error))
+
+
+@contextmanager
+def running(command: list, env: dict, log: Path, port: int) -> Iterator[tuple[Client,
+                                                                          subprocess.Popen]]:
+    """`command` started from the repository root, ready (/readyz answers 200 on `port`, or
+    the test fails), and stopped afterwards; yields a client of it and its process."""
+    client = Client(f"http://127.0.0.1:{port}")
+    try:
+        with launcher.running(command, config.ROOT, env, log, readyz(client)) as server:
+            yield client, server
+    except NotServing as error:
+        pytest.fail(str(error))
 
 
 def access_log(log: Path) -> list[dict]:
@@ -222,15 +211,34 @@ def readme_session(client: Client, log: Path, admin: tuple[str, str]) -> None:
         assert secret not in output
 
 
-def worker_pids(server: subprocess.Popen) -> list[int]:
-    """The pids of `server`'s children (gunicorn's workers, for its master), from /proc."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # exited meanwhile
-            continue
-        # "pid (comm) state ppid ...": the command name may hold spaces and parentheses.
-        if int(text.rsplit(")", 1)[1].split()[1]) == server.pid:
-            pids.append(int(text.split(" ", 1)[0]))
-    return sorted(pids)
+# --- `make run`'s command, served -----------------------------------------------------------
+
+ADMIN = ("admin", "serving-admin-password-1")
+
+
+def server_environment(database_url: str, instance_path: Path) -> dict:
+    """What `make run` would see, with every setting the session depends on pinned."""
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "APP_ENV": "development",
+        "INSTANCE_PATH": str(instance_path),
+        **database_environment(database_url),
+        "SECRET_KEY": "serving-test-secret-key",
+        "ADMIN_USERNAME": ADMIN[0],
+        "ADMIN_PASSWORD": ADMIN[1],
+        # Pinned so that a developer's .env (read too, but never overriding) cannot change them.
+        "TOKEN_TTL": "3600",
+        "TRUSTED_PROXY_HOPS": "0",
+        "GUNICORN_WORKERS": "2",
+    }
+
+
+@contextmanager
+def serving(database_url: str, tmp_path: Path, **environ: str):
+    """`make run`'s command on a migrated database, with `environ` on top of
+    server_environment; yields (client, server output)."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    environment = server_environment(database_url, tmp_path) | environ
+    with running(make_run_command(port), environment, log, port) as (client, _):
+        yield client, log

@@ -12,14 +12,12 @@ import pytest
 import sqlalchemy as sa
 
 from backend.roles import owner_engine
-from tests.test_integrity import make_trail, tampering
-from tests.test_retention import aged_trail, purge
+from tests.helpers import PERMIT, aged_trail, make_trail, purge, table_rows, tampering
 
 pytestmark = pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="1")  # a checkpoint per row
 
 TABLES = pytest.mark.parametrize("table", ["audit_log", "audit_checkpoint"])
 CHANGE = {"audit_log": "track = 'rewritten'", "audit_checkpoint": "reason = 'rewritten'"}
-PERMIT = "INSERT INTO audit_purge_permit (id) VALUES (1)"
 
 
 def run_sql(app, *statements: str) -> None:
@@ -28,12 +26,6 @@ def run_sql(app, *statements: str) -> None:
     with app.app_context(), owner_engine().begin() as connection:
         for statement in statements:
             connection.execute(sa.text(statement))
-
-
-def table_rows(app, table: str) -> list[tuple]:
-    """Every row of `table`, read by its owner (the app's role may not read the permits)."""
-    with app.app_context(), owner_engine().connect() as connection:
-        return connection.execute(sa.text(f"SELECT * FROM {table} ORDER BY id")).all()
 
 
 @pytest.fixture

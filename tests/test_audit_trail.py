@@ -11,10 +11,15 @@ from flask import current_app
 
 from backend.extensions import db
 from backend.models import User
-from backend.roles import owner_engine
 from backend.signals import auth_log, main_log, v1_log
 from tests.conftest import ALICE, basic, bearer
-from tests.test_errors import CRASH_MESSAGE, add_crashing_route, assert_error
+from tests.helpers import (
+    CRASH_MESSAGE,
+    DISK_FULL,
+    add_crashing_route,
+    assert_error,
+    audit_table_unavailable,
+)
 
 CLIENT_IP = "203.0.113.9"
 
@@ -41,21 +46,6 @@ def captured(signal) -> Iterator[list[tuple[object, dict]]]:
 
     with signal.connected_to(receiver, ANY):
         yield sent
-
-
-@contextmanager
-def audit_table_unavailable(app) -> Iterator[None]:
-    """Really take the audit table away (renamed by its owner, with raw SQL), and give it back
-    after."""
-    def execute(sql: str) -> None:
-        with app.app_context(), owner_engine().begin() as connection:
-            connection.execute(sa.text(sql))
-
-    execute("ALTER TABLE audit_log RENAME TO audit_log_away")
-    try:
-        yield  # outside any app context: the requests in the block push their own
-    finally:
-        execute("ALTER TABLE audit_log_away RENAME TO audit_log")
 
 
 def add_half_done_route(app) -> None:
@@ -202,8 +192,6 @@ def test_the_receivers_still_record_after_garbage_collection(app, api, client):
 
 
 # -- fail closed: neither the database nor the spool (on a full disk) takes the row ------------
-
-DISK_FULL = pytest.mark.settings(AUDIT_SPOOL_PATH="/dev/full")
 
 
 @DISK_FULL

@@ -12,7 +12,7 @@ from backend.extensions import db
 from backend.models import User
 from backend.signals import auth_log
 from tests.conftest import ALICE, basic, bearer
-from tests.test_errors import assert_error
+from tests.helpers import assert_error
 
 
 def test_login_with_basic_auth_gives_a_bearer_token(api, client):

@@ -17,16 +17,17 @@ import sqlalchemy as sa
 from backend import create_app, dispose_engines
 from backend.models import AuditChain, Checkpoint, Log
 from tests.conftest import make_settings
-from tests.test_integrity import (
+from tests.helpers import (
     CHECKPOINT_EVERY_3,
+    aged_trail,
     assert_broken,
     flask_audit,
     make_trail,
+    purge,
     recompute_chain,
     tampering,
     verify_line,
 )
-from tests.test_retention import aged_trail, purge
 
 pytestmark = CHECKPOINT_EVERY_3
 
@@ -90,34 +91,37 @@ def test_checkpoints_deleted_after_a_recomputed_row_are_named_where_the_count_en
     )
 
 
-def test_checkpoints_deleted_with_the_heads_count_forged_are_named_where_one_is_due(
-    app, client, runner
+@pytest.mark.parametrize(
+    ("recomputed", "deleted_from", "since_checkpoint", "expected"),
+    [
+        (
+            (5, {"track": "nothing happened"}),
+            5,
+            5,  # 8 - 3: agrees with the last one left
+            "BROKEN at row 6: missing: no signed checkpoint at this row, where"
+            " one is due every 3 rows (AUDIT_CHECKPOINT_EVERY), and 5 rows follow"
+            " the last periodic one (row 3)",
+        ),
+        (
+            (2, {"user": "mallory"}),
+            0,  # every checkpoint
+            8,
+            "BROKEN at row 3: missing: no signed checkpoint at this row, where one is due"
+            " every 3 rows",
+        ),
+    ],
+    ids=["some-are-named-where-one-is-due", "every-one-is-named-at-the-first-one-due"],
+)
+def test_checkpoints_deleted_with_the_heads_count_forged(
+    app, client, runner, recomputed, deleted_from, since_checkpoint, expected
 ):
     make_trail(client, 8)
+    row_id, changes = recomputed
     with tampering(app) as connection:
-        recompute_chain(connection, 5, track="nothing happened")
-        connection.execute(sa.delete(Checkpoint).where(Checkpoint.log_id >= 5))
-        set_head(connection, since_checkpoint=5)  # 8 - 3: agrees with the last one left
-    assert_broken(
-        runner,
-        "BROKEN at row 6: missing: no signed checkpoint at this row, where"
-        " one is due every 3 rows (AUDIT_CHECKPOINT_EVERY), and 5 rows follow"
-        " the last periodic one (row 3)",
-    )
-
-
-def test_every_checkpoint_deleted_with_the_count_forged_is_named_at_the_first_one_due(
-    app, client, runner
-):
-    make_trail(client, 8)
-    with tampering(app) as connection:
-        recompute_chain(connection, 2, user="mallory")
-        connection.execute(sa.delete(Checkpoint))
-        set_head(connection, since_checkpoint=8)
-    assert_broken(
-        runner,
-        "BROKEN at row 3: missing: no signed checkpoint at this row, where one is due every 3 rows",
-    )
+        recompute_chain(connection, row_id, **changes)
+        connection.execute(sa.delete(Checkpoint).where(Checkpoint.log_id >= deleted_from))
+        set_head(connection, since_checkpoint=since_checkpoint)
+    assert_broken(runner, expected)
 
 
 def test_a_wider_spacing_for_a_while_is_no_alarm(app, client, runner, database_url, tmp_path):
@@ -133,23 +137,25 @@ def test_a_wider_spacing_for_a_while_is_no_alarm(app, client, runner, database_u
 # -- the tail deleted, the head moved back ----------------------------------------------------
 
 
-def test_the_tail_deleted_with_the_head_moved_back_is_named(app, client, runner):
+@pytest.mark.parametrize(
+    ("from_id", "head", "expected"),
+    [
+        (
+            7,
+            {},
+            "BROKEN at row 7: missing: the chain's head counts 2 rows since the"
+            " last periodic checkpoint (row 6), the table 0: rows 7-8 were deleted"
+            " and the head moved back",
+        ),
+        (5, {"since_checkpoint": 1}, "BROKEN at row 5: missing: a signed checkpoint names row 6"),
+    ],
+    ids=["with-the-head-moved-back", "past-a-checkpoint-is-named-by-the-checkpoint"],
+)
+def test_the_tail_deleted_is_named(app, client, runner, from_id, head, expected):
     make_trail(client, 8)
     with tampering(app) as connection:
-        delete_tail(connection, 7)
-    assert_broken(
-        runner,
-        "BROKEN at row 7: missing: the chain's head counts 2 rows since the"
-        " last periodic checkpoint (row 6), the table 0: rows 7-8 were deleted"
-        " and the head moved back",
-    )
-
-
-def test_the_tail_deleted_past_a_checkpoint_is_named_by_the_checkpoint(app, client, runner):
-    make_trail(client, 8)
-    with tampering(app) as connection:
-        delete_tail(connection, 5, since_checkpoint=1)
-    assert_broken(runner, "BROKEN at row 5: missing: a signed checkpoint names row 6")
+        delete_tail(connection, from_id, **head)
+    assert_broken(runner, expected)
 
 
 def test_the_tail_deleted_with_a_consistent_head_passes_and_verify_says_why(app, client, runner):

@@ -15,8 +15,8 @@ from backend import create_app, dispose_engines
 from backend.extensions import db
 from backend.models import User
 from tests.conftest import ALICE, Api, basic, make_settings
+from tests.helpers import stored_users
 from tests.serving import BIN
-from tests.test_users import stored_users
 
 PASSWORD = "carol-password-1"
 

@@ -7,7 +7,7 @@ what each proxy appended.
 import pytest
 
 from tests.conftest import ALICE, wsgi_header
-from tests.test_lockout import WRONG, assert_locked, attempt
+from tests.helpers import WRONG, assert_locked, attempt
 
 CLIENT = "203.0.113.9"
 PROXY = "10.0.0.2"

@@ -13,8 +13,8 @@ import config
 from backend import create_app, dispose_engines
 from backend.accounts import create_user
 from tests.conftest import ALICE, Api, basic, bearer, make_settings, migrate_to_head
+from tests.helpers import assert_error
 from tests.pgcluster import PrivateCluster, private_cluster
-from tests.test_errors import assert_error
 
 
 @pytest.fixture(scope="module")

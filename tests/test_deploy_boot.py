@@ -34,6 +34,7 @@ from tests.deployment import (
     interpolate,
     run_shell,
 )
+from tests.helpers import latest_migration
 from tests.serving import (
     BIN,
     Client,
@@ -44,7 +45,6 @@ from tests.serving import (
     stop,
     wait_until_ready,
 )
-from tests.test_main import latest_migration
 
 pytestmark = pytest.mark.serving
 

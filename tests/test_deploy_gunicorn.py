@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 from base64 import b64encode
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,7 @@ from tests.serving import (
     free_port,
     make_run_command,
     raw_exchange,
-    start,
-    stop,
-    wait_until_ready,
+    running,
 )
 
 ADMIN = ("admin", "gunicorn-admin-password-1")
@@ -148,7 +147,7 @@ def test_preload_is_refused_before_any_worker_starts(tmp_path):
 @pytest.fixture
 def serve(tmp_path):
     """Start `make run`'s command on a fresh SQLite database with extra `environ`."""
-    servers = []
+    servers = ExitStack()
 
     def run(**environ: str) -> tuple[Client, Path]:
         port = free_port()
@@ -158,14 +157,11 @@ def serve(tmp_path):
                "DATABASE_URL": f"sqlite:///{tmp_path / 'audit.db'}",
                "SECRET_KEY": "gunicorn-test-secret-key", "ADMIN_USERNAME": ADMIN[0],
                "ADMIN_PASSWORD": ADMIN[1], "GUNICORN_WORKERS": "1", **environ}
-        servers.append(start(make_run_command(port), env, log))
-        client = Client(f"http://127.0.0.1:{port}")
-        wait_until_ready(client, servers[-1], log)
+        client, _ = servers.enter_context(running(make_run_command(port), env, log, port))
         return client, log
 
-    yield run
-    for server in servers:
-        stop(server)
+    with servers:
+        yield run
 
 
 def forwarded_login(client: Client, log: Path) -> tuple[str, str, dict]:

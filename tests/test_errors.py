@@ -1,57 +1,15 @@
 """Every error, from every blueprint and from routing, has the one JSON shape of CONTRACT.md.
 
-`assert_error` and `add_crashing_route` are shared with the other test modules.
+`assert_error` and `add_crashing_route`, which the other test modules use too, are in
+tests/helpers.py.
 """
 
 import pytest
 import sqlalchemy as sa
 
-from backend.extensions import db, token_auth
+from backend.extensions import db
 from tests.conftest import ALICE, basic
-
-JSON = "application/json; charset=utf-8"
-CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-         405: "method_not_allowed", 409: "conflict", 413: "request_entity_too_large",
-         429: "too_many_requests", 500: "internal_server_error", 503: "service_unavailable"}
-CRASH_MESSAGE = "kaboom: db password is hunter2"
-
-
-def assert_error(response, status: int, details: set[str] | None = None) -> dict:
-    """Check `{"error": {"status", "code", "message"[, "details"]}}`; return the inner object.
-
-    `details` are the field names a validation error must name, each with a non-empty list of
-    messages; without them the error must have no `details` at all.
-    """
-    assert response.status_code == status
-    assert response.content_type == JSON
-    body = response.get_json()
-    assert list(body) == ["error"]
-    error = body["error"]
-    expected_keys = {"status", "code", "message"} | ({"details"} if details else set())
-    assert set(error) == expected_keys
-    assert (error["status"], error["code"]) == (status, CODES[status])
-    assert isinstance(error["message"], str) and error["message"].strip()
-    if details:
-        assert set(error["details"]) == details
-        for messages in error["details"].values():
-            assert isinstance(messages, list) and messages
-            assert all(isinstance(message, str) and message for message in messages)
-    return error
-
-
-def crash():
-    raise RuntimeError(CRASH_MESSAGE)
-
-
-def add_crashing_route(app, api, boom=crash) -> str:
-    """Add GET /v1/boom (bearer auth) that runs `boom` (default: raise RuntimeError); return
-    alice's token for it.
-
-    Routes can only be added before the app's first request, so this logs in afterwards.
-    """
-    app.add_url_rule("/v1/boom", "boom", token_auth.login_required(boom))
-    api.create_user(*ALICE)
-    return api.login(*ALICE)
+from tests.helpers import add_crashing_route, assert_error
 
 
 def test_routing_404_under_v1_with_a_token(api, users):

@@ -7,7 +7,7 @@ from backend.audit.events import AuditEvent
 from backend.audit.writer import writer
 from backend.models import Log
 from tests.conftest import wsgi_header
-from tests.test_spool import spooled_events
+from tests.helpers import spooled_events
 
 # Each bounded text column of the trail and its length, as the schema declares them.
 BOUNDED = {

@@ -16,8 +16,7 @@ from backend.clock import rfc3339
 from backend.extensions import db
 from backend.models import Log
 from tests.conftest import ADMIN, basic, postgresql_only
-from tests.test_errors import assert_error
-from tests.test_logs import T, write
+from tests.helpers import T, assert_error, write
 
 FORMULAS = ("=HYPERLINK(\"http://x\")", "+SUM(A1)", "-2+3", "@cmd", "\tTAB", "\rCR")
 # Formulas a spreadsheet still runs: after what it skips (a line feed, a space, a no-break
@@ -377,7 +376,6 @@ def test_the_command_shows_progress_on_a_terminal_only(api, rows, runner, monkey
     assert result.exit_code == 0
     assert "exporting" in result.stderr
     assert result.stdout_bytes == get_export(api, rows["admin"]).get_data()
-
 
 
 def test_csv_rows_are_what_the_csv_module_writes_byte_for_byte(api, rows):

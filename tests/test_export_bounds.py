@@ -13,8 +13,7 @@ from backend.extensions import db
 from backend.models import User
 from backend.v1 import export_guard
 from tests.conftest import bearer
-from tests.test_errors import assert_error
-from tests.test_logs import write
+from tests.helpers import assert_error, write
 
 
 @pytest.fixture

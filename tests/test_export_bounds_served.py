@@ -19,8 +19,7 @@ import pytest
 from bench import load
 from bench.database import libpq_url
 from tests.conftest import empty_postgresql, owner_url
-from tests.serving import Client
-from tests.test_serving import ADMIN, serving
+from tests.serving import ADMIN, Client, serving
 
 pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
@@ -45,6 +44,7 @@ def served(postgresql_url, tmp_path_factory) -> Iterator[Served]:
     """One served worker on a trail big enough to fill every socket buffer (~10 MB of NDJSON),
     and two admins who may export all of it."""
     empty_postgresql(postgresql_url)
+    # Loaded by the tables' owner (bench/load.py drops and remakes indexes).
     load.load(libpq_url(owner_url(postgresql_url)), 20_000, b"export-bounds-signing-key")
     environ = {
         "GUNICORN_WORKERS": "1",

@@ -12,7 +12,7 @@ holds the trail to its promise:
 
 Every request also carries a User-Agent of its own, so the rows of a request whose client got
 no response can be found too. The figures of each fault are printed (run pytest with -s) and
-written to bench/results/faults.json for the closing note.
+written to faults.json in the test's own tmp_path (bench/ keeps only the benchmarks' results).
 """
 
 import contextlib
@@ -41,8 +41,7 @@ from tests.serving import (
     BIN,
     Client,
     free_port,
-    start,
-    stop,
+    running,
     wait_until_ready,
     worker_pids,
 )
@@ -58,7 +57,6 @@ LOAD_BEFORE = 3.0  # seconds of load before the fault
 LOAD_AFTER = 3.0  # ... and after it
 MAX_REQUESTS_PER_CLIENT = 5000  # a bound on the load whatever the timing
 CLI_TIMEOUT = 60.0
-RESULTS = config.ROOT / "bench" / "results" / "faults.json"
 # The row each kind of request must leave (its status is whatever the response's was).
 ROW_EVENT = {"me": "api.request", "login": "login.success"}
 # What a client sees when no (complete) response arrives.
@@ -137,10 +135,7 @@ def served(database, tmp_path):
     port = free_port()
     log = tmp_path / "gunicorn.log"
     env = environment(database, tmp_path)
-    server = start(gunicorn_command(port), env, log)
-    try:
-        client = Client(f"http://127.0.0.1:{port}")
-        wait_until_ready(client, server, log)
+    with running(gunicorn_command(port), env, log, port) as (client, server):
         login = client.post("/login", basic=ADMIN)
         assert login.status == 200, login.body
         token = login.body["token"]
@@ -150,8 +145,6 @@ def served(database, tmp_path):
                                   json_body={"username": name, "password": password})
             assert created.status in (201, 409), created.body
         yield Served(port, client, server, log, env, token, loaders)
-    finally:
-        stop(server)
 
 
 # --- the load ----------------------------------------------------------------------------------
@@ -292,22 +285,22 @@ def figures(fault: str, outcomes: list[Outcome], rows: list[Row]) -> Figures:
     )
 
 
-def report(result: Figures) -> None:
-    """Print the figures and keep them in bench/results/faults.json, by fault."""
+def report(result: Figures, directory: Path) -> None:
+    """Print the figures and keep them in `directory`/faults.json, by fault."""
     print(f"\n[{result.fault}] requests sent {result.requests_sent}, 2xx received"
           f" {result.ok_2xx}, rows found {result.rows_found}, rows lost {result.rows_lost},"
           f" duplicates {result.duplicates}; no response {result.no_response}"
           f" (of which served: {result.served_without_response}); responses without a row"
           f" {result.responses_without_row}; statuses {result.statuses};"
           f" errors {result.errors}; {result.notes}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results = directory / "faults.json"
     try:
-        saved = json.loads(RESULTS.read_text())
+        saved = json.loads(results.read_text())
     except (OSError, ValueError):
         saved = {}
     saved[result.fault] = {"at": datetime.now(UTC).isoformat(timespec="seconds"),
                            **asdict(result)}
-    RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
+    results.write_text(json.dumps(saved, indent=2) + "\n")
 
 
 def settle(served: Served, requests: int = 2 * WORKERS * CLIENTS) -> None:
@@ -329,7 +322,7 @@ def finish(served: Served, fault: str, outcomes: list[Outcome], notes: dict) -> 
                  r"replayed (\d+) spooled audit events", output))}
     result = figures(fault, outcomes, trail(served.env["DATABASE_URL"]))
     result.notes = notes
-    report(result)
+    report(result, Path(served.env["INSTANCE_PATH"]))  # the test's tmp_path
     verify = flask(served.env, "audit", "verify")
     assert verify.returncode == 0, f"the chain is broken:\n{verify.stdout}\n{verify.stderr}"
     assert result.requests_sent > 0 and result.ok_2xx > 0
@@ -369,7 +362,7 @@ def busy_worker(served: Served, deadline: float = 5.0) -> tuple[int, int]:
     workers: list[int] = []
     give_up = time.monotonic() + deadline
     while time.monotonic() < give_up:
-        workers = worker_pids(served.process)
+        workers = worker_pids(served.process.pid)
         if len(workers) == WORKERS:
             held = {pid: client_connections(pid, served.port) for pid in workers}
             victim = max(held, key=held.get)
@@ -421,9 +414,9 @@ def test_killing_a_worker_under_load_loses_and_duplicates_no_row(served):
         killed = time.monotonic()
         time.sleep(LOAD_AFTER)
     deadline = time.monotonic() + 10  # the master replaces the worker
-    while len(worker_pids(served.process)) != WORKERS and time.monotonic() < deadline:
+    while len(worker_pids(served.process.pid)) != WORKERS and time.monotonic() < deadline:
         time.sleep(0.1)
-    replaced = worker_pids(served.process)
+    replaced = worker_pids(served.process.pid)
     assert len(replaced) == WORKERS and victim not in replaced, replaced
     settle(served)
     result = finish(served, "kill -9 a worker", load.outcomes, {

@@ -19,7 +19,7 @@ import schemathesis
 from schemathesis.engine import Status, events, from_schema
 
 from tests.conftest import ADMIN, basic
-from tests.test_serving import serving
+from tests.serving import serving
 
 pytestmark = pytest.mark.serving
 

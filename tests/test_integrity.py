@@ -2,17 +2,15 @@
 
 Every tamper test lifts the append-only protection the way the tables' owner could
 (`tampering`), changes the trail with raw SQL, and expects verify to name the first broken row.
-The helpers (`tampering`, `flask_audit`, `verify_line`, `assert_broken`, `make_trail`,
-`recompute_chain`) are shared with the other audit test modules.
+Its helpers (`tampering`, `flask_audit`, `verify_line`, `assert_broken`, `make_trail`,
+`recompute_chain`) are in tests/helpers.py, shared with the other audit test modules.
 """
 
 import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -23,94 +21,23 @@ from backend.audit.chain import checkpoint_mac, row_hash
 from backend.clock import utcnow
 from backend.extensions import db
 from backend.models import AuditChain, Checkpoint, Log
-from backend.roles import owner_engine
-from tests.test_errors import assert_error
-
-PROTECTED = ("audit_log", "audit_checkpoint")
-CHECKPOINT_EVERY_3 = pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="3")
-
-
-@contextmanager
-def tampering(app) -> Iterator[sa.Connection]:
-    """A transaction of the tables' owner in which the trail's append-only triggers are lifted,
-    as the owner could lift them; they are back when the block ends."""
-    with app.app_context(), owner_engine().begin() as connection:
-        if connection.dialect.name == "postgresql":
-            for table in PROTECTED:
-                connection.exec_driver_sql(
-                    f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only")
-            yield connection  # an error rolls the whole transaction back, triggers included
-            for table in PROTECTED:
-                connection.exec_driver_sql(
-                    f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only")
-            return
-        triggers = connection.execute(sa.text(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
-            f" AND tbl_name IN {PROTECTED}")).all()
-        assert len(triggers) == 6, triggers  # per table: no update, no delete, none under a hold
-        for name, _ in triggers:
-            connection.exec_driver_sql(f"DROP TRIGGER {name}")
-        try:
-            yield connection
-        finally:
-            for _, sql in triggers:
-                connection.exec_driver_sql(sql)
-
-
-def flask_audit(runner, *args: str, input: str | None = None):
-    """`flask audit ARGS...`."""
-    return runner.invoke(args=["audit", *args], input=input)
+from tests.helpers import (
+    CHECKPOINT_EVERY_3,
+    assert_broken,
+    assert_error,
+    flask_audit,
+    make_trail,
+    recompute_chain,
+    stored_rows,
+    tampering,
+    verify_line,
+)
 
 
 def verdict(runner, *args: str) -> tuple[int, dict]:
     """`flask audit verify --json ARGS...`: its exit code and the verdict it printed."""
     result = flask_audit(runner, "verify", "--json", *args)
     return result.exit_code, json.loads(result.stdout)
-
-
-def verify_line(runner, *args: str) -> tuple[int, str]:
-    """`flask audit verify ARGS...`: its exit code and the verdict line for people."""
-    result = flask_audit(runner, "verify", *args)
-    return result.exit_code, result.stdout.strip()
-
-
-def assert_broken(runner, expected: str, *args: str) -> None:
-    """`flask audit verify ARGS...` exits 1 with a verdict line that starts with `expected`."""
-    code, line = verify_line(runner, *args)
-    assert code == 1, line
-    assert line.startswith(expected), line
-
-
-def make_trail(client, count: int) -> list[str]:
-    """`count` real requests (GET /, one index.view row each); their request ids in order."""
-    responses = [client.get("/") for _ in range(count)]
-    assert [response.status_code for response in responses] == [200] * count
-    return [response.headers["X-Request-ID"] for response in responses]
-
-
-def stored_rows(connection: sa.Connection) -> list[dict]:
-    """Every row of the trail as the hash sees it, in id order."""
-    return [dict(row) for row in
-            connection.execute(sa.select(Log.__table__).order_by(Log.id)).mappings()]
-
-
-def recompute_chain(connection: sa.Connection, row_id: int, **changes) -> None:
-    """What someone with write access but without AUDIT_SIGNING_KEY can do: change row
-    `row_id`, recompute every hash from it on with the public `row_hash`, move the head."""
-    rows = stored_rows(connection)
-    prev_hash = next(row["prev_hash"] for row in rows if row["id"] == row_id)
-    for row in rows:
-        if row["id"] < row_id:
-            continue
-        if row["id"] == row_id:
-            row.update(changes)
-        row["prev_hash"], row["hash"] = prev_hash, row_hash(row, prev_hash)
-        prev_hash = row["hash"]
-        changed = changes if row["id"] == row_id else {}
-        connection.execute(sa.update(Log).where(Log.id == row["id"]).values(
-            prev_hash=row["prev_hash"], hash=row["hash"], **changed))
-    connection.execute(sa.update(AuditChain).where(AuditChain.id == 1).values(
-        last_hash=prev_hash))
 
 
 def shift_ids(connection: sa.Connection, from_id: int, by: int) -> None:

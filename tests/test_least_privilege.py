@@ -16,9 +16,7 @@ from flask_migrate import upgrade
 from backend.extensions import db
 from backend.roles import owner_engine
 from tests.conftest import TEST_DATABASE_APP_URL, postgresql_only
-from tests.test_append_only import PERMIT, table_rows
-from tests.test_integrity import flask_audit, make_trail
-from tests.test_retention import aged_trail, purge
+from tests.helpers import PERMIT, aged_trail, flask_audit, make_trail, purge, table_rows
 
 pytestmark = [postgresql_only, pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="1")]
 

@@ -16,17 +16,10 @@ from backend.auth import credentials
 from backend.clock import moved
 from backend.extensions import db
 from backend.models import LoginThrottle
-from tests.conftest import ALICE, BOB, basic, bearer
+from tests.conftest import ALICE, BOB, bearer
+from tests.helpers import ATTACKER, WRONG, assert_locked, attempt, same_headers
 
-ATTACKER = "203.0.113.66"
 OWNER = "198.51.100.7"
-WRONG = "not-the-password"
-
-
-def attempt(client, username: str, password: str, address: str = ATTACKER, headers=None):
-    """POST /login with HTTP Basic from `address`."""
-    return client.post("/login", headers={**basic(username, password), **(headers or {})},
-                       environ_base={"REMOTE_ADDR": address})
 
 
 def fail(client, times: int, username: str = ALICE[0], address: str = ATTACKER) -> None:
@@ -35,17 +28,13 @@ def fail(client, times: int, username: str = ALICE[0], address: str = ATTACKER) 
         assert attempt(client, username, WRONG, address).status_code == 401
 
 
-def same_headers(response) -> dict:
-    """The response's headers, but for the one that differs on every request."""
-    return {name: value for name, value in response.headers if name != "X-Request-ID"}
-
-
-def assert_locked(response, retry_after: int) -> None:
-    assert response.status_code == 429
-    assert response.headers["Retry-After"] == str(retry_after)
-    assert response.get_json() == {"error": {
-        "status": 429, "code": "too_many_requests",
-        "message": "Too many failed attempts; try again later."}}
+def login_after(client, first: int, apart: timedelta, then: int):
+    """`first` wrong passwords, `then` more `apart` later, and then alice's right one at that
+    time; its response."""
+    fail(client, first)
+    with moved(apart):
+        fail(client, then)
+        return attempt(client, *ALICE)
 
 
 @pytest.fixture
@@ -93,41 +82,26 @@ def test_the_cooloff_doubles_with_each_further_lock(client, alice):
 
 @pytest.mark.settings(LOGIN_COOLOFF="60", LOGIN_COOLOFF_MAX="100")
 def test_the_cooloff_stops_at_its_maximum(client, alice):
-    fail(client, 5)
-    with moved(timedelta(seconds=61)):
-        fail(client, 5)
-        assert_locked(attempt(client, *ALICE), 100)
+    assert_locked(login_after(client, 5, timedelta(seconds=61), 5), 100)
 
 
 def test_failures_are_forgotten_after_a_quiet_window(client, alice):
-    fail(client, 4)
-    with moved(timedelta(seconds=900)):
-        fail(client, 4)
-        assert attempt(client, *ALICE).status_code == 200
+    assert login_after(client, 4, timedelta(seconds=900), 4).status_code == 200
 
 
 def test_failures_within_the_window_add_up(client, alice):
-    fail(client, 4)
-    with moved(timedelta(seconds=899)):
-        fail(client, 1)
-        assert_locked(attempt(client, *ALICE), 60)
+    assert_locked(login_after(client, 4, timedelta(seconds=899), 1), 60)
 
 
 def test_waiting_out_a_window_does_not_reset_the_escalation(client, alice):
-    fail(client, 5)
-    with moved(timedelta(seconds=60 + 900)):
-        fail(client, 5)
-        assert_locked(attempt(client, *ALICE), 120)
+    assert_locked(login_after(client, 5, timedelta(seconds=60 + 900), 5), 120)
 
 
 @pytest.mark.parametrize("known", [False, True], ids=["new-address", "known-address"])
 def test_escalation_is_forgotten_after_the_longest_cooloff_without_failures(client, alice, known):
     if known:  # the pair's row then outlives its failures: it remembers the address
         assert attempt(client, *ALICE).status_code == 200
-    fail(client, 5)
-    with moved(timedelta(seconds=60 + 3600)):
-        fail(client, 5)
-        assert_locked(attempt(client, *ALICE), 60)
+    assert_locked(login_after(client, 5, timedelta(seconds=60 + 3600), 5), 60)
 
 
 def test_counters_that_stopped_mattering_are_deleted(app, client, alice):

@@ -13,9 +13,8 @@ import pytest
 from flask.logging import default_handler
 
 from tests.conftest import basic, bearer
-from tests.test_errors import assert_error
-from tests.test_lockout import attempt
-from tests.test_serving import ADMIN, served  # noqa: F401  (served: `make run`'s gunicorn)
+from tests.helpers import assert_error, attempt
+from tests.serving import ADMIN
 
 FORGED_LINE = "[2026-11-21 10:00:00,000] INFO in views: admin logged in"
 NASTY = f"eve\r\n{FORGED_LINE[:20]}\x1b[2J\x1b]0;pwned\x07\x85\u2028\u2029\x7f\t."
@@ -125,7 +124,7 @@ def test_the_application_log_writes_one_line_per_record(app):
 
 
 @pytest.mark.serving
-def test_a_served_lockout_logs_one_line_with_the_name_escaped(served):  # noqa: F811
+def test_a_served_lockout_logs_one_line_with_the_name_escaped(served):
     client, log = served
     for _ in range(5):
         assert client.post("/login", json_body={"username": NASTY, "password": "x"}).status == 401

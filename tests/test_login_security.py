@@ -19,13 +19,15 @@ from backend.extensions import db
 from backend.models import Token, User
 from tests.conftest import ADMIN, ALICE, basic, bearer
 from tests.hashing import CountingHasher
-from tests.test_errors import assert_error
-from tests.test_lockout import same_headers
+from tests.helpers import (
+    NEW_PASSWORD,
+    NO_LOCKOUT,
+    assert_error,
+    change_password,
+    login_racing,
+    same_headers,
+)
 
-NEW_PASSWORD = "alice-new-password-2"
-# Locks would answer the timing trials early: keep every threshold out of reach.
-NO_LOCKOUT = {"LOGIN_MAX_FAILURES": "1000", "LOGIN_MAX_FAILURES_PER_ADDRESS": "1000",
-              "LOGIN_MAX_FAILURES_PER_ACCOUNT": "1000"}
 TRIALS = 30
 
 
@@ -45,11 +47,6 @@ def user_id(app, username: str) -> int:
 def disable(api, admin_token: str, uid: int, disabled: bool = True):
     return api.client.patch(f"/v1/users/{uid}", json={"disabled": disabled},
                             headers=bearer(admin_token))
-
-
-def change_password(client, token: str, current: str, new: str = NEW_PASSWORD):
-    return client.put("/v1/me/password", json={"current_password": current, "new_password": new},
-                      headers=bearer(token))
 
 
 # --- no enumeration ----------------------------------------------------------------------
@@ -285,23 +282,6 @@ def test_a_wrong_current_password_is_403_and_changes_nothing(api, client, users)
 def test_a_bad_password_change_is_400_naming_the_fields(client, users, body, fields):
     response = client.put("/v1/me/password", json=body, headers=bearer(users["alice"]))
     assert_error(response, 400, details=fields)
-
-
-def login_racing(client, monkeypatch, act):
-    """Alice's login, with `act()` run right after it checked her password (before it made
-    its token); return its response."""
-    from backend.auth import credentials
-
-    check = credentials.password_problem
-
-    def check_then_act(user, password):
-        monkeypatch.undo()  # once: act() may check a password itself
-        problem = check(user, password)
-        act()
-        return problem
-
-    monkeypatch.setattr(credentials, "password_problem", check_then_act)
-    return client.post("/login", headers=basic(*ALICE))
 
 
 def test_a_login_racing_a_password_change_is_refused(api, client, users, monkeypatch):

@@ -6,32 +6,24 @@ written after its answer, so it is never part of that answer.
 """
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from backend.audit import listing, writer
-from backend.audit.events import AuditEvent
+from backend.audit import listing
 from backend.clock import rfc3339
 from tests.conftest import ADMIN, ALICE, basic
-from tests.test_errors import assert_error
+from tests.helpers import T, assert_error, next_link, write
 
 CONTRACT_KEYS = {"id", "created_at", "source", "event", "level", "user", "ip", "track",
                  "method", "path", "status", "request_id", "user_agent"}
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-T = datetime(2020, 1, 1, 10, 0, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 MAX_PAGES = 100
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-def write(app, **fields) -> int:
-    """Insert one audit row the way the service does; return its id."""
-    event = {"source": "app", "event": "test.event", "level": "INFO", "track": "seeded", **fields}
-    with app.app_context():
-        return writer.write(AuditEvent(**event))
 
 
 def logs(api, token, **params):
@@ -86,13 +78,6 @@ def assert_one_new_row_per_later_page(api, written: list, responses: list) -> No
 
 def seen(responses) -> list[int]:
     return [row_id for response in responses for row_id in ids(response)]
-
-
-def next_link(response) -> str:
-    """The URL of a `Link: <url>; rel="next"` header."""
-    match = re.fullmatch(r'<([^>]+)>; rel="next"', response.headers.get("Link", ""))
-    assert match, response.headers.get("Link")
-    return match[1]
 
 
 def flipped(text: str, index: int) -> str:

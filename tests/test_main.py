@@ -7,32 +7,16 @@ from importlib.metadata import version
 
 import pytest
 import sqlalchemy as sa
-from alembic.script import ScriptDirectory
 
-import config
 from backend import create_app, dispose_engines
-from backend.extensions import db
 from backend.roles import owner_engine
 from tests.conftest import make_settings
-from tests.test_errors import assert_error
+from tests.helpers import assert_error, latest_migration, schema_version
 
 DOCUMENTED_PATHS = {"/login", "/logout", "/v1/me", "/v1/users", "/v1/logs", "/v1/logs/{log_id}",
                     "/v1/logs/stats"}
 # The browser viewer and its files are a page for people, not part of the API's document.
 BROWSER_ENDPOINTS = {"static", "main.static", "main.audit_page"}
-
-
-def latest_migration() -> str:
-    """The head revision of the migration scripts in the repository."""
-    [head] = ScriptDirectory(str(config.ROOT / "migrations")).get_heads()
-    return head
-
-
-def schema_version(app) -> list[str]:
-    """The revisions recorded in the database's alembic_version table."""
-    query = sa.text("SELECT version_num FROM alembic_version")
-    with app.app_context(), db.engine.connect() as connection:
-        return list(connection.execute(query).scalars())
 
 
 @contextmanager

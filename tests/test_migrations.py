@@ -7,7 +7,7 @@ from alembic.migration import MigrationContext
 
 from backend.extensions import db
 from tests.conftest import ALICE, postgresql_only
-from tests.test_main import schema_version
+from tests.helpers import schema_version
 
 
 def test_the_migrated_schema_matches_the_models(app):

@@ -12,7 +12,7 @@ import pytest
 
 from backend.clock import moved
 from tests.conftest import ALICE, basic, bearer
-from tests.test_login_security import NEW_PASSWORD, NO_LOCKOUT, change_password, login_racing
+from tests.helpers import NEW_PASSWORD, NO_LOCKOUT, change_password, login_racing
 
 ROUNDS = 5
 # As many as a process checks passwords at once (credentials.CHECKS_AT_ONCE): none waits for

@@ -5,8 +5,7 @@ and TRUSTED_HOSTS refusing any other Host."""
 import pytest
 
 from tests.conftest import bearer
-from tests.test_errors import assert_error
-from tests.test_logs import next_link
+from tests.helpers import assert_error, next_link
 
 EVIL = {"Host": "evil.example"}
 PUBLIC = "https://audit.example.com"

@@ -18,8 +18,7 @@ from backend.audit.events import AuditEvent
 from backend.audit.spool import encode
 from backend.audit.writer import writer
 from backend.roles import owner_engine
-from tests.test_integrity import flask_audit, make_trail, verify_line
-from tests.test_spool import spool_file, spooled, spooled_events
+from tests.helpers import flask_audit, make_trail, spool_file, spooled, spooled_events, verify_line
 
 REFUSED = "refuse-me"
 # The database's own words, by the first letters of its URL.
@@ -36,7 +35,8 @@ def event(track: str) -> AuditEvent:
 @contextmanager
 def database_refusing(app, condition: str):
     """The database refuses every new audit row for which `condition` (SQL over the row's
-    columns, each written `{row}name`) holds, until the block ends."""
+    columns, each written `{row}name`) holds, until the block ends. Set up by the tables'
+    owner: the app's role may not alter them."""
     url = app.config["SQLALCHEMY_DATABASE_URI"]
     if url.startswith("sqlite"):
         add = (
@@ -51,7 +51,7 @@ def database_refusing(app, condition: str):
             f" CHECK (NOT ({condition.format(row='')}))"
         )
         remove = "ALTER TABLE audit_log DROP CONSTRAINT test_refuse"
-    with app.app_context(), owner_engine().begin() as connection:  # DDL: the tables' owner
+    with app.app_context(), owner_engine().begin() as connection:
         connection.execute(sa.text(add))
     try:
         yield

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tests.conftest import ALICE, basic, bearer
-from tests.test_errors import assert_error
+from tests.helpers import assert_error
 
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
            "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}

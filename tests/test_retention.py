@@ -4,8 +4,8 @@ test_retention_guards.py.)
 
 Old rows are made by moving the clock back around real requests, oldest first (the writer keeps
 `created_at` non-decreasing along ids): older than the default minimum retention of 365 days,
-which every test here runs under. `aged_trail` and `purge` are shared with
-test_append_only.py and test_retention_guards.py.
+which every test here runs under. `aged_trail` and `purge` (tests/helpers.py) serve
+test_append_only.py and test_retention_guards.py too.
 """
 
 from datetime import timedelta
@@ -13,46 +13,23 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from backend.audit import retention
-from backend.clock import moved, rfc3339, utcnow
+from backend.clock import moved, rfc3339
 from backend.extensions import db
 from backend.models import Checkpoint
-from tests.test_integrity import (
+from tests.helpers import (
+    OLD,
+    aged_trail,
     assert_broken,
+    cutoff,
+    days_ago,
     flask_audit,
+    ids_and_events,
     make_trail,
+    purge,
     recompute_chain,
     tampering,
     verify_line,
 )
-
-OLD = timedelta(days=-400)
-
-
-def days_ago(days: int) -> str:
-    """The date `days` days ago, as YYYY-MM-DD."""
-    return (utcnow() - timedelta(days=days)).date().isoformat()
-
-
-def cutoff() -> str:
-    """The DATE of every purge here: 390 days ago, between the old rows and the new ones, and
-    past the default minimum retention (365 days)."""
-    return days_ago(390)
-
-
-def aged_trail(client, old: int, new: int) -> tuple[list[str], list[str]]:
-    """`old` requests 400 days ago, then `new` now; the request ids of each."""
-    with moved(OLD):
-        old_ids = make_trail(client, old)
-    return old_ids, make_trail(client, new)
-
-
-def purge(runner, *args: str, before: str | None = None, input: str | None = None):
-    """`flask audit purge --before DATE ARGS...` (DATE: `cutoff()` unless given)."""
-    return flask_audit(runner, "purge", "--before", before or cutoff(), *args, input=input)
-
-
-def ids_and_events(api) -> list[tuple[int, str]]:
-    return [(row.id, row.event) for row in api.rows()]
 
 
 def purge_checkpoints(app) -> list[int]:

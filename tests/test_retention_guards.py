@@ -15,8 +15,15 @@ from backend.audit import retention
 from backend.clock import rfc3339, utcnow
 from backend.roles import owner_engine
 from backend.schemas import RFC3339DateTime
-from tests.test_integrity import flask_audit, verify_line
-from tests.test_retention import aged_trail, cutoff, days_ago, ids_and_events, purge
+from tests.helpers import (
+    aged_trail,
+    cutoff,
+    days_ago,
+    flask_audit,
+    ids_and_events,
+    purge,
+    verify_line,
+)
 
 
 def hold(runner, *args: str):

@@ -17,8 +17,7 @@ import sqlalchemy as sa
 import config
 from backend.roles import owner_engine
 from tests.conftest import ADMIN, owner_url
-from tests.test_serving import ADMIN as SERVED_ADMIN
-from tests.test_serving import served  # noqa: F401  (a fixture: `make run`'s gunicorn)
+from tests.serving import ADMIN as SERVED_ADMIN
 
 ALICE_PASSWORDS = ("Alice-first-Secret-1", "Alice-second-Secret-2")
 WRONG_PASSWORDS = ("Wrong-Secret-guess-1", "Wrong-Secret-guess-2", "Wrong-Secret-guess-3")
@@ -142,7 +141,7 @@ def test_no_secret_reaches_a_row_a_log_record_or_an_error_body(app, api, client,
 
 
 @pytest.mark.serving
-def test_no_secret_reaches_the_served_output_or_the_database(served, database_url):  # noqa: F811
+def test_no_secret_reaches_the_served_output_or_the_database(served, database_url):
     client, log = served
 
     def send(method, path, headers, body):

@@ -10,8 +10,6 @@ import os
 import socket
 import subprocess
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,61 +17,18 @@ import pytest
 import config
 from bench import load
 from bench.database import libpq_url
-from tests.conftest import database_environment, owner_url, postgresql_only, wsgi_header
+from tests.conftest import owner_url, postgresql_only, wsgi_header
 from tests.serving import (
+    ADMIN,
     BIN,
     READY_DEADLINE,
-    Client,
     free_port,
-    make_run_command,
     readme_session,
-    start,
+    serving,
     stop,
-    wait_until_ready,
 )
 
 pytestmark = pytest.mark.serving
-
-ADMIN = ("admin", "serving-admin-password-1")
-
-
-def server_environment(database_url: str, instance_path: Path) -> dict:
-    """What `make run` would see, with every setting the session depends on pinned."""
-    return {
-        "PATH": os.environ.get("PATH", os.defpath),
-        "APP_ENV": "development",
-        "INSTANCE_PATH": str(instance_path),
-        **database_environment(database_url),
-        "SECRET_KEY": "serving-test-secret-key",
-        "ADMIN_USERNAME": ADMIN[0],
-        "ADMIN_PASSWORD": ADMIN[1],
-        # Pinned so that a developer's .env (read too, but never overriding) cannot change them.
-        "TOKEN_TTL": "3600",
-        "TRUSTED_PROXY_HOPS": "0",
-        "GUNICORN_WORKERS": "2",
-    }
-
-
-@contextmanager
-def serving(database_url: str, tmp_path: Path, **environ: str):
-    """`make run`'s command on a migrated database, with `environ` on top of
-    server_environment; yields (client, server output)."""
-    port = free_port()
-    log = tmp_path / "server.log"
-    server = start(make_run_command(port),
-                   server_environment(database_url, tmp_path) | environ, log)
-    try:
-        client = Client(f"http://127.0.0.1:{port}")
-        wait_until_ready(client, server, log)
-        yield client, log
-    finally:
-        stop(server)
-
-
-@pytest.fixture
-def served(database_url, tmp_path):
-    with serving(database_url, tmp_path) as client_and_log:
-        yield client_and_log
 
 
 def test_make_run_serves_with_the_gunicorn_config_and_creates_the_admin(served):

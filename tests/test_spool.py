@@ -9,7 +9,6 @@ import json
 import sqlite3
 from dataclasses import fields
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -20,29 +19,20 @@ from backend.audit.spool import encode
 from backend.audit.writer import writer
 from backend.extensions import db
 from tests.conftest import ALICE, basic, postgresql_only, wsgi_header
-from tests.test_audit_trail import DISK_FULL, audit_table_unavailable
-from tests.test_integrity import flask_audit, make_trail, verify_line
+from tests.helpers import (
+    DISK_FULL,
+    audit_table_unavailable,
+    flask_audit,
+    make_trail,
+    spool_file,
+    spooled,
+    spooled_events,
+    verify_line,
+)
 
 # Line breaks of every kind (str.splitlines knows \x1c-\x1e and \x85 too), an escape sequence
 # and a would-be second JSON object, in a header a client chooses freely.
 HOSTILE_AGENT = 'evil\nagent\r\n{"event":"forged"}\x1b[2K\x1e\x85\x7f'
-
-
-def spool_file(app) -> Path:
-    return Path(app.config["AUDIT_SPOOL_PATH"])
-
-
-def spooled(app) -> list[dict]:
-    """The spool's lines, each parsed: exactly one JSON object per newline-ended line."""
-    data = spool_file(app).read_bytes()
-    assert data == b"" or data.endswith(b"\n")
-    return [json.loads(line) for line in data.split(b"\n")[:-1]]
-
-
-def spooled_events(client) -> int:
-    response = client.get("/readyz")
-    assert response.status_code == 200
-    return response.get_json()["spooled_events"]
 
 
 def request_ids(api) -> list[str]:

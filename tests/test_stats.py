@@ -10,8 +10,7 @@ import pytest
 
 from backend.clock import rfc3339, utcnow
 from backend.models import LEVELS
-from tests.test_errors import assert_error
-from tests.test_logs import write
+from tests.helpers import assert_error, write
 
 T = datetime(2020, 1, 1, 10, 0, tzinfo=UTC)  # a Wednesday, on the hour
 HOUR, DAY, MICROSECOND = timedelta(hours=1), timedelta(days=1), timedelta(microseconds=1)

@@ -3,12 +3,9 @@
 import re
 
 import pytest
-import sqlalchemy as sa
 
-from backend.extensions import db
-from backend.models import User
 from tests.conftest import ALICE, bearer
-from tests.test_errors import assert_error
+from tests.helpers import assert_error, stored_users
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 CAROL = {"username": "carol", "password": "carol-password-1"}
@@ -25,13 +22,6 @@ def assert_user_object(body: dict, username: str, is_admin: bool) -> None:
 def create(api, token: str, **fields):
     """POST /v1/users with CAROL's fields, overridden by `fields`."""
     return api.post("/v1/users", token, json={**CAROL, **fields})
-
-
-def stored_users(app) -> dict[str, bool]:
-    """Every user in the database: name -> is_admin, oldest first."""
-    with app.app_context():
-        return {user.username: user.is_admin
-                for user in db.session.scalars(sa.select(User).order_by(User.id))}
 
 
 def test_me_is_the_current_user(api, users):
