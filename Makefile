@@ -17,6 +17,7 @@ test: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The query and export benchmark (docs/benchmarks.md): ROWS=10000000 make bench-query.
 ROWS ?= 1000000

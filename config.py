@@ -56,8 +56,10 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
     signing_key = environ.get("AUDIT_SIGNING_KEY")
     if not signing_key:
         if production:
-            raise ConfigError("APP_ENV=production needs AUDIT_SIGNING_KEY (a long random string,"
-                              " kept apart from the database's backups)")
+            raise ConfigError(
+                "APP_ENV=production needs AUDIT_SIGNING_KEY (a long random string,"
+                " kept apart from the database's backups)"
+            )
         signing_key = hmac.new(secret_key.encode(), b"audit-signing-key", "sha256").hexdigest()
 
     pool_size = database_pool_size(environ)
@@ -72,14 +74,18 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         # that is closed when it comes back (a PostgreSQL backend started and torn down per
         # request, under load, with SQLAlchemy's default overflow of 10); after POOL_TIMEOUT
         # seconds it gets a 503 (errors.py).
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": pool_size,
-                                      "max_overflow": 0, "pool_timeout": POOL_TIMEOUT},
+        "SQLALCHEMY_ENGINE_OPTIONS": {
+            "pool_size": pool_size,
+            "max_overflow": 0,
+            "pool_timeout": POOL_TIMEOUT,
+        },
         **export_bounds(environ, pool_size),
         "AUDIT_SIGNING_KEY": signing_key,
         "AUDIT_CHECKPOINT_EVERY": positive_int(environ, "AUDIT_CHECKPOINT_EVERY", 1000),
         # Retention (flask audit purge): PCI DSS 10.5.1 keeps a year. Tests may purge anything.
-        "AUDIT_MIN_RETENTION_DAYS": positive_int(environ, "AUDIT_MIN_RETENTION_DAYS", 365,
-                                                 minimum=0 if app_env == "testing" else 1),
+        "AUDIT_MIN_RETENTION_DAYS": positive_int(
+            environ, "AUDIT_MIN_RETENTION_DAYS", 365, minimum=0 if app_env == "testing" else 1
+        ),
         "AUDIT_SPOOL_PATH": environ.get("AUDIT_SPOOL_PATH")
         or str(instance_path / "audit-spool.jsonl"),
         "TOKEN_TTL": positive_int(environ, "TOKEN_TTL", 3600),
@@ -123,8 +129,12 @@ def public_url(raw: str | None) -> str | None:
         parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
     except ValueError as error:
         raise ConfigError(f"PUBLIC_URL is not a URL ({error}): {raw!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or not raw.isprintable() \
-            or " " in raw:
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not raw.isprintable()
+        or " " in raw
+    ):
         raise ConfigError(f"PUBLIC_URL must be http:// or https:// and a host, not {raw!r}")
     if parts.query or parts.fragment or "?" in raw or "#" in raw:
         raise ConfigError(f"PUBLIC_URL must have no query or fragment, not {raw!r}")
@@ -141,22 +151,27 @@ def trusted_hosts(raw: str | None) -> list[str] | None:
     hosts = [host.strip() for host in raw.split(",")]
     for host in hosts:
         if not host or "/" in host or " " in host:
-            raise ConfigError("TRUSTED_HOSTS must be host names separated by commas"
-                              f" (e.g. audit.example.com,localhost), not {raw!r}")
+            raise ConfigError(
+                "TRUSTED_HOSTS must be host names separated by commas"
+                f" (e.g. audit.example.com,localhost), not {raw!r}"
+            )
     return hosts
 
 
 def _login_security(environ: Mapping[str, str]) -> dict:
     """Brute-force protection (docs/login-security.md): thresholds well under NIST's 100."""
-    values = {name: positive_int(environ, name, default) for name, default in (
-        ("LOGIN_MAX_FAILURES", 5),  # per (account, address) pair
-        ("LOGIN_MAX_FAILURES_PER_ADDRESS", 20),  # per address, whatever the accounts
-        ("LOGIN_MAX_FAILURES_PER_ACCOUNT", 20),  # per account, whatever the addresses
-        ("LOGIN_WINDOW", 900),  # seconds without a failure after which failures are forgotten
-        ("LOGIN_COOLOFF", 60),  # seconds of the first lockout; doubles for each further one
-        ("LOGIN_COOLOFF_MAX", 3600),  # the longest lock; locks are forgotten after as long
-        ("LOGIN_KNOWN_ADDRESS_TTL", 30 * 86400),
-    )}
+    values = {
+        name: positive_int(environ, name, default)
+        for name, default in (
+            ("LOGIN_MAX_FAILURES", 5),  # per (account, address) pair
+            ("LOGIN_MAX_FAILURES_PER_ADDRESS", 20),  # per address, whatever the accounts
+            ("LOGIN_MAX_FAILURES_PER_ACCOUNT", 20),  # per account, whatever the addresses
+            ("LOGIN_WINDOW", 900),  # seconds without a failure after which failures are forgotten
+            ("LOGIN_COOLOFF", 60),  # seconds of the first lockout; doubles for each further one
+            ("LOGIN_COOLOFF_MAX", 3600),  # the longest lock; locks are forgotten after as long
+            ("LOGIN_KNOWN_ADDRESS_TTL", 30 * 86400),
+        )
+    }
     if values["LOGIN_COOLOFF"] > values["LOGIN_COOLOFF_MAX"]:
         raise ConfigError("LOGIN_COOLOFF must not exceed LOGIN_COOLOFF_MAX")
     return values
@@ -169,11 +184,15 @@ def export_bounds(environ: Mapping[str, str], pool_size: int) -> dict:
     request), and the seconds a client may leave the server waiting before it is cut off."""
     per_worker = positive_int(environ, "EXPORTS_PER_WORKER", max(1, pool_size // 2))
     if pool_size > 1 and per_worker >= pool_size:
-        raise ConfigError(f"EXPORTS_PER_WORKER must be less than DATABASE_POOL_SIZE ({pool_size}),"
-                          f" not {per_worker}: other requests need a connection while exports run")
-    return {"EXPORTS_PER_USER": positive_int(environ, "EXPORTS_PER_USER", 2),
-            "EXPORTS_PER_WORKER": per_worker,
-            "EXPORT_STALL_TIMEOUT": positive_int(environ, "EXPORT_STALL_TIMEOUT", 30)}
+        raise ConfigError(
+            f"EXPORTS_PER_WORKER must be less than DATABASE_POOL_SIZE ({pool_size}),"
+            f" not {per_worker}: other requests need a connection while exports run"
+        )
+    return {
+        "EXPORTS_PER_USER": positive_int(environ, "EXPORTS_PER_USER", 2),
+        "EXPORTS_PER_WORKER": per_worker,
+        "EXPORT_STALL_TIMEOUT": positive_int(environ, "EXPORT_STALL_TIMEOUT", 30),
+    }
 
 
 # Connections a container's workers may hold together by default: room under PostgreSQL's

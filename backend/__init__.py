@@ -78,8 +78,13 @@ def register_extensions(app: Flask) -> None:
     app.config.setdefault("APIFAIRY_UI_PATH", None)  # its UI loads scripts from a CDN
     roles.add_owner_bind(app)
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(config.ROOT / "migrations"), render_as_batch=True,
-                     include_object=on_this_database)
+    migrate.init_app(
+        app,
+        db,
+        directory=str(config.ROOT / "migrations"),
+        render_as_batch=True,
+        include_object=on_this_database,
+    )
     ma.init_app(app)
     apifairy.init_app(app)
     with app.app_context():

@@ -75,22 +75,27 @@ def ensure_admin(username: str | None, password: str | None) -> tuple[User | Non
     return create_user("admin", generated, is_admin=True), generated
 
 
-def issue_token(user_id: int, checked_hash: str, created_at: datetime,
-                expires_at: datetime) -> str | None:
+def issue_token(
+    user_id: int, checked_hash: str, created_at: datetime, expires_at: datetime
+) -> str | None:
     """A new token for the user, stored only while `checked_hash` is still their password hash
     and they are not disabled (in the session's transaction); None when either changed."""
     token, digest = new_token()
     still_valid = (
-        sa.select(sa.literal(digest), User.id, sa.literal(created_at, UTCDateTime),
-                  sa.literal(expires_at, UTCDateTime))
-        .where(User.id == user_id, User.password_hash == checked_hash,
-               User.disabled_at.is_(None))
+        sa.select(
+            sa.literal(digest),
+            User.id,
+            sa.literal(created_at, UTCDateTime),
+            sa.literal(expires_at, UTCDateTime),
+        )
+        .where(User.id == user_id, User.password_hash == checked_hash, User.disabled_at.is_(None))
         .with_for_update(read=True)  # FOR SHARE: a change waits until this token is committed
     )
     token_id = db.session.scalar(
-        sa.insert(Token).from_select(["digest", "user_id", "created_at", "expires_at"],
-                                     still_valid)
-        .returning(Token.id))
+        sa.insert(Token)
+        .from_select(["digest", "user_id", "created_at", "expires_at"], still_valid)
+        .returning(Token.id)
+    )
     return token if token_id is not None else None
 
 

@@ -50,8 +50,15 @@ def main(gunicorn_options: list[str]) -> int:
     # The owner's URL was for the migrations: the served processes must not hold it (empty, not
     # unset, so that a .env file cannot bring it back; config.py reads empty as unset).
     os.environ["DATABASE_ADMIN_URL"] = ""
-    command = [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, *gunicorn_options,
-               "wsgi:app"]
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        GUNICORN_CONFIG,
+        *gunicorn_options,
+        "wsgi:app",
+    ]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, command)

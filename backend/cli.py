@@ -57,8 +57,10 @@ def valid_new_user(name: str, password: str, admin: bool) -> dict:
 
 def field_problems(error: ValidationError) -> str:
     """`password: Length must be between 8 and 1024.; ...`: each bad field and its messages."""
-    return "; ".join(f"{field}: {' '.join(flat(messages))}"
-                     for field, messages in error.normalized_messages().items())
+    return "; ".join(
+        f"{field}: {' '.join(flat(messages))}"
+        for field, messages in error.normalized_messages().items()
+    )
 
 
 @users.command("ensure-admin")
@@ -78,11 +80,14 @@ def ensure_admin_command() -> None:
     # only when a person is looking at one.
     path = keep_private(Path(current_app.instance_path) / GENERATED_PASSWORD_FILE, generated)
     if sys.stdout.isatty():
-        click.echo(f"created admin {user.username} with password {generated} (shown once here;"
-                   f" also in {path}, readable by its owner only)")
+        click.echo(
+            f"created admin {user.username} with password {generated} (shown once here;"
+            f" also in {path}, readable by its owner only)"
+        )
     else:
-        click.echo(f"created admin {user.username}; its password is in {path}"
-                   " (readable by its owner only)")
+        click.echo(
+            f"created admin {user.username}; its password is in {path} (readable by its owner only)"
+        )
 
 
 GENERATED_PASSWORD_FILE = "initial-admin-password"
@@ -100,8 +105,12 @@ def keep_private(path: Path, text: str) -> Path:
 
 
 @audit.command("verify")
-@click.option("--anchor", "anchor_file", type=click.File("r"),
-              help="An anchor file from `flask audit anchor`, kept outside the database.")
+@click.option(
+    "--anchor",
+    "anchor_file",
+    type=click.File("r"),
+    help="An anchor file from `flask audit anchor`, kept outside the database.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 def verify_command(anchor_file, as_json: bool) -> None:
     """Check the whole trail's hash chain and signatures; exit 1 naming the first broken row."""
@@ -109,8 +118,13 @@ def verify_command(anchor_file, as_json: bool) -> None:
     with verification.snapshot(db.engine) as connection:
         total = verification.row_count(connection)
         with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
-            verdict = verification.verify(connection, writer().key, kept, progress=bar.update,
-                                             checkpoint_every=writer().checkpoint_every)
+            verdict = verification.verify(
+                connection,
+                writer().key,
+                kept,
+                progress=bar.update,
+                checkpoint_every=writer().checkpoint_every,
+            )
     click.echo(json.dumps(verdict.as_dict()) if as_json else verification.describe(verdict))
     if caveat := verification.caveat(verdict):
         click.echo(caveat, err=True)
@@ -118,8 +132,13 @@ def verify_command(anchor_file, as_json: bool) -> None:
 
 
 @audit.command("anchor")
-@click.option("--output", "-o", type=click.File("w"), default="-",
-              help="Where to write the checkpoints (default: standard output).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.File("w"),
+    default="-",
+    help="Where to write the checkpoints (default: standard output).",
+)
 def anchor_command(output) -> None:
     """Sign the chain's head now and write every checkpoint, one JSON line each.
 
@@ -135,12 +154,21 @@ def anchor_command(output) -> None:
 
 
 @audit.command("purge")
-@click.option("--before", required=True, metavar="DATE",
-              help="Delete rows created before this date (YYYY-MM-DD, UTC) or RFC 3339 time.")
+@click.option(
+    "--before",
+    required=True,
+    metavar="DATE",
+    help="Delete rows created before this date (YYYY-MM-DD, UTC) or RFC 3339 time.",
+)
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--batch", type=click.IntRange(min=1), default=retention.PURGE_BATCH,
-              show_default=True, help="Rows deleted per transaction.")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=retention.PURGE_BATCH,
+    show_default=True,
+    help="Rows deleted per transaction.",
+)
 def purge_command(before: str, dry_run: bool, yes: bool, batch: int) -> None:
     """Retention: delete rows older than DATE, leaving what remains verifiable.
 
@@ -151,12 +179,14 @@ def purge_command(before: str, dry_run: bool, yes: bool, batch: int) -> None:
         cutoff = _moment(before)
     except click.BadParameter as error:
         _record_purge(f"purge refused: --before {before!r} is not a date", "WARNING")
-        raise click.ClickException(f"purge refused, nothing deleted: --before {before!r}"
-                                   f" is not a date: {error.message}") from None
+        raise click.ClickException(
+            f"purge refused, nothing deleted: --before {before!r} is not a date: {error.message}"
+        ) from None
     asked = f"purge of the rows created before {rfc3339(cutoff)}"
     with owner_engine().connect() as connection:
-        refused = retention.refusal(connection, cutoff,
-                                    current_app.config["AUDIT_MIN_RETENTION_DAYS"])
+        refused = retention.refusal(
+            connection, cutoff, current_app.config["AUDIT_MIN_RETENTION_DAYS"]
+        )
         plan = None if refused else retention.plan(connection, cutoff)
     if refused:
         _record_purge(f"{asked} refused: {refused}", "WARNING")
@@ -200,8 +230,11 @@ def _record_purge(track: str, level: str) -> None:
 
 def _record_cli(event: str, track: str, level: str) -> None:
     """A row of the trail for a command's act, naming the OS account that ran it."""
-    write(AuditEvent(source="cli", event=event, level=level,
-                     track=f"{track} (by {retention.operator()})"))
+    write(
+        AuditEvent(
+            source="cli", event=event, level=level, track=f"{track} (by {retention.operator()})"
+        )
+    )
 
 
 @audit.group("hold")
@@ -237,8 +270,7 @@ def hold_list(everything: bool) -> None:
     with owner_engine().connect() as connection:
         holds = (retention.all_holds if everything else retention.standing_holds)(connection)
     if not holds:
-        click.echo("no legal hold has been placed" if everything
-                   else "no legal hold is standing")
+        click.echo("no legal hold has been placed" if everything else "no legal hold is standing")
     for entry in holds:
         line = f"{entry.name}: placed {rfc3339(entry.placed_at)} by {entry.placed_by}"
         if entry.released_at:
@@ -266,12 +298,16 @@ def replay_command() -> None:
         replay = writer().replay()
     except (sa.exc.DBAPIError, psycopg.Error) as error:  # psycopg's: PostgreSQL's appends
         # The database's message, not the SQL and its parameters.
-        raise click.ClickException(f"the database did not take the spooled events, which stay"
-                                   f" in the spool: {refusals.reason(error)}") from None
+        raise click.ClickException(
+            f"the database did not take the spooled events, which stay"
+            f" in the spool: {refusals.reason(error)}"
+        ) from None
     click.echo(f"replayed {replay.replayed} events")
     if replay.set_aside:
-        click.echo(f"set aside {len(replay.set_aside)} events the database refused, kept in"
-                   f" {writer().spool.rejected_path}:")
+        click.echo(
+            f"set aside {len(replay.set_aside)} events the database refused, kept in"
+            f" {writer().spool.rejected_path}:"
+        )
         for event, why in replay.set_aside:
             click.echo(f"  {event.event_id} ({event.source}/{event.event}): {why}")
 
@@ -289,8 +325,14 @@ def _moment(text: str) -> datetime:
 
 
 @audit.command("export")
-@click.option("--format", "fmt", type=click.Choice(sorted(export.MEDIA_TYPES)),
-              default="ndjson", show_default=True, help="One JSON object per line, or CSV.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(export.MEDIA_TYPES)),
+    default="ndjson",
+    show_default=True,
+    help="One JSON object per line, or CSV.",
+)
 @click.option("--user", help="Exact user name.")
 @click.option("--ip", help="Exact client address.")
 @click.option("--level", help="One or more levels, comma separated, e.g. WARNING,ERROR.")
@@ -330,8 +372,8 @@ def _id_progress(engine, label: str):
     with engine.connect() as connection:
         first, last = connection.execute(sa.select(sa.func.min(Log.id), sa.func.max(Log.id))).one()
     done = (first or 1) - 1
-    with click.progressbar(length=max((last or 0) - done, 1), label=label,
-                           file=sys.stderr) as bar:
+    with click.progressbar(length=max((last or 0) - done, 1), label=label, file=sys.stderr) as bar:
+
         def progress(last_id: int) -> None:
             nonlocal done
             bar.update(last_id - done)

@@ -48,11 +48,18 @@ def error_code(status: int) -> str:
     return re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
 
 
-def error_response(status: int, message: str | None = None, details: dict | None = None,
-                   headers: dict | None = None) -> Response:
+def error_response(
+    status: int,
+    message: str | None = None,
+    details: dict | None = None,
+    headers: dict | None = None,
+) -> Response:
     """A JSON error response in the contract's shape."""
-    body = {"status": status, "code": error_code(status),
-            "message": message or HTTP_STATUS_CODES.get(status, "Error")}
+    body = {
+        "status": status,
+        "code": error_code(status),
+        "message": message or HTTP_STATUS_CODES.get(status, "Error"),
+    }
     if details:
         body["details"] = details
     response = jsonify(error=body)
@@ -79,8 +86,9 @@ def no_connection_free(error: sa.exc.TimeoutError) -> Response:
     """Every pooled connection stayed in use for config.POOL_TIMEOUT seconds: the service is
     busy (a 503 to retry), not broken (a 500)."""
     current_app.logger.warning("no database connection free: %s", error)
-    return error_response(503, "The service is busy; try again shortly.",
-                          headers={"Retry-After": "1"})
+    return error_response(
+        503, "The service is busy; try again shortly.", headers={"Retry-After": "1"}
+    )
 
 
 # PostgreSQL's SQLSTATEs of a server that is going or not yet back: terminating connection
@@ -99,8 +107,11 @@ def database_away(error: Exception) -> bool:
         return False
     # No SQLSTATE: the driver's own failure to connect or to talk (no server answered);
     # class 08: connection exceptions.
-    return error.sqlstate is None or error.sqlstate.startswith("08") or (
-        error.sqlstate in _SERVER_AWAY)
+    return (
+        error.sqlstate is None
+        or error.sqlstate.startswith("08")
+        or (error.sqlstate in _SERVER_AWAY)
+    )
 
 
 @bp.app_errorhandler(sa.exc.DBAPIError)
@@ -114,8 +125,9 @@ def database_unreachable(error: Exception) -> Response:
     current_app.logger.warning("database unreachable: %s", getattr(error, "orig", error))
     # It still ended the request: on the record as an unhandled exception is (the row spools).
     announce_exception(error, status=503)
-    return error_response(503, "The database is unavailable; try again shortly.",
-                          headers={"Retry-After": "1"})
+    return error_response(
+        503, "The database is unavailable; try again shortly.", headers={"Retry-After": "1"}
+    )
 
 
 def internal_error(error: InternalServerError) -> Response:
@@ -164,6 +176,8 @@ def basic_auth_error(status: int) -> Response:
 @token_auth.error_handler
 def token_auth_error(status: int) -> Response:
     """A missing, expired or revoked bearer token (401), or a role the user lacks (403)."""
-    message = {401: "A valid bearer token is required.",
-               403: "You are not allowed to do that."}.get(status)
+    message = {
+        401: "A valid bearer token is required.",
+        403: "You are not allowed to do that.",
+    }.get(status)
     return error_response(status, message)

@@ -97,8 +97,11 @@ def pre_request(worker, req) -> None:
     With no trusted hop nothing reads them (no ProxyFix, gunicorn trusts no one): no work."""
     allowed = worker.cfg.forwarded_allow_ips
     if TRUSTED_PROXY_HOPS and not peer_is_trusted_proxy(req.peer_addr, allowed):
-        req.headers = [(name, value) for name, value in req.headers
-                       if not name.startswith("X-FORWARDED-") and name != "FORWARDED"]
+        req.headers = [
+            (name, value)
+            for name, value in req.headers
+            if not name.startswith("X-FORWARDED-") and name != "FORWARDED"
+        ]
 
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
@@ -110,8 +113,9 @@ def on_starting(server) -> None:
         # The master would import the app before a worker's gevent patches the standard
         # library: psycopg would wait on PostgreSQL holding the worker's one thread, and the
         # pools' locks would be real ones, which a greenlet can wait on for ever.
-        raise SystemExit("preload_app cannot be used with gevent workers"
-                         " (backend/gunicorn_conf.py)")
+        raise SystemExit(
+            "preload_app cannot be used with gevent workers (backend/gunicorn_conf.py)"
+        )
     release_large_blocks()
 
 
@@ -134,8 +138,12 @@ def release_large_blocks() -> None:
 
 def when_ready(server) -> None:
     """Say once how the service is served (the access log then has one line per request)."""
-    server.log.info("serving with %d %s workers; trusted proxy hops: %d", server.cfg.workers,
-                    server.cfg.worker_class_str, TRUSTED_PROXY_HOPS)
+    server.log.info(
+        "serving with %d %s workers; trusted proxy hops: %d",
+        server.cfg.workers,
+        server.cfg.worker_class_str,
+        TRUSTED_PROXY_HOPS,
+    )
 
 
 # --- logs ------------------------------------------------------------------------------------
@@ -151,8 +159,9 @@ class JsonAccessLogger(glogging.Logger):
         if not self.access_log_enabled:
             return
         original = environ.get("werkzeug.proxy_fix.orig") or environ
-        request_id = next((value for name, value in resp.headers
-                           if name.lower() == "x-request-id"), None)
+        request_id = next(
+            (value for name, value in resp.headers if name.lower() == "x-request-id"), None
+        )
         entry = {
             "time": rfc3339(utcnow()),
             "client": environ.get("REMOTE_ADDR"),

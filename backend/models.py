@@ -117,15 +117,20 @@ class AuditField:
 
 
 AUDIT_FIELDS = (
-    AuditField("id", BigIntegerKey, by_chain=True, api={"required": True},
-               column={"primary_key": True, "autoincrement": False}),
+    AuditField(
+        "id",
+        BigIntegerKey,
+        by_chain=True,
+        api={"required": True},
+        column={"primary_key": True, "autoincrement": False},
+    ),
     AuditField("created_at", UTCDateTime(), default_factory=utcnow, api={"required": True}),
     # Names the event across retries: a replay from the spool never writes it twice.
     AuditField("event_id", sa.Uuid(), default_factory=uuid.uuid4, column={"unique": True}),
-    AuditField("source", sa.String(8), api={"required": True,
-                                            "metadata": {"enum": list(SOURCES)}}),
-    AuditField("event", sa.String(64), api={"required": True,
-                                            "metadata": {"example": "login.failure"}}),
+    AuditField("source", sa.String(8), api={"required": True, "metadata": {"enum": list(SOURCES)}}),
+    AuditField(
+        "event", sa.String(64), api={"required": True, "metadata": {"example": "login.failure"}}
+    ),
     AuditField("level", sa.String(8), api={"required": True, "metadata": {"enum": list(LEVELS)}}),
     AuditField("user", sa.String(64), nullable=True, api={"required": True}),
     AuditField("ip", sa.String(45), nullable=True, api={"required": True}),
@@ -151,7 +156,8 @@ class Log(db.Model):
     """
 
     __table__ = sa.Table(
-        "audit_log", db.metadata,
+        "audit_log",
+        db.metadata,
         *(spec.as_column() for spec in AUDIT_FIELDS),
         sa.Index("ix_audit_log_created_at_id", "created_at", "id"),
         *(
@@ -163,9 +169,13 @@ class Log(db.Model):
         # `q` (ILIKE '%...%') on PostgreSQL, with each row's block of ids (audit/listing.py,
         # migration 0006); SQLite scans. Its pending list is kept short by the audit writer's
         # sessions (audit/writer.py).
-        sa.Index("ix_audit_log_track_trgm_block", "track", sa.text(f"(id >> {ID_BLOCK_BITS})"),
-                 postgresql_using="gin",
-                 postgresql_ops={"track": "gin_trgm_ops"}).ddl_if(dialect="postgresql"),
+        sa.Index(
+            "ix_audit_log_track_trgm_block",
+            "track",
+            sa.text(f"(id >> {ID_BLOCK_BITS})"),
+            postgresql_using="gin",
+            postgresql_ops={"track": "gin_trgm_ops"},
+        ).ddl_if(dialect="postgresql"),
     )
 
 
@@ -225,7 +235,11 @@ class Hold(db.Model):
 
     __table_args__ = (
         # One standing hold of a name at a time; a name can be placed again once released.
-        sa.Index("uq_audit_hold_standing_name", "name", unique=True,
-                 postgresql_where=sa.text("released_at IS NULL"),
-                 sqlite_where=sa.text("released_at IS NULL")),
+        sa.Index(
+            "uq_audit_hold_standing_name",
+            "name",
+            unique=True,
+            postgresql_where=sa.text("released_at IS NULL"),
+            sqlite_where=sa.text("released_at IS NULL"),
+        ),
     )

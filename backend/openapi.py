@@ -29,16 +29,19 @@ def complete(spec: dict) -> dict:
     spec["paths"]["/v1/openapi.json"] = {"get": _document_route()}
     for path, operations in spec["paths"].items():
         for operation in operations.values():
-            extra = {**ANY_ROUTE, **({} if path in NOT_AUDITED else AUDITED),
-                     **(WITH_BODY if "requestBody" in operation else {})}
+            extra = {
+                **ANY_ROUTE,
+                **({} if path in NOT_AUDITED else AUDITED),
+                **(WITH_BODY if "requestBody" in operation else {}),
+            }
             for status, description in extra.items():
                 operation["responses"].setdefault(
-                    status, {"description": description, "content": ERROR_BODY})
+                    status, {"description": description, "content": ERROR_BODY}
+                )
             for parameter in operation.get("parameters", []):
                 if parameter["name"] == "level" and parameter["in"] == "query":
                     _comma_separated_levels(parameter)
-            if any(status.startswith("2") for status in operation["responses"]
-                   if status != "204"):
+            if any(status.startswith("2") for status in operation["responses"] if status != "204"):
                 # APIFairy adds a 204 to a route documented by @other_responses alone.
                 operation["responses"].pop("204", None)
     _streamed_export(spec["paths"]["/v1/logs/export"]["get"])
@@ -49,15 +52,20 @@ def complete(spec: dict) -> dict:
     # Both fields; `{}` only says "no credentials here" (HTTP Basic carries them, or it is
     # answered with a challenge).
     spec["components"]["schemas"]["Login"]["anyOf"] = [
-        {"required": ["username", "password"]}, {"maxProperties": 0}]
+        {"required": ["username", "password"]},
+        {"maxProperties": 0},
+    ]
     return spec
 
 
 def _comma_separated_levels(parameter: dict) -> None:
     """`level=WARNING,error` is one text value, not an array repeated as `level=...&level=...`."""
     level = "|".join("".join(f"[{c.upper()}{c.lower()}]" for c in name) for name in LEVELS)
-    parameter["schema"] = {"type": "string", "pattern": f"^(?:{level})(?:,(?:{level}))*$",
-                           "example": "WARNING,ERROR"}
+    parameter["schema"] = {
+        "type": "string",
+        "pattern": f"^(?:{level})(?:,(?:{level}))*$",
+        "example": "WARNING,ERROR",
+    }
     parameter.pop("explode", None)
     parameter.pop("style", None)
 
@@ -66,12 +74,17 @@ def _streamed_export(operation: dict) -> None:
     """The export answers a file in one of two media types, not JSON."""
     operation["responses"]["200"] = {
         "description": "Every matching row, oldest first, streamed: one JSON object per line"
-                       " (`format=ndjson`), or CSV with a header row (`format=csv`)",
-        "headers": {"Content-Disposition": {
-            "schema": {"type": "string"},
-            "description": '`attachment; filename="audit-log.ndjson"` (or `.csv`)'}},
-        "content": {"application/x-ndjson": {"schema": {"type": "string"}},
-                    "text/csv": {"schema": {"type": "string"}}},
+        " (`format=ndjson`), or CSV with a header row (`format=csv`)",
+        "headers": {
+            "Content-Disposition": {
+                "schema": {"type": "string"},
+                "description": '`attachment; filename="audit-log.ndjson"` (or `.csv`)',
+            }
+        },
+        "content": {
+            "application/x-ndjson": {"schema": {"type": "string"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
     }
 
 
@@ -80,6 +93,10 @@ def _document_route() -> dict:
         "operationId": "openapi_document",
         "summary": "This OpenAPI 3 document",
         "tags": ["V1"],
-        "responses": {"200": {"description": "The OpenAPI document",
-                              "content": {"application/json": {"schema": {"type": "object"}}}}},
+        "responses": {
+            "200": {
+                "description": "The OpenAPI document",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
     }

@@ -48,13 +48,13 @@ class RFC3339DateTime(fields.AwareDateTime):
     `+0200`) are not RFC 3339 and are refused. `t`/`z` and a space for `T` are allowed (RFC 3339,
     section 5.6)."""
 
-    FORMAT = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)",
-                        re.ASCII)
+    FORMAT = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)", re.ASCII)
 
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, str) or not self.FORMAT.fullmatch(value):
-            raise ValidationError("must be an RFC 3339 date-time with an offset, "
-                                  "e.g. 2026-11-21T10:00:00Z")
+            raise ValidationError(
+                "must be an RFC 3339 date-time with an offset, e.g. 2026-11-21T10:00:00Z"
+            )
         moment = super()._deserialize(value.upper(), attr, data, **kwargs)
         try:
             return moment.astimezone(UTC)
@@ -86,7 +86,8 @@ class ErrorBodySchema(ma.Schema):
     code = fields.String(required=True, metadata={"example": "bad_request"})
     message = fields.String(required=True)
     details = fields.Dict(
-        keys=fields.String(), values=fields.List(fields.String()),
+        keys=fields.String(),
+        values=fields.List(fields.String()),
         metadata={"description": "Validation errors only: each bad field and its messages."},
     )
 
@@ -107,18 +108,25 @@ class NewUserSchema(UserSchema):
 
 
 class UserStatusSchema(UserSchema):
-    disabled = fields.Boolean(dump_only=True, metadata={
-        "description": "A disabled user cannot log in and has no live token."})
+    disabled = fields.Boolean(
+        dump_only=True,
+        metadata={"description": "A disabled user cannot log in and has no live token."},
+    )
 
 
 class UserUpdateSchema(ma.Schema):
-    disabled = StrictBoolean(required=True, metadata={
-        "description": "`true` disables the user and revokes every token of theirs at once."})
+    disabled = StrictBoolean(
+        required=True,
+        metadata={
+            "description": "`true` disables the user and revokes every token of theirs at once."
+        },
+    )
 
 
 class PasswordChangeSchema(ma.Schema):
-    current_password = fields.String(required=True, load_only=True,
-                                     validate=[validate.Length(min=1, max=1024), unicode_text])
+    current_password = fields.String(
+        required=True, load_only=True, validate=[validate.Length(min=1, max=1024), unicode_text]
+    )
     new_password = fields.String(required=True, load_only=True, validate=PASSWORD)
 
 
@@ -134,8 +142,11 @@ class LoginSchema(ma.Schema):
             return  # not an object at all: marshmallow has said so already
         if request.authorization and request.authorization.type == "basic" and not original:
             return
-        missing = {name: ["Missing data for required field."]
-                   for name in ("username", "password") if name not in original}
+        missing = {
+            name: ["Missing data for required field."]
+            for name in ("username", "password")
+            if name not in original
+        }
         if missing:
             raise ValidationError(missing)
 
@@ -157,15 +168,20 @@ class UserListSchema(ma.Schema):
 
 def log_field(spec: AuditField) -> fields.Field:
     """The marshmallow field of an audit row's field, of the kind its column holds."""
-    kind = (UTCDateTime if isinstance(spec.type, DBDateTime)
-            else fields.Integer if spec.type.python_type is int else fields.String)
+    kind = (
+        UTCDateTime
+        if isinstance(spec.type, DBDateTime)
+        else fields.Integer
+        if spec.type.python_type is int
+        else fields.String
+    )
     return kind(allow_none=spec.nullable, **spec.api)
 
 
 # One row of the trail, as the API shows it: the fields of models.AUDIT_FIELDS that have `api`.
 LogSchema = ma.Schema.from_dict(
-    {spec.name: log_field(spec) for spec in AUDIT_FIELDS if spec.api is not None},
-    name="LogSchema")
+    {spec.name: log_field(spec) for spec in AUDIT_FIELDS if spec.api is not None}, name="LogSchema"
+)
 LOG_FIELDS = tuple(LogSchema().fields)
 
 
@@ -183,17 +199,22 @@ def logs_as_json(rows: list) -> list[dict]:
 
 class LogPageSchema(ma.Schema):
     items = fields.List(fields.Nested(LogSchema), required=True)
-    next = fields.String(required=True, allow_none=True,
-                         metadata={"description": "Pass as `after` for the next page."})
+    next = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Pass as `after` for the next page."},
+    )
 
 
 class LevelList(DelimitedList):
     """`WARNING,ERROR`: one or more levels, case-insensitive."""
 
     def __init__(self, **kwargs):
-        super().__init__(fields.String(validate=validate.OneOf(LEVELS)),
-                         validate=validate.Length(min=1, error="name at least one level"),
-                         **kwargs)
+        super().__init__(
+            fields.String(validate=validate.OneOf(LEVELS)),
+            validate=validate.Length(min=1, error="name at least one level"),
+            **kwargs,
+        )
 
     def _deserialize(self, value, attr, data, **kwargs):
         return super()._deserialize(str(value).upper(), attr, data, **kwargs)
@@ -203,16 +224,26 @@ class LogFiltersSchema(ma.Schema):
     """The filters that /v1/logs and its export share."""
 
     user = fields.String(validate=[validate.Length(min=1, max=64), no_nul], metadata=NO_NUL)
-    ip = fields.String(metadata={"description": "An IPv4 or IPv6 address.",
-                                 "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
-    level = LevelList(metadata={"description": "One or more levels, comma separated,"
-                                               " case-insensitive, e.g. `WARNING,error`."})
+    ip = fields.String(
+        metadata={
+            "description": "An IPv4 or IPv6 address.",
+            "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+        }
+    )
+    level = LevelList(
+        metadata={
+            "description": "One or more levels, comma separated,"
+            " case-insensitive, e.g. `WARNING,error`."
+        }
+    )
     source = fields.String(validate=validate.OneOf(SOURCES))
     event = fields.String(validate=[validate.Length(min=1, max=64), no_nul], metadata=NO_NUL)
     since = RFC3339DateTime(metadata={"description": "RFC 3339; inclusive."})
     until = RFC3339DateTime(metadata={"description": "RFC 3339; exclusive."})
-    q = fields.String(validate=[validate.Length(min=1, max=256), no_nul],
-                      metadata={"description": "Case-insensitive substring of `track`.", **NO_NUL})
+    q = fields.String(
+        validate=[validate.Length(min=1, max=256), no_nul],
+        metadata={"description": "Case-insensitive substring of `track`.", **NO_NUL},
+    )
 
     @validates("ip")
     def _ip_address(self, value: str, **kwargs) -> None:
@@ -234,10 +265,17 @@ CURSOR_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
 
 class LogQuerySchema(LogFiltersSchema):
     order = fields.String(load_default="desc", validate=validate.OneOf(["desc", "asc"]))
-    limit = fields.Integer(load_default=100, strict=False, validate=validate.Range(
-        min=1, max=1000, error="must be between 1 and 1000"))
-    after = fields.String(metadata={"description": "The `next` cursor of the previous page.",
-                                    "pattern": CURSOR_PATTERN})
+    limit = fields.Integer(
+        load_default=100,
+        strict=False,
+        validate=validate.Range(min=1, max=1000, error="must be between 1 and 1000"),
+    )
+    after = fields.String(
+        metadata={
+            "description": "The `next` cursor of the previous page.",
+            "pattern": CURSOR_PATTERN,
+        }
+    )
 
 
 # The names of audit.export.MEDIA_TYPES and audit.stats.BUCKETS (tests/test_audit_fields.py
@@ -247,25 +285,41 @@ STATS_BUCKETS = ("hour", "day")
 
 
 class LogExportSchema(LogFiltersSchema):
-    format = fields.String(load_default="ndjson", validate=validate.OneOf(list(EXPORT_FORMATS)),
-                           metadata={"description": "`ndjson` (one JSON object per line) or"
-                                                    " `csv` (a header row, then one row each)."})
+    format = fields.String(
+        load_default="ndjson",
+        validate=validate.OneOf(list(EXPORT_FORMATS)),
+        metadata={
+            "description": "`ndjson` (one JSON object per line) or"
+            " `csv` (a header row, then one row each)."
+        },
+    )
 
 
 class LogStatsQuerySchema(LogFiltersSchema):
     """The filters of /v1/logs, and the size of the buckets to count rows in."""
 
-    bucket = fields.String(load_default="hour", validate=validate.OneOf(list(STATS_BUCKETS)),
-                           metadata={"description": "`hour` (default) or `day`, in UTC."})
+    bucket = fields.String(
+        load_default="hour",
+        validate=validate.OneOf(list(STATS_BUCKETS)),
+        metadata={"description": "`hour` (default) or `day`, in UTC."},
+    )
 
 
 class BucketSchema(ma.Schema):
-    start = UTCDateTime(required=True, metadata={
-        "description": "The bucket's first instant, on the hour (or midnight), UTC."})
+    start = UTCDateTime(
+        required=True,
+        metadata={"description": "The bucket's first instant, on the hour (or midnight), UTC."},
+    )
     total = fields.Integer(required=True, metadata={"description": "Rows in the bucket."})
-    counts = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True, metadata={
-        "description": "Rows in the bucket per level; every level is named, 0 included.",
-        "example": {"DEBUG": 0, "INFO": 12, "WARNING": 3, "ERROR": 0, "CRITICAL": 0}})
+    counts = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        metadata={
+            "description": "Rows in the bucket per level; every level is named, 0 included.",
+            "example": {"DEBUG": 0, "INFO": 12, "WARNING": 3, "ERROR": 0, "CRITICAL": 0},
+        },
+    )
 
 
 class LogStatsSchema(ma.Schema):
@@ -273,8 +327,13 @@ class LogStatsSchema(ma.Schema):
     since = UTCDateTime(required=True, metadata={"description": "Counted from here (inclusive)."})
     until = UTCDateTime(required=True, metadata={"description": "... to here (exclusive)."})
     total = fields.Integer(required=True, metadata={"description": "Rows in the whole range."})
-    buckets = fields.List(fields.Nested(BucketSchema), required=True, metadata={
-        "description": "Every bucket the range overlaps, oldest first, empty ones included."})
+    buckets = fields.List(
+        fields.Nested(BucketSchema),
+        required=True,
+        metadata={
+            "description": "Every bucket the range overlaps, oldest first, empty ones included."
+        },
+    )
 
 
 class VerdictSchema(ma.Schema):
@@ -284,8 +343,11 @@ class VerdictSchema(ma.Schema):
     rows = fields.Integer(required=True, metadata={"description": "Rows walked."})
     first_id = fields.Integer(required=True, allow_none=True)
     last_id = fields.Integer(required=True, allow_none=True)
-    signed_up_to = fields.Integer(required=True, allow_none=True, metadata={
-        "description": "The last row vouched for by a signed checkpoint."})
+    signed_up_to = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The last row vouched for by a signed checkpoint."},
+    )
     broken_row = fields.Integer(required=True, allow_none=True)
     problem = fields.String(required=True, allow_none=True)
 
@@ -293,8 +355,12 @@ class VerdictSchema(ma.Schema):
 class IndexSchema(ma.Schema):
     service = fields.String(required=True, metadata={"example": "flask-audit-trail"})
     version = fields.String(required=True)
-    links = fields.Dict(keys=fields.String(), values=fields.Url(), required=True,
-                        metadata={"description": "Absolute URLs of the API's entry points."})
+    links = fields.Dict(
+        keys=fields.String(),
+        values=fields.Url(),
+        required=True,
+        metadata={"description": "Absolute URLs of the API's entry points."},
+    )
 
 
 class HealthSchema(ma.Schema):
@@ -304,5 +370,7 @@ class HealthSchema(ma.Schema):
 class ReadySchema(ma.Schema):
     status = fields.String(required=True, metadata={"example": "ready"})
     migration = fields.String(required=True, metadata={"description": "The schema's revision."})
-    spooled_events = fields.Integer(required=True, metadata={
-        "description": "Audit events waiting in the local spool for the database."})
+    spooled_events = fields.Integer(
+        required=True,
+        metadata={"description": "Audit events waiting in the local spool for the database."},
+    )

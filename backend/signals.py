@@ -14,8 +14,16 @@ v1_log = log_signals.signal("v1_log", doc="Sent for every /v1 request and the ac
 main_log = log_signals.signal("main_log", doc="Sent by the main blueprint.")
 
 
-def announce(signal: NamedSignal, event: str, *, level: str, status: int, track: str,
-             user: str | None = None, request: tuple[dict, str] | None = None) -> None:
+def announce(
+    signal: NamedSignal,
+    event: str,
+    *,
+    level: str,
+    status: int,
+    track: str,
+    user: str | None = None,
+    request: tuple[dict, str] | None = None,
+) -> None:
     """Send `signal` from the app: `event` (`login.failure`), its `level`, the response's
     `status` and what happened (`track`), by `user` if anyone signed in.
 

@@ -40,10 +40,13 @@ def migrate(settings: dict) -> None:
 
 def bench_environ(url: str, instance_path: str) -> dict[str, str]:
     """The environment the benchmark's app (and its gunicorn) run with: production's."""
-    return {"APP_ENV": "production", "DATABASE_URL": url,
-            "SECRET_KEY": "bench-secret-key-" + "x" * 32,
-            "AUDIT_SIGNING_KEY": "bench-signing-key-" + "y" * 32,
-            "INSTANCE_PATH": instance_path}
+    return {
+        "APP_ENV": "production",
+        "DATABASE_URL": url,
+        "SECRET_KEY": "bench-secret-key-" + "x" * 32,
+        "AUDIT_SIGNING_KEY": "bench-signing-key-" + "y" * 32,
+        "INSTANCE_PATH": instance_path,
+    }
 
 
 def bench_settings(url: str, instance_path: str) -> dict:

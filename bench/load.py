@@ -28,8 +28,13 @@ START = datetime(2025, 1, 1, tzinfo=UTC)
 SPAN = timedelta(days=365)
 USERS = 1000
 SERVICE_ACCOUNT = "svc-batch"
-AGENTS = ("curl/8.5.0", "python-requests/2.32.3", "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
-          "audit-cli/1.4", "Go-http-client/1.1")
+AGENTS = (
+    "curl/8.5.0",
+    "python-requests/2.32.3",
+    "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0",
+    "audit-cli/1.4",
+    "Go-http-client/1.1",
+)
 BATCH = 5000
 COPY_CHUNK = 1 << 20
 NULL = "\\N"
@@ -58,13 +63,37 @@ KINDS = (
     (30, "auth", "login.locked", "WARNING", 429, "POST", "/login", "locked out for 60 s"),
     (300, "auth", "logout", "INFO", 200, "GET", "/logout", "logged out"),
     (400, "main", "index.view", "DEBUG", 200, "GET", "/", "GET /"),
-    (5, "app", "request.exception", "ERROR", 500, "GET", "/v1/logs",
-     "builtins.ZeroDivisionError: division by zero"),
-    (5, "app", "request.exception", "ERROR", 500, "POST", "/v1/users",
-     "sqlalchemy.exc.OperationalError: connection to server lost"),
+    (
+        5,
+        "app",
+        "request.exception",
+        "ERROR",
+        500,
+        "GET",
+        "/v1/logs",
+        "builtins.ZeroDivisionError: division by zero",
+    ),
+    (
+        5,
+        "app",
+        "request.exception",
+        "ERROR",
+        500,
+        "POST",
+        "/v1/users",
+        "sqlalchemy.exc.OperationalError: connection to server lost",
+    ),
     (5, "v1", "user.create", "INFO", 201, "POST", "/v1/users", "created user {user}"),
-    (1, "app", "audit.unavailable", "CRITICAL", 503, "POST", "/login",
-     "audit spool full: disk quota exceeded"),
+    (
+        1,
+        "app",
+        "audit.unavailable",
+        "CRITICAL",
+        503,
+        "POST",
+        "/login",
+        "audit spool full: disk quota exceeded",
+    ),
 )
 ANONYMOUS = {("v1", 401), ("main", 200)}
 
@@ -102,8 +131,10 @@ def synthetic_rows(count: int, seed: int = 1) -> Iterator[dict]:
                 day = seconds // 86400
                 day_text = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
             in_day = seconds % 86400
-            created_at = (f"{day_text}T{in_day // 3600:02d}:{in_day // 60 % 60:02d}:"
-                          f"{in_day % 60:02d}.{micros:06d}Z")
+            created_at = (
+                f"{day_text}T{in_day // 3600:02d}:{in_day // 60 % 60:02d}:"
+                f"{in_day % 60:02d}.{micros:06d}Z"
+            )
             yield kind.row(rng, row_id, created_at)
 
 
@@ -128,24 +159,36 @@ class _Kind:
             ip = f"10.{number // 250}.{number % 250}.{1 + int(rng.random() * 3)}"
         path = self.path
         if "{" in path:
-            path = path.format(user=f"user{int(rng.random() * USERS):04d}",
-                               n=1 + int(rng.random() * row_id))
+            path = path.format(
+                user=f"user{int(rng.random() * USERS):04d}", n=1 + int(rng.random() * row_id)
+            )
         if self.track is None:
             track = f"{self.method} {path} -> {self.status}"
         elif "{" in self.track:
             track = self.track.format(user=f"user{USERS + int(rng.random() * USERS):04d}")
         else:
             track = self.track
-        return {"id": row_id, "created_at": created_at,
-                "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                "source": self.source, "event": self.event, "level": self.level, "user": user,
-                "ip": ip, "track": track, "method": self.method, "path": path.split("?")[0],
-                "status": self.status, "request_id": f"{rng.getrandbits(128):032x}",
-                "user_agent": AGENTS[int(rng.random() * len(AGENTS))]}
+        return {
+            "id": row_id,
+            "created_at": created_at,
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "source": self.source,
+            "event": self.event,
+            "level": self.level,
+            "user": user,
+            "ip": ip,
+            "track": track,
+            "method": self.method,
+            "path": path.split("?")[0],
+            "status": self.status,
+            "request_id": f"{rng.getrandbits(128):032x}",
+            "user_agent": AGENTS[int(rng.random() * len(AGENTS))],
+        }
 
 
-def chained(rows: Iterator[dict], checkpoint_every: int, key: bytes, checkpoints: list,
-            head: dict) -> Iterator[bytes]:
+def chained(
+    rows: Iterator[dict], checkpoint_every: int, key: bytes, checkpoints: list, head: dict
+) -> Iterator[bytes]:
     """COPY text for `rows`, each hashed onto the chain; appends the periodic checkpoints to
     `checkpoints`, and sets the last row's `id`, `hash` and `created_at` in `head`.
 
@@ -158,10 +201,12 @@ def chained(rows: Iterator[dict], checkpoint_every: int, key: bytes, checkpoints
     size = 0
     for row in rows:
         this_hash = row_hash(row, prev_hash)
-        line = (f"{row['id']}\t{row['created_at']}\t{row['event_id']}\t{row['source']}\t"
-                f"{row['event']}\t{row['level']}\t{row['user'] or NULL}\t{row['ip'] or NULL}\t"
-                f"{row['track']}\t{row['method']}\t{row['path']}\t{row['status']}\t"
-                f"{row['request_id']}\t{row['user_agent']}\t{prev_hash}\t{this_hash}\n")
+        line = (
+            f"{row['id']}\t{row['created_at']}\t{row['event_id']}\t{row['source']}\t"
+            f"{row['event']}\t{row['level']}\t{row['user'] or NULL}\t{row['ip'] or NULL}\t"
+            f"{row['track']}\t{row['method']}\t{row['path']}\t{row['status']}\t"
+            f"{row['request_id']}\t{row['user_agent']}\t{prev_hash}\t{this_hash}\n"
+        )
         prev_hash = this_hash
         if row["id"] % checkpoint_every == 0:
             moment = datetime.fromisoformat(row["created_at"])
@@ -178,8 +223,9 @@ def chained(rows: Iterator[dict], checkpoint_every: int, key: bytes, checkpoints
         yield "".join(lines).encode()
 
 
-def load(url: str, count: int, key: bytes, checkpoint_every: int = 1000, seed: int = 1,
-         progress=None) -> LoadReport:
+def load(
+    url: str, count: int, key: bytes, checkpoint_every: int = 1000, seed: int = 1, progress=None
+) -> LoadReport:
     """Load `count` synthetic rows into the empty, migrated database at `url` (a libpq URL)."""
     with psycopg.connect(url) as connection:
         _check_empty(connection)
@@ -193,8 +239,9 @@ def load(url: str, count: int, key: bytes, checkpoint_every: int = 1000, seed: i
         with connection.cursor() as cursor:
             columns = ", ".join(f'"{name}"' for name in COLUMNS)
             with cursor.copy(f"COPY audit_log ({columns}) FROM STDIN") as copy:
-                for chunk in chained(synthetic_rows(count, seed), checkpoint_every, key,
-                                     checkpoints, head):
+                for chunk in chained(
+                    synthetic_rows(count, seed), checkpoint_every, key, checkpoints, head
+                ):
                     copy.write(chunk)
                     if progress is not None:
                         progress(chunk.count(b"\n"))
@@ -223,12 +270,16 @@ def _check_empty(connection: psycopg.Connection) -> None:
 
 def _indexes(connection: psycopg.Connection) -> dict[str, tuple[str | None, str]]:
     """audit_log's indexes: name -> (constraint definition or None, index definition)."""
-    return {name: (constraint, index) for name, constraint, index in connection.execute(
-        """SELECT i.indexrelid::regclass::text, pg_get_constraintdef(c.oid),
+    return {
+        name: (constraint, index)
+        for name, constraint, index in connection.execute(
+            """SELECT i.indexrelid::regclass::text, pg_get_constraintdef(c.oid),
                   pg_get_indexdef(i.indexrelid)
            FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid
                                                     AND c.conrelid = i.indrelid
-           WHERE i.indrelid = 'audit_log'::regclass""")}
+           WHERE i.indrelid = 'audit_log'::regclass"""
+        )
+    }
 
 
 def _drop(connection: psycopg.Connection, indexes: dict) -> None:
@@ -242,8 +293,10 @@ def _drop(connection: psycopg.Connection, indexes: dict) -> None:
 def _rebuild(url: str, indexes: dict) -> None:
     """Recreate the indexes from their definitions, two connections at a time (two cores);
     the biggest first, so the others fill in beside it."""
-    statements = [f'ALTER TABLE audit_log ADD CONSTRAINT "{name}" {constraint}'
-                  if constraint else index for name, (constraint, index) in indexes.items()]
+    statements = [
+        f'ALTER TABLE audit_log ADD CONSTRAINT "{name}" {constraint}' if constraint else index
+        for name, (constraint, index) in indexes.items()
+    ]
     statements.sort(key=lambda sql: " gin " not in sql.lower())
     failures: list[BaseException] = []
 
@@ -271,11 +324,19 @@ def _rebuild(url: str, indexes: dict) -> None:
 
 
 def _store_checkpoints(cursor: psycopg.Cursor, checkpoints: list[dict]) -> None:
-    with cursor.copy("COPY audit_checkpoint (log_id, log_hash, created_at, reason, mac)"
-                     " FROM STDIN") as copy:
+    with cursor.copy(
+        "COPY audit_checkpoint (log_id, log_hash, created_at, reason, mac) FROM STDIN"
+    ) as copy:
         for point in checkpoints:
-            copy.write_row((point["log_id"], point["log_hash"], point["created_at"],
-                            point["reason"], point["mac"]))
+            copy.write_row(
+                (
+                    point["log_id"],
+                    point["log_hash"],
+                    point["created_at"],
+                    point["reason"],
+                    point["mac"],
+                )
+            )
 
 
 def _set_head(cursor: psycopg.Cursor, head: dict, checkpoint_every: int) -> None:
@@ -286,4 +347,5 @@ def _set_head(cursor: psycopg.Cursor, head: dict, checkpoint_every: int) -> None
     cursor.execute(
         "UPDATE audit_chain SET last_id = %s, last_hash = %s, last_created_at = %s,"
         " since_checkpoint = %s WHERE id = 1",
-        (head["id"], head["hash"], head["created_at"], head["id"] % checkpoint_every))
+        (head["id"], head["hash"], head["created_at"], head["id"] % checkpoint_every),
+    )

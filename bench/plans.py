@@ -11,13 +11,18 @@ _NODE = re.compile(r"^\s*(?:->\s*)?([A-Z][A-Za-z ]+?(?: using \w+)?(?: on \w+)?)
 
 def compiled(statement: sa.Select) -> tuple[str, dict]:
     """`statement` as PostgreSQL SQL with its parameters, for a plain psycopg connection."""
-    sql = statement.compile(dialect=pg_dialect.dialect(),
-                            compile_kwargs={"render_postcompile": True})
+    sql = statement.compile(
+        dialect=pg_dialect.dialect(), compile_kwargs={"render_postcompile": True}
+    )
     return str(sql), sql.params
 
 
-def explain(connection: psycopg.Connection, statement: sa.Select, analyze: bool = False,
-            cursor: bool = False) -> list[str]:
+def explain(
+    connection: psycopg.Connection,
+    statement: sa.Select,
+    analyze: bool = False,
+    cursor: bool = False,
+) -> list[str]:
     """The plan's lines; `cursor`: as planned for a cursor (as the export's server-side one)."""
     sql, params = compiled(statement)
     if cursor:
@@ -31,8 +36,9 @@ def explain(connection: psycopg.Connection, statement: sa.Select, analyze: bool 
 def explain_analyze(connection: psycopg.Connection, statement: sa.Select) -> tuple:
     """(execution time in ms, the plan's lines) of running `statement` once."""
     lines = explain(connection, statement, analyze=True)
-    [ms] = [float(line.split(":")[1].split()[0]) for line in lines
-            if line.startswith("Execution Time")]
+    [ms] = [
+        float(line.split(":")[1].split()[0]) for line in lines if line.startswith("Execution Time")
+    ]
     return ms, lines
 
 
@@ -43,6 +49,9 @@ def nodes(lines: list[str]) -> list[str]:
 
 def access_path(lines: list[str]) -> str:
     """The nodes that read the table or sort, in short: how the query finds its rows."""
-    wanted = [node.replace(" on audit_log", "").replace("ix_audit_log_", "")
-              for node in nodes(lines) if "Scan" in node or node.startswith("Sort")]
+    wanted = [
+        node.replace(" on audit_log", "").replace("ix_audit_log_", "")
+        for node in nodes(lines)
+        if "Scan" in node or node.startswith("Sort")
+    ]
     return " + ".join(dict.fromkeys(wanted))

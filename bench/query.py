@@ -49,8 +49,11 @@ SHAPES = {
     "event": {"event": "login.failure"},
     "since + until (one day)": {"since": "2025-07-01T00:00:00Z", "until": "2025-07-02T00:00:00Z"},
     "user + source + levels": {"user": "user0042", "source": "v1", "level": "WARNING,ERROR"},
-    "event + ip + since": {"event": "login.failure", "ip": "10.0.42.2",
-                           "since": "2025-03-01T00:00:00Z"},
+    "event + ip + since": {
+        "event": "login.failure",
+        "ip": "10.0.42.2",
+        "since": "2025-03-01T00:00:00Z",
+    },
     "q, common (level=warning)": {"q": "level=warning"},
     "q, rare (ZeroDivision)": {"q": "ZeroDivision"},
 }
@@ -63,13 +66,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="timed requests per shape")
     parser.add_argument("--url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL))
     parser.add_argument("--reuse", action="store_true", help="keep the loaded database")
-    parser.add_argument("--default-costs", action="store_true",
-                        help="leave random_page_cost at PostgreSQL's default of 4 (HDD)")
+    parser.add_argument(
+        "--default-costs",
+        action="store_true",
+        help="leave random_page_cost at PostgreSQL's default of 4 (HDD)",
+    )
     options = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = Report(RESULTS / f"query-{options.rows}.txt")
-    report.line(f"rows: {options.rows:,}  requests per shape: {options.requests}  "
-                f"cpus: {os.cpu_count()}  load average: {_load()}")
+    report.line(
+        f"rows: {options.rows:,}  requests per shape: {options.requests}  "
+        f"cpus: {os.cpu_count()}  load average: {_load()}"
+    )
     instance = tempfile.mkdtemp(prefix="audit-bench-")
     settings = database.bench_settings(options.url, instance)
     try:
@@ -101,14 +109,21 @@ def prepare(options, settings: dict, report: "Report") -> None:
         if sys.stderr.isatty():
             print(f"\rloading {done[0]:,}/{options.rows:,}", end="", file=sys.stderr)
 
-    result = load.load(url, options.rows, settings["AUDIT_SIGNING_KEY"].encode(),
-                       settings["AUDIT_CHECKPOINT_EVERY"], progress=progress)
+    result = load.load(
+        url,
+        options.rows,
+        settings["AUDIT_SIGNING_KEY"].encode(),
+        settings["AUDIT_CHECKPOINT_EVERY"],
+        progress=progress,
+    )
     if sys.stderr.isatty():
         print(file=sys.stderr)
-    report.line(f"load: {result.rows:,} rows in {result.seconds:.0f} s (COPY with hashing "
-                f"{result.copy_seconds:.0f} s = {result.rows / result.copy_seconds:,.0f} rows/s,"
-                f" indexes {result.index_seconds:.0f} s, VACUUM ANALYZE "
-                f"{result.vacuum_seconds:.0f} s)")
+    report.line(
+        f"load: {result.rows:,} rows in {result.seconds:.0f} s (COPY with hashing "
+        f"{result.copy_seconds:.0f} s = {result.rows / result.copy_seconds:,.0f} rows/s,"
+        f" indexes {result.index_seconds:.0f} s, VACUUM ANALYZE "
+        f"{result.vacuum_seconds:.0f} s)"
+    )
 
 
 def ensure_users(settings: dict) -> None:
@@ -134,11 +149,23 @@ def serve(url: str, instance: str):
     """gunicorn serving the app on a free loopback port, with production's gunicorn settings
     (gevent workers), 2 workers and no access log."""
     port = free_port()
-    environment = {**os.environ, **database.bench_environ(url, instance),
-                   "GUNICORN_WORKERS": str(WORKERS), "GUNICORN_ACCESS_LOG": ""}
+    environment = {
+        **os.environ,
+        **database.bench_environ(url, instance),
+        "GUNICORN_WORKERS": str(WORKERS),
+        "GUNICORN_ACCESS_LOG": "",
+    }
     # A long timeout: at 10M rows a full export takes minutes.
-    command = [Path(sys.executable).parent / "gunicorn", "-c", "python:backend.gunicorn_conf",
-               "--bind", f"127.0.0.1:{port}", "--timeout", "600", "wsgi:app"]
+    command = [
+        Path(sys.executable).parent / "gunicorn",
+        "-c",
+        "python:backend.gunicorn_conf",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--timeout",
+        "600",
+        "wsgi:app",
+    ]
     log = Path(instance) / "gunicorn.log"
     with running(command, ROOT, environment, log, answering(port, "/healthz", WORKERS)) as process:
         yield Server(port, process)
@@ -186,19 +213,24 @@ def measure(server: Server, options, report: "Report") -> None:
         if name == "first page":
             first = timings
             deep = deep_page_cursor(server, admin)
-            timings = timed(server, f"/v1/logs?{urlencode({'after': deep})}", admin,
-                            options.requests)
+            timings = timed(
+                server, f"/v1/logs?{urlencode({'after': deep})}", admin, options.requests
+            )
             report.row(f"page {DEEP_PAGE:,} (following next)", timings, None, "")
     deep = timings_of(report, f"page {DEEP_PAGE:,}")
-    report.line(f"page {DEEP_PAGE:,} / first page: p50 "
-                f"{percentile(deep, 50) / percentile(first, 50):.2f}, p95 "
-                f"{percentile(deep, 95) / percentile(first, 95):.2f}")
+    report.line(
+        f"page {DEEP_PAGE:,} / first page: p50 "
+        f"{percentile(deep, 50) / percentile(first, 50):.2f}, p95 "
+        f"{percentile(deep, 95) / percentile(first, 95):.2f}"
+    )
     report.line("")
     for fmt in ("ndjson", "csv"):
         rows, seconds, size, peak = export_rate(server, admin, fmt)
-        report.line(f"export {fmt:6}: {rows:,} rows, {size / 1e6:,.0f} MB in {seconds:.1f} s = "
-                    f"{rows / seconds:,.0f} rows/s; serving processes' peak RSS: "
-                    f"{peak / 1024:.0f} MB")
+        report.line(
+            f"export {fmt:6}: {rows:,} rows, {size / 1e6:,.0f} MB in {seconds:.1f} s = "
+            f"{rows / seconds:,.0f} rows/s; serving processes' peak RSS: "
+            f"{peak / 1024:.0f} MB"
+        )
 
 
 def query_string(params: dict) -> str:
@@ -252,8 +284,9 @@ def explain(url: str, params: dict, as_member: bool, plans: Path, name: str) -> 
         newest = connection.execute("SELECT max(id) FROM audit_log").fetchone()[0] or 0
         if filters.get("q") and newest >> listing.ID_BLOCK_BITS:  # as listing.page: its first
             ids = listing.in_block(newest >> listing.ID_BLOCK_BITS)  # part, the newest block
-        statement = listing.first_rows(filters, viewer, filters["order"], filters["limit"] + 1,
-                                       ids=ids)
+        statement = listing.first_rows(
+            filters, viewer, filters["order"], filters["limit"] + 1, ids=ids
+        )
         runs = [explain_analyze(connection, statement) for _ in range(3)]
     best, lines = min(runs)
     with plans.open("a") as out:
@@ -266,8 +299,9 @@ def export_rate(server: Server, token: str, fmt: str) -> tuple[int, float, int, 
     serving processes' peak resident memory (VmHWM) in KiB."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
     started = time.perf_counter()
-    connection.request("GET", f"/v1/logs/export?format={fmt}",
-                       headers={"Authorization": f"Bearer {token}"})
+    connection.request(
+        "GET", f"/v1/logs/export?format={fmt}", headers={"Authorization": f"Bearer {token}"}
+    )
     response = connection.getresponse()
     assert response.status == 200
     size = lines = 0
@@ -308,8 +342,9 @@ class Report:
     def row(self, name: str, timings: list[float], db_ms: float | None, plan: str) -> None:
         self.timings[name] = timings
         db = f"{db_ms:7.2f}" if db_ms is not None else f"{'':7}"
-        self.line(f"{name:34} {percentile(timings, 50):8.2f} {percentile(timings, 95):8.2f} "
-                  f"{db}  {plan}")
+        self.line(
+            f"{name:34} {percentile(timings, 50):8.2f} {percentile(timings, 95):8.2f} {db}  {plan}"
+        )
 
 
 if __name__ == "__main__":

@@ -35,12 +35,19 @@ def free_port() -> int:
 def start(command: list, cwd: Path, environment: dict, log: Path) -> subprocess.Popen:
     """Start `command` from `cwd` in a session of its own, its output appended to `log`."""
     with log.open("ab") as output:
-        return subprocess.Popen([str(part) for part in command], cwd=cwd, env=environment,
-                                stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [str(part) for part in command],
+            cwd=cwd,
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
-def wait_until(ready: Callable[[subprocess.Popen], bool], server: subprocess.Popen,
-               log: Path) -> None:
+def wait_until(
+    ready: Callable[[subprocess.Popen], bool], server: subprocess.Popen, log: Path
+) -> None:
     """Poll `ready(server)` until it is true; NotServing if the server exits first or the
     deadline passes. A connection refused or cut off mid-answer counts as not ready."""
     deadline = time.monotonic() + READY_DEADLINE
@@ -53,8 +60,7 @@ def wait_until(ready: Callable[[subprocess.Popen], bool], server: subprocess.Pop
         except (OSError, ValueError):  # not listening yet, or cut off mid-answer
             pass
         time.sleep(0.2)
-    raise NotServing(f"the server was not ready within {READY_DEADLINE:.0f} s:\n"
-                     f"{log.read_text()}")
+    raise NotServing(f"the server was not ready within {READY_DEADLINE:.0f} s:\n{log.read_text()}")
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -74,8 +80,13 @@ def stop(server: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running(command: list, cwd: Path, environment: dict, log: Path,
-            ready: Callable[[subprocess.Popen], bool]) -> Iterator[subprocess.Popen]:
+def running(
+    command: list,
+    cwd: Path,
+    environment: dict,
+    log: Path,
+    ready: Callable[[subprocess.Popen], bool],
+) -> Iterator[subprocess.Popen]:
     """`command` started (see `start`), waited for until `ready` (see `wait_until`), and
     stopped afterwards, group and all."""
     server = start(command, cwd, environment, log)
@@ -86,10 +97,14 @@ def running(command: list, cwd: Path, environment: dict, log: Path,
         stop(server)
 
 
-def answering(port: int, path: str = "/v1/me", workers: int | None = None,
-              ) -> Callable[[subprocess.Popen], bool]:
+def answering(
+    port: int,
+    path: str = "/v1/me",
+    workers: int | None = None,
+) -> Callable[[subprocess.Popen], bool]:
     """A `ready` for `running`: `path` on `port` answers (any status) and, if given, the
     server's `workers` are all up."""
+
     def ready(server: subprocess.Popen) -> bool:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).close()

@@ -64,9 +64,11 @@ def main() -> None:
         servers = {
             "ours": stack.enter_context(serve_ours(environment, options, 8301)),
             "peer, audited": stack.enter_context(
-                serve_peer(peer_url, options, 8302, audit=True, directory=Path(tmp))),
+                serve_peer(peer_url, options, 8302, audit=True, directory=Path(tmp))
+            ),
             "peer, AUDIT=0": stack.enter_context(
-                serve_peer(peer_url, options, 8303, audit=False, directory=Path(tmp))),
+                serve_peer(peer_url, options, 8303, audit=False, directory=Path(tmp))
+            ),
         }
         token = login(8301)
         loads = {
@@ -93,9 +95,13 @@ def main() -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database-url", default=os.environ.get(
-        "BENCH_DATABASE_URL", "postgresql://audit:audit@127.0.0.1:5432/postgres"),
-        help="a PostgreSQL URL whose role may create databases (two are made: audit_bench_*)")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql://audit:audit@127.0.0.1:5432/postgres"
+        ),
+        help="a PostgreSQL URL whose role may create databases (two are made: audit_bench_*)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per run")
     parser.add_argument("--connections", type=int, default=16)
@@ -104,54 +110,88 @@ def parse_args() -> argparse.Namespace:
 
 
 def _our_environment(url: str, instance_path: str, options) -> dict:
-    return {**os.environ, **bench_environ(url, instance_path),
-            "GUNICORN_WORKERS": str(options.workers), "GUNICORN_ACCESS_LOG": ""}
+    return {
+        **os.environ,
+        **bench_environ(url, instance_path),
+        "GUNICORN_WORKERS": str(options.workers),
+        "GUNICORN_ACCESS_LOG": "",
+    }
 
 
 def create_user(environment: dict) -> None:
-    subprocess.run([BIN / "flask", "users", "create", USER, "--password-stdin"], cwd=ROOT,
-                   env=environment, input=PASSWORD + "\n", text=True, check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        [BIN / "flask", "users", "create", USER, "--password-stdin"],
+        cwd=ROOT,
+        env=environment,
+        input=PASSWORD + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 @contextmanager
 def serve_ours(environment: dict, options, port: int):
-    command = [BIN / "gunicorn", "-c", "python:backend.gunicorn_conf",
-               "--bind", f"127.0.0.1:{port}", "wsgi:app"]
+    command = [
+        BIN / "gunicorn",
+        "-c",
+        "python:backend.gunicorn_conf",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "wsgi:app",
+    ]
     log = Path(environment["INSTANCE_PATH"]) / f"gunicorn-{port}.log"
-    with running(command, ROOT, environment, log,
-                 answering(port, workers=options.workers)) as process:
+    with running(
+        command, ROOT, environment, log, answering(port, workers=options.workers)
+    ) as process:
         yield process
 
 
 def peer_environment(url: str, audit: bool = True) -> dict:
-    return {**os.environ, "AUDIT": "1" if audit else "0",
-            "DATABASE_URL": url.replace("postgresql://", "postgresql+psycopg://", 1)}
+    return {
+        **os.environ,
+        "AUDIT": "1" if audit else "0",
+        "DATABASE_URL": url.replace("postgresql://", "postgresql+psycopg://", 1),
+    }
 
 
 def prepare_peer(url: str) -> None:
     """The peer's tables and user, made once: each of its workers makes them if missing, and
     two doing it at once on an empty database fail (the second INSERT of its user), which
     stops that gunicorn."""
-    subprocess.run([BIN / "python", "-c", "from app import create_app; create_app()"],
-                   cwd=PEER, env=peer_environment(url), check=True, capture_output=True,
-                   timeout=60)
+    subprocess.run(
+        [BIN / "python", "-c", "from app import create_app; create_app()"],
+        cwd=PEER,
+        env=peer_environment(url),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 @contextmanager
 def serve_peer(url: str, options, port: int, audit: bool, directory: Path):
     environment = peer_environment(url, audit)
-    command = [BIN / "gunicorn", "--workers", str(options.workers), "--bind",
-               f"127.0.0.1:{port}", "app:create_app()"]
+    command = [
+        BIN / "gunicorn",
+        "--workers",
+        str(options.workers),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "app:create_app()",
+    ]
     log = directory / f"gunicorn-{port}.log"
-    with running(command, PEER, environment, log,
-                 answering(port, workers=options.workers)) as process:
+    with running(
+        command, PEER, environment, log, answering(port, workers=options.workers)
+    ) as process:
         yield process
 
 
 def login(port: int) -> str:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/login", method="POST",
-                                     headers=basic())
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/login", method="POST", headers=basic()
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)["token"]
 
@@ -167,26 +207,45 @@ def bearer(token: str) -> dict:
 
 def wrk(port: int, path: str, headers: dict | None, options, tmp: Path) -> dict:
     """One wrk run: requests/s, p50 and p99 in milliseconds, and the non-2xx count."""
-    command = ["wrk", "--threads", "2", "--connections", str(options.connections),
-               "--duration", f"{options.duration}s", "--latency", "--timeout", "10s"]
+    command = [
+        "wrk",
+        "--threads",
+        "2",
+        "--connections",
+        str(options.connections),
+        "--duration",
+        f"{options.duration}s",
+        "--latency",
+        "--timeout",
+        "10s",
+    ]
     if headers is None:  # POST /login with HTTP Basic
         script = tmp / "login.lua"
-        script.write_text('wrk.method = "POST"\n'
-                          f'wrk.headers["Authorization"] = "{basic()["Authorization"]}"\n')
+        script.write_text(
+            f'wrk.method = "POST"\nwrk.headers["Authorization"] = "{basic()["Authorization"]}"\n'
+        )
         command += ["--script", str(script)]
     else:
         for name, value in headers.items():
             command += ["--header", f"{name}: {value}"]
-    done = subprocess.run([*command, f"http://127.0.0.1:{port}{path}"], capture_output=True,
-                          text=True, timeout=options.duration + 60)
+    done = subprocess.run(
+        [*command, f"http://127.0.0.1:{port}{path}"],
+        capture_output=True,
+        text=True,
+        timeout=options.duration + 60,
+    )
     if done.returncode != 0:
-        raise SystemExit(f"wrk failed (exit {done.returncode}) on port {port}{path}:\n"
-                         f"{done.stdout}{done.stderr}")
+        raise SystemExit(
+            f"wrk failed (exit {done.returncode}) on port {port}{path}:\n{done.stdout}{done.stderr}"
+        )
     output = done.stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-            "p50_ms": _latency(output, "50%"), "p99_ms": _latency(output, "99%"),
-            "non_2xx": int(errors.group(1)) if errors else 0}
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50_ms": _latency(output, "50%"),
+        "p99_ms": _latency(output, "99%"),
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
 
 
 def _latency(output: str, percentile: str) -> float:
@@ -205,18 +264,26 @@ def show(url: str, setting: str) -> str:
 
 
 def report(runs: dict, memory: dict, synchronous_commit: str, options) -> None:
-    summary = {name: {key: statistics.median(run[key] for run in results)
-                      for key in ("rps", "p50_ms", "p99_ms", "non_2xx")}
-               for name, results in runs.items()}
+    summary = {
+        name: {
+            key: statistics.median(run[key] for run in results)
+            for key in ("rps", "p50_ms", "p99_ms", "non_2xx")
+        }
+        for name, results in runs.items()
+    }
     floor = summary["peer GET /v1/me (AUDIT=0)"]["rps"]
-    print(f"\n{options.workers} gunicorn workers per server (ours: gevent; peer: sync),"
-          f" wrk {options.connections} connections x {options.duration} s, median of"
-          f" {options.rounds} rounds, synchronous_commit={synchronous_commit}\n")
+    print(
+        f"\n{options.workers} gunicorn workers per server (ours: gevent; peer: sync),"
+        f" wrk {options.connections} connections x {options.duration} s, median of"
+        f" {options.rounds} rounds, synchronous_commit={synchronous_commit}\n"
+    )
     print(f"{'':30} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs floor':>9}")
     for name, figures in summary.items():
-        print(f"{name:30} {figures['rps']:8.0f} {figures['p50_ms']:8.2f} "
-              f"{figures['p99_ms']:8.2f} {figures['non_2xx']:8.0f} "
-              f"{figures['rps'] / floor:9.2f}")
+        print(
+            f"{name:30} {figures['rps']:8.0f} {figures['p50_ms']:8.2f} "
+            f"{figures['p99_ms']:8.2f} {figures['non_2xx']:8.0f} "
+            f"{figures['rps'] / floor:9.2f}"
+        )
     ours = summary["ours GET /v1/me (audited)"]
     peer = summary["peer GET /v1/me (audited)"]
     print(f"\nours audited / peer unaudited: {ours['rps'] / floor:.2f}  (target >= 0.80)")
@@ -226,9 +293,18 @@ def report(runs: dict, memory: dict, synchronous_commit: str, options) -> None:
     for name, sizes in memory.items():
         print(f"  {name:16} {', '.join(f'{size:.0f}' for size in sizes)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "throughput.json").write_text(json.dumps(
-        {"summary": summary, "runs": runs, "worker_rss_mb": memory,
-         "synchronous_commit": synchronous_commit, "options": vars(options)}, indent=2))
+    (RESULTS / "throughput.json").write_text(
+        json.dumps(
+            {
+                "summary": summary,
+                "runs": runs,
+                "worker_rss_mb": memory,
+                "synchronous_commit": synchronous_commit,
+                "options": vars(options),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,11 @@ config.set_main_option(
 
 def run_migrations_offline():
     """Emit SQL to standard output (`flask db upgrade --sql`) without a database."""
-    context.configure(url=config.get_main_option("sqlalchemy.url"),
-                      target_metadata=db.metadata, literal_binds=True)
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=db.metadata,
+        literal_binds=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

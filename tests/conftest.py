@@ -33,9 +33,15 @@ BOB = ("bob", "bob-password-1")
 
 def make_settings(database_url: str, instance_path, **environ) -> dict:
     """Settings as `config.settings` builds them from an environment of only these values."""
-    return config.settings({"APP_ENV": "testing", **database_environment(database_url),
-                            "SECRET_KEY": "test-secret-key", "INSTANCE_PATH": str(instance_path),
-                            **environ})
+    return config.settings(
+        {
+            "APP_ENV": "testing",
+            **database_environment(database_url),
+            "SECRET_KEY": "test-secret-key",
+            "INSTANCE_PATH": str(instance_path),
+            **environ,
+        }
+    )
 
 
 def database_environment(database_url: str) -> dict:
@@ -47,8 +53,9 @@ def owner_url(database_url: str) -> str:
     """The URL of the tables' owner of a test database: TEST_DATABASE_URL for
     TEST_DATABASE_APP_URL (in either spelling), else `database_url` itself."""
     sqlalchemy_url = config.database_url_for_sqlalchemy
-    if TEST_DATABASE_APP_URL and (sqlalchemy_url(database_url)
-                                  == sqlalchemy_url(TEST_DATABASE_APP_URL)):
+    if TEST_DATABASE_APP_URL and (
+        sqlalchemy_url(database_url) == sqlalchemy_url(TEST_DATABASE_APP_URL)
+    ):
         return sqlalchemy_url(TEST_DATABASE_URL)
     return database_url
 
@@ -121,11 +128,15 @@ def empty_postgresql(url: str) -> None:
         connection.execute(sa.text("DELETE FROM audit_log"))
         connection.execute(sa.text("DELETE FROM audit_checkpoint"))
         connection.execute(sa.text("DELETE FROM audit_purge_permit"))
-        connection.execute(sa.text(
-            f"UPDATE audit_chain SET last_id = 0, last_hash = '{GENESIS}',"
-            " last_created_at = NULL, since_checkpoint = 0"))
-        connection.execute(sa.text(
-            "TRUNCATE tokens, users, login_throttles RESTART IDENTITY CASCADE"))
+        connection.execute(
+            sa.text(
+                f"UPDATE audit_chain SET last_id = 0, last_hash = '{GENESIS}',"
+                " last_created_at = NULL, since_checkpoint = 0"
+            )
+        )
+        connection.execute(
+            sa.text("TRUNCATE tokens, users, login_throttles RESTART IDENTITY CASCADE")
+        )
     engine.dispose()
 
 
@@ -186,8 +197,9 @@ class Api:
         with self.app.app_context():
             user = db.session.scalar(sa.select(User).where(User.username == username))
             now = utcnow()
-            db.session.add(Token(digest=digest, user=user, created_at=now,
-                                 expires_at=now + timedelta(hours=1)))
+            db.session.add(
+                Token(digest=digest, user=user, created_at=now, expires_at=now + timedelta(hours=1))
+            )
             db.session.commit()
         return token
 

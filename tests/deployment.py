@@ -40,7 +40,7 @@ def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
 def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The instructions of the last FROM's stage: what the image is made of."""
     starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
-    return instructions[starts[-1]:]
+    return instructions[starts[-1] :]
 
 
 def image_environment() -> dict[str, str]:
@@ -54,8 +54,9 @@ def image_environment() -> dict[str, str]:
 
 def healthcheck_command() -> list[str]:
     """The exec form of the image's HEALTHCHECK CMD."""
-    [arguments] = [args for keyword, args in final_stage(dockerfile_instructions())
-                   if keyword == "HEALTHCHECK"]
+    [arguments] = [
+        args for keyword, args in final_stage(dockerfile_instructions()) if keyword == "HEALTHCHECK"
+    ]
     return yaml.safe_load(arguments.split(" CMD ", 1)[1])  # a JSON array is YAML too
 
 
@@ -97,8 +98,11 @@ def compose() -> dict:
 
 def env_example() -> dict[str, str]:
     """The variables .env.example sets (its uncommented KEY=VALUE lines)."""
-    pairs = (line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
-             if re.match(r"[A-Z_][A-Z0-9_]*=", line))
+    pairs = (
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if re.match(r"[A-Z_][A-Z0-9_]*=", line)
+    )
     return dict(pairs)
 
 
@@ -106,8 +110,10 @@ class MissingVariable(ValueError):
     """A ${NAME:?message} whose variable is unset or empty: compose refuses to start."""
 
 
-_VARIABLE = re.compile(r"\$(?:(?P<dollar>\$)|(?P<bare>[A-Za-z_]\w*)"
-                       r"|\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\})")
+_VARIABLE = re.compile(
+    r"\$(?:(?P<dollar>\$)|(?P<bare>[A-Za-z_]\w*)"
+    r"|\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\})"
+)
 
 
 def interpolate(text: str, variables: dict[str, str]) -> str:
@@ -135,8 +141,9 @@ def interpolate(text: str, variables: dict[str, str]) -> str:
 
 def compose_variables(text: str) -> set[str]:
     """The names of the variables a compose file interpolates."""
-    return {match["bare"] or match["name"] for match in _VARIABLE.finditer(text)
-            if not match["dollar"]}
+    return {
+        match["bare"] or match["name"] for match in _VARIABLE.finditer(text) if not match["dollar"]
+    }
 
 
 def duration_seconds(duration: str) -> float:
@@ -149,5 +156,6 @@ def duration_seconds(duration: str) -> float:
 
 def run_shell(command: str, env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
     """A CMD-SHELL health check: `/bin/sh -c COMMAND`."""
-    return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=timeout
+    )

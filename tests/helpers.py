@@ -28,9 +28,18 @@ from tests.conftest import ALICE, basic, bearer
 # --- error bodies -----------------------------------------------------------------------------
 
 JSON = "application/json; charset=utf-8"
-CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-         405: "method_not_allowed", 409: "conflict", 413: "request_entity_too_large",
-         429: "too_many_requests", 500: "internal_server_error", 503: "service_unavailable"}
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "request_entity_too_large",
+    429: "too_many_requests",
+    500: "internal_server_error",
+    503: "service_unavailable",
+}
 CRASH_MESSAGE = "kaboom: db password is hunter2"
 
 
@@ -74,11 +83,14 @@ def add_crashing_route(app, api, boom=crash) -> str:
 
 # --- users ------------------------------------------------------------------------------------
 
+
 def stored_users(app) -> dict[str, bool]:
     """Every user in the database: name -> is_admin, oldest first."""
     with app.app_context():
-        return {user.username: user.is_admin
-                for user in db.session.scalars(sa.select(User).order_by(User.id))}
+        return {
+            user.username: user.is_admin
+            for user in db.session.scalars(sa.select(User).order_by(User.id))
+        }
 
 
 # --- logins and lockouts ----------------------------------------------------------------------
@@ -89,8 +101,11 @@ WRONG = "not-the-password"
 
 def attempt(client, username: str, password: str, address: str = ATTACKER, headers=None):
     """POST /login with HTTP Basic from `address`."""
-    return client.post("/login", headers={**basic(username, password), **(headers or {})},
-                       environ_base={"REMOTE_ADDR": address})
+    return client.post(
+        "/login",
+        headers={**basic(username, password), **(headers or {})},
+        environ_base={"REMOTE_ADDR": address},
+    )
 
 
 def same_headers(response) -> dict:
@@ -101,22 +116,32 @@ def same_headers(response) -> dict:
 def assert_locked(response, retry_after: int) -> None:
     assert response.status_code == 429
     assert response.headers["Retry-After"] == str(retry_after)
-    assert response.get_json() == {"error": {
-        "status": 429, "code": "too_many_requests",
-        "message": "Too many failed attempts; try again later."}}
+    assert response.get_json() == {
+        "error": {
+            "status": 429,
+            "code": "too_many_requests",
+            "message": "Too many failed attempts; try again later.",
+        }
+    }
 
 
 # --- password changes -------------------------------------------------------------------------
 
 NEW_PASSWORD = "alice-new-password-2"
 # Locks would answer the timing trials early: keep every threshold out of reach.
-NO_LOCKOUT = {"LOGIN_MAX_FAILURES": "1000", "LOGIN_MAX_FAILURES_PER_ADDRESS": "1000",
-              "LOGIN_MAX_FAILURES_PER_ACCOUNT": "1000"}
+NO_LOCKOUT = {
+    "LOGIN_MAX_FAILURES": "1000",
+    "LOGIN_MAX_FAILURES_PER_ADDRESS": "1000",
+    "LOGIN_MAX_FAILURES_PER_ACCOUNT": "1000",
+}
 
 
 def change_password(client, token: str, current: str, new: str = NEW_PASSWORD):
-    return client.put("/v1/me/password", json={"current_password": current, "new_password": new},
-                      headers=bearer(token))
+    return client.put(
+        "/v1/me/password",
+        json={"current_password": current, "new_password": new},
+        headers=bearer(token),
+    )
 
 
 def login_racing(client, monkeypatch, act):
@@ -168,15 +193,20 @@ def tampering(app) -> Iterator[sa.Connection]:
         if connection.dialect.name == "postgresql":
             for table in PROTECTED:
                 connection.exec_driver_sql(
-                    f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only")
+                    f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only"
+                )
             yield connection  # an error rolls the whole transaction back, triggers included
             for table in PROTECTED:
                 connection.exec_driver_sql(
-                    f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only")
+                    f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only"
+                )
             return
-        triggers = connection.execute(sa.text(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
-            f" AND tbl_name IN {PROTECTED}")).all()
+        triggers = connection.execute(
+            sa.text(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+                f" AND tbl_name IN {PROTECTED}"
+            )
+        ).all()
         assert len(triggers) == 6, triggers  # per table: no update, no delete, none under a hold
         for name, _ in triggers:
             connection.exec_driver_sql(f"DROP TRIGGER {name}")
@@ -214,8 +244,10 @@ def make_trail(client, count: int) -> list[str]:
 
 def stored_rows(connection: sa.Connection) -> list[dict]:
     """Every row of the trail as the hash sees it, in id order."""
-    return [dict(row) for row in
-            connection.execute(sa.select(Log.__table__).order_by(Log.id)).mappings()]
+    return [
+        dict(row)
+        for row in connection.execute(sa.select(Log.__table__).order_by(Log.id)).mappings()
+    ]
 
 
 def recompute_chain(connection: sa.Connection, row_id: int, **changes) -> None:
@@ -231,10 +263,12 @@ def recompute_chain(connection: sa.Connection, row_id: int, **changes) -> None:
         row["prev_hash"], row["hash"] = prev_hash, row_hash(row, prev_hash)
         prev_hash = row["hash"]
         changed = changes if row["id"] == row_id else {}
-        connection.execute(sa.update(Log).where(Log.id == row["id"]).values(
-            prev_hash=row["prev_hash"], hash=row["hash"], **changed))
-    connection.execute(sa.update(AuditChain).where(AuditChain.id == 1).values(
-        last_hash=prev_hash))
+        connection.execute(
+            sa.update(Log)
+            .where(Log.id == row["id"])
+            .values(prev_hash=row["prev_hash"], hash=row["hash"], **changed)
+        )
+    connection.execute(sa.update(AuditChain).where(AuditChain.id == 1).values(last_hash=prev_hash))
 
 
 # --- the append-only tables -------------------------------------------------------------------
@@ -250,10 +284,12 @@ def table_rows(app, table: str) -> list[tuple]:
 
 # --- the audit table taken away, the spool on a full disk -------------------------------------
 
+
 @contextmanager
 def audit_table_unavailable(app) -> Iterator[None]:
     """Really take the audit table away (renamed by its owner, with raw SQL), and give it back
     after."""
+
     def execute(sql: str) -> None:
         with app.app_context(), owner_engine().begin() as connection:
             connection.execute(sa.text(sql))
@@ -269,6 +305,7 @@ DISK_FULL = pytest.mark.settings(AUDIT_SPOOL_PATH="/dev/full")
 
 
 # --- the spool --------------------------------------------------------------------------------
+
 
 def spool_file(app) -> Path:
     return Path(app.config["AUDIT_SPOOL_PATH"])
@@ -320,6 +357,7 @@ def ids_and_events(api) -> list[tuple[int, str]]:
 
 
 # --- migrations -------------------------------------------------------------------------------
+
 
 def latest_migration() -> str:
     """The head revision of the migration scripts in the repository."""

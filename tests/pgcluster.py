@@ -39,8 +39,11 @@ START_TIMEOUT = 30  # seconds, pg_ctl -t
 
 def find_bindir(root: Path = PG_ROOT) -> Path | None:
     """The bin/ directory of the highest PostgreSQL version installed, or None."""
-    found = [bindir for bindir in root.glob("*/bin")
-             if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file()]
+    found = [
+        bindir
+        for bindir in root.glob("*/bin")
+        if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file()
+    ]
     return max(found, key=lambda bindir: _version_key(bindir.parent.name), default=None)
 
 
@@ -52,8 +55,10 @@ def require_bindir() -> Path:
     """find_bindir(), or skip the test saying why (fail it under CI: it may not be skipped)."""
     bindir = find_bindir()
     if bindir is None:
-        reason = (f"no PostgreSQL server binaries (initdb, pg_ctl) under {PG_ROOT}/*/bin:"
-                  " install postgresql to run the database fault tests")
+        reason = (
+            f"no PostgreSQL server binaries (initdb, pg_ctl) under {PG_ROOT}/*/bin:"
+            " install postgresql to run the database fault tests"
+        )
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the database fault tests: {reason}")
         pytest.skip(reason)
@@ -61,8 +66,10 @@ def require_bindir() -> Path:
         try:
             pwd.getpwnam(SERVER_USER)
         except KeyError:
-            pytest.fail(f"running as root, but there is no {SERVER_USER!r} OS user to run"
-                        " PostgreSQL as (it refuses to run as root)")
+            pytest.fail(
+                f"running as root, but there is no {SERVER_USER!r} OS user to run"
+                " PostgreSQL as (it refuses to run as root)"
+            )
     return bindir
 
 
@@ -95,18 +102,27 @@ class PrivateCluster:
         # hold our pipe open.
         with tempfile.TemporaryFile() as output:
             try:
-                completed = subprocess.run(self._command(tool, *args), stdin=subprocess.DEVNULL,
-                                           stdout=output, stderr=subprocess.STDOUT,
-                                           timeout=timeout, cwd=self.directory)
+                completed = subprocess.run(
+                    self._command(tool, *args),
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    cwd=self.directory,
+                )
             except subprocess.TimeoutExpired:
                 output.seek(0)
-                raise ClusterError(f"{tool} {' '.join(args)}: no answer within {timeout} s\n"
-                                   f"{output.read().decode(errors='replace')}") from None
+                raise ClusterError(
+                    f"{tool} {' '.join(args)}: no answer within {timeout} s\n"
+                    f"{output.read().decode(errors='replace')}"
+                ) from None
             output.seek(0)
             text = output.read().decode(errors="replace")
         if completed.returncode != 0:
-            raise ClusterError(f"{tool} {' '.join(args)} exited with {completed.returncode}:\n"
-                               f"{text}\n--- server log ---\n{self.server_log()}")
+            raise ClusterError(
+                f"{tool} {' '.join(args)} exited with {completed.returncode}:\n"
+                f"{text}\n--- server log ---\n{self.server_log()}"
+            )
         return text
 
     def server_log(self) -> str:
@@ -124,8 +140,19 @@ class PrivateCluster:
             for path in (self.directory, self.sockets):
                 os.chown(path, server.pw_uid, server.pw_gid)
         # Trust on the private socket (the tests' own superuser connection), passwords on TCP.
-        self.run("initdb", "-D", str(self.data), "-U", "postgres", "-E", "UTF8",
-                 "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")
+        self.run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+        )
         settings = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
@@ -140,17 +167,49 @@ class PrivateCluster:
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
 
     def start(self) -> None:
-        self.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w",
-                 "-t", str(START_TIMEOUT), "start", timeout=START_TIMEOUT + 10)
+        self.run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            str(START_TIMEOUT),
+            "start",
+            timeout=START_TIMEOUT + 10,
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: `fast` rolls back open transactions and cuts every connection."""
-        self.run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", str(START_TIMEOUT),
-                 "stop", timeout=START_TIMEOUT + 10)
+        self.run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-m",
+            mode,
+            "-w",
+            "-t",
+            str(START_TIMEOUT),
+            "stop",
+            timeout=START_TIMEOUT + 10,
+        )
 
     def restart(self, mode: str = "fast") -> None:
-        self.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-m", mode, "-w",
-                 "-t", str(START_TIMEOUT), "restart", timeout=START_TIMEOUT + 10)
+        self.run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-m",
+            mode,
+            "-w",
+            "-t",
+            str(START_TIMEOUT),
+            "restart",
+            timeout=START_TIMEOUT + 10,
+        )
 
     def postmaster_pid(self) -> int | None:
         try:
@@ -184,10 +243,16 @@ class PrivateCluster:
     def create_database(self, name: str, owner: str, password: str) -> str:
         """A role `owner` with `password` and its database `name`; returns its URL (TCP)."""
         with psycopg.connect(self.superuser_dsn(), autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(owner), sql.Literal(password)))
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(name), sql.Identifier(owner)))
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(owner), sql.Literal(password)
+                )
+            )
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(name), sql.Identifier(owner)
+                )
+            )
         return f"postgresql://{owner}:{password}@{self.host}:{self.port}/{name}"
 
 

@@ -43,9 +43,16 @@ class Client:
         # No proxies: a loopback server must be reached directly whatever the environment says.
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def call(self, method: str, path: str, *, token: str | None = None,
-             basic: tuple[str, str] | None = None, json_body: dict | None = None,
-             headers: dict | None = None) -> Reply:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        basic: tuple[str, str] | None = None,
+        json_body: dict | None = None,
+        headers: dict | None = None,
+    ) -> Reply:
         url = path if path.startswith("http") else self.base_url + path
         request = urllib.request.Request(url, method=method, headers=headers or {})
         if token is not None:
@@ -114,8 +121,9 @@ def wait_until_ready(client: Client, server: subprocess.Popen, log: Path) -> Non
 
 
 @contextmanager
-def running(command: list, env: dict, log: Path, port: int) -> Iterator[tuple[Client,
-                                                                          subprocess.Popen]]:
+def running(
+    command: list, env: dict, log: Path, port: int
+) -> Iterator[tuple[Client, subprocess.Popen]]:
     """`command` started from the repository root, ready (/readyz answers 200 on `port`, or
     the test fails), and stopped afterwards; yields a client of it and its process."""
     client = Client(f"http://127.0.0.1:{port}")
@@ -151,7 +159,9 @@ def readme_session(client: Client, log: Path, admin: tuple[str, str]) -> None:
     first = client.get("/v1/logs?level=INFO&limit=2", token=token)
     assert first.status == 200, first.body
     assert [row["request_id"] for row in first.body["items"]] == [
-        me.headers["X-Request-ID"], json_login.headers["X-Request-ID"]]
+        me.headers["X-Request-ID"],
+        json_login.headers["X-Request-ID"],
+    ]
     assert first.body["next"] is not None
     next_url, rel = first.headers["Link"].split("; ")
     assert rel == 'rel="next"'
@@ -169,7 +179,11 @@ def readme_session(client: Client, log: Path, admin: tuple[str, str]) -> None:
     failures = client.get("/v1/logs?event=login.failure", token=token)
     [failure] = failures.body["items"]
     assert (failure["user"], failure["level"], failure["track"], failure["status"]) == (
-        admin[0], "WARNING", "invalid password", 401)
+        admin[0],
+        "WARNING",
+        "invalid password",
+        401,
+    )
 
     logout = client.get("/logout", token=token)
     assert logout.status == 200 and logout.body == {"message": "logged out"}
@@ -178,9 +192,10 @@ def readme_session(client: Client, log: Path, admin: tuple[str, str]) -> None:
     assert refused.headers["WWW-Authenticate"].startswith("Bearer")
 
     # Every step left its row, under the request id its response carried.
-    trail = {row["request_id"]: row
-             for row in client.get("/v1/logs?limit=1000",
-                                   token=json_login.body["token"]).body["items"]}
+    trail = {
+        row["request_id"]: row
+        for row in client.get("/v1/logs?limit=1000", token=json_login.body["token"]).body["items"]
+    }
     expected = [
         (login, "auth", "login.success", "INFO", admin[0], "/login"),
         (json_login, "auth", "login.success", "INFO", admin[0], "/login"),
@@ -194,16 +209,25 @@ def readme_session(client: Client, log: Path, admin: tuple[str, str]) -> None:
     ]
     for reply, source, event, level, user, path in expected:
         row = trail[reply.headers["X-Request-ID"]]
-        assert (row["source"], row["event"], row["level"], row["user"], row["path"],
-                row["status"], row["ip"]) == (source, event, level, user, path, reply.status,
-                                              "127.0.0.1")
+        assert (
+            row["source"],
+            row["event"],
+            row["level"],
+            row["user"],
+            row["path"],
+            row["status"],
+            row["ip"],
+        ) == (source, event, level, user, path, reply.status, "127.0.0.1")
 
     # ... and its access-log line, under the same request id, from the same address.
     logged = {entry["request_id"]: entry for entry in access_log(log)}
     for reply, *_, path in expected:
         entry = logged[reply.headers["X-Request-ID"]]
-        assert (entry["path"], entry["status"], entry["client"]) == (path, reply.status,
-                                                                     "127.0.0.1")
+        assert (entry["path"], entry["status"], entry["client"]) == (
+            path,
+            reply.status,
+            "127.0.0.1",
+        )
 
     # Neither the password nor a token reached the server's output.
     output = log.read_text()

@@ -72,8 +72,7 @@ def test_a_purge_permit_does_not_allow_an_update(app, trail, table):
 
 def test_a_delete_inside_a_transaction_holding_a_purge_permit_is_allowed(app, trail):
     """The mechanism itself; `flask audit purge` is its one user."""
-    run_sql(app, PERMIT, "DELETE FROM audit_log WHERE id = 1",
-            "DELETE FROM audit_purge_permit")
+    run_sql(app, PERMIT, "DELETE FROM audit_log WHERE id = 1", "DELETE FROM audit_purge_permit")
     assert [row.id for row in table_rows(app, "audit_log")] == [2, 3]
 
 
@@ -86,9 +85,12 @@ def test_another_transactions_purge_permit_allows_no_delete(app, trail):
     with app.app_context(), owner_engine().connect() as purging:
         purging.execute(sa.text(PERMIT))  # not committed: only this transaction holds it
         try:
-            with (pytest.raises(sa.exc.DatabaseError,
-                                match="database is locked" if sqlite else "append-only"),
-                  other.begin() as connection):
+            with (
+                pytest.raises(
+                    sa.exc.DatabaseError, match="database is locked" if sqlite else "append-only"
+                ),
+                other.begin() as connection,
+            ):
                 connection.execute(sa.text("DELETE FROM audit_log WHERE id = 1"))
         finally:
             other.dispose()
@@ -104,6 +106,7 @@ def test_tampering_in_the_tests_restores_the_protection(app, trail):
 
 
 # -- the sanctioned path ----------------------------------------------------------------------
+
 
 def test_flask_audit_purge_deletes_through_the_triggers(app, client, runner):
     aged_trail(client, old=2, new=1)

@@ -21,16 +21,30 @@ def test_the_table_has_a_column_per_field_in_order():
 
 def test_the_hash_covers_the_fields_of_chain_version_1_in_their_order():
     assert chain.HASHED_FIELDS == tuple(spec.name for spec in AUDIT_FIELDS if spec.hashed)
-    assert chain.HASHED_FIELDS == ("id", "created_at", "event_id", "source", "event", "level",
-                                   "user", "ip", "track", "method", "path", "status",
-                                   "request_id", "user_agent")
+    assert chain.HASHED_FIELDS == (
+        "id",
+        "created_at",
+        "event_id",
+        "source",
+        "event",
+        "level",
+        "user",
+        "ip",
+        "track",
+        "method",
+        "path",
+        "status",
+        "request_id",
+        "user_agent",
+    )
 
 
 def test_an_event_holds_every_field_the_chain_does_not_give():
     by_name = {spec.name: spec for spec in AUDIT_FIELDS}
     event_fields = fields(AuditEvent)
     assert [field.name for field in event_fields] == [
-        spec.name for spec in AUDIT_FIELDS if not spec.by_chain]
+        spec.name for spec in AUDIT_FIELDS if not spec.by_chain
+    ]
     for field in event_fields:
         spec = by_name[field.name]
         if spec.default_factory is not None:
@@ -40,9 +54,12 @@ def test_an_event_holds_every_field_the_chain_does_not_give():
 
 
 def test_an_event_is_cut_to_its_columns_lengths():
-    assert COLUMN_LENGTHS == {column.name: column.type.length for column in Log.__table__.columns
-                              if column.name in {f.name for f in fields(AuditEvent)}
-                              and getattr(column.type, "length", None)}
+    assert COLUMN_LENGTHS == {
+        column.name: column.type.length
+        for column in Log.__table__.columns
+        if column.name in {f.name for f in fields(AuditEvent)}
+        and getattr(column.type, "length", None)
+    }
 
 
 def test_the_api_shows_the_fields_with_api_options_in_order():
@@ -53,9 +70,24 @@ def test_the_api_shows_the_fields_with_api_options_in_order():
 
 
 def test_the_export_has_the_api_fields_then_those_for_offline_verification():
-    assert export.FIELDS == ("id", "created_at", "source", "event", "level", "user", "ip",
-                             "track", "method", "path", "status", "request_id", "user_agent",
-                             "event_id", "prev_hash", "hash")
+    assert export.FIELDS == (
+        "id",
+        "created_at",
+        "source",
+        "event",
+        "level",
+        "user",
+        "ip",
+        "track",
+        "method",
+        "path",
+        "status",
+        "request_id",
+        "user_agent",
+        "event_id",
+        "prev_hash",
+        "hash",
+    )
     assert sorted(export.FIELDS) == sorted(NAMES)
 
 

@@ -14,9 +14,11 @@ from backend.audit.group_commit import AuditUnavailable
 from backend.signals import main_log
 from tests.helpers import assert_error
 
-PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-               "connect-src 'self'; form-action 'self'; base-uri 'none'; "
-               "frame-ancestors 'none'; require-trusted-types-for 'script'; trusted-types 'none'")
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'; require-trusted-types-for 'script'; trusted-types 'none'"
+)
 
 
 class PageParser(HTMLParser):
@@ -56,8 +58,12 @@ def test_the_page_is_html(client):
 def test_the_page_names_the_api_it_reads(client):
     [body] = [attrs for tag, attrs in parsed(client.get("/audit")).tags if tag == "body"]
     assert {name: value for name, value in body.items() if name.startswith("data-")} == {
-        "data-login-url": "/login", "data-logout-url": "/logout", "data-logs-url": "/v1/logs",
-        "data-stats-url": "/v1/logs/stats", "data-export-url": "/v1/logs/export"}
+        "data-login-url": "/login",
+        "data-logout-url": "/logout",
+        "data-logs-url": "/v1/logs",
+        "data-stats-url": "/v1/logs/stats",
+        "data-export-url": "/v1/logs/export",
+    }
 
 
 def test_the_page_has_a_strict_content_security_policy(client):
@@ -90,17 +96,20 @@ def test_the_page_has_no_inline_script_style_or_handler_and_nothing_from_elsewhe
 
 
 def test_the_sign_in_form_posts_so_a_password_never_lands_in_a_url(client):
-    forms = {attrs["id"]: attrs for tag, attrs in parsed(client.get("/audit")).tags
-             if tag == "form"}
-    assert (forms["sign-in-form"]["method"], forms["sign-in-form"]["action"]) == ("post",
-                                                                                  "/login")
+    forms = {
+        attrs["id"]: attrs for tag, attrs in parsed(client.get("/audit")).tags if tag == "form"
+    }
+    assert (forms["sign-in-form"]["method"], forms["sign-in-form"]["action"]) == ("post", "/login")
 
 
-@pytest.mark.parametrize(("name", "media_type"), [
-    ("audit.js", "text/javascript"),
-    ("audit.css", "text/css"),
-    ("favicon.svg", "image/svg+xml"),
-])
+@pytest.mark.parametrize(
+    ("name", "media_type"),
+    [
+        ("audit.js", "text/javascript"),
+        ("audit.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ],
+)
 def test_the_page_files_are_served_by_the_app(client, name, media_type):
     with client.get(f"/audit/static/{name}") as response:
         assert response.status_code == 200
@@ -111,8 +120,16 @@ def test_the_page_files_are_served_by_the_app(client, name, media_type):
 def test_the_script_never_parses_data_as_html(client):
     with client.get("/audit/static/audit.js") as response:
         script = response.get_data(as_text=True)
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
-                 "new Function", "localStorage", "document.cookie"):
+    for sink in (
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+        "localStorage",
+        "document.cookie",
+    ):
         assert sink not in script.replace("innerHTML and its kin", ""), sink
 
 
@@ -120,19 +137,46 @@ def test_a_page_view_is_announced_on_main_log_and_recorded(app, api, client):
     announced = []
     with main_log.connected_to(lambda sender, **event: announced.append((sender, event)), app):
         response = client.get("/audit")
-    assert announced == [(app, {"event": "audit.view", "level": "INFO", "status": 200,
-                                "track": "GET /audit -> audit.html"})]
+    assert announced == [
+        (
+            app,
+            {
+                "event": "audit.view",
+                "level": "INFO",
+                "status": 200,
+                "track": "GET /audit -> audit.html",
+            },
+        )
+    ]
     [row] = api.rows()
-    assert (row.source, row.event, row.level, row.user, row.method, row.path, row.status,
-            row.track, row.request_id) == (
-        "main", "audit.view", "INFO", None, "GET", "/audit", 200, "GET /audit -> audit.html",
-        response.headers["X-Request-ID"])
+    assert (
+        row.source,
+        row.event,
+        row.level,
+        row.user,
+        row.method,
+        row.path,
+        row.status,
+        row.track,
+        row.request_id,
+    ) == (
+        "main",
+        "audit.view",
+        "INFO",
+        None,
+        "GET",
+        "/audit",
+        200,
+        "GET /audit -> audit.html",
+        response.headers["X-Request-ID"],
+    )
 
 
 def test_the_page_renders_one_template_and_no_audit_data(app, client):
     rendered = []
     with template_rendered.connected_to(
-            lambda sender, template, context, **extra: rendered.append((template, context)), app):
+        lambda sender, template, context, **extra: rendered.append((template, context)), app
+    ):
         client.get("/audit")
     [(template, context)] = rendered
     assert template.name == "audit.html"

@@ -58,33 +58,98 @@ def seeded_trail(top: datetime) -> list[dict]:
             user, kind = rng.choice(("alice", "bob", "carol")), rng.random()
             at = top - hours_ago * HOUR + timedelta(minutes=minute, seconds=rng.randint(0, 59))
             if kind < 0.4:
-                rows.append(dict(created_at=at, source="auth", event="login.success",
-                                 level="INFO", user=user, track="logged in", method="POST",
-                                 path="/login", status=200))
+                rows.append(
+                    dict(
+                        created_at=at,
+                        source="auth",
+                        event="login.success",
+                        level="INFO",
+                        user=user,
+                        track="logged in",
+                        method="POST",
+                        path="/login",
+                        status=200,
+                    )
+                )
             elif kind < 0.9:
-                rows.append(dict(created_at=at, source="v1", event="api.request", level="INFO",
-                                 user=user, track="GET /v1/logs?limit=100 -> 200", method="GET",
-                                 path="/v1/logs", status=200))
+                rows.append(
+                    dict(
+                        created_at=at,
+                        source="v1",
+                        event="api.request",
+                        level="INFO",
+                        user=user,
+                        track="GET /v1/logs?limit=100 -> 200",
+                        method="GET",
+                        path="/v1/logs",
+                        status=200,
+                    )
+                )
             else:
-                rows.append(dict(created_at=at, source="v1", event="api.request",
-                                 level="WARNING", user=user, track="GET /v1/users -> 403",
-                                 method="GET", path="/v1/users", status=403))
+                rows.append(
+                    dict(
+                        created_at=at,
+                        source="v1",
+                        event="api.request",
+                        level="WARNING",
+                        user=user,
+                        track="GET /v1/users -> 403",
+                        method="GET",
+                        path="/v1/users",
+                        status=403,
+                    )
+                )
     burst = top - 5 * HOUR + timedelta(minutes=12)
-    rows += [dict(created_at=burst + number * timedelta(seconds=7), source="auth",
-                  event="login.failure", level="WARNING", user="admin", ip="198.51.100.23",
-                  track="invalid password", method="POST", path="/login", status=401)
-             for number in range(12)]
     rows += [
-        dict(created_at=top - 14 * HOUR + timedelta(minutes=41), source="app",
-             event="request.exception", level="ERROR", user="bob", method="GET",
-             path="/v1/logs/export", status=500,
-             track="psycopg.errors.QueryCanceled: canceling statement due to statement timeout"),
-        dict(created_at=top - 30 * HOUR + timedelta(minutes=3), source="auth",
-             event="login.failure", level="WARNING", user=XSS_USER, ip="203.0.113.66",
-             track="unknown user", method="POST", path="/login", status=401),
-        dict(created_at=top - 30 * HOUR + timedelta(minutes=4), source="v1",
-             event="api.request", level="INFO", user="carol", track=XSS_TRACK, method="GET",
-             path="/v1/logs", status=200),
+        dict(
+            created_at=burst + number * timedelta(seconds=7),
+            source="auth",
+            event="login.failure",
+            level="WARNING",
+            user="admin",
+            ip="198.51.100.23",
+            track="invalid password",
+            method="POST",
+            path="/login",
+            status=401,
+        )
+        for number in range(12)
+    ]
+    rows += [
+        dict(
+            created_at=top - 14 * HOUR + timedelta(minutes=41),
+            source="app",
+            event="request.exception",
+            level="ERROR",
+            user="bob",
+            method="GET",
+            path="/v1/logs/export",
+            status=500,
+            track="psycopg.errors.QueryCanceled: canceling statement due to statement timeout",
+        ),
+        dict(
+            created_at=top - 30 * HOUR + timedelta(minutes=3),
+            source="auth",
+            event="login.failure",
+            level="WARNING",
+            user=XSS_USER,
+            ip="203.0.113.66",
+            track="unknown user",
+            method="POST",
+            path="/login",
+            status=401,
+        ),
+        dict(
+            created_at=top - 30 * HOUR + timedelta(minutes=4),
+            source="v1",
+            event="api.request",
+            level="INFO",
+            user="carol",
+            track=XSS_TRACK,
+            method="GET",
+            path="/v1/logs",
+            status=200,
+        ),
     ]
     for row in rows:
         row.setdefault("ip", "192.0.2.10")
@@ -128,8 +193,14 @@ def site(sqlite_template, tmp_path_factory):
     port, log = free_port(), directory / "server.log"
     try:
         with running(make_run_command(port), environment, log, port) as (client, _):
-            yield SimpleNamespace(base=client.base_url, client=client, top=top, seeded=seeded,
-                                  rows=partial(rows_of, app), log=log)
+            yield SimpleNamespace(
+                base=client.base_url,
+                client=client,
+                top=top,
+                seeded=seeded,
+                rows=partial(rows_of, app),
+                log=log,
+            )
     finally:
         dispose_engines(app)
 
@@ -148,13 +219,19 @@ def browser(site):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        args = ["--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"]
+        args = [
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ]
         if os.geteuid() == 0:
             args.append("--no-sandbox")
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                             args=args)
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=args
+        )
         yield browser
         browser.close()
 
@@ -166,12 +243,17 @@ def page(browser, site, tmp_path):
     from playwright.sync_api import expect
 
     expect.set_options(timeout=15_000)
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id="UTC",
-                                  locale="en-GB", accept_downloads=True)
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900},
+        timezone_id="UTC",
+        locale="en-GB",
+        accept_downloads=True,
+    )
     context.add_init_script(
         "window.__violations = [];"
         "document.addEventListener('securitypolicyviolation',"
-        " (event) => window.__violations.push(event.violatedDirective + ' ' + event.blockedURI));")
+        " (event) => window.__violations.push(event.violatedDirective + ' ' + event.blockedURI));"
+    )
     page = context.new_page()
     page.set_default_timeout(15_000)
     page.requests, page.errors, page.tokens = [], [], []
@@ -226,8 +308,12 @@ def apply_filters(page, *, level=(), **fields) -> None:
 
 
 def shown_ids(page) -> list[int]:
-    return [int(value) for value in page.locator("#rows tbody tr").evaluate_all(
-        "rows => rows.map(row => row.dataset.id)")]
+    return [
+        int(value)
+        for value in page.locator("#rows tbody tr").evaluate_all(
+            "rows => rows.map(row => row.dataset.id)"
+        )
+    ]
 
 
 def column(page, name: str) -> list[str]:
@@ -267,10 +353,15 @@ def test_the_token_lives_in_session_storage_only(page, site):
     assert page.evaluate("localStorage.length") == 0
     assert page.tokens == [token]  # and no URL held it (the `page` fixture checks each)
     # It is sent as a bearer token, and only to the API.
-    authorized = [request for request in page.requests
-                  if request.all_headers().get("authorization") == f"Bearer {token}"]
+    authorized = [
+        request
+        for request in page.requests
+        if request.all_headers().get("authorization") == f"Bearer {token}"
+    ]
     assert {request.url.split("?")[0] for request in authorized} == {
-        site.base + "/v1/logs", site.base + "/v1/logs/stats"}
+        site.base + "/v1/logs",
+        site.base + "/v1/logs/stats",
+    }
 
 
 @pytest.mark.serving
@@ -278,10 +369,19 @@ def test_filters_select_the_rows(page, site):
     from playwright.sync_api import expect
 
     sign_in(page, site, *ADMIN)
-    apply_filters(page, user="admin", source="auth", level=["WARNING"], q="PASSWORD",
-                  until=local_input(site.top))
-    expected = [row.id for row in site.rows(user="admin", source="auth", level="WARNING")
-                if "password" in row.track and row.created_at < site.top]
+    apply_filters(
+        page,
+        user="admin",
+        source="auth",
+        level=["WARNING"],
+        q="PASSWORD",
+        until=local_input(site.top),
+    )
+    expected = [
+        row.id
+        for row in site.rows(user="admin", source="auth", level="WARNING")
+        if "password" in row.track and row.created_at < site.top
+    ]
     assert len(expected) == 12  # the burst of seeded_trail()
     expect(page.locator("#rows tbody tr")).to_have_count(len(expected))
     assert shown_ids(page) == expected
@@ -309,8 +409,7 @@ def test_load_more_follows_the_cursor_to_the_last_row(page, site):
     assert len(expected) > 2 * PAGE_SIZE  # three pages at least
     for pages in range(2, 100):
         page.click("#load-more")
-        expect(page.locator("#rows tbody tr")).to_have_count(min(pages * PAGE_SIZE,
-                                                                 len(expected)))
+        expect(page.locator("#rows tbody tr")).to_have_count(min(pages * PAGE_SIZE, len(expected)))
         if pages * PAGE_SIZE >= len(expected):
             break
     expect(page.locator("#load-more")).to_be_hidden()
@@ -328,13 +427,28 @@ def test_a_row_opens_with_every_field(page, site):
     page.click(f"#rows tbody tr[data-id='{crash.id}'] td.track")
     expect(page.locator("#detail")).to_be_visible()
     expect(page.locator("#detail-id")).to_have_text(str(crash.id))
-    fields = dict(zip(page.locator("#detail-fields dt").all_text_contents(),
-                      page.locator("#detail-fields dd").all_text_contents(), strict=True))
+    fields = dict(
+        zip(
+            page.locator("#detail-fields dt").all_text_contents(),
+            page.locator("#detail-fields dd").all_text_contents(),
+            strict=True,
+        )
+    )
     assert fields == {
-        "id": str(crash.id), "created_at": rfc3339(crash.created_at), "source": "app",
-        "event": "request.exception", "level": "ERROR", "user": "bob", "ip": "192.0.2.10",
-        "track": crash.track, "method": "GET", "path": "/v1/logs/export", "status": "500",
-        "request_id": "null", "user_agent": crash.user_agent}
+        "id": str(crash.id),
+        "created_at": rfc3339(crash.created_at),
+        "source": "app",
+        "event": "request.exception",
+        "level": "ERROR",
+        "user": "bob",
+        "ip": "192.0.2.10",
+        "track": crash.track,
+        "method": "GET",
+        "path": "/v1/logs/export",
+        "status": "500",
+        "request_id": "null",
+        "user_agent": crash.user_agent,
+    }
     page.keyboard.press("Escape")
     expect(page.locator("#detail")).to_be_hidden()
 
@@ -370,7 +484,8 @@ def test_the_chart_has_a_bar_per_hour_with_rows_stacked_by_level(page, site, lev
     expect(page.locator("#chart .bar")).to_have_count(len(expected))
     assert drawn_bars(page) == expected
     heights = page.locator("#chart .bar").evaluate_all(
-        "bars => bars.map(bar => bar.getBBox().height)")
+        "bars => bars.map(bar => bar.getBBox().height)"
+    )
     totals = [sum(levels.values()) for _, levels in sorted(expected.items())]
     tallest = max(totals)
     assert heights[totals.index(tallest)] == pytest.approx(max(heights))
@@ -390,13 +505,15 @@ def test_the_export_downloads_the_filtered_rows(page, site, format):
         exported = [json.loads(line) for line in text.splitlines()]
     else:
         exported = list(csv.DictReader(io.StringIO(text, newline="")))
-    expected = [row for row in site.rows(event="login.failure")
-                if row.created_at < site.top][::-1]  # oldest first
+    expected = [row for row in site.rows(event="login.failure") if row.created_at < site.top][
+        ::-1
+    ]  # oldest first
     assert [int(row["id"]) for row in exported] == [row.id for row in expected]
     assert len(expected) == 13
     export_requests = [request for request in page.requests if "/v1/logs/export" in request.url]
-    assert [request.all_headers().get("authorization", "")[:7]
-            for request in export_requests] == ["Bearer "]
+    assert [request.all_headers().get("authorization", "")[:7] for request in export_requests] == [
+        "Bearer "
+    ]
 
 
 @pytest.mark.serving
@@ -441,14 +558,17 @@ def test_a_failed_sign_in_says_so_without_a_browser_password_dialog(page, site):
 
     def on_auth_required(event):
         challenges.append(event["request"]["url"])
-        cdp.send("Fetch.continueWithAuth", {"requestId": event["requestId"],
-                                            "authChallengeResponse": {"response": "CancelAuth"}})
+        cdp.send(
+            "Fetch.continueWithAuth",
+            {"requestId": event["requestId"], "authChallengeResponse": {"response": "CancelAuth"}},
+        )
 
-    cdp.on("Fetch.requestPaused",
-           lambda event: cdp.send("Fetch.continueRequest", {"requestId": event["requestId"]}))
+    cdp.on(
+        "Fetch.requestPaused",
+        lambda event: cdp.send("Fetch.continueRequest", {"requestId": event["requestId"]}),
+    )
     cdp.on("Fetch.authRequired", on_auth_required)
-    cdp.send("Fetch.enable", {"handleAuthRequests": True,
-                              "patterns": [{"urlPattern": "*/login*"}]})
+    cdp.send("Fetch.enable", {"handleAuthRequests": True, "patterns": [{"urlPattern": "*/login*"}]})
     page.goto(site.base + "/audit")
     page.fill("#username", ADMIN[0])
     page.fill("#password", "not-the-password")
@@ -494,14 +614,17 @@ def test_markup_in_the_trail_shows_as_text_and_never_runs(page, site):
 def test_the_page_cannot_be_framed(page, site):
     # A page of the same origin that may frame others (its own policy names no frame-src).
     page.goto(site.base + "/healthz")
-    framed = page.evaluate("""url => new Promise(resolve => {
+    framed = page.evaluate(
+        """url => new Promise(resolve => {
         const frame = document.createElement('iframe');
         frame.onload = () => resolve(frame.contentDocument
             ? Boolean(frame.contentDocument.getElementById('sign-in')) : 'blocked');
         setTimeout(() => resolve('no load event'), 5000);
         frame.src = url;
         document.body.append(frame);
-    })""", site.base + "/audit")
+    })""",
+        site.base + "/audit",
+    )
     assert framed == "blocked"
 
 

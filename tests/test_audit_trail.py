@@ -53,8 +53,13 @@ def add_half_done_route(app) -> None:
 
     def half_done():
         db.session.add(User(username="ghost", password_hash="never-committed"))
-        v1_log.send(current_app._get_current_object(), event="test.half_done", level="INFO",
-                    status=200, track="staged a user, then rolled back")
+        v1_log.send(
+            current_app._get_current_object(),
+            event="test.half_done",
+            level="INFO",
+            status=200,
+            track="staged a user, then rolled back",
+        )
         db.session.rollback()
         return {"done": "half"}
 
@@ -62,6 +67,7 @@ def add_half_done_route(app) -> None:
 
 
 # -- api.request: one row per /v1 request, whatever its outcome -------------------------------
+
 
 @pytest.mark.parametrize(
     ("who", "path", "status", "level"),
@@ -87,7 +93,12 @@ def test_a_v1_request_without_a_token_leaves_a_warning_row_with_no_user(api, use
     assert response.status_code == 401
     row = only_request_row(api, response)
     assert (row.source, row.level, row.status, row.method, row.path) == (
-        "v1", "WARNING", 401, "GET", "/v1/me")
+        "v1",
+        "WARNING",
+        401,
+        "GET",
+        "/v1/me",
+    )
     assert (row.user, row.ip) == (None, CLIENT_IP)
 
 
@@ -112,6 +123,7 @@ def test_a_non_v1_request_leaves_no_api_request_row(api, client):
 
 
 # -- an unhandled exception -------------------------------------------------------------------
+
 
 def test_a_crash_answers_a_500_that_leaks_nothing(app, api):
     token = add_crashing_route(app, api)
@@ -141,13 +153,18 @@ def test_a_crash_leaves_an_api_request_row_at_error(app, api):
 
 # -- the signals ------------------------------------------------------------------------------
 
+
 def test_a_v1_request_sends_v1_log_once_from_the_app(app, api, users):
     with captured(v1_log) as sent:
         api.get("/v1/me", users["alice"])
     [(sender, kwargs)] = sent
     assert sender is app
     assert {k: kwargs[k] for k in ("event", "level", "user", "status")} == {
-        "event": "api.request", "level": "INFO", "user": "alice", "status": 200}
+        "event": "api.request",
+        "level": "INFO",
+        "user": "alice",
+        "status": 200,
+    }
     assert kwargs["track"].startswith("GET /v1/me")
 
 
@@ -164,8 +181,13 @@ def test_a_failed_login_sends_auth_log_from_the_app_without_the_password(app, ap
         client.post("/login", headers=basic("alice", "Not-Her-Password-7"))
     [(sender, kwargs)] = sent
     assert sender is app
-    assert kwargs == {"event": "login.failure", "level": "WARNING", "user": "alice",
-                      "status": 401, "track": "invalid password"}
+    assert kwargs == {
+        "event": "login.failure",
+        "level": "WARNING",
+        "user": "alice",
+        "status": 401,
+        "track": "invalid password",
+    }
     assert "Not-Her-Password-7" not in repr(kwargs)
 
 
@@ -186,9 +208,14 @@ def test_the_receivers_still_record_after_garbage_collection(app, api, client):
     gc.collect()
     client.post("/login", headers=basic("alice", "not-her-password"))
     sources = [(row.source, row.event) for row in api.rows()]
-    assert sources == [("auth", "login.success"), ("v1", "api.request"),
-                       ("app", "request.exception"), ("v1", "api.request"),
-                       ("main", "index.view"), ("auth", "login.failure")]
+    assert sources == [
+        ("auth", "login.success"),
+        ("v1", "api.request"),
+        ("app", "request.exception"),
+        ("v1", "api.request"),
+        ("main", "index.view"),
+        ("auth", "login.failure"),
+    ]
 
 
 # -- fail closed: neither the database nor the spool (on a full disk) takes the row ------------
@@ -214,6 +241,7 @@ def test_a_login_whose_row_cannot_be_written_answers_503_without_a_token(app, ap
 
 
 # -- the writer's own transaction -------------------------------------------------------------
+
 
 def test_a_row_survives_the_rollback_of_the_request_session(app, api, client):
     add_half_done_route(app)
@@ -245,6 +273,11 @@ def test_the_index_writes_a_main_row(api, client):
     response = client.get("/", environ_base={"REMOTE_ADDR": CLIENT_IP})
     [row] = api.rows()
     assert (row.source, row.event, row.status, row.user, row.ip) == (
-        "main", "index.view", 200, None, CLIENT_IP)
+        "main",
+        "index.view",
+        200,
+        None,
+        CLIENT_IP,
+    )
     assert (row.method, row.path) == ("GET", "/")
     assert row.request_id == response.headers["X-Request-ID"]

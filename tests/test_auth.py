@@ -64,7 +64,12 @@ def test_login_failures_leave_rows_of_the_same_shape(api, client):
     wrong, unknown = api.rows(event="login.failure")
     for row, user in ((wrong, "alice"), (unknown, "mallory")):
         assert (row.source, row.level, row.user, row.ip, row.status) == (
-            "auth", "WARNING", user, "127.0.0.1", 401)
+            "auth",
+            "WARNING",
+            user,
+            "127.0.0.1",
+            401,
+        )
     assert (wrong.track, unknown.track) == ("invalid password", "unknown user")
 
 
@@ -88,8 +93,11 @@ def test_a_bearer_header_whose_token_decodes_as_credentials_logs_nobody_in(api, 
 def test_a_bearer_header_beside_a_json_body_leaves_the_body_to_log_in(api, client):
     api.create_user(*ALICE)
     smuggled = b64encode(b"nobody:nothing").decode()
-    response = client.post("/login", headers={"Authorization": f"Bearer {smuggled}"},
-                           json={"username": ALICE[0], "password": ALICE[1]})
+    response = client.post(
+        "/login",
+        headers={"Authorization": f"Bearer {smuggled}"},
+        json={"username": ALICE[0], "password": ALICE[1]},
+    )
     assert response.status_code == 200
     assert response.get_json()["user"]["username"] == ALICE[0]
 
@@ -97,8 +105,10 @@ def test_a_bearer_header_beside_a_json_body_leaves_the_body_to_log_in(api, clien
 def test_login_body_with_a_bad_field_is_400_naming_it(client):
     response = client.post("/login", json={"username": 7})
     error = assert_error(response, 400, details={"username", "password"})
-    assert error["details"] == {"username": ["Not a valid string."],
-                                "password": ["Missing data for required field."]}
+    assert error["details"] == {
+        "username": ["Not a valid string."],
+        "password": ["Missing data for required field."],
+    }
 
 
 def test_login_body_that_is_not_json_is_400(client):
@@ -156,8 +166,9 @@ def test_a_logout_with_an_unknown_token_is_401_and_leaves_a_row(api, client):
 
 def test_a_logout_with_the_token_of_a_disabled_user_names_the_user(api, client, users):
     with api.app.app_context():
-        db.session.execute(sa.update(User).where(User.username == "alice")
-                           .values(disabled_at=utcnow()))
+        db.session.execute(
+            sa.update(User).where(User.username == "alice").values(disabled_at=utcnow())
+        )
         db.session.commit()
     row = failed_logout_row(api, client, users["alice"])
     assert (row.user, row.track) == ("alice", "disabled user")

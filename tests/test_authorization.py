@@ -38,23 +38,47 @@ MATRIX = [
     Route("GET", "/static/<path:filename>", (404, 404, 404, 404), path="/static/app.js"),
     # The browser viewer: a page and its files, the same for everyone (the data needs a token).
     Route("GET", "/audit", (200, 200, 200, 200)),
-    Route("GET", "/audit/static/<path:filename>", (200, 200, 200, 200),
-          path="/audit/static/audit.js"),
-    Route("GET", "/audit/static/<path:filename>", (404, 404, 404, 404),
-          path="/audit/static/missing.js"),
+    Route(
+        "GET", "/audit/static/<path:filename>", (200, 200, 200, 200), path="/audit/static/audit.js"
+    ),
+    Route(
+        "GET",
+        "/audit/static/<path:filename>",
+        (404, 404, 404, 404),
+        path="/audit/static/missing.js",
+    ),
     Route("GET", "/v1/openapi.json", (200, 200, 200, 200)),
     Route("POST", "/login", (401, 200, 200, 200), login=True),
     Route("GET", "/logout", (401, 200, 200, 200)),
     Route("GET", "/v1/me", (401, 200, 200, 200)),
-    Route("PUT", "/v1/me/password", (401, 200, 200, 200), body_per_role=True,
-          body={"new_password": "a-new-password-1"}),
+    Route(
+        "PUT",
+        "/v1/me/password",
+        (401, 200, 200, 200),
+        body_per_role=True,
+        body={"new_password": "a-new-password-1"},
+    ),
     Route("GET", "/v1/users", (401, 403, 403, 200)),
-    Route("POST", "/v1/users", (401, 403, 403, 201),
-          body={"username": "carol", "password": "carol-password-1"}),
-    Route("PATCH", "/v1/users/<int:user_id>", (401, 403, 403, 200), path="/v1/users/{alice}",
-          body={"disabled": True}),
-    Route("PATCH", "/v1/users/<int:user_id>", (401, 403, 403, 404),
-          path=f"/v1/users/{MISSING}", body={"disabled": True}),
+    Route(
+        "POST",
+        "/v1/users",
+        (401, 403, 403, 201),
+        body={"username": "carol", "password": "carol-password-1"},
+    ),
+    Route(
+        "PATCH",
+        "/v1/users/<int:user_id>",
+        (401, 403, 403, 200),
+        path="/v1/users/{alice}",
+        body={"disabled": True},
+    ),
+    Route(
+        "PATCH",
+        "/v1/users/<int:user_id>",
+        (401, 403, 403, 404),
+        path=f"/v1/users/{MISSING}",
+        body={"disabled": True},
+    ),
     Route("GET", "/v1/logs", (401, 200, 200, 200)),
     Route("GET", "/v1/logs/<int:log_id>", (401, 200, 404, 200), path="/v1/logs/{row}"),
     Route("GET", "/v1/logs/<int:log_id>", (401, 404, 404, 404), path=f"/v1/logs/{MISSING}"),
@@ -99,15 +123,19 @@ def test_each_role_gets_the_expected_status(api, users, ids, route):
 
 
 def test_the_matrix_covers_every_route(app):
-    routed = {(method, rule.rule) for rule in app.url_map.iter_rules()
-              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    routed = {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
     assert routed == {(route.method, route.rule) for route in MATRIX}
 
 
 def test_a_refused_update_looks_the_same_whether_the_user_exists_or_not(api, users, ids):
-    existing, missing = (api.client.patch(path, json={"disabled": True},
-                                          headers=bearer(users["bob"]))
-                         for path in (f"/v1/users/{ids['alice']}", f"/v1/users/{MISSING}"))
+    existing, missing = (
+        api.client.patch(path, json={"disabled": True}, headers=bearer(users["bob"]))
+        for path in (f"/v1/users/{ids['alice']}", f"/v1/users/{MISSING}")
+    )
     assert existing.status_code == missing.status_code == 403
     assert existing.data == missing.data
 

@@ -38,8 +38,11 @@ def run_ensure_admin(runner):
 @pytest.fixture
 def app_with_admin_settings(database_url, tmp_path):
     """An app whose settings name an admin: ADMIN_USERNAME=root, ADMIN_PASSWORD=..."""
-    app = create_app(make_settings(database_url, tmp_path, ADMIN_USERNAME="root",
-                                   ADMIN_PASSWORD="root-password-1"))
+    app = create_app(
+        make_settings(
+            database_url, tmp_path, ADMIN_USERNAME="root", ADMIN_PASSWORD="root-password-1"
+        )
+    )
     yield app
     dispose_engines(app)
 
@@ -68,8 +71,9 @@ def test_create_prompts_twice_for_a_hidden_password(app, runner):
 
 
 def test_create_asks_again_when_the_two_passwords_differ(app, runner):
-    result = run_create(runner, "carol",
-                         input=f"first-password-1\nother-password-2\n{PASSWORD}\n{PASSWORD}\n")
+    result = run_create(
+        runner, "carol", input=f"first-password-1\nother-password-2\n{PASSWORD}\n{PASSWORD}\n"
+    )
     assert result.exit_code == 0, result.output
     assert "do not match" in result.output
     assert result.output.count("Repeat for confirmation") == 2
@@ -136,13 +140,23 @@ def ensure_admin_on_a_terminal(database_url: str, instance_path: Path) -> str:
     """`flask users ensure-admin` with its standard output on a pseudo-terminal; what it
     printed there."""
     controller, terminal = pty.openpty()
-    env = {"PATH": os.environ.get("PATH", os.defpath), "APP_ENV": "development",
-           "DATABASE_URL": database_url, "INSTANCE_PATH": str(instance_path),
-           "SECRET_KEY": "test-secret-key"}
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "APP_ENV": "development",
+        "DATABASE_URL": database_url,
+        "INSTANCE_PATH": str(instance_path),
+        "SECRET_KEY": "test-secret-key",
+    }
     try:
-        done = subprocess.run([BIN / "flask", "users", "ensure-admin"], cwd=config.ROOT,
-                              env=env, stdin=subprocess.DEVNULL, stdout=terminal,
-                              stderr=subprocess.PIPE, timeout=60)
+        done = subprocess.run(
+            [BIN / "flask", "users", "ensure-admin"],
+            cwd=config.ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
     finally:
         os.close(terminal)
     assert done.returncode == 0, done.stderr
@@ -199,8 +213,9 @@ def test_ensure_admin_creates_the_configured_admin_beside_other_users(app_with_a
 
 
 def test_ensure_admin_refuses_credentials_the_api_would_refuse(database_url, tmp_path):
-    app = create_app(make_settings(database_url, tmp_path, ADMIN_USERNAME="bad name!",
-                                   ADMIN_PASSWORD="x"))
+    app = create_app(
+        make_settings(database_url, tmp_path, ADMIN_USERNAME="bad name!", ADMIN_PASSWORD="x")
+    )
     try:
         result = run_ensure_admin(app.test_cli_runner())
         assert result.exit_code == 1

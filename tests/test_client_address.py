@@ -19,13 +19,24 @@ def login_failure_from(client, peer: str, forwarded_for: str | None = None):
     return attempt(client, ALICE[0], WRONG, address=peer, headers=headers)
 
 
-@pytest.mark.parametrize(("peer", "forwarded_for"), [
-    pytest.param(CLIENT, SPOOFED, id="no-proxy"),
-    pytest.param(PROXY, f"{SPOOFED}, {CLIENT}", id="one-proxy",
-                 marks=pytest.mark.settings(TRUSTED_PROXY_HOPS="1")),
-    pytest.param(PROXY, f"{SPOOFED}, {CLIENT}, 10.0.0.1", id="two-proxies",
-                 marks=pytest.mark.settings(TRUSTED_PROXY_HOPS="2")),
-])
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for"),
+    [
+        pytest.param(CLIENT, SPOOFED, id="no-proxy"),
+        pytest.param(
+            PROXY,
+            f"{SPOOFED}, {CLIENT}",
+            id="one-proxy",
+            marks=pytest.mark.settings(TRUSTED_PROXY_HOPS="1"),
+        ),
+        pytest.param(
+            PROXY,
+            f"{SPOOFED}, {CLIENT}, 10.0.0.1",
+            id="two-proxies",
+            marks=pytest.mark.settings(TRUSTED_PROXY_HOPS="2"),
+        ),
+    ],
+)
 def test_the_logged_address_is_the_one_the_trusted_proxies_saw(api, client, peer, forwarded_for):
     response = login_failure_from(client, peer, forwarded_for)
     [row] = api.rows(event="login.failure")
@@ -36,14 +47,18 @@ def test_the_logged_address_is_the_one_the_trusted_proxies_saw(api, client, peer
 def test_without_proxies_a_client_cannot_dodge_the_lock_by_rotating_x_forwarded_for(client):
     for number in range(5):
         login_failure_from(client, CLIENT, f"198.51.100.{number}")
-    assert_locked(attempt(client, *ALICE, address=CLIENT,
-                          headers={"X-Forwarded-For": "198.51.100.99"}), 60)
+    assert_locked(
+        attempt(client, *ALICE, address=CLIENT, headers={"X-Forwarded-For": "198.51.100.99"}), 60
+    )
 
 
 @pytest.mark.settings(TRUSTED_PROXY_HOPS="1")
 def test_behind_one_proxy_api_requests_are_logged_from_the_appended_address(api, client):
-    client.get("/v1/me", headers={"X-Forwarded-For": f"{SPOOFED}, {CLIENT}"},
-               environ_base={"REMOTE_ADDR": PROXY})
+    client.get(
+        "/v1/me",
+        headers={"X-Forwarded-For": f"{SPOOFED}, {CLIENT}"},
+        environ_base={"REMOTE_ADDR": PROXY},
+    )
     [row] = api.rows(event="api.request")
     assert row.ip == CLIENT
 
@@ -53,12 +68,17 @@ def test_behind_a_proxy_the_lock_follows_the_appended_address(api, client):
     api.create_user(*ALICE)
     for number in range(5):
         login_failure_from(client, PROXY, f"198.51.100.{number}, {CLIENT}")
-    locked = attempt(client, *ALICE, address=PROXY,
-                     headers={"X-Forwarded-For": f"198.51.100.99, {CLIENT}"})
+    locked = attempt(
+        client, *ALICE, address=PROXY, headers={"X-Forwarded-For": f"198.51.100.99, {CLIENT}"}
+    )
     assert_locked(locked, 60)
     # Another client behind the same proxy is not caught by that lock.
-    assert attempt(client, *ALICE, address=PROXY,
-                   headers={"X-Forwarded-For": "192.0.2.44"}).status_code == 200
+    assert (
+        attempt(
+            client, *ALICE, address=PROXY, headers={"X-Forwarded-For": "192.0.2.44"}
+        ).status_code
+        == 200
+    )
 
 
 @pytest.mark.settings(TRUSTED_PROXY_HOPS="1")
@@ -86,8 +106,9 @@ def test_a_forwarded_value_that_is_not_an_address_is_quoted_in_the_track(api, cl
     """As a JSON string: a backslash, a control or a non-ASCII character escaped."""
     login_failure_from(client, PROXY, wsgi_header(f"{CLIENT}, {NOT_AN_ADDRESS}\\\x7fé"))
     [row] = api.rows(event="login.failure")
-    assert row.track == (f'unknown user [client address is not an IP address:'
-                         f' "{NOT_AN_ADDRESS}\\\\\\u007f\\u00e9"]')
+    assert row.track == (
+        f'unknown user [client address is not an IP address: "{NOT_AN_ADDRESS}\\\\\\u007f\\u00e9"]'
+    )
 
 
 @pytest.mark.settings(TRUSTED_PROXY_HOPS="1")

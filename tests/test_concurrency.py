@@ -136,11 +136,17 @@ with app.app_context():
 
 
 def test_hashes_verify_and_export_leave_a_gevent_workers_other_greenlets_running(
-        sqlite_template, tmp_path):
+    sqlite_template, tmp_path
+):
     database = tmp_path / "audit.db"
     shutil.copy(sqlite_template, database)
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(database), str(tmp_path)],
-                          cwd=config.ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(database), str(tmp_path)],
+        cwd=config.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert (done.returncode, done.stderr) == (0, "")  # nothing printed: no traceback either
     turns = json.loads(done.stdout)
     assert turns["in greenlets"] is True
@@ -159,9 +165,12 @@ def test_hashes_verify_and_export_leave_a_gevent_workers_other_greenlets_running
 
 
 def test_outside_gevent_nothing_is_patched_and_the_calls_are_plain():
-    script = ("from backend import concurrency, security\n"
-              "print(concurrency.in_greenlets(), concurrency.OffTheLoop(1)(max, 1, 2),"
-              " security.check_password(security.hash_password('pw'), 'pw'))")
-    done = subprocess.run([sys.executable, "-c", script], cwd=config.ROOT, capture_output=True,
-                          text=True, timeout=60)
+    script = (
+        "from backend import concurrency, security\n"
+        "print(concurrency.in_greenlets(), concurrency.OffTheLoop(1)(max, 1, 2),"
+        " security.check_password(security.hash_password('pw'), 'pw'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=config.ROOT, capture_output=True, text=True, timeout=60
+    )
     assert (done.returncode, done.stdout) == (0, "False 2 True\n"), done.stderr

@@ -35,8 +35,9 @@ def test_production_without_a_secret_key_is_refused(environ):
 
 
 def test_production_with_an_empty_secret_key_is_refused(environ):
-    message = config_error(environ | {"APP_ENV": "production", "DATABASE_URL": PG,
-                                      "SECRET_KEY": ""})
+    message = config_error(
+        environ | {"APP_ENV": "production", "DATABASE_URL": PG, "SECRET_KEY": ""}
+    )
     assert "SECRET_KEY" in message
 
 
@@ -45,14 +46,17 @@ def test_production_without_a_database_url_is_refused(environ):
 
 
 def test_production_without_an_audit_signing_key_is_refused(environ):
-    message = config_error(environ | {"APP_ENV": "production", "DATABASE_URL": PG,
-                                      "SECRET_KEY": "s"})
+    message = config_error(
+        environ | {"APP_ENV": "production", "DATABASE_URL": PG, "SECRET_KEY": "s"}
+    )
     assert "AUDIT_SIGNING_KEY" in message
 
 
 def test_production_with_all_three_is_accepted(environ):
-    result = settings(environ | {"APP_ENV": "production", "DATABASE_URL": PG, "SECRET_KEY": "s",
-                                 "AUDIT_SIGNING_KEY": "k"})
+    result = settings(
+        environ
+        | {"APP_ENV": "production", "DATABASE_URL": PG, "SECRET_KEY": "s", "AUDIT_SIGNING_KEY": "k"}
+    )
     assert (result["APP_ENV"], result["SECRET_KEY"]) == ("production", "s")
     assert result["AUDIT_SIGNING_KEY"] == "k"
     assert result["TESTING"] is False
@@ -91,12 +95,23 @@ def test_a_negative_trusted_proxy_hops_is_refused(environ):
     assert "TRUSTED_PROXY_HOPS" in config_error(environ | {"TRUSTED_PROXY_HOPS": "-1"})
 
 
-@pytest.mark.parametrize("value", [
-    "audit.example.com", "ftp://audit.example.com", "https://", "https:///v1",
-    "https://audit.example.com/?next=1", "https://audit.example.com/?", "https://audit.example.com#top",
-    "https://admin:secret@audit.example.com", "https://audit.example.com:99999",
-    "https://audit.example.com:port", "https://audit example.com", "https://audit.example.com\n",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "audit.example.com",
+        "ftp://audit.example.com",
+        "https://",
+        "https:///v1",
+        "https://audit.example.com/?next=1",
+        "https://audit.example.com/?",
+        "https://audit.example.com#top",
+        "https://admin:secret@audit.example.com",
+        "https://audit.example.com:99999",
+        "https://audit.example.com:port",
+        "https://audit example.com",
+        "https://audit.example.com\n",
+    ],
+)
 def test_a_public_url_that_is_not_an_http_base_url_is_refused(environ, value):
     assert "PUBLIC_URL" in config_error(environ | {"PUBLIC_URL": value})
 
@@ -115,8 +130,10 @@ def test_trusted_hosts_is_a_comma_separated_list(environ):
     assert result["TRUSTED_HOSTS"] == ["audit.example.com", ".example.org", "127.0.0.1"]
 
 
-@pytest.mark.parametrize("value", ["audit.example.com,,localhost", "https://audit.example.com",
-                                   "audit.example.com localhost"])
+@pytest.mark.parametrize(
+    "value",
+    ["audit.example.com,,localhost", "https://audit.example.com", "audit.example.com localhost"],
+)
 def test_trusted_hosts_that_are_not_host_names_are_refused(environ, value):
     assert "TRUSTED_HOSTS" in config_error(environ | {"TRUSTED_HOSTS": value})
 
@@ -125,7 +142,8 @@ def test_trusted_hosts_that_are_not_host_names_are_refused(environ, value):
 def test_postgresql_urls_use_psycopg_3(environ, scheme):
     url = f"{scheme}://audit:secret@db.example:5432/audit"
     assert settings(environ | {"DATABASE_URL": url})["SQLALCHEMY_DATABASE_URI"] == (
-        "postgresql+psycopg://audit:secret@db.example:5432/audit")
+        "postgresql+psycopg://audit:secret@db.example:5432/audit"
+    )
 
 
 def test_other_database_urls_are_left_alone(environ):
@@ -136,7 +154,8 @@ def test_other_database_urls_are_left_alone(environ):
 def test_the_admin_database_url_defaults_to_the_database_url(environ):
     """A single-role setup: migrations and purges connect as the app does."""
     assert settings(environ | {"DATABASE_URL": PG})["DATABASE_ADMIN_URL"] == (
-        "postgresql+psycopg://audit:secret@db.example:5432/audit")
+        "postgresql+psycopg://audit:secret@db.example:5432/audit"
+    )
 
 
 def test_the_admin_database_url_uses_psycopg_3(environ):
@@ -144,7 +163,8 @@ def test_the_admin_database_url_uses_psycopg_3(environ):
     result = settings(environ | {"DATABASE_URL": PG, "DATABASE_ADMIN_URL": owner})
     assert result["DATABASE_ADMIN_URL"] == "postgresql+psycopg://owner:secret@db.example:5432/audit"
     assert result["SQLALCHEMY_DATABASE_URI"] == (
-        "postgresql+psycopg://audit:secret@db.example:5432/audit")
+        "postgresql+psycopg://audit:secret@db.example:5432/audit"
+    )
 
 
 def test_the_default_database_is_sqlite_in_the_instance_folder(environ, tmp_path):
@@ -170,23 +190,37 @@ def test_each_instance_folder_gets_its_own_random_secret(tmp_path):
 
 
 def test_wsgi_in_production_without_a_secret_key_exits_with_one_line(tmp_path):
-    environ = {"PATH": os.environ["PATH"], "APP_ENV": "production", "DATABASE_URL": PG,
-               "INSTANCE_PATH": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", "import wsgi"], env=environ, cwd=config.ROOT,
-                            capture_output=True, text=True, timeout=60)
+    environ = {
+        "PATH": os.environ["PATH"],
+        "APP_ENV": "production",
+        "DATABASE_URL": PG,
+        "INSTANCE_PATH": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", "import wsgi"],
+        env=environ,
+        cwd=config.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == Arbiter.APP_LOAD_ERROR, result.stderr  # wsgi.APP_LOAD_ERROR
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "SECRET_KEY" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize(("environment", "pool_size"), [
-    ({"GUNICORN_WORKERS": "2"}, 8), ({"GUNICORN_WORKERS": "5"}, 8),
-    # workers x (pool + 1 audit connection) within config.CONNECTION_BUDGET (80)
-    ({"GUNICORN_WORKERS": "13"}, 5), ({"GUNICORN_WORKERS": "40"}, 2),
-    ({"GUNICORN_WORKERS": "13", "DATABASE_POOL_SIZE": "12"}, 12),
-])
-def test_the_request_pool_is_sized_within_the_connection_budget(environ, environment,
-                                                                 pool_size):
+@pytest.mark.parametrize(
+    ("environment", "pool_size"),
+    [
+        ({"GUNICORN_WORKERS": "2"}, 8),
+        ({"GUNICORN_WORKERS": "5"}, 8),
+        # workers x (pool + 1 audit connection) within config.CONNECTION_BUDGET (80)
+        ({"GUNICORN_WORKERS": "13"}, 5),
+        ({"GUNICORN_WORKERS": "40"}, 2),
+        ({"GUNICORN_WORKERS": "13", "DATABASE_POOL_SIZE": "12"}, 12),
+    ],
+)
+def test_the_request_pool_is_sized_within_the_connection_budget(environ, environment, pool_size):
     app = create_app(settings(environ | environment))
     with app.app_context():
         assert (db.engine.pool.size(), db.engine.pool._max_overflow) == (pool_size, 0)
@@ -198,21 +232,29 @@ def test_a_bad_pool_size_is_refused_with_its_name(environ):
         settings(environ | {"DATABASE_POOL_SIZE": "0"})
 
 
-@pytest.mark.parametrize(("environment", "bounds"), [
-    ({}, (2, 4, 30)),  # half of the default pool of 8
-    ({"DATABASE_POOL_SIZE": "5"}, (2, 2, 30)),
-    ({"DATABASE_POOL_SIZE": "1"}, (2, 1, 30)),  # a pool of one: the one export may have it
-    ({"EXPORTS_PER_USER": "1", "EXPORTS_PER_WORKER": "7", "EXPORT_STALL_TIMEOUT": "5"},
-     (1, 7, 5)),
-])
-def test_exports_are_bounded_per_user_and_to_under_the_workers_pool(environ, environment,
-                                                                    bounds):
+@pytest.mark.parametrize(
+    ("environment", "bounds"),
+    [
+        ({}, (2, 4, 30)),  # half of the default pool of 8
+        ({"DATABASE_POOL_SIZE": "5"}, (2, 2, 30)),
+        ({"DATABASE_POOL_SIZE": "1"}, (2, 1, 30)),  # a pool of one: the one export may have it
+        (
+            {"EXPORTS_PER_USER": "1", "EXPORTS_PER_WORKER": "7", "EXPORT_STALL_TIMEOUT": "5"},
+            (1, 7, 5),
+        ),
+    ],
+)
+def test_exports_are_bounded_per_user_and_to_under_the_workers_pool(environ, environment, bounds):
     values = settings(environ | environment)
-    assert (values["EXPORTS_PER_USER"], values["EXPORTS_PER_WORKER"],
-            values["EXPORT_STALL_TIMEOUT"]) == bounds
+    assert (
+        values["EXPORTS_PER_USER"],
+        values["EXPORTS_PER_WORKER"],
+        values["EXPORT_STALL_TIMEOUT"],
+    ) == bounds
 
 
 def test_exports_may_not_take_the_whole_pool(environ):
     assert config_error(environ | {"DATABASE_POOL_SIZE": "4", "EXPORTS_PER_WORKER": "4"}) == (
         "EXPORTS_PER_WORKER must be less than DATABASE_POOL_SIZE (4), not 4: other requests"
-        " need a connection while exports run")
+        " need a connection while exports run"
+    )

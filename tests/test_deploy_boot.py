@@ -51,8 +51,13 @@ pytestmark = pytest.mark.serving
 ADMIN = ("admin", "compose-admin-password-1")
 # What an operator puts in .env next to .env.example's values (the database's part comes from
 # TEST_DATABASE_URL). Two workers: the default count is tested in test_deploy_gunicorn.py.
-OPERATOR_ENV = {"SECRET_KEY": "compose-test-secret-key", "AUDIT_SIGNING_KEY": "compose-key",
-                "ADMIN_USERNAME": ADMIN[0], "ADMIN_PASSWORD": ADMIN[1], "GUNICORN_WORKERS": "2"}
+OPERATOR_ENV = {
+    "SECRET_KEY": "compose-test-secret-key",
+    "AUDIT_SIGNING_KEY": "compose-key",
+    "ADMIN_USERNAME": ADMIN[0],
+    "ADMIN_PASSWORD": ADMIN[1],
+    "GUNICORN_WORKERS": "2",
+}
 CONTAINER_PORT = "8000"
 DEADLINE = 30.0
 
@@ -80,30 +85,46 @@ def empty_database(boot_database):
     return boot_database
 
 
-def compose_app(database_url: str, instance: Path, port: int,
-                **dotenv: str) -> tuple[list[str], dict]:
+def compose_app(
+    database_url: str, instance: Path, port: int, **dotenv: str
+) -> tuple[list[str], dict]:
     """The app service's command and environment, as they would run in the container, with
     `dotenv` added to the operator's .env."""
     url, owner = sa.make_url(database_url), sa.make_url(owner_url(database_url))
-    variables = env_example() | OPERATOR_ENV | {
-        "POSTGRES_USER": owner.username, "POSTGRES_PASSWORD": owner.password,
-        "POSTGRES_APP_USER": url.username, "POSTGRES_APP_PASSWORD": url.password,
-        "POSTGRES_DB": url.database, "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"} | dotenv
+    variables = (
+        env_example()
+        | OPERATOR_ENV
+        | {
+            "POSTGRES_USER": owner.username,
+            "POSTGRES_PASSWORD": owner.password,
+            "POSTGRES_APP_USER": url.username,
+            "POSTGRES_APP_PASSWORD": url.password,
+            "POSTGRES_DB": url.database,
+            "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}",
+        }
+        | dotenv
+    )
     service = compose()["services"]["app"]
-    environment = {name: interpolate(str(value), variables)
-                   for name, value in service["environment"].items()}
+    environment = {
+        name: interpolate(str(value), variables) for name, value in service["environment"].items()
+    }
     # Docker's network resolves `db`; here the database is TEST_DATABASE_URL's server.
     for name in ("DATABASE_URL", "DATABASE_ADMIN_URL"):
         assert "@db:5432/" in environment[name]
         environment[name] = environment[name].replace(
-            "@db:5432/", f"@{url.host}:{url.port or 5432}/")
+            "@db:5432/", f"@{url.host}:{url.port or 5432}/"
+        )
     image = image_environment()
     assert image["PATH"].startswith("/opt/venv/bin:")
-    env = image | {
-        "PATH": f"{BIN}:{os.defpath}",
-        "INSTANCE_PATH": str(instance),  # the `instance` volume
-        "HOME": str(instance / "home"),  # the app user's home; nothing may be written there
-    } | environment
+    env = (
+        image
+        | {
+            "PATH": f"{BIN}:{os.defpath}",
+            "INSTANCE_PATH": str(instance),  # the `instance` volume
+            "HOME": str(instance / "home"),  # the app user's home; nothing may be written there
+        }
+        | environment
+    )
     command = [sys.executable if part == "python" else part for part in service["command"]]
     return command, env
 
@@ -186,9 +207,12 @@ def test_the_booted_service_answers_the_readme_session(boot):
 def test_the_image_healthcheck_passes_while_the_service_lives(boot):
     app = boot()
     command = healthcheck_command()
-    command = [sys.executable if part == "python" else
-               part.replace(f"127.0.0.1:{CONTAINER_PORT}/", f"127.0.0.1:{app.port}/")
-               for part in command]
+    command = [
+        sys.executable
+        if part == "python"
+        else part.replace(f"127.0.0.1:{CONTAINER_PORT}/", f"127.0.0.1:{app.port}/")
+        for part in command
+    ]
     env = {"PATH": os.defpath}
     assert subprocess.run(command, env=env, capture_output=True, timeout=10).returncode == 0
     assert stopped(app) == 0
@@ -211,9 +235,11 @@ def test_gunicorn_is_not_given_the_owners_url(boot):
 def test_the_booted_service_connects_as_the_apps_role(boot, empty_database):
     app = boot()
     assert app.client.post("/login", basic=ADMIN).status == 200
-    roles = query(owner_url(empty_database),
-                  "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname ="
-                  " current_database() AND pid <> pg_backend_pid()")
+    roles = query(
+        owner_url(empty_database),
+        "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname ="
+        " current_database() AND pid <> pg_backend_pid()",
+    )
     assert roles == [(sa.make_url(empty_database).username,)]
 
 
@@ -250,7 +276,8 @@ class SlowLogin:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
         self.sock.sendall(
             b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body[:10]))
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body[:10])
+        )
 
     def finish(self) -> tuple[int, str]:
         """Send the rest; the status and X-Request-ID of the answer."""
@@ -292,8 +319,11 @@ def test_sigterm_lets_in_flight_requests_finish_with_their_audit_rows(boot, empt
     assert "Worker exiting" in app.output()
 
     request_ids = [request_id for _, request_id in answers]
-    rows = query(empty_database, "SELECT request_id, event, status FROM audit_log"
-                                 " WHERE request_id = ANY(:ids)", ids=request_ids)
+    rows = query(
+        empty_database,
+        "SELECT request_id, event, status FROM audit_log WHERE request_id = ANY(:ids)",
+        ids=request_ids,
+    )
     assert sorted(rows) == sorted((rid, "login.success", 200) for rid in request_ids)
     # Each was handled from before the SIGTERM until after the 2.5 s above.
     durations = {entry["request_id"]: entry["duration_ms"] for entry in access_log(app.log)}
@@ -309,9 +339,12 @@ def test_workers_recover_when_the_database_cuts_their_connections(boot, empty_da
         assert app.client.get("/v1/me", token=token).status == 200
     # With a timeout, pg_terminate_backend returns once the backend has exited (its socket
     # closed), not when it has only been told to: no request races the termination.
-    [(cut,)] = query(empty_database, "SELECT count(pg_terminate_backend(pid, 5000)) FROM"
-                                     " pg_stat_activity WHERE datname = current_database()"
-                                     " AND pid <> pg_backend_pid()")
+    [(cut,)] = query(
+        empty_database,
+        "SELECT count(pg_terminate_backend(pid, 5000)) FROM"
+        " pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid()",
+    )
     assert cut > 0
     statuses = [app.client.get("/v1/me", token=token).status for _ in range(20)]
     assert statuses == [200] * 20
@@ -322,8 +355,12 @@ def test_the_database_healthcheck_tells_up_from_down(boot_database):
     url = sa.make_url(boot_database)
     kind, command = compose()["services"]["db"]["healthcheck"]["test"]
     command = interpolate(command, {})  # compose's pass: $$ becomes $ for the container's shell
-    env = {"PATH": os.environ.get("PATH", os.defpath), "POSTGRES_USER": url.username,
-           "POSTGRES_DB": url.database, "PGPASSWORD": url.password}
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "POSTGRES_USER": url.username,
+        "POSTGRES_DB": url.database,
+        "PGPASSWORD": url.password,
+    }
     assert url.host in ("127.0.0.1", "localhost")
     up = run_shell(command, env | {"PGPORT": str(url.port or 5432)})
     assert up.returncode == 0, up.stdout + up.stderr

@@ -37,15 +37,22 @@ def hadolint(path, cwd) -> subprocess.CompletedProcess:
     """hadolint on `path`, every finding (style included) failing, no user config read."""
     return subprocess.run(
         [BIN / "hadolint", "--no-color", "--failure-threshold", "style", path],
-        cwd=cwd, env={"HOME": str(cwd), "XDG_CONFIG_HOME": str(cwd)},
-        capture_output=True, text=True, timeout=60)
+        cwd=cwd,
+        env={"HOME": str(cwd), "XDG_CONFIG_HOME": str(cwd)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def check_compose_schema(path) -> subprocess.CompletedProcess:
     """check-jsonschema with its copy of the Compose Specification's schema (no network)."""
     return subprocess.run(
         [BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", path],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # --- Dockerfile ------------------------------------------------------------------------------
@@ -85,16 +92,20 @@ def test_dependencies_are_installed_before_the_code_is_copied():
     first, second = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"][:2]
     first_stage = instructions[first:second]
     copies = [args for keyword, args in first_stage if keyword == "COPY"]
-    install = next(i for i, (keyword, args) in enumerate(first_stage)
-                   if keyword == "RUN" and "-r /tmp/requirements.txt" in args)
+    install = next(
+        i
+        for i, (keyword, args) in enumerate(first_stage)
+        if keyword == "RUN" and "-r /tmp/requirements.txt" in args
+    )
     copied_before = [args for keyword, args in first_stage[:install] if keyword == "COPY"]
     assert copied_before == ["pyproject.toml ./"]
     assert any("backend/" in args for args in copies[1:])
 
 
 def test_the_image_runs_as_an_unprivileged_user():
-    [user] = [args for keyword, args in final_stage(dockerfile_instructions())
-              if keyword == "USER"][-1:]
+    [user] = [
+        args for keyword, args in final_stage(dockerfile_instructions()) if keyword == "USER"
+    ][-1:]
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0
 
@@ -106,21 +117,36 @@ def test_the_image_checks_its_health_on_healthz():
 
 
 def test_the_build_context_leaves_out_secrets_and_local_state():
-    for path in (".env", ".git/config", ".venv/bin/python", "instance/audit.db",
-                 "instance/secret_key", "backend/__pycache__/boot.cpython-311.pyc"):
+    for path in (
+        ".env",
+        ".git/config",
+        ".venv/bin/python",
+        "instance/audit.db",
+        "instance/secret_key",
+        "backend/__pycache__/boot.cpython-311.pyc",
+    ):
         assert dockerignored(path), path
 
 
 def test_the_build_context_has_everything_the_dockerfile_copies():
-    sources = [source for keyword, args in dockerfile_instructions()
-               if keyword == "COPY" and not args.startswith("--from")
-               for source in args.split()[:-1]]
+    sources = [
+        source
+        for keyword, args in dockerfile_instructions()
+        if keyword == "COPY" and not args.startswith("--from")
+        for source in args.split()[:-1]
+    ]
     assert sources
     for source in sources:
         path = source.rstrip("/")
-        files = [path] if "." in path else [
-            p.relative_to(DOCKERFILE.parent).as_posix()
-            for p in (DOCKERFILE.parent / path).rglob("*.py") if "__pycache__" not in p.parts]
+        files = (
+            [path]
+            if "." in path
+            else [
+                p.relative_to(DOCKERFILE.parent).as_posix()
+                for p in (DOCKERFILE.parent / path).rglob("*.py")
+                if "__pycache__" not in p.parts
+            ]
+        )
         assert files, source
         for file in files:
             assert not dockerignored(file), file
@@ -204,6 +230,7 @@ def test_every_variable_compose_reads_is_explained_in_env_example():
         match = re.search(rf"^(# )?{name}=", text, re.MULTILINE)
         assert match, f"{name} is missing from .env.example"
         # The paragraph it is in starts with a comment (a group may share one).
-        paragraph = text[:match.start()].rsplit("\n\n", 1)[-1]
+        paragraph = text[: match.start()].rsplit("\n\n", 1)[-1]
         assert paragraph.startswith("# ") and not re.match(r"# [A-Z_]+=", paragraph), (
-            f"{name} has no comment above it")
+            f"{name} has no comment above it"
+        )

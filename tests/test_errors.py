@@ -74,8 +74,9 @@ def test_400_of_a_bad_body_field_names_it(api, users):
 
 
 def test_409_has_the_error_shape(api, users):
-    response = api.post("/v1/users", users["admin"],
-                        json={"username": "alice", "password": "another-password-1"})
+    response = api.post(
+        "/v1/users", users["admin"], json={"username": "alice", "password": "another-password-1"}
+    )
     assert_error(response, 409)
 
 

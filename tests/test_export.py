@@ -18,11 +18,19 @@ from backend.models import Log
 from tests.conftest import ADMIN, basic, postgresql_only
 from tests.helpers import T, assert_error, write
 
-FORMULAS = ("=HYPERLINK(\"http://x\")", "+SUM(A1)", "-2+3", "@cmd", "\tTAB", "\rCR")
+FORMULAS = ('=HYPERLINK("http://x")', "+SUM(A1)", "-2+3", "@cmd", "\tTAB", "\rCR")
 # Formulas a spreadsheet still runs: after what it skips (a line feed, a space, a no-break
 # space, a zero-width space, a byte order mark), or written in full-width forms.
-DISGUISED = ("\nLF", " =1+1", "\u00a0=1+1", "\u200b=1+1", "\ufeff=1+1", "\uff1d1+1",
-             "\uff0bSUM(A1)", " \u3000\u200b@cmd")
+DISGUISED = (
+    "\nLF",
+    " =1+1",
+    "\u00a0=1+1",
+    "\u200b=1+1",
+    "\ufeff=1+1",
+    "\uff1d1+1",
+    "\uff0bSUM(A1)",
+    " \u3000\u200b@cmd",
+)
 # Not formulas: nothing to defuse, whatever the spaces or the full-width signs inside.
 HARMLESS = (" plain", "\u00a0plain", "a\uff1db", "1-2", "\u200bword")
 FILTERS = [
@@ -60,8 +68,11 @@ def expected(api, response, keep=lambda row: True) -> list[dict]:
     """The rows in the database that `keep` accepts, oldest first, as the export writes them,
     but for the row of the export's own request, written once it has answered."""
     own = response.headers["X-Request-ID"]
-    return [{name: _exported(name, getattr(row, name)) for name in export.FIELDS}
-            for row in api.rows() if keep(row) and row.request_id != own]
+    return [
+        {name: _exported(name, getattr(row, name)) for name in export.FIELDS}
+        for row in api.rows()
+        if keep(row) and row.request_id != own
+    ]
 
 
 def _exported(name, value):
@@ -96,6 +107,7 @@ def keep_for(params: dict):
 
 # --- NDJSON ----------------------------------------------------------------------------------
 
+
 def test_ndjson_is_every_row_oldest_first_with_the_contract_fields_and_the_chain(api, rows):
     response = get_export(api, rows["admin"])
     assert ndjson_rows(response) == expected(api, response)
@@ -103,8 +115,10 @@ def test_ndjson_is_every_row_oldest_first_with_the_contract_fields_and_the_chain
 
 def test_ndjson_lines_are_compact_json_byte_for_byte(api, rows):
     response = get_export(api, rows["admin"], format="ndjson")
-    lines = [json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
-             for row in expected(api, response)]
+    lines = [
+        json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
+        for row in expected(api, response)
+    ]
     assert response.get_data() == "".join(lines).encode()
 
 
@@ -135,6 +149,7 @@ def test_timestamps_keep_their_microseconds(api):
 
 # --- CSV -------------------------------------------------------------------------------------
 
+
 def test_csv_is_a_header_then_every_row_oldest_first(api, rows):
     response = get_export(api, rows["admin"], format="csv")
     assert response.status_code == 200
@@ -143,7 +158,8 @@ def test_csv_is_a_header_then_every_row_oldest_first(api, rows):
     assert len(body) == len(expected(api, response))
     safe = [row for row in expected(api, response) if not _looks_like_formula(row)]
     assert [cells for cells in body if cells[0] in {str(row["id"]) for row in safe}] == [
-        as_csv_cells(row) for row in safe]
+        as_csv_cells(row) for row in safe
+    ]
 
 
 def test_the_written_out_formula_pattern_is_what_the_unicode_tables_give():
@@ -170,8 +186,22 @@ def test_csv_cells_cannot_run_as_formulas(api, rows, formula):
 
 
 # What a spreadsheet runs as a formula at the start of a cell, and what it skips before it.
-FORMULAS_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", " ", "\u00a0",
-                  "\u200b", "\ufeff", "\u3000")
+FORMULAS_START = (
+    "=",
+    "+",
+    "-",
+    "@",
+    "\t",
+    "\r",
+    "\n",
+    "\uff1d",
+    "\uff0b",
+    " ",
+    "\u00a0",
+    "\u200b",
+    "\ufeff",
+    "\u3000",
+)
 
 
 def test_csv_leaves_other_cells_alone(api, rows):
@@ -188,11 +218,13 @@ def test_csv_leaves_spaces_and_full_width_signs_alone_where_no_formula_follows(a
 
 
 def _looks_like_formula(row: dict) -> bool:
-    return any(isinstance(value, str) and export.looks_like_formula(value)
-               for value in row.values())
+    return any(
+        isinstance(value, str) and export.looks_like_formula(value) for value in row.values()
+    )
 
 
 # --- filters and visibility ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
 @pytest.mark.parametrize("params", FILTERS, ids=lambda params: next(iter(params)))
@@ -206,7 +238,7 @@ def test_each_filter_selects_what_the_listing_selects(api, rows, fmt, params):
     else:
         assert [int(cells[0]) for cells in csv_rows(response.get_data())[1:]] == ids
     listing = api.get("/v1/logs", rows["admin"], query_string={"order": "asc", **params})
-    assert [item["id"] for item in listing.get_json()["items"]][:len(ids)] == ids
+    assert [item["id"] for item in listing.get_json()["items"]][: len(ids)] == ids
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
@@ -215,8 +247,12 @@ def test_since_and_until_bound_the_export(api, rows, fmt):
     last = api.rows()[-1]
     params = {"since": rfc3339(middle.created_at), "until": rfc3339(last.created_at)}
     response = get_export(api, rows["admin"], format=fmt, **params)
-    ids = [row["id"] for row in expected(
-        api, response, lambda row: middle.created_at <= row.created_at < last.created_at)]
+    ids = [
+        row["id"]
+        for row in expected(
+            api, response, lambda row: middle.created_at <= row.created_at < last.created_at
+        )
+    ]
     if fmt == "ndjson":
         assert [row["id"] for row in ndjson_rows(response)] == ids
     else:
@@ -226,9 +262,14 @@ def test_since_and_until_bound_the_export(api, rows, fmt):
 
 def test_filters_combine(api, rows):
     response = get_export(api, rows["admin"], user="alice", level="error", q="comma")
-    assert [row["id"] for row in ndjson_rows(response)] == [row["id"] for row in expected(
-        api, response,
-        lambda row: row.user == "alice" and row.level == "ERROR" and "comma" in row.track)]
+    assert [row["id"] for row in ndjson_rows(response)] == [
+        row["id"]
+        for row in expected(
+            api,
+            response,
+            lambda row: row.user == "alice" and row.level == "ERROR" and "comma" in row.track,
+        )
+    ]
 
 
 def test_a_non_admin_exports_only_their_own_rows(api, rows):
@@ -245,8 +286,10 @@ def test_an_empty_export_is_empty_or_only_the_header(api, users):
 
 # --- the response ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("fmt", "media_type"), [("ndjson", "application/x-ndjson"),
-                                                  ("csv", "text/csv; charset=utf-8")])
+
+@pytest.mark.parametrize(
+    ("fmt", "media_type"), [("ndjson", "application/x-ndjson"), ("csv", "text/csv; charset=utf-8")]
+)
 def test_the_response_names_its_media_type_and_a_file(api, users, fmt, media_type):
     response = get_export(api, users["admin"], format=fmt)
     assert response.content_type == media_type
@@ -259,9 +302,9 @@ def test_ndjson_is_the_default_format(api, rows):
 
 def test_the_export_is_streamed_a_fetch_at_a_time(api, rows, monkeypatch):
     monkeypatch.setattr(export, "FETCH_ROWS", 3)
-    response = api.client.get("/v1/logs/export", headers={"Authorization":
-                                                           f"Bearer {rows['admin']}"},
-                              buffered=False)
+    response = api.client.get(
+        "/v1/logs/export", headers={"Authorization": f"Bearer {rows['admin']}"}, buffered=False
+    )
     assert response.is_streamed
     chunks = [chunk for chunk in response.response if chunk]
     response.close()
@@ -273,8 +316,12 @@ def test_the_export_is_streamed_a_fetch_at_a_time(api, rows, monkeypatch):
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
 def test_a_client_that_leaves_mid_export_frees_its_connection(api, rows, monkeypatch, fmt):
     monkeypatch.setattr(export, "FETCH_ROWS", 2)
-    response = api.client.get("/v1/logs/export", query_string={"format": fmt}, buffered=False,
-                              headers={"Authorization": f"Bearer {rows['admin']}"})
+    response = api.client.get(
+        "/v1/logs/export",
+        query_string={"format": fmt},
+        buffered=False,
+        headers={"Authorization": f"Bearer {rows['admin']}"},
+    )
     chunks = iter(response.response)
     assert next(chunk for chunk in chunks if chunk.count(b"\n") == 2)
     with api.app.app_context():
@@ -302,7 +349,8 @@ def test_progress_is_told_the_last_id_of_each_chunk(api, rows, monkeypatch, fmt)
 @postgresql_only
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
 def test_a_query_that_fails_on_its_first_row_is_an_error_not_an_empty_200(
-        api, rows, monkeypatch, fmt):
+    api, rows, monkeypatch, fmt
+):
     """PostgreSQL starts a COPY before it runs the query; the first row is read before the
     response starts, so a failure there (a statement timeout, say) is still an error status."""
     statement = export.statement
@@ -322,7 +370,10 @@ def test_the_export_is_audited_like_any_v1_request(api, rows):
     response = get_export(api, rows["admin"], format="csv", user="alice")
     [row] = api.rows(request_id=response.headers["X-Request-ID"])
     assert (row.event, row.status, row.track) == (
-        "api.request", 200, "GET /v1/logs/export?format=csv&user=alice -> 200")
+        "api.request",
+        200,
+        "GET /v1/logs/export?format=csv&user=alice -> 200",
+    )
 
 
 @pytest.mark.parametrize("token", [None, "not-a-token"])
@@ -332,21 +383,31 @@ def test_without_a_valid_token_it_is_401(api, users, token):
     assert response.headers["WWW-Authenticate"].startswith("Bearer ")
 
 
-@pytest.mark.parametrize(("params", "field"), [
-    ({"format": "xml"}, "format"), ({"limit": "5"}, "limit"), ({"order": "asc"}, "order"),
-    ({"level": ""}, "level"), ({"user": "a\x00b"}, "user"), ({"colour": "red"}, "colour"),
-    ({"since": "0001-01-01T00:00:00+01:00"}, "since"),
-])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"format": "xml"}, "format"),
+        ({"limit": "5"}, "limit"),
+        ({"order": "asc"}, "order"),
+        ({"level": ""}, "level"),
+        ({"user": "a\x00b"}, "user"),
+        ({"colour": "red"}, "colour"),
+        ({"since": "0001-01-01T00:00:00+01:00"}, "since"),
+    ],
+)
 def test_a_bad_parameter_is_400_naming_it(api, users, params, field):
     assert_error(get_export(api, users["admin"], **params), 400, details={field})
 
 
 # --- flask audit export ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
-@pytest.mark.parametrize("params", [
-    {}, *FILTERS, {"since": "2000-01-01T00:00:00Z", "until": "2100-01-01T00:00:00.5+02:00"}],
-    ids=lambda params: next(iter(params), "all"))
+@pytest.mark.parametrize(
+    "params",
+    [{}, *FILTERS, {"since": "2000-01-01T00:00:00Z", "until": "2100-01-01T00:00:00.5+02:00"}],
+    ids=lambda params: next(iter(params), "all"),
+)
 def test_the_command_writes_the_bytes_the_api_gives_an_admin(api, rows, runner, fmt, params):
     options = [f"--{name}={value}" for name, value in params.items()]
     result = runner.invoke(args=["audit", "export", f"--format={fmt}", *options])

@@ -83,8 +83,15 @@ def environment(database_url: str, instance_path: Path) -> dict:
 
 def flask(env: dict, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
     """`flask ARGS` in the repository with `env`; its exit code and output, bounded in time."""
-    return subprocess.run([BIN / "flask", *args], cwd=config.ROOT, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    return subprocess.run(
+        [BIN / "flask", *args],
+        cwd=config.ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
 
 
 def checked_flask(env: dict, *args: str, stdin: str = "") -> str:
@@ -95,9 +102,20 @@ def checked_flask(env: dict, *args: str, stdin: str = "") -> str:
 
 def gunicorn_command(port: int) -> list[str]:
     """gunicorn as deployed (backend/gunicorn_conf.py), with the test's size and deadlines."""
-    return [str(BIN / "python"), "-m", "gunicorn", "-c", "python:backend.gunicorn_conf",
-            "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS),
-            "--graceful-timeout", str(GRACEFUL_TIMEOUT), "wsgi:app"]
+    return [
+        str(BIN / "python"),
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:backend.gunicorn_conf",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(WORKERS),
+        "--graceful-timeout",
+        str(GRACEFUL_TIMEOUT),
+        "wsgi:app",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +131,9 @@ def database(cluster, tmp_path_factory) -> str:
     url = cluster.create_database("audit", "audit", "audit-faults-password")
     env = environment(url, tmp_path_factory.mktemp("faults-setup"))
     checked_flask(env, "db", "upgrade")
-    checked_flask(env, "users", "create", ADMIN[0], "--admin", "--password-stdin",
-                  stdin=ADMIN[1] + "\n")
+    checked_flask(
+        env, "users", "create", ADMIN[0], "--admin", "--password-stdin", stdin=ADMIN[1] + "\n"
+    )
     return url
 
 
@@ -141,8 +160,9 @@ def served(database, tmp_path):
         token = login.body["token"]
         loaders = [(f"loader{index}", LOADER_PASSWORD) for index in range(CLIENTS)]
         for name, password in loaders:  # the users outlive a test; the next one finds them
-            created = client.post("/v1/users", token=token,
-                                  json_body={"username": name, "password": password})
+            created = client.post(
+                "/v1/users", token=token, json_body={"username": name, "password": password}
+            )
             assert created.status in (201, 409), created.body
         yield Served(port, client, server, log, env, token, loaders)
 
@@ -175,9 +195,12 @@ class Load:
         self.stop_on_error = stop_on_error
         self.stopping = threading.Event()
         self.outcomes: list[Outcome] = []
-        self.threads = [threading.Thread(target=self._run, args=(index,), daemon=True,
-                                         name=f"load-{tag}-{index}")
-                        for index in range(CLIENTS)]
+        self.threads = [
+            threading.Thread(
+                target=self._run, args=(index,), daemon=True, name=f"load-{tag}-{index}"
+            )
+            for index in range(CLIENTS)
+        ]
 
     def __enter__(self) -> "Load":
         for thread in self.threads:
@@ -206,10 +229,8 @@ class Load:
                 if kind == "me":
                     reply = client.get("/v1/me", token=self.served.token, headers=headers)
                 else:
-                    reply = client.post("/login", basic=self.served.loaders[index],
-                                        headers=headers)
-                outcome.status, outcome.request_id = reply.status, reply.headers.get(
-                    "X-Request-ID")
+                    reply = client.post("/login", basic=self.served.loaders[index], headers=headers)
+                outcome.status, outcome.request_id = reply.status, reply.headers.get("X-Request-ID")
             except NO_RESPONSE as error:
                 outcome.error = f"{type(error).__name__}: {error}"
             outcome.done = time.monotonic()
@@ -233,9 +254,13 @@ class Row:
 
 def trail(database_url: str) -> list[Row]:
     with psycopg.connect(database_url, connect_timeout=10) as connection:
-        return [Row(*values) for values in connection.execute(
-            "SELECT id, event_id::text, event, status, request_id, user_agent FROM audit_log"
-            " ORDER BY id")]
+        return [
+            Row(*values)
+            for values in connection.execute(
+                "SELECT id, event_id::text, event, status, request_id, user_agent FROM audit_log"
+                " ORDER BY id"
+            )
+        ]
 
 
 @dataclass
@@ -273,7 +298,8 @@ def figures(fault: str, outcomes: list[Outcome], rows: list[Row]) -> Figures:
         rows_found=sum(pairs[(o.request_id, ROW_EVENT[o.kind])] for o in ok),
         rows_lost=len(lost),
         rows_with_another_status=sum(
-            statuses.get((o.request_id, ROW_EVENT[o.kind]), o.status) != o.status for o in ok),
+            statuses.get((o.request_id, ROW_EVENT[o.kind]), o.status) != o.status for o in ok
+        ),
         duplicates=sum(n - 1 for n in pairs.values() if n > 1)
         + sum(n - 1 for n in event_ids.values() if n > 1),
         no_response=len(failed),
@@ -287,19 +313,20 @@ def figures(fault: str, outcomes: list[Outcome], rows: list[Row]) -> Figures:
 
 def report(result: Figures, directory: Path) -> None:
     """Print the figures and keep them in `directory`/faults.json, by fault."""
-    print(f"\n[{result.fault}] requests sent {result.requests_sent}, 2xx received"
-          f" {result.ok_2xx}, rows found {result.rows_found}, rows lost {result.rows_lost},"
-          f" duplicates {result.duplicates}; no response {result.no_response}"
-          f" (of which served: {result.served_without_response}); responses without a row"
-          f" {result.responses_without_row}; statuses {result.statuses};"
-          f" errors {result.errors}; {result.notes}")
+    print(
+        f"\n[{result.fault}] requests sent {result.requests_sent}, 2xx received"
+        f" {result.ok_2xx}, rows found {result.rows_found}, rows lost {result.rows_lost},"
+        f" duplicates {result.duplicates}; no response {result.no_response}"
+        f" (of which served: {result.served_without_response}); responses without a row"
+        f" {result.responses_without_row}; statuses {result.statuses};"
+        f" errors {result.errors}; {result.notes}"
+    )
     results = directory / "faults.json"
     try:
         saved = json.loads(results.read_text())
     except (OSError, ValueError):
         saved = {}
-    saved[result.fault] = {"at": datetime.now(UTC).isoformat(timespec="seconds"),
-                           **asdict(result)}
+    saved[result.fault] = {"at": datetime.now(UTC).isoformat(timespec="seconds"), **asdict(result)}
     results.write_text(json.dumps(saved, indent=2) + "\n")
 
 
@@ -315,11 +342,16 @@ def finish(served: Served, fault: str, outcomes: list[Outcome], notes: dict) -> 
     replayed = checked_flask(served.env, "audit", "replay").strip()
     spool = Spool(Path(served.env["INSTANCE_PATH"]) / "audit-spool.jsonl")
     output = served.log.read_text(errors="replace")
-    notes = {**notes, "flask audit replay": replayed, "spool left": spool.count(),
-             # What backend/audit/writer.py logs; for the record only, never asserted on.
-             "spooled (server log)": output.count("spooling them"),
-             "replayed (server log)": sum(int(count) for count in re.findall(
-                 r"replayed (\d+) spooled audit events", output))}
+    notes = {
+        **notes,
+        "flask audit replay": replayed,
+        "spool left": spool.count(),
+        # What backend/audit/writer.py logs; for the record only, never asserted on.
+        "spooled (server log)": output.count("spooling them"),
+        "replayed (server log)": sum(
+            int(count) for count in re.findall(r"replayed (\d+) spooled audit events", output)
+        ),
+    }
     result = figures(fault, outcomes, trail(served.env["DATABASE_URL"]))
     result.notes = notes
     report(result, Path(served.env["INSTANCE_PATH"]))  # the test's tmp_path
@@ -388,14 +420,20 @@ def test_postgresql_restart_under_load_loses_and_duplicates_no_row(served, clust
     during = [o for o in load.outcomes if o.done > down and o.sent < up]
     # Sent and answered while the server was down: their rows can only have come from the
     # spool (finish() checks that every response has its row).
-    down_all_along = [o for o in load.outcomes
-                      if o.status is not None and stopped < o.sent and o.done < starting]
-    result = finish(served, "postgresql restart", load.outcomes, {
-        "outage_s": round(up - down, 2),
-        "requests during the outage": len(during),
-        "2xx during the outage": sum(o.ok for o in during),
-        "answered while the server was down": len(down_all_along),
-    })
+    down_all_along = [
+        o for o in load.outcomes if o.status is not None and stopped < o.sent and o.done < starting
+    ]
+    result = finish(
+        served,
+        "postgresql restart",
+        load.outcomes,
+        {
+            "outage_s": round(up - down, 2),
+            "requests during the outage": len(during),
+            "2xx during the outage": sum(o.ok for o in during),
+            "answered while the server was down": len(down_all_along),
+        },
+    )
     # The outage was felt (the spool took what the database could not), and the service came
     # back on its own: 2xx after the restart without restarting gunicorn.
     assert down_all_along
@@ -419,9 +457,15 @@ def test_killing_a_worker_under_load_loses_and_duplicates_no_row(served):
     replaced = worker_pids(served.process.pid)
     assert len(replaced) == WORKERS and victim not in replaced, replaced
     settle(served)
-    result = finish(served, "kill -9 a worker", load.outcomes, {
-        "client connections of the killed worker": connections,
-        "2xx after the kill": sum(o.ok and o.sent > killed for o in load.outcomes)})
+    result = finish(
+        served,
+        "kill -9 a worker",
+        load.outcomes,
+        {
+            "client connections of the killed worker": connections,
+            "2xx after the kill": sum(o.ok and o.sent > killed for o in load.outcomes),
+        },
+    )
     assert result.notes["2xx after the kill"] > 0
     # Only the killed worker's requests may go unanswered (a client has one in flight at a
     # time), and only those sent before the kill: the other worker and the new one answer.
@@ -443,12 +487,18 @@ def test_sigterm_under_load_lets_in_flight_requests_finish_with_their_rows(serve
         exited = time.monotonic()
     in_flight = [o for o in load.outcomes if o.sent < term < o.done]
     finished = [o for o in in_flight if o.status is not None]
-    result = finish(served, "SIGTERM during load", load.outcomes, {
-        "exit_s": round(exited - term, 2), "exit code": returncode,
-        "in flight at SIGTERM": len(in_flight),
-        "in flight, answered": len(finished),
-        "in flight, answered 2xx": sum(o.ok for o in finished),
-    })
+    result = finish(
+        served,
+        "SIGTERM during load",
+        load.outcomes,
+        {
+            "exit_s": round(exited - term, 2),
+            "exit code": returncode,
+            "in flight at SIGTERM": len(in_flight),
+            "in flight, answered": len(finished),
+            "in flight, answered 2xx": sum(o.ok for o in finished),
+        },
+    )
     assert returncode == 0, served.log.read_text()[-3000:]
     assert exited - term < GRACEFUL_TIMEOUT
     assert finished, "no request was in flight when SIGTERM came: nothing was tested"
@@ -464,17 +514,28 @@ def test_a_database_refused_event_in_the_spool_is_set_aside_and_the_trail_flows(
     keeps reaching the database; nothing waits in the spool behind it."""
     instance = Path(served.env["INSTANCE_PATH"])
     spool = Spool(instance / "audit-spool.jsonl")
-    refused = AuditEvent(source="app", event="faults.refused", level="INFO",
-                         track="planted in the spool", status=70_000)
+    refused = AuditEvent(
+        source="app",
+        event="faults.refused",
+        level="INFO",
+        track="planted in the spool",
+        status=70_000,
+    )
     with Load(served, "refused") as load:
         time.sleep(LOAD_BEFORE)
         spool.append(refused)
         planted = time.monotonic()
         time.sleep(LOAD_AFTER)
     left_behind = spool.count()  # before finish() replays anything
-    result = finish(served, "a database-refused event in the spool", load.outcomes, {
-        "2xx after the plant": sum(o.ok and o.sent > planted for o in load.outcomes),
-        "spool left after the load": left_behind})
+    result = finish(
+        served,
+        "a database-refused event in the spool",
+        load.outcomes,
+        {
+            "2xx after the plant": sum(o.ok and o.sent > planted for o in load.outcomes),
+            "spool left after the load": left_behind,
+        },
+    )
     assert left_behind == 0
     assert result.notes["2xx after the plant"] > 0
     assert result.notes["spooled (server log)"] == 0  # the database took every other event
@@ -483,7 +544,14 @@ def test_a_database_refused_event_in_the_spool_is_set_aside_and_the_trail_flows(
     assert stat.S_IMODE(spool.rejected_path.stat().st_mode) == 0o600
     with psycopg.connect(served.env["DATABASE_URL"], connect_timeout=10) as connection:
         rejections = connection.execute(
-            "SELECT source, level, track FROM audit_log WHERE event = 'audit.rejected'").fetchall()
-    assert rejections == [("app", "ERROR", f"the database refused event {refused.event_id}"
-                           " (app/faults.refused); set aside in audit-spool.jsonl.rejected:"
-                           ' value "70000" is out of range for type smallint')]
+            "SELECT source, level, track FROM audit_log WHERE event = 'audit.rejected'"
+        ).fetchall()
+    assert rejections == [
+        (
+            "app",
+            "ERROR",
+            f"the database refused event {refused.event_id}"
+            " (app/faults.refused); set aside in audit-spool.jsonl.rejected:"
+            ' value "70000" is out of range for type smallint',
+        )
+    ]

@@ -60,6 +60,7 @@ def hash_of(connection: sa.Connection, row_id: int) -> str:
 
 # -- an untouched trail -----------------------------------------------------------------------
 
+
 def test_verify_of_an_untouched_trail_exits_0_saying_intact(client, runner):
     make_trail(client, 5)
     assert verify_line(runner) == (0, "intact: 5 rows (rows 1-5), no signed checkpoint yet")
@@ -81,8 +82,15 @@ def test_verify_json_of_an_untouched_trail(client, runner):
     make_trail(client, 4)
     code, body = verdict(runner)
     assert code == 0
-    assert body == {"intact": True, "rows": 4, "first_id": 1, "last_id": 4,
-                    "signed_up_to": None, "broken_row": None, "problem": None}
+    assert body == {
+        "intact": True,
+        "rows": 4,
+        "first_id": 1,
+        "last_id": 4,
+        "signed_up_to": None,
+        "broken_row": None,
+        "problem": None,
+    }
 
 
 def test_verify_shows_a_progress_bar_on_stderr(client, runner):
@@ -94,6 +102,7 @@ def test_verify_shows_a_progress_bar_on_stderr(client, runner):
 
 # -- tampering: each case names the first broken row ------------------------------------------
 
+
 def test_a_changed_field_is_named(app, client, runner):
     make_trail(client, 6)
     with tampering(app) as connection:
@@ -104,16 +113,21 @@ def test_a_changed_field_is_named(app, client, runner):
 def test_a_changed_time_is_named(app, client, runner):
     make_trail(client, 6)
     with tampering(app) as connection:
-        connection.execute(sa.update(Log).where(Log.id == 2).values(
-            created_at=utcnow() - timedelta(days=1)))
+        connection.execute(
+            sa.update(Log).where(Log.id == 2).values(created_at=utcnow() - timedelta(days=1))
+        )
     assert_broken(runner, "BROKEN at row 2: altered")
 
 
-@pytest.mark.parametrize(("row_id", "expected"), [
-    (3, "BROKEN at row 3: missing: the row was deleted"),
-    (6, "BROKEN at row 6: missing: the chain's head is row 6, the table ends at row 5"),
-    (1, "BROKEN at row 1: missing: rows before the first one were deleted without a purge"),
-], ids=["middle", "last", "first"])
+@pytest.mark.parametrize(
+    ("row_id", "expected"),
+    [
+        (3, "BROKEN at row 3: missing: the row was deleted"),
+        (6, "BROKEN at row 6: missing: the chain's head is row 6, the table ends at row 5"),
+        (1, "BROKEN at row 1: missing: rows before the first one were deleted without a purge"),
+    ],
+    ids=["middle", "last", "first"],
+)
 def test_a_deleted_row_is_named(app, client, runner, row_id, expected):
     make_trail(client, 6)
     with tampering(app) as connection:
@@ -174,33 +188,40 @@ def test_a_chain_recomputed_without_the_key_is_named_at_the_next_checkpoint(app,
 
 @CHECKPOINT_EVERY_3
 def test_a_recomputed_chain_without_its_checkpoints_is_named_where_the_head_counts_from(
-        app, client, runner):
+    app, client, runner
+):
     """The head counts 2 rows since its last periodic checkpoint, which must be row 6; the
     forms of this with the head forged too are in test_checkpoint_cadence.py."""
     make_trail(client, 8)
     with tampering(app) as connection:
         recompute_chain(connection, 2, user="mallory")
         connection.execute(sa.delete(Checkpoint))
-    assert_broken(runner, "BROKEN at row 6: missing: no signed checkpoint at this row, where"
-                          " the chain's head counts 2 rows since the last periodic one (there"
-                          " is none): checkpoints were deleted")
+    assert_broken(
+        runner,
+        "BROKEN at row 6: missing: no signed checkpoint at this row, where"
+        " the chain's head counts 2 rows since the last periodic one (there"
+        " is none): checkpoints were deleted",
+    )
 
 
 @CHECKPOINT_EVERY_3
 def test_a_recomputed_chain_without_its_checkpoints_is_named_with_an_anchor(
-        app, client, runner, tmp_path):
+    app, client, runner, tmp_path
+):
     make_trail(client, 8)
     anchor = tmp_path / "anchor.jsonl"
     assert flask_audit(runner, "anchor", "-o", str(anchor)).exit_code == 0
     with tampering(app) as connection:
         recompute_chain(connection, 2, user="mallory")
         connection.execute(sa.delete(Checkpoint))
-    assert_broken(runner, "BROKEN at row 3: differs from its signed checkpoint",
-                  "--anchor", str(anchor))
+    assert_broken(
+        runner, "BROKEN at row 3: differs from its signed checkpoint", "--anchor", str(anchor)
+    )
 
 
 def test_an_anchor_alone_names_a_chain_recomputed_after_the_last_checkpoint(
-        app, client, runner, tmp_path):
+    app, client, runner, tmp_path
+):
     make_trail(client, 5)
     anchor = tmp_path / "anchor.jsonl"
     flask_audit(runner, "anchor", "-o", str(anchor))
@@ -215,9 +236,15 @@ def test_a_checkpoint_signed_with_another_key_is_named(app, client, runner):
     make_trail(client, 5)
     with app.app_context(), db.engine.begin() as connection:  # INSERT: no protection to lift
         log_hash = hash_of(connection, 4)
-        connection.execute(sa.insert(Checkpoint).values(
-            log_id=4, log_hash=log_hash, created_at=utcnow(), reason="anchor",
-            mac=checkpoint_mac(b"not the key", 4, log_hash, "anchor")))
+        connection.execute(
+            sa.insert(Checkpoint).values(
+                log_id=4,
+                log_hash=log_hash,
+                created_at=utcnow(),
+                reason="anchor",
+                mac=checkpoint_mac(b"not the key", 4, log_hash, "anchor"),
+            )
+        )
     assert_broken(runner, "BROKEN at row 4: the checkpoint for this row is not signed")
 
 
@@ -227,8 +254,9 @@ def test_a_forged_anchor_file_is_named(client, runner, tmp_path):
     flask_audit(runner, "anchor", "-o", str(anchor))
     [line] = anchor.read_text().splitlines()
     anchor.write_text(json.dumps({**json.loads(line), "mac": "0" * 64}) + "\n")
-    assert_broken(runner, "BROKEN at row 4: the anchor for this row is not signed",
-                  "--anchor", str(anchor))
+    assert_broken(
+        runner, "BROKEN at row 4: the anchor for this row is not signed", "--anchor", str(anchor)
+    )
 
 
 def test_verify_json_names_the_broken_row_and_the_problem(app, client, runner):
@@ -243,6 +271,7 @@ def test_verify_json_names_the_broken_row_and_the_problem(app, client, runner):
 
 # -- flask audit anchor -----------------------------------------------------------------------
 
+
 @CHECKPOINT_EVERY_3
 def test_anchor_writes_every_checkpoint_and_signs_the_head(client, runner, tmp_path):
     make_trail(client, 7)
@@ -252,7 +281,10 @@ def test_anchor_writes_every_checkpoint_and_signs_the_head(client, runner, tmp_p
     assert "signed row 7" in result.stderr
     lines = [json.loads(line) for line in anchor.read_text().splitlines()]
     assert [(line["log_id"], line["reason"]) for line in lines] == [
-        (3, "periodic"), (6, "periodic"), (7, "anchor")]
+        (3, "periodic"),
+        (6, "periodic"),
+        (7, "anchor"),
+    ]
 
 
 def test_a_fresh_anchor_verifies(client, runner, tmp_path):
@@ -261,10 +293,13 @@ def test_a_fresh_anchor_verifies(client, runner, tmp_path):
     flask_audit(runner, "anchor", "-o", str(anchor))
     make_trail(client, 2)
     assert verify_line(runner, "--anchor", str(anchor)) == (
-        0, "intact: 6 rows (rows 1-6), signed up to row 4")
+        0,
+        "intact: 6 rows (rows 1-6), signed up to row 4",
+    )
 
 
 # -- GET /v1/logs/verify ----------------------------------------------------------------------
+
 
 def test_the_verify_endpoint_says_intact_to_an_admin(api, users):
     response = api.get("/v1/logs/verify", users["admin"])
@@ -307,8 +342,9 @@ def requests_of_a_client(app) -> list[int]:
 def concurrent_trail(app, api) -> list[Log]:
     """THREADS threads, each with its own test client, making REQUESTS requests at once."""
     with ThreadPoolExecutor(THREADS) as pool:
-        statuses = [status for batch in pool.map(requests_of_a_client, [app] * THREADS)
-                    for status in batch]
+        statuses = [
+            status for batch in pool.map(requests_of_a_client, [app] * THREADS) for status in batch
+        ]
     assert statuses == [200] * THREADS * REQUESTS
     return api.rows()
 
@@ -327,8 +363,10 @@ def test_concurrent_writes_keep_time_in_id_order(concurrent_trail):
 @CHECKPOINT_EVERY_3
 def test_concurrent_writes_verify(concurrent_trail, runner):
     rows = THREADS * REQUESTS
-    assert verify_line(runner) == (0, f"intact: {rows} rows (rows 1-{rows}), signed up to row"
-                                      f" {rows - rows % 3}")
+    assert verify_line(runner) == (
+        0,
+        f"intact: {rows} rows (rows 1-{rows}), signed up to row {rows - rows % 3}",
+    )
 
 
 @pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="1")
@@ -365,13 +403,28 @@ PER_PROCESS = 60
 
 @pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="7")
 def test_two_processes_writing_at_once_leave_every_event_on_one_verifiable_chain(
-        database_url, tmp_path, api, runner):
+    database_url, tmp_path, api, runner
+):
     """Two app processes of their own on the test's database, writing PER_PROCESS events each,
     released at the same moment."""
-    processes = [subprocess.Popen(
-        [sys.executable, "-c", WRITER_PROCESS, database_url, str(tmp_path), name,
-         str(PER_PROCESS)], cwd=config.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True) for name in ("first", "second")]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WRITER_PROCESS,
+                database_url,
+                str(tmp_path),
+                name,
+                str(PER_PROCESS),
+            ],
+            cwd=config.ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("first", "second")
+    ]
     try:
         assert [p.stdout.readline() for p in processes] == ["ready\n"] * 2
         for process in processes:

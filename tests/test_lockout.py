@@ -52,7 +52,13 @@ def test_a_locked_attempt_leaves_a_login_locked_row_and_is_not_checked(api, clie
     response = attempt(client, *ALICE, headers={"User-Agent": "hydra"})
     [row] = api.rows(event="login.locked")
     assert (row.source, row.level, row.user, row.ip, row.status, row.user_agent) == (
-        "auth", "WARNING", "alice", ATTACKER, 429, "hydra")
+        "auth",
+        "WARNING",
+        "alice",
+        ATTACKER,
+        429,
+        "hydra",
+    )
     assert row.request_id == response.headers["X-Request-ID"]
     assert row.track == "locked out for 60 s: this account from this address"
     assert len(api.rows(event="login.failure")) == 5 and api.rows(event="login.success") == []
@@ -193,24 +199,38 @@ def test_thresholds_and_cooloffs_are_configuration(client, alice):
 
 def test_the_default_thresholds_are_well_under_nists_ceiling():
     settings = config.settings({"APP_ENV": "testing", "SECRET_KEY": "x", "INSTANCE_PATH": "/tmp"})
-    thresholds = [settings[name] for name in ("LOGIN_MAX_FAILURES",
-                                              "LOGIN_MAX_FAILURES_PER_ADDRESS",
-                                              "LOGIN_MAX_FAILURES_PER_ACCOUNT")]
+    thresholds = [
+        settings[name]
+        for name in (
+            "LOGIN_MAX_FAILURES",
+            "LOGIN_MAX_FAILURES_PER_ADDRESS",
+            "LOGIN_MAX_FAILURES_PER_ACCOUNT",
+        )
+    ]
     assert thresholds == [5, 20, 20]
-    assert (settings["LOGIN_WINDOW"], settings["LOGIN_COOLOFF"],
-            settings["LOGIN_COOLOFF_MAX"]) == (900, 60, 3600)
+    assert (settings["LOGIN_WINDOW"], settings["LOGIN_COOLOFF"], settings["LOGIN_COOLOFF_MAX"]) == (
+        900,
+        60,
+        3600,
+    )
 
 
-@pytest.mark.parametrize(("environ", "message"), [
-    ({"LOGIN_MAX_FAILURES": "0"}, "LOGIN_MAX_FAILURES must be at least 1, not 0"),
-    ({"LOGIN_WINDOW": "soon"}, "LOGIN_WINDOW must be a whole number, not 'soon'"),
-    ({"LOGIN_COOLOFF": "600", "LOGIN_COOLOFF_MAX": "60"},
-     "LOGIN_COOLOFF must not exceed LOGIN_COOLOFF_MAX"),
-])
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"LOGIN_MAX_FAILURES": "0"}, "LOGIN_MAX_FAILURES must be at least 1, not 0"),
+        ({"LOGIN_WINDOW": "soon"}, "LOGIN_WINDOW must be a whole number, not 'soon'"),
+        (
+            {"LOGIN_COOLOFF": "600", "LOGIN_COOLOFF_MAX": "60"},
+            "LOGIN_COOLOFF must not exceed LOGIN_COOLOFF_MAX",
+        ),
+    ],
+)
 def test_bad_lockout_settings_stop_the_start(environ, message):
     with pytest.raises(config.ConfigError, match=message):
-        config.settings({"APP_ENV": "testing", "SECRET_KEY": "x", "INSTANCE_PATH": "/tmp",
-                         **environ})
+        config.settings(
+            {"APP_ENV": "testing", "SECRET_KEY": "x", "INSTANCE_PATH": "/tmp", **environ}
+        )
 
 
 def wrong_passwords_at_once(app, count: int) -> list[int]:
@@ -253,10 +273,10 @@ def test_wrong_current_passwords_count_toward_the_same_lock(api, client, alice):
     token = api.login(*ALICE)  # from 127.0.0.1, the address of the calls below
     change = {"current_password": WRONG, "new_password": "a-new-password-1"}
     for _ in range(5):
-        assert client.put("/v1/me/password", json=change,
-                          headers=bearer(token)).status_code == 403
-    locked = client.put("/v1/me/password", json={**change, "current_password": ALICE[1]},
-                        headers=bearer(token))
+        assert client.put("/v1/me/password", json=change, headers=bearer(token)).status_code == 403
+    locked = client.put(
+        "/v1/me/password", json={**change, "current_password": ALICE[1]}, headers=bearer(token)
+    )
     assert_locked(locked, 60)
     assert_locked(attempt(client, *ALICE, address="127.0.0.1"), 60)
     assert len(api.rows(event="password.change.failure")) == 5

@@ -35,8 +35,9 @@ def assert_one_line(body: bytes) -> None:
 
 
 def test_a_login_name_with_control_characters_comes_back_as_one_json_string(api, client, users):
-    assert client.post("/login", json={"username": NASTY, "password": "whatever-1"}
-                       ).status_code == 401
+    assert (
+        client.post("/login", json={"username": NASTY, "password": "whatever-1"}).status_code == 401
+    )
     rows, body = trail(api, users["admin"], event="login.failure")
     assert [row["user"] for row in rows] == [NASTY]
     assert_one_line(body)
@@ -58,10 +59,14 @@ def test_a_path_with_control_characters_comes_back_as_one_json_string(api, users
     assert_one_line(body)
 
 
-@pytest.mark.parametrize("send", [
-    lambda client: client.post("/login", headers=basic("al\x00ice", "whatever-1")),
-    lambda client: client.post("/login", json={"username": "al\u0000ice", "password": "x"}),
-], ids=["basic", "json"])
+@pytest.mark.parametrize(
+    "send",
+    [
+        lambda client: client.post("/login", headers=basic("al\x00ice", "whatever-1")),
+        lambda client: client.post("/login", json={"username": "al\u0000ice", "password": "x"}),
+    ],
+    ids=["basic", "json"],
+)
 def test_a_nul_in_a_login_name_is_an_ordinary_failure(api, client, send):
     """PostgreSQL text cannot hold NUL: the name is stored with U+FFFD in its place."""
     response = send(client)
@@ -78,32 +83,48 @@ def test_an_unpaired_surrogate_in_a_login_name_is_an_ordinary_failure(api, clien
     assert (row.user, row.track) == ("al\ufffdice", "unknown user")
 
 
-@pytest.mark.parametrize(("method", "path", "body", "field"), [
-    ("POST", "/login", {"username": "alice", "password": "pass\udfffword"}, "password"),
-    ("POST", "/v1/users", {"username": "bob", "password": "bob-pass\ud800word"}, "password"),
-    ("PUT", "/v1/me/password", {"current_password": "x\ud800", "new_password": "long-enough-1"},
-     "current_password"),
-    ("PUT", "/v1/me/password", {"current_password": "x", "new_password": "long-\ud800-enough"},
-     "new_password"),
-])
-def test_an_unpaired_surrogate_in_a_password_is_400_naming_it(api, users, method, path, body,
-                                                              field):
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/login", {"username": "alice", "password": "pass\udfffword"}, "password"),
+        ("POST", "/v1/users", {"username": "bob", "password": "bob-pass\ud800word"}, "password"),
+        (
+            "PUT",
+            "/v1/me/password",
+            {"current_password": "x\ud800", "new_password": "long-enough-1"},
+            "current_password",
+        ),
+        (
+            "PUT",
+            "/v1/me/password",
+            {"current_password": "x", "new_password": "long-\ud800-enough"},
+            "new_password",
+        ),
+    ],
+)
+def test_an_unpaired_surrogate_in_a_password_is_400_naming_it(
+    api, users, method, path, body, field
+):
     """No password hash can take it (nor could a password ever have held it): a bad value."""
     response = api.client.open(path, method=method, json=body, headers=bearer(users["admin"]))
     assert_error(response, 400, details={field})
 
 
-@pytest.mark.parametrize("name", ["bob\n", "bob\r\nINFO forged", "bob\x1b[31m", "bob\x85",
-                                  "bob\u2028", "bob\t", "bob\x00"])
+@pytest.mark.parametrize(
+    "name",
+    ["bob\n", "bob\r\nINFO forged", "bob\x1b[31m", "bob\x85", "bob\u2028", "bob\t", "bob\x00"],
+)
 def test_a_new_users_name_may_not_hold_control_characters(api, users, name):
-    response = api.post("/v1/users", users["admin"], json={"username": name,
-                                                          "password": "bob-password-2"})
+    response = api.post(
+        "/v1/users", users["admin"], json={"username": name, "password": "bob-password-2"}
+    )
     assert_error(response, 400, details={"username"})
 
 
 def test_the_cli_refuses_such_a_name_too(runner):
-    result = runner.invoke(args=["users", "create", "bob\r\nforged", "--password-stdin"],
-                           input="bob-password-2\n")
+    result = runner.invoke(
+        args=["users", "create", "bob\r\nforged", "--password-stdin"], input="bob-password-2\n"
+    )
     assert result.exit_code == 1
     assert "username" in result.output
 
@@ -114,9 +135,15 @@ def test_the_application_log_writes_one_line_per_record(app):
     try:
         raise ValueError(f"bad name {NASTY}")
     except ValueError:
-        record = logging.LogRecord("backend.auth.lockout", logging.WARNING, __file__, 1,
-                                   "lockout: user %s from %s", (NASTY, "203.0.113.9"),
-                                   sys.exc_info())
+        record = logging.LogRecord(
+            "backend.auth.lockout",
+            logging.WARNING,
+            __file__,
+            1,
+            "lockout: user %s from %s",
+            (NASTY, "203.0.113.9"),
+            sys.exc_info(),
+        )
     line = default_handler.format(record)
     assert not LINE_BREAKS.search(line.encode())
     assert ESCAPED in line
@@ -150,5 +177,6 @@ def test_a_lockout_logs_a_warning(caplog, api, client):
         for _ in range(5):
             attempt(client, "eve", "wrong-password")
     [record] = [r for r in caplog.records if r.name == "backend.auth.lockout"]
-    assert record.getMessage() == ("lockout of this account from this address for 60 s: "
-                                   "user eve from 203.0.113.66")
+    assert record.getMessage() == (
+        "lockout of this account from this address for 60 s: user eve from 203.0.113.66"
+    )

@@ -45,17 +45,24 @@ def user_id(app, username: str) -> int:
 
 
 def disable(api, admin_token: str, uid: int, disabled: bool = True):
-    return api.client.patch(f"/v1/users/{uid}", json={"disabled": disabled},
-                            headers=bearer(admin_token))
+    return api.client.patch(
+        f"/v1/users/{uid}", json={"disabled": disabled}, headers=bearer(admin_token)
+    )
 
 
 # --- no enumeration ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("send", [
-    lambda client, name, password: client.post("/login", headers=basic(name, password)),
-    lambda client, name, password: client.post("/login",
-                                               json={"username": name, "password": password}),
-], ids=["basic", "json"])
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        lambda client, name, password: client.post("/login", headers=basic(name, password)),
+        lambda client, name, password: client.post(
+            "/login", json={"username": name, "password": password}
+        ),
+    ],
+    ids=["basic", "json"],
+)
 def test_unknown_user_and_wrong_password_get_the_same_status_body_and_headers(api, client, send):
     api.create_user(*ALICE)
     wrong_password = send(client, "alice", "not-her-password")
@@ -94,8 +101,10 @@ def test_unknown_user_and_wrong_password_take_the_same_time(api, client):
         wrong_password.append(seconds("alice"))
         unknown_user.append(seconds("mallory"))
     ratio = statistics.median(unknown_user) / statistics.median(wrong_password)
-    print(f"median wrong password {statistics.median(wrong_password) * 1000:.1f} ms, "
-          f"unknown user {statistics.median(unknown_user) * 1000:.1f} ms, ratio {ratio:.2f}")
+    print(
+        f"median wrong password {statistics.median(wrong_password) * 1000:.1f} ms, "
+        f"unknown user {statistics.median(unknown_user) * 1000:.1f} ms, ratio {ratio:.2f}"
+    )
     assert 1 / 1.5 < ratio < 1.5  # generous: a shared 2-core machine is noisy
 
 
@@ -107,8 +116,12 @@ ARGON2 = re.compile(r"^\$argon2id\$v=19\$m=(\d+),t=(\d+),p=(\d+)\$")
 def test_passwords_are_stored_with_argon2id_at_owasp_strength(api, client):
     api.create_user(*ADMIN, is_admin=True)
     admin_token = api.login(*ADMIN)
-    assert api.post("/v1/users", admin_token,
-                    json={"username": "alice", "password": ALICE[1]}).status_code == 201
+    assert (
+        api.post(
+            "/v1/users", admin_token, json={"username": "alice", "password": ALICE[1]}
+        ).status_code
+        == 201
+    )
     [alice] = stored(api.app, User, username="alice")
     memory_kib, time_cost, _ = map(int, ARGON2.match(alice.password_hash).groups())
     assert memory_kib >= 19 * 1024 and time_cost >= 2
@@ -133,8 +146,7 @@ def test_a_hash_with_older_parameters_is_upgraded_at_login(api, client):
     assert api.login(*ALICE)
 
 
-def test_an_upgrade_never_undoes_a_password_change_made_during_the_login(api, client,
-                                                                           monkeypatch):
+def test_an_upgrade_never_undoes_a_password_change_made_during_the_login(api, client, monkeypatch):
     """The old password is checked against the hash read before; if the password changes
     while that check runs, the upgrade must not write the old password's hash back."""
     from backend.auth import credentials
@@ -164,6 +176,7 @@ def test_a_failed_login_leaves_an_old_hash_alone(api, client):
 
 # --- tokens ------------------------------------------------------------------------------
 
+
 def test_tokens_carry_at_least_128_random_bits_and_only_their_digest_is_stored(api):
     api.create_user(*ALICE)
     tokens = [api.login(*ALICE) for _ in range(3)]
@@ -172,7 +185,8 @@ def test_tokens_carry_at_least_128_random_bits_and_only_their_digest_is_stored(a
         assert len(urlsafe_b64decode(token + "=" * (-len(token) % 4))) * 8 >= 128
     rows = stored(api.app, Token)
     assert sorted(row.digest for row in rows) == sorted(
-        hashlib.sha256(token.encode()).hexdigest() for token in tokens)
+        hashlib.sha256(token.encode()).hexdigest() for token in tokens
+    )
     dumped = repr([row.__dict__ for row in rows])
     assert not any(token in dumped for token in tokens)
 
@@ -190,6 +204,7 @@ def test_a_token_expires_after_token_ttl(api):
 
 # --- disabling a user --------------------------------------------------------------------
 
+
 def test_disabling_a_user_revokes_every_token_of_theirs(api, users):
     second = api.login(*ALICE)
     response = disable(api, users["admin"], user_id(api.app, "alice"))
@@ -198,8 +213,10 @@ def test_disabling_a_user_revokes_every_token_of_theirs(api, users):
     assert (body["username"], body["disabled"]) == ("alice", True)
     for token in (users["alice"], second):
         assert api.get("/v1/me", token).status_code == 401
-    assert all(token.revoked_at is not None
-               for token in stored(api.app, Token, user_id=user_id(api.app, "alice")))
+    assert all(
+        token.revoked_at is not None
+        for token in stored(api.app, Token, user_id=user_id(api.app, "alice"))
+    )
     assert api.get("/v1/me", users["bob"]).status_code == 200
 
 
@@ -228,14 +245,21 @@ def test_an_admin_cannot_disable_themselves(api, users):
     assert api.get("/v1/me", users["admin"]).status_code == 200
 
 
-@pytest.mark.parametrize(("body", "field"), [({}, "disabled"), ({"disabled": "maybe"}, "disabled"),
-                                             ({"disabled": 0}, "disabled"),
-                                             ({"disabled": "true"}, "disabled"),
-                                             ({"disabled": None}, "disabled"),
-                                             ({"disabled": True, "is_admin": True}, "is_admin")])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "disabled"),
+        ({"disabled": "maybe"}, "disabled"),
+        ({"disabled": 0}, "disabled"),
+        ({"disabled": "true"}, "disabled"),
+        ({"disabled": None}, "disabled"),
+        ({"disabled": True, "is_admin": True}, "is_admin"),
+    ],
+)
 def test_a_bad_update_is_400_naming_the_field(api, users, body, field):
-    response = api.client.patch(f"/v1/users/{user_id(api.app, 'alice')}", json=body,
-                                headers=bearer(users["admin"]))
+    response = api.client.patch(
+        f"/v1/users/{user_id(api.app, 'alice')}", json=body, headers=bearer(users["admin"])
+    )
     assert_error(response, 400, details={field})
 
 
@@ -244,6 +268,7 @@ def test_updating_a_user_that_does_not_exist_is_404(api, users):
 
 
 # --- changing a password -----------------------------------------------------------------
+
 
 def test_changing_the_password_revokes_every_token_and_the_new_one_works(api, client, users):
     second = api.login(*ALICE)
@@ -271,22 +296,30 @@ def test_a_wrong_current_password_is_403_and_changes_nothing(api, client, users)
     assert api.login(*ALICE)
     [row] = api.rows(event="password.change.failure")
     assert (row.level, row.user, row.status, row.track) == (
-        "WARNING", "alice", 403, "invalid password")
+        "WARNING",
+        "alice",
+        403,
+        "invalid password",
+    )
 
 
-@pytest.mark.parametrize(("body", "fields"), [
-    ({"current_password": ALICE[1], "new_password": "short"}, {"new_password"}),
-    ({"new_password": NEW_PASSWORD}, {"current_password"}),
-    ({"current_password": ALICE[1], "new_password": NEW_PASSWORD, "extra": 1}, {"extra"}),
-])
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"current_password": ALICE[1], "new_password": "short"}, {"new_password"}),
+        ({"new_password": NEW_PASSWORD}, {"current_password"}),
+        ({"current_password": ALICE[1], "new_password": NEW_PASSWORD, "extra": 1}, {"extra"}),
+    ],
+)
 def test_a_bad_password_change_is_400_naming_the_fields(client, users, body, fields):
     response = client.put("/v1/me/password", json=body, headers=bearer(users["alice"]))
     assert_error(response, 400, details=fields)
 
 
 def test_a_login_racing_a_password_change_is_refused(api, client, users, monkeypatch):
-    raced = login_racing(client, monkeypatch, lambda: change_password(client, users["alice"],
-                                                                      ALICE[1]))
+    raced = login_racing(
+        client, monkeypatch, lambda: change_password(client, users["alice"], ALICE[1])
+    )
     wrong_password = client.post("/login", headers=basic("bob", "not-his-password"))
     assert raced.status_code == wrong_password.status_code == 401
     assert raced.data == wrong_password.data
@@ -333,8 +366,9 @@ def test_at_most_two_passwords_are_hashed_at_once_in_a_process(monkeypatch):
 
 
 @pytest.mark.parametrize(("password", "status"), [(ALICE[1], 200), ("wrong-password", 401)])
-def test_no_database_connection_is_held_while_a_password_is_hashed(api, users, monkeypatch,
-                                                                   password, status):
+def test_no_database_connection_is_held_while_a_password_is_hashed(
+    api, users, monkeypatch, password, status
+):
     """A hash takes tens of milliseconds, and longer while other logins' hashes go first; the
     request's connection goes back to the pool meanwhile, for the worker's other requests
     (a gevent worker has a pool, not a connection per thread), and a password change's too."""
@@ -348,7 +382,10 @@ def test_no_database_connection_is_held_while_a_password_is_hashed(api, users, m
 
     monkeypatch.setattr(credentials, "check_password", watched)
     assert api.client.post("/login", headers=basic(ALICE[0], password)).status_code == status
-    change = api.client.put("/v1/me/password", headers=bearer(users["alice"]),
-                            json={"current_password": password, "new_password": NEW_PASSWORD})
+    change = api.client.put(
+        "/v1/me/password",
+        headers=bearer(users["alice"]),
+        json={"current_password": password, "new_password": NEW_PASSWORD},
+    )
     assert change.status_code == (200 if status == 200 else 403)
     assert seen == [(False, 0), (False, 0)]

@@ -16,8 +16,21 @@ from backend.clock import rfc3339
 from tests.conftest import ADMIN, ALICE, basic
 from tests.helpers import T, assert_error, next_link, write
 
-CONTRACT_KEYS = {"id", "created_at", "source", "event", "level", "user", "ip", "track",
-                 "method", "path", "status", "request_id", "user_agent"}
+CONTRACT_KEYS = {
+    "id",
+    "created_at",
+    "source",
+    "event",
+    "level",
+    "user",
+    "ip",
+    "track",
+    "method",
+    "path",
+    "status",
+    "request_id",
+    "user_agent",
+}
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 MICROSECOND = timedelta(microseconds=1)
 MAX_PAGES = 100
@@ -64,9 +77,11 @@ def walk(api, token, between=lambda: None, **params) -> list:
 def busy(api, users, written: list):
     """A `between` for walk() that writes new rows: a login, and a /v1/me call whose request id
     goes to `written`."""
+
     def between():
         api.login(*ALICE)
         written.append(api.get("/v1/me", users["bob"]).headers["X-Request-ID"])
+
     return between
 
 
@@ -82,10 +97,11 @@ def seen(responses) -> list[int]:
 
 def flipped(text: str, index: int) -> str:
     """`text` with the character at `index` changed."""
-    return text[:index] + ("B" if text[index] == "A" else "A") + text[index + 1:]
+    return text[:index] + ("B" if text[index] == "A" else "A") + text[index + 1 :]
 
 
 # --- fixtures --------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def trail(api, users):
@@ -94,12 +110,21 @@ def trail(api, users):
     api.get("/v1/me", users["alice"], environ_base={"REMOTE_ADDR": "203.0.113.9"})
     api.get("/v1/nope", users["bob"])  # 404: v1, WARNING
     api.client.post("/login", headers=basic("alice", "not-her-password"))  # auth, WARNING
-    write(api.app, level="ERROR", event="request.exception",
-          track="builtins.ZeroDivisionError: division by zero")
+    write(
+        api.app,
+        level="ERROR",
+        event="request.exception",
+        track="builtins.ZeroDivisionError: division by zero",
+    )
     write(api.app, level="CRITICAL", source="main", event="test.critical", track="disk on fire")
     write(api.app, level="DEBUG", source="main", event="test.debug", track="chatter")
-    for track in ("quota at 100% for user_id 7", "quota at 1000 for userXid 7",
-                  "back\\slash", "backslash", "Ünïcode in ÉTÉ"):
+    for track in (
+        "quota at 100% for user_id 7",
+        "quota at 1000 for userXid 7",
+        "back\\slash",
+        "backslash",
+        "Ünïcode in ÉTÉ",
+    ):
         write(api.app, user="alice", track=track)
     return users
 
@@ -111,11 +136,14 @@ def around_t(api):
     The writer never lets time run backwards along the ids, so these (in 2020) come first:
     tests ask for this fixture before `trail` or `users`.
     """
-    return {name: write(api.app, created_at=T + offset * MICROSECOND, event="around.t")
-            for name, offset in (("before", -1), ("at", 0), ("after", 1))}
+    return {
+        name: write(api.app, created_at=T + offset * MICROSECOND, event="around.t")
+        for name, offset in (("before", -1), ("at", 0), ("after", 1))
+    }
 
 
 # --- visibility ------------------------------------------------------------------------------
+
 
 def test_an_admin_sees_every_row(api, trail):
     expected = expected_ids(api)
@@ -168,13 +196,13 @@ def test_without_a_valid_token_it_is_401(api, users, path, token):
 
 # --- filters ---------------------------------------------------------------------------------
 
+
 def test_user_filter_selects_that_users_rows(api, trail):
     assert_selects(api, trail["admin"], {"user": "alice"}, lambda row: row.user == "alice")
 
 
 def test_ip_filter_selects_rows_from_that_address(api, trail):
-    assert_selects(api, trail["admin"], {"ip": "203.0.113.9"},
-                   lambda row: row.ip == "203.0.113.9")
+    assert_selects(api, trail["admin"], {"ip": "203.0.113.9"}, lambda row: row.ip == "203.0.113.9")
 
 
 def test_level_filter_selects_one_level(api, trail):
@@ -182,13 +210,21 @@ def test_level_filter_selects_one_level(api, trail):
 
 
 def test_level_filter_takes_a_comma_separated_list(api, trail):
-    assert_selects(api, trail["admin"], {"level": "WARNING,ERROR,CRITICAL"},
-                   lambda row: row.level in {"WARNING", "ERROR", "CRITICAL"})
+    assert_selects(
+        api,
+        trail["admin"],
+        {"level": "WARNING,ERROR,CRITICAL"},
+        lambda row: row.level in {"WARNING", "ERROR", "CRITICAL"},
+    )
 
 
 def test_level_filter_ignores_case(api, trail):
-    assert_selects(api, trail["admin"], {"level": "warning,Error"},
-                   lambda row: row.level in {"WARNING", "ERROR"})
+    assert_selects(
+        api,
+        trail["admin"],
+        {"level": "warning,Error"},
+        lambda row: row.level in {"WARNING", "ERROR"},
+    )
 
 
 @pytest.mark.parametrize("source", ["auth", "v1", "main", "app"])
@@ -197,16 +233,24 @@ def test_source_filter_selects_that_source(api, trail, source):
 
 
 def test_event_filter_selects_that_event(api, trail):
-    assert_selects(api, trail["admin"], {"event": "login.failure"},
-                   lambda row: row.event == "login.failure")
+    assert_selects(
+        api, trail["admin"], {"event": "login.failure"}, lambda row: row.event == "login.failure"
+    )
 
 
 def test_since_is_inclusive(api, around_t, trail):
     assert_selects(api, trail["admin"], {"since": rfc3339(T)}, lambda row: row.created_at >= T)
 
 
-@pytest.mark.parametrize("since", ["2020-01-01T12:00:00.000000+02:00", "2020-01-01T05:30:00-04:30",
-                                   "2020-01-01t10:00:00z", "2020-01-01 10:00:00Z"])
+@pytest.mark.parametrize(
+    "since",
+    [
+        "2020-01-01T12:00:00.000000+02:00",
+        "2020-01-01T05:30:00-04:30",
+        "2020-01-01t10:00:00z",
+        "2020-01-01 10:00:00Z",
+    ],
+)
 def test_since_takes_any_rfc_3339_spelling_of_the_moment(api, around_t, trail, since):
     assert_selects(api, trail["admin"], {"since": since}, lambda row: row.created_at >= T)
 
@@ -221,13 +265,18 @@ def test_since_and_until_select_a_window(api, around_t, trail):
 
 
 def test_q_is_a_case_insensitive_substring_of_track(api, trail):
-    assert_selects(api, trail["admin"], {"q": "INVALID Pass"},
-                   lambda row: "invalid pass" in row.track.lower())
+    assert_selects(
+        api, trail["admin"], {"q": "INVALID Pass"}, lambda row: "invalid pass" in row.track.lower()
+    )
 
 
 def test_q_ignores_case_beyond_ascii(api, trail):
-    assert_selects(api, trail["admin"], {"q": "üNÏcode IN été"},
-                   lambda row: "ünïcode in été" in row.track.lower())
+    assert_selects(
+        api,
+        trail["admin"],
+        {"q": "üNÏcode IN été"},
+        lambda row: "ünïcode in été" in row.track.lower(),
+    )
 
 
 @pytest.mark.parametrize("q", ["100%", "user_id", "back\\slash"])
@@ -238,11 +287,25 @@ def test_q_takes_like_wildcards_literally(api, trail, q):
 def test_filters_combine(api, trail):
     [login] = api.rows(user="alice", event="login.success")
     since = login.created_at + MICROSECOND
-    params = {"user": "alice", "source": "auth", "level": "info,warning", "q": "pass",
-              "since": rfc3339(since)}
-    assert_selects(api, trail["admin"], params, lambda row: (
-        row.user == "alice" and row.source == "auth" and row.level in {"INFO", "WARNING"}
-        and "pass" in row.track.lower() and row.created_at >= since))
+    params = {
+        "user": "alice",
+        "source": "auth",
+        "level": "info,warning",
+        "q": "pass",
+        "since": rfc3339(since),
+    }
+    assert_selects(
+        api,
+        trail["admin"],
+        params,
+        lambda row: (
+            row.user == "alice"
+            and row.source == "auth"
+            and row.level in {"INFO", "WARNING"}
+            and "pass" in row.track.lower()
+            and row.created_at >= since
+        ),
+    )
 
 
 NEEDLE_WALKS = {  # name: (extra parameters, viewer, which needle rows each selects)
@@ -254,13 +317,17 @@ NEEDLE_WALKS = {  # name: (extra parameters, viewer, which needle rows each sele
 
 
 @pytest.mark.parametrize("walk_name", NEEDLE_WALKS)
-@pytest.mark.parametrize("needles", [
-    [2, 3, 5, 9, 10, 11, 13, 17, 22, 23],  # spread over blocks of 4 ids, the newest included
-    [2, 3, 5, 6],  # none in the newest blocks: the older rows answer
-    [21, 22, 23],  # only in the newest block
-])
-def test_q_pages_join_the_newest_block_and_the_older_rows_in_order(api, monkeypatch, needles,
-                                                                   walk_name):
+@pytest.mark.parametrize(
+    "needles",
+    [
+        [2, 3, 5, 9, 10, 11, 13, 17, 22, 23],  # spread over blocks of 4 ids, the newest included
+        [2, 3, 5, 6],  # none in the newest blocks: the older rows answer
+        [21, 22, 23],  # only in the newest block
+    ],
+)
+def test_q_pages_join_the_newest_block_and_the_older_rows_in_order(
+    api, monkeypatch, needles, walk_name
+):
     """listing.page reads a newest-first `q` in two parts: the newest block of ids, then the
     older rows if the block holds less than a page. With blocks of 4 ids and pages of 2, every
     page may come from either part or both, and the walk must be the plain listing's, with
@@ -273,8 +340,12 @@ def test_q_pages_join_the_newest_block_and_the_older_rows_in_order(api, monkeypa
     levels, users = ("INFO", "ERROR", "WARNING"), (ALICE[0], "bob")
     while (last := api.rows()[-1].id) < 24:
         needle = last + 1 in needles
-        write(api.app, track="a needle" if needle else "hay", level=levels[last % 3],
-              user=users[last % 2])
+        write(
+            api.app,
+            track="a needle" if needle else "hay",
+            level=levels[last % 3],
+            user=users[last % 2],
+        )
     expected = [row.id for row in reversed(api.rows()) if "needle" in row.track and keep(row)]
     assert expected and set(expected) <= set(needles)
     pages = walk(api, token, q="NEEDLE", limit=2, **params)
@@ -282,6 +353,7 @@ def test_q_pages_join_the_newest_block_and_the_older_rows_in_order(api, monkeypa
 
 
 # --- order and limit -------------------------------------------------------------------------
+
 
 def test_rows_come_newest_first_by_default(api, around_t, trail):
     # The rows around T (2020) are the oldest, so they come last.
@@ -318,6 +390,7 @@ def test_limit_caps_the_page(api, trail, limit):
 
 
 # --- pagination ------------------------------------------------------------------------------
+
 
 def test_following_next_newest_first_sees_every_row_once_while_rows_are_written(api, trail):
     expected, written = expected_ids(api), []
@@ -387,35 +460,45 @@ def test_the_link_keeps_the_other_filters(api, trail):
     params = {"user": "alice", "source": "auth", "level": "info,warning", "limit": "1"}
     response = logs(api, trail["admin"], **params)
     query = parse_qs(urlsplit(next_link(response)).query)
-    assert query == {**{name: [value] for name, value in params.items()},
-                     "after": [response.get_json()["next"]]}
+    assert query == {
+        **{name: [value] for name, value in params.items()},
+        "after": [response.get_json()["next"]],
+    }
 
 
 # --- bad input -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("params", "fields"), [
-    ({"colour": "red"}, {"colour"}),
-    ({"limit": "0"}, {"limit"}),
-    ({"limit": "1001"}, {"limit"}),
-    ({"limit": "abc"}, {"limit"}),
-    ({"level": "NOPE"}, {"level"}),
-    ({"level": "INFO,NOPE"}, {"level"}),
-    ({"source": "nope"}, {"source"}),
-    ({"order": "sideways"}, {"order"}),
-    ({"since": "yesterday"}, {"since"}),
-    ({"since": "21/11/2026 10:00"}, {"since"}),
-    ({"since": "2026-11-21T10:00:00"}, {"since"}),
-    ({"since": "20261121T100000Z"}, {"since"}),
-    ({"since": "2026-11-21T10:00Z"}, {"since"}),
-    ({"since": "2026-11-21T10:00:00+0200"}, {"since"}),
-    ({"until": "2026-11-21T10:00:00.123456"}, {"until"}),
-    ({"since": "2026-11-21T10:00:00Z", "until": "2026-11-21T10:00:00Z"}, {"until"}),
-    ({"since": "2026-11-21T10:00:00Z", "until": "2026-11-21T09:00:00Z"}, {"until"}),
-    ({"ip": "not-an-ip"}, {"ip"}),
-    ({"after": "not-a-cursor"}, {"after"}),
-    ({"limit": "0", "ip": "not-an-ip", "colour": "red"}, {"limit", "ip", "colour"}),
-], ids=lambda value: "&".join(f"{k}={v}" for k, v in value.items())
-    if isinstance(value, dict) else ",".join(sorted(value)))
+
+@pytest.mark.parametrize(
+    ("params", "fields"),
+    [
+        ({"colour": "red"}, {"colour"}),
+        ({"limit": "0"}, {"limit"}),
+        ({"limit": "1001"}, {"limit"}),
+        ({"limit": "abc"}, {"limit"}),
+        ({"level": "NOPE"}, {"level"}),
+        ({"level": "INFO,NOPE"}, {"level"}),
+        ({"source": "nope"}, {"source"}),
+        ({"order": "sideways"}, {"order"}),
+        ({"since": "yesterday"}, {"since"}),
+        ({"since": "21/11/2026 10:00"}, {"since"}),
+        ({"since": "2026-11-21T10:00:00"}, {"since"}),
+        ({"since": "20261121T100000Z"}, {"since"}),
+        ({"since": "2026-11-21T10:00Z"}, {"since"}),
+        ({"since": "2026-11-21T10:00:00+0200"}, {"since"}),
+        ({"until": "2026-11-21T10:00:00.123456"}, {"until"}),
+        ({"since": "2026-11-21T10:00:00Z", "until": "2026-11-21T10:00:00Z"}, {"until"}),
+        ({"since": "2026-11-21T10:00:00Z", "until": "2026-11-21T09:00:00Z"}, {"until"}),
+        ({"ip": "not-an-ip"}, {"ip"}),
+        ({"after": "not-a-cursor"}, {"after"}),
+        ({"limit": "0", "ip": "not-an-ip", "colour": "red"}, {"limit", "ip", "colour"}),
+    ],
+    ids=lambda value: (
+        "&".join(f"{k}={v}" for k, v in value.items())
+        if isinstance(value, dict)
+        else ",".join(sorted(value))
+    ),
+)
 def test_a_bad_parameter_is_400_naming_it(api, users, params, fields):
     assert_error(logs(api, users["admin"], **params), 400, details=fields)
 
@@ -429,18 +512,21 @@ def test_limit_out_of_bounds_says_the_bounds(api, users):
 def test_a_tampered_cursor_is_400(api, trail, part):
     cursor = logs(api, trail["admin"], limit=1).get_json()["next"]
     index = 0 if part == "payload" else cursor.index(".") + 1
-    assert_error(logs(api, trail["admin"], limit=1, after=flipped(cursor, index)), 400,
-                 details={"after"})
+    assert_error(
+        logs(api, trail["admin"], limit=1, after=flipped(cursor, index)), 400, details={"after"}
+    )
 
 
 def test_a_cursor_of_a_newest_first_listing_is_400_for_oldest_first(api, trail):
     cursor = logs(api, trail["admin"], limit=1).get_json()["next"]
     assert logs(api, trail["admin"], limit=1, after=cursor).status_code == 200
-    assert_error(logs(api, trail["admin"], limit=1, order="asc", after=cursor), 400,
-                 details={"after"})
+    assert_error(
+        logs(api, trail["admin"], limit=1, order="asc", after=cursor), 400, details={"after"}
+    )
 
 
 # --- the row ---------------------------------------------------------------------------------
+
 
 def test_the_listing_is_json_with_items_and_next(api, trail):
     response = logs(api, trail["admin"])
@@ -451,12 +537,20 @@ def test_the_listing_is_json_with_items_and_next(api, trail):
 def test_a_row_has_exactly_the_fields_of_the_contract(api, trail):
     items = logs(api, trail["admin"], limit=1000).get_json()["items"]
     assert items and all(set(item) == CONTRACT_KEYS for item in items)
-    [login] = [item for item in items if (item["event"], item["user"]) == ("login.success",
-                                                                            "alice")]
-    assert {key: login[key] for key in ("source", "level", "ip", "track", "method", "path",
-                                        "status")} == {
-        "source": "auth", "level": "INFO", "ip": "127.0.0.1", "track": "logged in",
-        "method": "POST", "path": "/login", "status": 200}
+    [login] = [
+        item for item in items if (item["event"], item["user"]) == ("login.success", "alice")
+    ]
+    assert {
+        key: login[key] for key in ("source", "level", "ip", "track", "method", "path", "status")
+    } == {
+        "source": "auth",
+        "level": "INFO",
+        "ip": "127.0.0.1",
+        "track": "logged in",
+        "method": "POST",
+        "path": "/login",
+        "status": 200,
+    }
     assert login["request_id"] and login["user_agent"]
 
 

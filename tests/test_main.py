@@ -13,8 +13,15 @@ from backend.roles import owner_engine
 from tests.conftest import make_settings
 from tests.helpers import assert_error, latest_migration, schema_version
 
-DOCUMENTED_PATHS = {"/login", "/logout", "/v1/me", "/v1/users", "/v1/logs", "/v1/logs/{log_id}",
-                    "/v1/logs/stats"}
+DOCUMENTED_PATHS = {
+    "/login",
+    "/logout",
+    "/v1/me",
+    "/v1/users",
+    "/v1/logs",
+    "/v1/logs/{log_id}",
+    "/v1/logs/stats",
+}
 # The browser viewer and its files are a page for people, not part of the API's document.
 BROWSER_ENDPOINTS = {"static", "main.static", "main.audit_page"}
 
@@ -89,8 +96,11 @@ def test_healthz_is_200_without_a_database(sqlite_app_at, tmp_path):
 def test_readyz_is_200_at_the_latest_migration(app, client):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ready", "migration": latest_migration(),
-                                   "spooled_events": 0}
+    assert response.get_json() == {
+        "status": "ready",
+        "migration": latest_migration(),
+        "spooled_events": 0,
+    }
     assert schema_version(app) == [latest_migration()]
 
 
@@ -121,8 +131,11 @@ def test_openapi_is_version_3(openapi):
 
 def served_api_paths(app) -> set[str]:
     """Every path of the API the app routes, in OpenAPI spelling (`<int:log_id>` as `{log_id}`)."""
-    return {re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
-            for rule in app.url_map.iter_rules() if rule.endpoint not in BROWSER_ENDPOINTS}
+    return {
+        re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint not in BROWSER_ENDPOINTS
+    }
 
 
 def test_openapi_documents_every_route(app, openapi):
@@ -133,14 +146,19 @@ def test_openapi_documents_every_route(app, openapi):
 def test_openapi_has_a_bearer_security_scheme(openapi):
     schemes = openapi["components"]["securitySchemes"].values()
     assert {"type": "http", "scheme": "bearer"} in [
-        {"type": s.get("type"), "scheme": s.get("scheme")} for s in schemes]
+        {"type": s.get("type"), "scheme": s.get("scheme")} for s in schemes
+    ]
 
 
 def test_openapi_says_v1_routes_need_the_bearer_token(openapi):
-    bearer_names = {name for name, scheme in openapi["components"]["securitySchemes"].items()
-                    if scheme.get("scheme") == "bearer"}
-    protected = [path for path in openapi["paths"] if path.startswith("/v1/")
-                 and path != "/v1/openapi.json"] + ["/logout"]
+    bearer_names = {
+        name
+        for name, scheme in openapi["components"]["securitySchemes"].items()
+        if scheme.get("scheme") == "bearer"
+    }
+    protected = [
+        path for path in openapi["paths"] if path.startswith("/v1/") and path != "/v1/openapi.json"
+    ] + ["/logout"]
     assert len(protected) >= len(DOCUMENTED_PATHS - {"/login"})
     for path in protected:
         for operation in openapi["paths"][path].values():
@@ -154,7 +172,9 @@ def query_parameter(openapi, path: str, name: str) -> dict:
 
 def test_openapi_says_ip_is_an_ipv4_or_ipv6_address(openapi):
     assert query_parameter(openapi, "/v1/logs", "ip")["anyOf"] == [
-        {"format": "ipv4"}, {"format": "ipv6"}]
+        {"format": "ipv4"},
+        {"format": "ipv6"},
+    ]
 
 
 def test_openapi_says_text_filters_hold_no_nul(openapi):
@@ -173,5 +193,6 @@ def test_openapi_login_takes_http_basic_or_a_body_of_both_fields(openapi):
     assert login["security"] == [{"basic_auth": []}, {}]
     assert login["requestBody"]["required"] is False
     assert openapi["components"]["schemas"]["Login"]["anyOf"] == [
-        {"required": ["username", "password"]}, {"maxProperties": 0}]
-
+        {"required": ["username", "password"]},
+        {"maxProperties": 0},
+    ]

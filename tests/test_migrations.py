@@ -16,9 +16,12 @@ def test_the_migrated_schema_matches_the_models(app):
     with app.app_context(), db.engine.connect() as connection, warnings.catch_warnings():
         # The trigram index (PostgreSQL's only) has an expression, which alembic cannot read
         # back from SQLite, and says so before it asks include_object to leave the index out.
-        warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified"
-                                " expression-based index 'ix_audit_log_track_trgm_block'"
-                                "; dialect 'sqlite'")
+        warnings.filterwarnings(
+            "ignore",
+            "autogenerate skipping metadata-specified"
+            " expression-based index 'ix_audit_log_track_trgm_block'"
+            "; dialect 'sqlite'",
+        )
         diff = compare_metadata(MigrationContext.configure(connection, opts=options), db.metadata)
     assert diff == []
 
@@ -42,6 +45,9 @@ def test_the_audit_table_is_analyzed_every_100000_changes(api):
     query.py): autovacuum's default would analyze the table after a tenth of it changed."""
     with api.app.app_context(), db.engine.connect() as connection:
         options = connection.exec_driver_sql(
-            "SELECT reloptions FROM pg_class WHERE relname = 'audit_log'").scalar()
-    assert sorted(options) == ["autovacuum_analyze_scale_factor=0",
-                               "autovacuum_analyze_threshold=100000"]
+            "SELECT reloptions FROM pg_class WHERE relname = 'audit_log'"
+        ).scalar()
+    assert sorted(options) == [
+        "autovacuum_analyze_scale_factor=0",
+        "autovacuum_analyze_threshold=100000",
+    ]

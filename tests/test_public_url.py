@@ -45,9 +45,14 @@ def test_with_public_url_the_openapi_server_is_it_whatever_the_host(client):
 @pytest.mark.settings(PUBLIC_URL=PUBLIC)
 def test_with_public_url_every_index_link_uses_it_whatever_the_host(client):
     assert links(client, EVIL) == {
-        "login": f"{PUBLIC}/login", "logout": f"{PUBLIC}/logout", "me": f"{PUBLIC}/v1/me",
-        "logs": f"{PUBLIC}/v1/logs", "openapi": f"{PUBLIC}/v1/openapi.json",
-        "health": f"{PUBLIC}/healthz", "ready": f"{PUBLIC}/readyz"}
+        "login": f"{PUBLIC}/login",
+        "logout": f"{PUBLIC}/logout",
+        "me": f"{PUBLIC}/v1/me",
+        "logs": f"{PUBLIC}/v1/logs",
+        "openapi": f"{PUBLIC}/v1/openapi.json",
+        "health": f"{PUBLIC}/healthz",
+        "ready": f"{PUBLIC}/readyz",
+    }
 
 
 @pytest.mark.settings(PUBLIC_URL="https://example.com/audit/")

@@ -38,26 +38,40 @@ DEADLINE = 60.0  # seconds for anything to happen; a bound, never a wait
 
 def environment(database_url: str, instance_path) -> dict:
     """The `flask` command's environment: the settings of the tests' app (same signing key)."""
-    return {"PATH": os.environ.get("PATH", os.defpath), "APP_ENV": "testing",
-            **database_environment(database_url), "SECRET_KEY": "test-secret-key",
-            "INSTANCE_PATH": str(instance_path)}
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "APP_ENV": "testing",
+        **database_environment(database_url),
+        "SECRET_KEY": "test-secret-key",
+        "INSTANCE_PATH": str(instance_path),
+    }
 
 
 def old_trail(app, count: int) -> None:
     """`count` rows 400 days old, then one row now, through the writer (one transaction)."""
     with app.app_context(), moved(timedelta(days=-400)):
-        writer().write_batch([AuditEvent(source="app", event="test.old", level="INFO",
-                                         track=f"old {n}") for n in range(count)])
+        writer().write_batch(
+            [
+                AuditEvent(source="app", event="test.old", level="INFO", track=f"old {n}")
+                for n in range(count)
+            ]
+        )
     with app.app_context():
-        writer().write_batch([AuditEvent(source="app", event="test.new", level="INFO",
-                                         track="new")])
+        writer().write_batch(
+            [AuditEvent(source="app", event="test.new", level="INFO", track="new")]
+        )
 
 
 def start_purge(env: dict) -> subprocess.Popen:
     before = (utcnow() - timedelta(days=390)).date().isoformat()
-    return subprocess.Popen([BIN / "flask", "audit", "purge", "--before", before, "--yes",
-                             "--batch", "1"], cwd=config.ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [BIN / "flask", "audit", "purge", "--before", before, "--yes", "--batch", "1"],
+        cwd=config.ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def first_id(engine: sa.Engine) -> int:
@@ -78,8 +92,14 @@ def wait_until_purging(engine: sa.Engine, process: subprocess.Popen) -> int:
 
 
 def flask(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([BIN / "flask", *args], cwd=config.ROOT, env=env, capture_output=True,
-                          text=True, timeout=DEADLINE)
+    return subprocess.run(
+        [BIN / "flask", *args],
+        cwd=config.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
 
 
 def assert_verifies(env: dict) -> str:
@@ -91,8 +111,14 @@ def assert_verifies(env: dict) -> str:
 
 def assert_purge_finishes(env: dict, engine: sa.Engine) -> None:
     """Running the same purge again deletes every old row left, and the trail verifies."""
-    again = flask(env, "audit", "purge", "--before",
-                  (utcnow() - timedelta(days=390)).date().isoformat(), "--yes")
+    again = flask(
+        env,
+        "audit",
+        "purge",
+        "--before",
+        (utcnow() - timedelta(days=390)).date().isoformat(),
+        "--yes",
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     with engine.connect() as connection:
         events = connection.scalars(sa.select(Log.event).order_by(Log.id)).all()
@@ -103,7 +129,8 @@ def assert_purge_finishes(env: dict, engine: sa.Engine) -> None:
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_purge_killed_in_the_middle_leaves_a_verifiable_trail_and_finishes_when_rerun(
-        app, database_url, tmp_path):
+    app, database_url, tmp_path
+):
     old_trail(app, OLD_ROWS)
     env = environment(database_url, tmp_path)
     engine = sa.create_engine(database_url)
@@ -122,10 +149,12 @@ def test_a_purge_killed_in_the_middle_leaves_a_verifiable_trail_and_finishes_whe
 
 
 def test_a_purge_cut_off_by_a_database_restart_leaves_a_verifiable_trail_and_finishes_when_rerun(
-        tmp_path):
+    tmp_path,
+):
     with private_cluster() as cluster:
         url = config.database_url_for_sqlalchemy(
-            cluster.create_database("audit", "audit", "audit-purge-password"))
+            cluster.create_database("audit", "audit", "audit-purge-password")
+        )
         migrate_to_head(url, tmp_path)
         empty_postgresql(url)
         app = create_app(make_settings(url, tmp_path))

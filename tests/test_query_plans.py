@@ -25,10 +25,20 @@ ADMIN = User(username="admin", is_admin=True)
 # and its address have fewer rows than a page, and then fetching them all and sorting is
 # cheaper; at 1M and 10M rows bench/results/explain-N.txt shows them read in order.)
 SERVICE = load.SERVICE_ACCOUNT
-ORDERED = {"first page": {}, "user": {"user": SERVICE}, "ip": {"ip": "10.200.0.1"},
-           **{name: SHAPES[name] for name in ("levels, rare (ERROR,CRITICAL)",
-                                              "source, rare (app)", "event",
-                                              "since + until (one day)")}}
+ORDERED = {
+    "first page": {},
+    "user": {"user": SERVICE},
+    "ip": {"ip": "10.200.0.1"},
+    **{
+        name: SHAPES[name]
+        for name in (
+            "levels, rare (ERROR,CRITICAL)",
+            "source, rare (app)",
+            "event",
+            "since + until (one day)",
+        )
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +109,11 @@ def test_both_parts_of_a_rare_substring_search_read_the_block_in_the_index(trail
 def copy_plan(url: str, filters: dict, fmt: str = "csv") -> list[str]:
     """The plan's lines of the export's COPY, as export.begin_in_order has it made."""
     with psycopg.connect(libpq_url(url), autocommit=True) as connection:
-        select = export.copy_select(connection, export.statement(
-            LogFiltersSchema().load(filters), None, "postgresql", fmt), pg_dialect.dialect())
+        select = export.copy_select(
+            connection,
+            export.statement(LogFiltersSchema().load(filters), None, "postgresql", fmt),
+            pg_dialect.dialect(),
+        )
         export.begin_in_order(connection, select)
         lines = [row[0] for row in connection.execute(f"EXPLAIN {select}")]
         connection.rollback()
@@ -114,14 +127,14 @@ def test_the_export_streams_in_index_order_without_sorting(trail, postgresql_url
 
 
 @pytest.mark.parametrize("name", ORDERED)
-def test_a_filtered_export_sorts_no_more_than_a_few_rows(trail, postgresql_url, name,
-                                                        monkeypatch):
+def test_a_filtered_export_sorts_no_more_than_a_few_rows(trail, postgresql_url, name, monkeypatch):
     """Planned for its total cost, the COPY of a common filter's rows would fetch them through
     a bitmap and sort them all before sending one (at PostgreSQL's default random_page_cost);
     a rare one's few rows may be sorted."""
     monkeypatch.setattr(export, "SORT_AT_MOST", 1000)
     lines = copy_plan(postgresql_url, ORDERED[name])
-    sorted_rows = [int(line.split(" rows=")[1].split()[0]) for line in lines
-                   if nodes([line]) == ["Sort"]]
+    sorted_rows = [
+        int(line.split(" rows=")[1].split()[0]) for line in lines if nodes([line]) == ["Sort"]
+    ]
     assert not [rows for rows in sorted_rows if rows > 1000], lines
     assert not [step for step in nodes(lines) if step.startswith("Seq Scan")], lines

@@ -8,8 +8,12 @@ import pytest
 from tests.conftest import ALICE, basic, bearer
 from tests.helpers import assert_error
 
-HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-           "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+}
 TOO_BIG = "x" * (64 * 1024 + 1)
 
 
@@ -34,15 +38,19 @@ def test_logout_is_not_cached(client, users):
     assert_protected(client.get("/logout", headers=bearer(users["alice"])))
 
 
-@pytest.mark.parametrize("call", [
-    lambda client: client.get("/v1/me"),
-    lambda client: client.get("/v1/me", headers=bearer("not-a-token")),
-    lambda client: client.post("/login", headers=basic("mallory", "wrong-password")),
-    lambda client: client.delete("/v1/me"),
-    lambda client: client.get("/"),
-    lambda client: client.get("/healthz"),
-    lambda client: client.get("/v1/openapi.json"),
-], ids=["401", "bad-token", "login-401", "405", "index", "healthz", "openapi"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda client: client.get("/v1/me"),
+        lambda client: client.get("/v1/me", headers=bearer("not-a-token")),
+        lambda client: client.post("/login", headers=basic("mallory", "wrong-password")),
+        lambda client: client.delete("/v1/me"),
+        lambda client: client.get("/"),
+        lambda client: client.get("/healthz"),
+        lambda client: client.get("/v1/openapi.json"),
+    ],
+    ids=["401", "bad-token", "login-401", "405", "index", "healthz", "openapi"],
+)
 def test_every_other_response_carries_the_headers_too(client, call):
     assert_protected(call(client))
 
@@ -57,14 +65,21 @@ def test_an_error_from_a_crash_carries_the_headers(app, client):
     assert_protected(response)
 
 
-@pytest.mark.parametrize(("method", "path", "needs_token"), [
-    ("POST", "/login", False), ("POST", "/v1/users", True), ("PUT", "/v1/me/password", True),
-])
-def test_a_body_over_64_kib_is_413_before_anything_is_checked(api, users, method, path,
-                                                              needs_token):
+@pytest.mark.parametrize(
+    ("method", "path", "needs_token"),
+    [
+        ("POST", "/login", False),
+        ("POST", "/v1/users", True),
+        ("PUT", "/v1/me/password", True),
+    ],
+)
+def test_a_body_over_64_kib_is_413_before_anything_is_checked(
+    api, users, method, path, needs_token
+):
     headers = bearer(users["admin"]) if needs_token else basic("alice", "not-her-password")
-    response = api.client.open(path, method=method, headers=headers,
-                               json={"username": "carol", "password": TOO_BIG})
+    response = api.client.open(
+        path, method=method, headers=headers, json={"username": "carol", "password": TOO_BIG}
+    )
     assert_error(response, 413)
     assert_protected(response)
     assert api.rows(event="login.failure") == []
@@ -73,9 +88,13 @@ def test_a_body_over_64_kib_is_413_before_anything_is_checked(api, users, method
 def chunked(client, path: str, body: bytes, headers: dict):
     """`body` sent as a server hands a chunked request to the app: no Content-Length, a
     Transfer-Encoding of chunked, and an input stream the server ends (gunicorn, Werkzeug)."""
-    return client.post(path, input_stream=io.BytesIO(body), content_type="application/json",
-                       headers={**headers, "Transfer-Encoding": "chunked"},
-                       environ_overrides={"CONTENT_LENGTH": "", "wsgi.input_terminated": True})
+    return client.post(
+        path,
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={**headers, "Transfer-Encoding": "chunked"},
+        environ_overrides={"CONTENT_LENGTH": "", "wsgi.input_terminated": True},
+    )
 
 
 @pytest.mark.parametrize("password", ["not-her-password", ALICE[1]])

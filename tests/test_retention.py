@@ -34,9 +34,13 @@ from tests.helpers import (
 
 def purge_checkpoints(app) -> list[int]:
     with app.app_context():
-        return list(db.session.scalars(sa.select(Checkpoint.log_id)
-                                       .where(Checkpoint.reason == "purge")
-                                       .order_by(Checkpoint.id)))
+        return list(
+            db.session.scalars(
+                sa.select(Checkpoint.log_id)
+                .where(Checkpoint.reason == "purge")
+                .order_by(Checkpoint.id)
+            )
+        )
 
 
 def test_purge_deletes_exactly_the_rows_created_before_the_date(api, client, runner):
@@ -67,8 +71,10 @@ def test_purge_says_how_many_rows_it_deleted(client, runner):
 def test_the_trail_verifies_after_a_purge(client, runner):
     aged_trail(client, old=3, new=2)
     purge(runner, "--yes")
-    assert verify_line(runner) == (0, (
-        "intact: 3 rows (rows 4-6, after the signed purge of rows 1-3), none signed since"))
+    assert verify_line(runner) == (
+        0,
+        ("intact: 3 rows (rows 4-6, after the signed purge of rows 1-3), none signed since"),
+    )
 
 
 def test_a_purge_leaves_a_signed_checkpoint_of_the_last_deleted_row(app, client, runner):
@@ -83,11 +89,16 @@ def test_a_purge_is_recorded_with_what_it_deletes_and_who_ran_it(api, client, ru
     purge(runner, "--yes")
     last = api.rows()[-1]
     assert (last.source, last.event, last.level, last.user) == (
-        "cli", "trail.purge", "WARNING", None)
+        "cli",
+        "trail.purge",
+        "WARNING",
+        None,
+    )
     assert last.track == (
         f"purge of the rows created before {cutoff()}T00:00:00.000000Z: deleting 3 rows"
         f" (ids 1-3, created {rfc3339(old[0].created_at)} to {rfc3339(old[2].created_at)})"
-        f" (by {retention.operator()})")
+        f" (by {retention.operator()})"
+    )
 
 
 def test_a_purge_in_several_batches_deletes_every_old_row(app, api, client, runner):
@@ -101,16 +112,20 @@ def test_a_purge_in_several_batches_deletes_every_old_row(app, api, client, runn
 def test_a_purge_in_several_batches_verifies(client, runner):
     aged_trail(client, old=5, new=1)
     purge(runner, "--yes", "--batch", "2")
-    assert verify_line(runner) == (0, (
-        "intact: 2 rows (rows 6-7, after the signed purge of rows 1-5), none signed since"))
+    assert verify_line(runner) == (
+        0,
+        ("intact: 2 rows (rows 6-7, after the signed purge of rows 1-5), none signed since"),
+    )
 
 
 def test_purging_every_row_leaves_a_verifiable_trail(api, client, runner):
     aged_trail(client, old=3, new=0)
     purge(runner, "--yes")
     assert ids_and_events(api) == [(4, "trail.purge")]
-    assert verify_line(runner) == (0, (
-        "intact: 1 row (rows 4-4, after the signed purge of rows 1-3), none signed since"))
+    assert verify_line(runner) == (
+        0,
+        ("intact: 1 row (rows 4-4, after the signed purge of rows 1-3), none signed since"),
+    )
 
 
 def test_two_purges_one_after_the_other_verify(app, client, runner):
@@ -122,8 +137,10 @@ def test_two_purges_one_after_the_other_verify(app, client, runner):
     purge(runner, "--yes")
     assert purge(runner, "--yes", before=days_ago(370)).exit_code == 0
     assert purge_checkpoints(app) == [2, 4]
-    assert verify_line(runner) == (0, (
-        "intact: 3 rows (rows 5-7, after the signed purge of rows 1-4), none signed since"))
+    assert verify_line(runner) == (
+        0,
+        ("intact: 3 rows (rows 5-7, after the signed purge of rows 1-4), none signed since"),
+    )
 
 
 def test_a_purge_with_nothing_before_the_date_says_so_and_exits_0(api, client, runner):
@@ -133,7 +150,8 @@ def test_a_purge_with_nothing_before_the_date_says_so_and_exits_0(api, client, r
     assert result.stdout == f"no rows created before {cutoff()}T00:00:00.000000Z\n"
     assert ids_and_events(api) == [(1, "index.view"), (2, "index.view"), (3, "trail.purge")]
     assert api.rows()[-1].track.startswith(
-        f"purge of the rows created before {cutoff()}T00:00:00.000000Z: nothing to delete")
+        f"purge of the rows created before {cutoff()}T00:00:00.000000Z: nothing to delete"
+    )
 
 
 def test_without_yes_a_purge_asks_and_no_deletes_nothing(api, client, runner):
@@ -141,11 +159,18 @@ def test_without_yes_a_purge_asks_and_no_deletes_nothing(api, client, runner):
     old = api.rows()[:3]
     result = purge(runner, input="n\n")
     assert result.exit_code == 1
-    assert (f"Delete 3 rows (ids 1-3, created {rfc3339(old[0].created_at)} to"
-            f" {rfc3339(old[2].created_at)})? [y/N]") in result.output
+    assert (
+        f"Delete 3 rows (ids 1-3, created {rfc3339(old[0].created_at)} to"
+        f" {rfc3339(old[2].created_at)})? [y/N]"
+    ) in result.output
     assert "Aborted" in result.output
-    assert ids_and_events(api) == [(1, "index.view"), (2, "index.view"), (3, "index.view"),
-                                   (4, "index.view"), (5, "trail.purge")]
+    assert ids_and_events(api) == [
+        (1, "index.view"),
+        (2, "index.view"),
+        (3, "index.view"),
+        (4, "index.view"),
+        (5, "trail.purge"),
+    ]
     assert "declined at the prompt, nothing deleted" in api.rows()[-1].track
 
 
@@ -161,17 +186,21 @@ def test_without_yes_a_purge_answered_yes_deletes(api, client, runner):
 # anchor's entries for purged rows have nothing left to compare, and its entries for the rows
 # that remain still hold them to their signed hashes.
 
+
 def test_an_anchor_made_before_a_purge_still_verifies(client, runner, tmp_path):
     aged_trail(client, old=3, new=2)
     anchor = tmp_path / "anchor.jsonl"
     flask_audit(runner, "anchor", "-o", str(anchor))
     purge(runner, "--yes")
     assert verify_line(runner, "--anchor", str(anchor)) == (
-        0, "intact: 3 rows (rows 4-6, after the signed purge of rows 1-3), signed up to row 5")
+        0,
+        "intact: 3 rows (rows 4-6, after the signed purge of rows 1-3), signed up to row 5",
+    )
 
 
 def test_an_anchor_made_before_a_purge_still_names_a_recomputed_remaining_row(
-        app, client, runner, tmp_path):
+    app, client, runner, tmp_path
+):
     aged_trail(client, old=3, new=2)
     anchor = tmp_path / "anchor.jsonl"
     flask_audit(runner, "anchor", "-o", str(anchor))
@@ -180,7 +209,10 @@ def test_an_anchor_made_before_a_purge_still_names_a_recomputed_remaining_row(
         recompute_chain(connection, 4, track="nothing happened")
         connection.execute(sa.delete(Checkpoint).where(Checkpoint.reason == "anchor"))
     # The database alone cannot tell.
-    assert verify_line(runner) == (0, (
-        "intact: 3 rows (rows 4-6, after the signed purge of rows 1-3), none signed since"))
-    assert_broken(runner, "BROKEN at row 5: differs from its signed checkpoint",
-                  "--anchor", str(anchor))
+    assert verify_line(runner) == (
+        0,
+        ("intact: 3 rows (rows 4-6, after the signed purge of rows 1-3), none signed since"),
+    )
+    assert_broken(
+        runner, "BROKEN at row 5: differs from its signed checkpoint", "--anchor", str(anchor)
+    )

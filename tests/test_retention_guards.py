@@ -53,6 +53,7 @@ def assert_refused(result, api, before_rows: list, reason: str) -> None:
 
 # -- the date ---------------------------------------------------------------------------------
 
+
 def test_a_purge_before_a_future_date_is_refused_and_deletes_nothing(api, client, runner):
     aged_trail(client, old=3, new=2)
     before = api.rows()
@@ -60,8 +61,7 @@ def test_a_purge_before_a_future_date_is_refused_and_deletes_nothing(api, client
     assert_refused(result, api, before, "2099-01-01T00:00:00.000000Z is in the future")
 
 
-def test_a_purge_within_the_minimum_retention_is_refused_and_deletes_nothing(
-        api, client, runner):
+def test_a_purge_within_the_minimum_retention_is_refused_and_deletes_nothing(api, client, runner):
     aged_trail(client, old=3, new=2)
     before = api.rows()
     result = purge(runner, "--yes", before=days_ago(30))
@@ -80,8 +80,9 @@ def test_a_time_just_inside_the_minimum_retention_is_refused(api, client, runner
     aged_trail(client, old=2, new=0)
     before = api.rows()
     just_inside = rfc3339(utcnow() - timedelta(days=365) + timedelta(minutes=5))
-    assert_refused(purge(runner, "--yes", before=just_inside), api, before,
-                   "within the minimum retention")
+    assert_refused(
+        purge(runner, "--yes", before=just_inside), api, before, "within the minimum retention"
+    )
 
 
 def test_a_time_just_past_the_minimum_retention_is_allowed(api, client, runner):
@@ -96,24 +97,31 @@ def test_a_shorter_minimum_retention_allows_a_more_recent_date(api, client, runn
     aged_trail(client, old=2, new=1)
     assert purge(runner, "--yes", before=days_ago(31)).exit_code == 0
     assert ids_and_events(api) == [(3, "index.view"), (4, "trail.purge")]
-    assert_refused(purge(runner, "--yes", before=days_ago(29)), api, api.rows()[:2],
-                   "within the minimum retention of 30 days")
+    assert_refused(
+        purge(runner, "--yes", before=days_ago(29)),
+        api,
+        api.rows()[:2],
+        "within the minimum retention of 30 days",
+    )
 
 
 @pytest.mark.parametrize("date", ["last-week", "2026-13-01", "2026-11-21T10:00:00"])
 def test_a_bad_date_is_refused_in_one_line_deletes_nothing_and_is_recorded(
-        api, client, runner, date):
+    api, client, runner, date
+):
     aged_trail(client, old=2, new=0)
     result = purge(runner, "--yes", before=date)
     assert result.exit_code == 1
     assert result.output.startswith(
-        f"Error: purge refused, nothing deleted: --before {date!r} is not a date: ")
+        f"Error: purge refused, nothing deleted: --before {date!r} is not a date: "
+    )
     assert result.output.count("\n") == 1
     assert ids_and_events(api) == [(1, "index.view"), (2, "index.view"), (3, "trail.purge")]
     assert purge_rows(api) == [f"purge refused: --before {date!r} is not a date"]
 
 
 # -- legal holds ------------------------------------------------------------------------------
+
 
 def test_a_standing_hold_refuses_every_purge_and_deletes_nothing(api, client, runner):
     aged_trail(client, old=3, new=1)
@@ -146,8 +154,7 @@ def test_a_hold_refuses_even_a_dry_run(api, client, runner):
 
 @pytest.mark.parametrize("table", ["audit_log", "audit_checkpoint"])
 @pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="1")
-def test_the_database_refuses_a_permitted_delete_while_a_hold_stands(app, client, runner,
-                                                                     table):
+def test_the_database_refuses_a_permitted_delete_while_a_hold_stands(app, client, runner, table):
     """The triggers enforce holds too: a purge racing a new hold stops at its next batch."""
     aged_trail(client, old=2, new=0)
     hold(runner, "add", "case-4711", "--reason", "litigation hold")
@@ -162,8 +169,7 @@ def test_the_database_refuses_a_permitted_delete_while_a_hold_stands(app, client
         assert connection.scalar(sa.text(count)) == before > 0
 
 
-def test_a_hold_placed_during_a_purge_stops_its_next_batch(app, api, client, runner,
-                                                           monkeypatch):
+def test_a_hold_placed_during_a_purge_stops_its_next_batch(app, api, client, runner, monkeypatch):
     aged_trail(client, old=4, new=0)
     original = retention.purge_batch
 
@@ -187,11 +193,14 @@ def test_placing_and_releasing_a_hold_are_recorded_with_the_os_user(api, runner)
     hold(runner, "release", "case-4711")
     rows = api.rows()
     assert [(row.source, row.event, row.level) for row in rows] == [
-        ("cli", "hold.add", "WARNING"), ("cli", "hold.release", "WARNING")]
+        ("cli", "hold.add", "WARNING"),
+        ("cli", "hold.release", "WARNING"),
+    ]
     by = f"(by {retention.operator()})"
     assert [row.track for row in rows] == [
         f"legal hold 'case-4711' placed: litigation hold {by}",
-        f"legal hold 'case-4711' released {by}"]
+        f"legal hold 'case-4711' released {by}",
+    ]
 
 
 def test_hold_list_shows_the_standing_holds_with_who_placed_them(runner):
@@ -246,10 +255,14 @@ def test_a_hold_without_reason_is_a_usage_error(api, runner):
     assert hold(runner, "list").output == "no legal hold is standing\n"
 
 
-@pytest.mark.parametrize(("args", "error"), [
-    (("add", "x", "--reason", "  "), "a hold needs a reason (--reason)"),
-    (("add", " ", "--reason", "why"), "a hold's name must be 1 to 64 characters"),
-    (("add", "x" * 65, "--reason", "why"), "a hold's name must be 1 to 64 characters")])
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("add", "x", "--reason", "  "), "a hold needs a reason (--reason)"),
+        (("add", " ", "--reason", "why"), "a hold's name must be 1 to 64 characters"),
+        (("add", "x" * 65, "--reason", "why"), "a hold's name must be 1 to 64 characters"),
+    ],
+)
 def test_a_hold_needs_a_name_and_a_reason(api, runner, args, error):
     result = hold(runner, *args)
     assert result.exit_code == 1
@@ -260,18 +273,19 @@ def test_a_hold_needs_a_name_and_a_reason(api, runner, args, error):
 
 # -- dry run ----------------------------------------------------------------------------------
 
+
 def test_a_dry_run_says_what_would_go_and_deletes_nothing(api, client, runner):
     aged_trail(client, old=3, new=2)
     old = api.rows()[:3]
     result = purge(runner, "--dry-run")
     assert result.exit_code == 0
-    span = (f"3 rows (ids 1-3, created {rfc3339(old[0].created_at)} to"
-            f" {rfc3339(old[2].created_at)})")
+    span = f"3 rows (ids 1-3, created {rfc3339(old[0].created_at)} to {rfc3339(old[2].created_at)})"
     assert result.output == f"would purge {span}; nothing deleted (dry run)\n"
     assert [row_id for row_id, _ in ids_and_events(api)] == [1, 2, 3, 4, 5, 6]
     assert purge_rows(api) == [
         f"purge of the rows created before {cutoff()}T00:00:00.000000Z: dry run,"
-        f" would delete {span}"]
+        f" would delete {span}"
+    ]
 
 
 def test_a_dry_run_matches_what_the_purge_then_deletes(api, client, runner):
@@ -286,17 +300,27 @@ def test_a_dry_run_matches_what_the_purge_then_deletes(api, client, runner):
 
 # -- the setting ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("env", ["development", "production"])
 def test_a_minimum_retention_below_one_day_is_refused_outside_testing(env):
-    environ = {"APP_ENV": env, "DATABASE_URL": "sqlite://", "SECRET_KEY": "k",
-               "AUDIT_SIGNING_KEY": "s", "AUDIT_MIN_RETENTION_DAYS": "0"}
+    environ = {
+        "APP_ENV": env,
+        "DATABASE_URL": "sqlite://",
+        "SECRET_KEY": "k",
+        "AUDIT_SIGNING_KEY": "s",
+        "AUDIT_MIN_RETENTION_DAYS": "0",
+    }
     with pytest.raises(config.ConfigError, match="AUDIT_MIN_RETENTION_DAYS must be at least 1"):
         config.settings(environ)
 
 
 def test_tests_may_set_a_minimum_retention_of_zero():
-    environ = {"APP_ENV": "testing", "DATABASE_URL": "sqlite://", "SECRET_KEY": "k",
-               "AUDIT_MIN_RETENTION_DAYS": "0"}
+    environ = {
+        "APP_ENV": "testing",
+        "DATABASE_URL": "sqlite://",
+        "SECRET_KEY": "k",
+        "AUDIT_MIN_RETENTION_DAYS": "0",
+    }
     assert config.settings(environ)["AUDIT_MIN_RETENTION_DAYS"] == 0
 
 

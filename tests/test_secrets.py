@@ -35,8 +35,15 @@ class Session:
     secrets: set[str] = field(default_factory=set)
     bodies: list[tuple[int, str, str]] = field(default_factory=list)  # status, path, body
 
-    def call(self, method: str, path: str, *, basic: tuple[str, str] | None = None,
-             token: str | None = None, body: dict | None = None) -> tuple[int, dict]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        basic: tuple[str, str] | None = None,
+        token: str | None = None,
+        body: dict | None = None,
+    ) -> tuple[int, dict]:
         headers = {}
         if basic is not None:
             credentials = b64encode(":".join(basic).encode()).decode()
@@ -45,8 +52,11 @@ class Session:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         if body is not None:
-            self.secrets |= {value for name, value in body.items()
-                             if "password" in name and isinstance(value, str)}
+            self.secrets |= {
+                value
+                for name, value in body.items()
+                if "password" in name and isinstance(value, str)
+            }
         status, text = self.send(method, path, headers, body)
         self.bodies.append((status, path, text))
         reply = json.loads(text) if text.startswith("{") else {}
@@ -61,8 +71,9 @@ class Session:
 
     def error_bodies(self) -> list[str]:
         """Every body but the logins' answers, which carry their new token by design."""
-        return [text for status, path, text in self.bodies if not (path == "/login"
-                                                                   and status == 200)]
+        return [
+            text for status, path, text in self.bodies if not (path == "/login" and status == 200)
+        ]
 
 
 def scripted_session(send: Send, admin: tuple[str, str]) -> Session:
@@ -73,8 +84,15 @@ def scripted_session(send: Send, admin: tuple[str, str]) -> Session:
     status, reply = call("POST", "/login", body={"username": admin[0], "password": admin[1]})
     assert status == 200
     session.secrets.add(f"Bearer {reply['token']}")
-    assert call("POST", "/v1/users", token=admin_token,
-                body={"username": "alice", "password": ALICE_PASSWORDS[0]})[0] == 201
+    assert (
+        call(
+            "POST",
+            "/v1/users",
+            token=admin_token,
+            body={"username": "alice", "password": ALICE_PASSWORDS[0]},
+        )[0]
+        == 201
+    )
     alice_token = session.token("alice", ALICE_PASSWORDS[0])
     assert call("GET", "/v1/me", token=alice_token)[0] == 200
     assert call("POST", "/login", basic=("alice", WRONG_PASSWORDS[0]))[0] == 401
@@ -82,14 +100,33 @@ def scripted_session(send: Send, admin: tuple[str, str]) -> Session:
         call("POST", "/login", body={"username": "mallory", "password": WRONG_PASSWORDS[1]})
     assert call("POST", "/login", basic=("mallory", WRONG_PASSWORDS[1]))[0] == 429
     assert call("POST", "/login", body={"username": "alice", "password": 12345678})[0] == 400
-    assert call("PUT", "/v1/me/password", token=alice_token,
-                body={"current_password": WRONG_PASSWORDS[2],
-                      "new_password": ALICE_PASSWORDS[1]})[0] == 403
-    assert call("PUT", "/v1/me/password", token=alice_token,
-                body={"current_password": ALICE_PASSWORDS[0], "new_password": "short"})[0] == 400
-    assert call("PUT", "/v1/me/password", token=alice_token,
-                body={"current_password": ALICE_PASSWORDS[0],
-                      "new_password": ALICE_PASSWORDS[1]})[0] == 200
+    assert (
+        call(
+            "PUT",
+            "/v1/me/password",
+            token=alice_token,
+            body={"current_password": WRONG_PASSWORDS[2], "new_password": ALICE_PASSWORDS[1]},
+        )[0]
+        == 403
+    )
+    assert (
+        call(
+            "PUT",
+            "/v1/me/password",
+            token=alice_token,
+            body={"current_password": ALICE_PASSWORDS[0], "new_password": "short"},
+        )[0]
+        == 400
+    )
+    assert (
+        call(
+            "PUT",
+            "/v1/me/password",
+            token=alice_token,
+            body={"current_password": ALICE_PASSWORDS[0], "new_password": ALICE_PASSWORDS[1]},
+        )[0]
+        == 200
+    )
     assert call("GET", "/v1/me", token=alice_token)[0] == 401
     second_token = session.token("alice", ALICE_PASSWORDS[1])
     assert call("GET", "/logout", token=second_token)[0] == 200
@@ -98,8 +135,9 @@ def scripted_session(send: Send, admin: tuple[str, str]) -> Session:
     session.secrets.add("Not-a-real-Secret-token-value-0123456789abcdef")
     assert call("POST", "/login", body={"username": "alice", "password": TOO_BIG})[0] == 413
     alice_id = call("GET", "/v1/users", token=admin_token)[1]["items"][-1]["id"]
-    assert call("PATCH", f"/v1/users/{alice_id}", token=admin_token,
-                body={"disabled": True})[0] == 200
+    assert (
+        call("PATCH", f"/v1/users/{alice_id}", token=admin_token, body={"disabled": True})[0] == 200
+    )
     assert call("POST", "/login", basic=("alice", ALICE_PASSWORDS[1]))[0] == 401
     assert call("GET", "/v1/logs?limit=1000", token=admin_token)[0] == 200
     session.secrets |= {f"Bearer {token}" for token in (admin_token, alice_token, second_token)}
@@ -115,8 +153,9 @@ def every_row(connection: sa.Connection) -> str:
     """Every row of every table of the schema, as text."""
     schema = sa.MetaData()
     schema.reflect(connection)
-    return "\n".join(repr(row) for table in schema.sorted_tables
-                     for row in connection.execute(sa.select(table)))
+    return "\n".join(
+        repr(row) for table in schema.sorted_tables for row in connection.execute(sa.select(table))
+    )
 
 
 def test_no_secret_reaches_a_row_a_log_record_or_an_error_body(app, api, client, caplog):

@@ -44,11 +44,19 @@ def test_the_readme_session_works_and_leaves_its_trail(served):
 
 
 def test_production_without_its_secrets_stops_gunicorn_with_a_clear_message(tmp_path):
-    env = {"PATH": os.environ.get("PATH", os.defpath), "APP_ENV": "production",
-           "INSTANCE_PATH": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path)}
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "APP_ENV": "production",
+        "INSTANCE_PATH": str(tmp_path),
+        "XDG_RUNTIME_DIR": str(tmp_path),
+    }
     server = subprocess.Popen(
         [BIN / "gunicorn", "--bind", f"127.0.0.1:{free_port()}", "--workers", "2", "wsgi:app"],
-        cwd=config.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=config.ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -69,8 +77,10 @@ def test_a_client_that_leaves_mid_export_cancels_its_copy(database_url, tmp_path
     with serving(database_url, tmp_path) as (client, _):
         port = int(client.base_url.rsplit(":", 1)[1])
         token = client.post("/login", basic=ADMIN).body["token"]
-        request = (f"GET /v1/logs/export HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                   f"Authorization: Bearer {token}\r\n\r\n").encode()
+        request = (
+            f"GET /v1/logs/export HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
+        ).encode()
         with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
             connection.sendall(request)
             assert connection.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
@@ -88,8 +98,9 @@ def test_a_client_that_leaves_mid_export_cancels_its_copy(database_url, tmp_path
 
 def exports_running(database_url: str) -> int:
     with psycopg.connect(libpq_url(database_url), autocommit=True) as connection:
-        return connection.execute("SELECT count(*) FROM pg_stat_activity"
-                                  " WHERE query LIKE 'COPY (%' AND state = 'active'").fetchone()[0]
+        return connection.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY (%' AND state = 'active'"
+        ).fetchone()[0]
 
 
 def test_gunicorn_records_a_utf8_user_agent_as_the_text_sent(served):
@@ -102,4 +113,5 @@ def test_gunicorn_records_a_utf8_user_agent_as_the_text_sent(served):
     token = client.post("/login", basic=ADMIN).body["token"]
     rows = client.get("/v1/logs?event=index.view", token=token).body["items"]
     assert [(row["request_id"], row["user_agent"]) for row in rows] == [
-        (index.headers["X-Request-ID"], agent)]
+        (index.headers["X-Request-ID"], agent)
+    ]

@@ -49,6 +49,7 @@ def outage(app, client) -> list[str]:
 
 # -- while the database cannot take the row ---------------------------------------------------
 
+
 def test_requests_still_succeed_while_the_audit_table_is_away(app, api, client):
     api.create_user(*ALICE)
     with audit_table_unavailable(app):
@@ -57,7 +58,10 @@ def test_requests_still_succeed_while_the_audit_table_is_away(app, api, client):
         index = client.get("/")
     assert [login.status_code, me.status_code, index.status_code] == [200, 200, 200]
     assert [event["event"] for event in spooled(app)] == [
-        "login.success", "api.request", "index.view"]
+        "login.success",
+        "api.request",
+        "index.view",
+    ]
 
 
 def test_the_spool_holds_the_events_in_order(app, outage):
@@ -92,6 +96,7 @@ def test_a_write_that_waits_on_the_chains_lock_too_long_is_spooled(app, api, cli
         def release():
             connection.close()
             engine.dispose()
+
     try:
         [request_id] = make_trail(client, 1)
     finally:
@@ -101,6 +106,7 @@ def test_a_write_that_waits_on_the_chains_lock_too_long_is_spooled(app, api, cli
 
 
 # -- the replay: by the next successful write -------------------------------------------------
+
 
 def test_the_next_write_replays_the_spool_first_in_order(api, client, outage):
     new = make_trail(client, 1)
@@ -113,7 +119,8 @@ def test_the_replayed_rows_are_the_spooled_events(app, api, client, outage):
     rows = api.rows()[:3]
     assert [str(row.event_id) for row in rows] == [event["event_id"] for event in events]
     assert [row.created_at for row in rows] == [
-        datetime.fromisoformat(event["created_at"]) for event in events]
+        datetime.fromisoformat(event["created_at"]) for event in events
+    ]
 
 
 def test_the_spool_is_empty_after_the_next_write(app, client, outage):
@@ -135,6 +142,7 @@ def test_later_writes_are_not_replayed_again(api, client, outage):
 
 
 # -- the replay: by `flask audit replay` ------------------------------------------------------
+
 
 def test_flask_audit_replay_writes_the_spool_in_order(api, runner, outage):
     result = flask_audit(runner, "replay")
@@ -159,12 +167,14 @@ def test_flask_audit_replay_while_the_table_is_still_away_keeps_the_spool(app, r
     with audit_table_unavailable(app):
         result = flask_audit(runner, "replay")
     assert result.exit_code == 1
-    assert result.output.startswith("Error: the database did not take the spooled events,"
-                                    " which stay in the spool: ")
+    assert result.output.startswith(
+        "Error: the database did not take the spooled events, which stay in the spool: "
+    )
     assert [event["request_id"] for event in spooled(app)] == outage
 
 
 # -- exactly once: an event in the spool that the database has too ----------------------------
+
 
 @pytest.fixture
 def spool_with_a_written_event(app, api, client) -> list[str]:
@@ -182,18 +192,21 @@ def spool_with_a_written_event(app, api, client) -> list[str]:
 
 
 def test_the_next_write_does_not_write_an_already_written_event_again(
-        api, client, spool_with_a_written_event):
+    api, client, spool_with_a_written_event
+):
     new = make_trail(client, 1)
     assert request_ids(api) == spool_with_a_written_event + new
 
 
 def test_flask_audit_replay_does_not_write_an_already_written_event_again(
-        api, runner, spool_with_a_written_event):
+    api, runner, spool_with_a_written_event
+):
     assert flask_audit(runner, "replay").stdout == "replayed 2 events\n"
     assert request_ids(api) == spool_with_a_written_event
 
 
 # -- the spool file itself --------------------------------------------------------------------
+
 
 def test_the_spool_has_one_json_line_per_event(app, outage):
     lines = spool_file(app).read_bytes().split(b"\n")
@@ -225,11 +238,14 @@ def test_a_nul_in_the_request_path_is_recorded_not_left_to_block_the_spool(api, 
     assert client.get("/v1/%00").status_code == 404
     make_trail(client, 1)
     assert [(row.event, row.path) for row in api.rows()] == [
-        ("api.request", "/v1/\N{REPLACEMENT CHARACTER}"), ("index.view", "/")]
+        ("api.request", "/v1/\N{REPLACEMENT CHARACTER}"),
+        ("index.view", "/"),
+    ]
     assert spooled_events(client) == 0
 
 
 # -- the spool on a full disk -----------------------------------------------------------------
+
 
 @DISK_FULL
 def test_a_spool_on_a_full_disk_costs_nothing_while_the_database_works(api, client):
@@ -247,8 +263,10 @@ def pooled_states(engine: sa.Engine) -> list[tuple[bool, TransactionStatus]]:
     """(autocommit, transaction status) of every connection idle in `engine`'s pool."""
     held = [engine.raw_connection() for _ in range(engine.pool.checkedin())]
     try:
-        return [(c.driver_connection.autocommit, c.driver_connection.info.transaction_status)
-                for c in held]
+        return [
+            (c.driver_connection.autocommit, c.driver_connection.info.transaction_status)
+            for c in held
+        ]
     finally:
         for connection in held:
             connection.close()
@@ -278,14 +296,17 @@ def test_an_append_returns_only_once_the_wal_holding_it_is_flushed(app):
     everything it held when the write began (so past the append's commit). Checked because a
     faster append once committed with synchronous_commit off and meant a later empty
     transaction to flush it, which PostgreSQL does not do for a transaction that wrote no WAL."""
-    lsn = sa.text("SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn,"
-                  " pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
+    lsn = sa.text(
+        "SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn,"
+        " pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
+    )
     with app.app_context(), db.engine.connect() as probe:
         for number in range(20):
             _, inserted_before = probe.execute(lsn).one()
             probe.rollback()
-            writer().write(AuditEvent(source="v1", event="test.flush", level="INFO",
-                                      track=f"write {number}"))
+            writer().write(
+                AuditEvent(source="v1", event="test.flush", level="INFO", track=f"write {number}")
+            )
             flushed_after, _ = probe.execute(lsn).one()
             probe.rollback()
             assert flushed_after > inserted_before, f"write {number} returned unflushed"

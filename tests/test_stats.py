@@ -54,8 +54,16 @@ def at(offset: timedelta) -> str:
 def seeded(api):
     """SEEDED, written in 2020 (ask for it before `users`: the chain's time never goes back)."""
     for offset, level, user, source, event, track in SEEDED:
-        write(api.app, created_at=T + offset, level=level, user=user, source=source,
-              event=event, track=track, ip="203.0.113.9" if user == "bob" else "127.0.0.1")
+        write(
+            api.app,
+            created_at=T + offset,
+            level=level,
+            user=user,
+            source=source,
+            event=event,
+            track=track,
+            ip="203.0.113.9" if user == "bob" else "127.0.0.1",
+        )
 
 
 def test_rows_are_counted_per_hour_and_level(api, seeded, users):
@@ -68,13 +76,22 @@ def test_rows_are_counted_per_hour_and_level(api, seeded, users):
     ]
     body = response.get_json()
     assert (body["bucket"], body["since"], body["until"], body["total"]) == (
-        "hour", at(0 * HOUR), at(4 * HOUR), 6)
+        "hour",
+        at(0 * HOUR),
+        at(4 * HOUR),
+        6,
+    )
 
 
 def test_rows_are_counted_per_day_from_midnight_utc(api, seeded, users):
     midnight = T.replace(hour=0)
-    response = stats(api, users["admin"], bucket="day", since=rfc3339(midnight),
-                     until=rfc3339(midnight + 3 * DAY))
+    response = stats(
+        api,
+        users["admin"],
+        bucket="day",
+        since=rfc3339(midnight),
+        until=rfc3339(midnight + 3 * DAY),
+    )
     assert buckets(response) == [
         (rfc3339(midnight), counts(INFO=3, WARNING=2, ERROR=1)),
         (rfc3339(midnight + DAY), counts(DEBUG=1, CRITICAL=1)),
@@ -89,22 +106,30 @@ def test_a_bucket_cut_by_since_or_until_counts_only_the_rows_inside(api, seeded,
 
 
 def test_since_and_until_in_another_offset_mean_the_same_instants(api, seeded, users):
-    response = stats(api, users["admin"], since="2020-01-01T12:00:00+02:00",
-                     until="2020-01-01T14:00:00+02:00")
-    assert buckets(response) == [(at(0 * HOUR), counts(INFO=2, WARNING=2)),
-                                 (at(1 * HOUR), counts(INFO=1))]
+    response = stats(
+        api, users["admin"], since="2020-01-01T12:00:00+02:00", until="2020-01-01T14:00:00+02:00"
+    )
+    assert buckets(response) == [
+        (at(0 * HOUR), counts(INFO=2, WARNING=2)),
+        (at(1 * HOUR), counts(INFO=1)),
+    ]
 
 
-@pytest.mark.parametrize(("params", "expected"), [
-    ({"level": "warning,ERROR"}, [counts(WARNING=2), counts(), counts(), counts(ERROR=1)]),
-    ({"user": "alice"}, [counts(INFO=1, WARNING=2), counts(INFO=1), counts(), counts()]),
-    ({"ip": "203.0.113.9"}, [counts(INFO=1), counts(), counts(), counts()]),
-    ({"source": "v1"}, [counts(), counts(INFO=1), counts(), counts()]),
-    ({"event": "login.failure"}, [counts(WARNING=2), counts(), counts(), counts()]),
-    ({"q": "PASSWORD"}, [counts(WARNING=2), counts(), counts(), counts()]),
-    ({"user": "alice", "level": "INFO"}, [counts(INFO=1), counts(INFO=1), counts(), counts()]),
-], ids=lambda value: "&".join(f"{k}={v}" for k, v in value.items())
-    if isinstance(value, dict) else "")
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"level": "warning,ERROR"}, [counts(WARNING=2), counts(), counts(), counts(ERROR=1)]),
+        ({"user": "alice"}, [counts(INFO=1, WARNING=2), counts(INFO=1), counts(), counts()]),
+        ({"ip": "203.0.113.9"}, [counts(INFO=1), counts(), counts(), counts()]),
+        ({"source": "v1"}, [counts(), counts(INFO=1), counts(), counts()]),
+        ({"event": "login.failure"}, [counts(WARNING=2), counts(), counts(), counts()]),
+        ({"q": "PASSWORD"}, [counts(WARNING=2), counts(), counts(), counts()]),
+        ({"user": "alice", "level": "INFO"}, [counts(INFO=1), counts(INFO=1), counts(), counts()]),
+    ],
+    ids=lambda value: (
+        "&".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else ""
+    ),
+)
 def test_the_filters_of_the_listing_apply(api, seeded, users, params, expected):
     response = stats(api, users["admin"], since=at(0 * HOUR), until=at(4 * HOUR), **params)
     assert [levels for _, levels in buckets(response)] == expected
@@ -164,31 +189,43 @@ def test_a_thousand_buckets_are_counted(api, users):
 
 
 def test_more_than_a_thousand_buckets_is_400_naming_since(api, users):
-    response = stats(api, users["admin"], since=at(-1000 * HOUR - MICROSECOND),
-                     until=at(0 * HOUR))
+    response = stats(api, users["admin"], since=at(-1000 * HOUR - MICROSECOND), until=at(0 * HOUR))
     error = assert_error(response, 400, {"since"})
     assert "1001 hour buckets" in error["details"]["since"][0]
     # ... which by day is two buckets.
-    assert stats(api, users["admin"], bucket="day", since=at(-1000 * HOUR - MICROSECOND),
-                 until=at(0 * HOUR)).status_code == 200
+    assert (
+        stats(
+            api,
+            users["admin"],
+            bucket="day",
+            since=at(-1000 * HOUR - MICROSECOND),
+            until=at(0 * HOUR),
+        ).status_code
+        == 200
+    )
 
 
-@pytest.mark.parametrize(("params", "field"), [
-    ({"bucket": "week"}, "bucket"),
-    ({"bucket": ""}, "bucket"),
-    ({"since": "yesterday"}, "since"),
-    ({"since": "2020-01-01T10:00:00"}, "since"),
-    ({"since": "2020-01-01T10:00:00Z", "until": "2020-01-01T10:00:00Z"}, "until"),
-    ({"since": "9999-01-01T00:00:00Z"}, "since"),  # in the future, and until is now
-    ({"since": "0001-01-01T00:00:00Z", "bucket": "day"}, "since"),
-    ({"until": "0001-01-01T00:00:00Z"}, "until"),
-    ({"limit": "10"}, "limit"),
-    ({"after": "x"}, "after"),
-    ({"order": "asc"}, "order"),
-    ({"level": "LOUD"}, "level"),
-    ({"ip": "not-an-ip"}, "ip"),
-], ids=lambda value: "&".join(f"{k}={v}" for k, v in value.items())
-    if isinstance(value, dict) else value)
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"bucket": "week"}, "bucket"),
+        ({"bucket": ""}, "bucket"),
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2020-01-01T10:00:00"}, "since"),
+        ({"since": "2020-01-01T10:00:00Z", "until": "2020-01-01T10:00:00Z"}, "until"),
+        ({"since": "9999-01-01T00:00:00Z"}, "since"),  # in the future, and until is now
+        ({"since": "0001-01-01T00:00:00Z", "bucket": "day"}, "since"),
+        ({"until": "0001-01-01T00:00:00Z"}, "until"),
+        ({"limit": "10"}, "limit"),
+        ({"after": "x"}, "after"),
+        ({"order": "asc"}, "order"),
+        ({"level": "LOUD"}, "level"),
+        ({"ip": "not-an-ip"}, "ip"),
+    ],
+    ids=lambda value: (
+        "&".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
+    ),
+)
 def test_a_bad_parameter_is_400_naming_it(api, users, params, field):
     assert_error(stats(api, users["admin"], **params), 400, {field})
 
@@ -203,19 +240,39 @@ def test_the_request_is_audited_like_any_v1_request(api, users):
     response = stats(api, users["alice"], bucket="day")
     [row] = api.rows(request_id=response.headers["X-Request-ID"])
     assert (row.source, row.event, row.level, row.user, row.status, row.track) == (
-        "v1", "api.request", "INFO", "alice", 200, "GET /v1/logs/stats?bucket=day -> 200")
+        "v1",
+        "api.request",
+        "INFO",
+        "alice",
+        200,
+        "GET /v1/logs/stats?bucket=day -> 200",
+    )
 
 
 def test_the_openapi_document_describes_it(client):
     document = client.get("/v1/openapi.json").get_json()
     operation = document["paths"]["/v1/logs/stats"]["get"]
     parameters = {parameter["name"]: parameter for parameter in operation["parameters"]}
-    assert set(parameters) == {"user", "ip", "level", "source", "event", "since", "until", "q",
-                               "bucket"}
+    assert set(parameters) == {
+        "user",
+        "ip",
+        "level",
+        "source",
+        "event",
+        "since",
+        "until",
+        "q",
+        "bucket",
+    }
     assert parameters["bucket"]["schema"]["enum"] == ["hour", "day"]
     assert {"200", "400", "401"} <= set(operation["responses"])
     assert "48 hours" in operation["description"] and "1000 buckets" in operation["description"]
     schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
     name = schema["$ref"].rsplit("/", 1)[1]
     assert set(document["components"]["schemas"][name]["properties"]) == {
-        "bucket", "since", "until", "total", "buckets"}
+        "bucket",
+        "since",
+        "until",
+        "total",
+        "buckets",
+    }

@@ -134,7 +134,8 @@ def test_a_short_password_is_400_naming_it(api, users):
 
 @pytest.mark.parametrize("body", ["[]", "5", '"bob"'])
 def test_a_body_that_is_not_an_object_is_400_with_a_body_message(api, users, body):
-    response = api.client.post("/v1/users", data=body, content_type="application/json",
-                               headers=bearer(users["admin"]))
+    response = api.client.post(
+        "/v1/users", data=body, content_type="application/json", headers=bearer(users["admin"])
+    )
     error = assert_error(response, 400, details={"body"})
     assert error["details"] == {"body": ["Invalid input type."]}

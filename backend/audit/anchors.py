@@ -24,8 +24,13 @@ def anchor(connection: sa.Connection, key: bytes) -> dict | None:
 
 def checkpoints_file(connection: sa.Connection) -> Iterator[str]:
     """Every checkpoint as a JSON line: the anchor file for `verify --anchor`."""
-    query = sa.select(Checkpoint.log_id, Checkpoint.log_hash, Checkpoint.created_at,
-                      Checkpoint.reason, Checkpoint.mac).order_by(Checkpoint.id)
+    query = sa.select(
+        Checkpoint.log_id,
+        Checkpoint.log_hash,
+        Checkpoint.created_at,
+        Checkpoint.reason,
+        Checkpoint.mac,
+    ).order_by(Checkpoint.id)
     for row in connection.execute(query).mappings():
         yield json.dumps({**row, "created_at": rfc3339(row["created_at"])}) + "\n"
 

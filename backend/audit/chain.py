@@ -53,15 +53,18 @@ def checkpoint_mac(key: bytes, log_id: int, log_hash: str, reason: str) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def append(connection: sa.Connection, events: Sequence[AuditEvent], key: bytes,
-           checkpoint_every: int = 1000) -> list[int]:
+def append(
+    connection: sa.Connection,
+    events: Sequence[AuditEvent],
+    key: bytes,
+    checkpoint_every: int = 1000,
+) -> list[int]:
     """Append `events` to the chain inside the caller's transaction.
 
     Locks the chain's head row for the rest of the transaction, so concurrent writers (other
     threads, workers or machines) queue here and the chain stays linear. Returns the new ids.
     """
-    rows, checkpoints, head = link(lock_head(connection)._asdict(), events, key,
-                                   checkpoint_every)
+    rows, checkpoints, head = link(lock_head(connection)._asdict(), events, key, checkpoint_every)
     connection.execute(sa.insert(Log), rows)
     if checkpoints:
         connection.execute(sa.insert(Checkpoint), checkpoints)
@@ -69,8 +72,12 @@ def append(connection: sa.Connection, events: Sequence[AuditEvent], key: bytes,
     return [row["id"] for row in rows]
 
 
-def append_and_commit(connection: psycopg.Connection, events: Sequence[AuditEvent], key: bytes,
-                      checkpoint_every: int = 1000) -> list[int]:
+def append_and_commit(
+    connection: psycopg.Connection,
+    events: Sequence[AuditEvent],
+    key: bytes,
+    checkpoint_every: int = 1000,
+) -> list[int]:
     """`append` and COMMIT on a psycopg (PostgreSQL) connection in autocommit mode
     (db_types.autocommit_connection), in two round trips and two
     messages: `BEGIN; SELECT ... FOR UPDATE` of the head, then the INSERTs, the head's UPDATE
@@ -89,13 +96,16 @@ def append_and_commit(connection: psycopg.Connection, events: Sequence[AuditEven
     if checkpoints:
         statements.append(_PG_INSERT_CHECKPOINT)
         params.append(json.dumps(checkpoints, default=str))
-    cursor.execute(";".join([*statements, _PG_UPDATE_HEAD, "COMMIT"]),
-                   [*params, *(head[name] for name in HEAD_COLUMNS)])
+    cursor.execute(
+        ";".join([*statements, _PG_UPDATE_HEAD, "COMMIT"]),
+        [*params, *(head[name] for name in HEAD_COLUMNS)],
+    )
     return [row["id"] for row in rows]
 
 
-def link(head: dict, events: Sequence[AuditEvent], key: bytes,
-         checkpoint_every: int) -> tuple[list[dict], list[dict], dict]:
+def link(
+    head: dict, events: Sequence[AuditEvent], key: bytes, checkpoint_every: int
+) -> tuple[list[dict], list[dict], dict]:
     """The rows of `events` chained on to `head`, the checkpoints they call for, the new head."""
     last_id, prev_hash = head["last_id"], head["last_hash"]
     last_created_at, since_checkpoint = head["last_created_at"], head["since_checkpoint"]
@@ -115,16 +125,27 @@ def link(head: dict, events: Sequence[AuditEvent], key: bytes,
         if since_checkpoint >= checkpoint_every:
             checkpoints.append(sign(key, row["id"], row["hash"], row["created_at"], "periodic"))
             since_checkpoint = 0
-    return rows, checkpoints, {"last_id": last_id, "last_hash": prev_hash,
-                               "last_created_at": last_created_at,
-                               "since_checkpoint": since_checkpoint}
+    return (
+        rows,
+        checkpoints,
+        {
+            "last_id": last_id,
+            "last_hash": prev_hash,
+            "last_created_at": last_created_at,
+            "since_checkpoint": since_checkpoint,
+        },
+    )
 
 
 def lock_head(connection: sa.Connection):
     """The chain's head row, locked until the transaction ends (appends queue behind it)."""
     return connection.execute(
-        sa.select(AuditChain.last_id, AuditChain.last_hash, AuditChain.last_created_at,
-                  AuditChain.since_checkpoint)
+        sa.select(
+            AuditChain.last_id,
+            AuditChain.last_hash,
+            AuditChain.last_created_at,
+            AuditChain.since_checkpoint,
+        )
         .where(AuditChain.id == 1)
         .with_for_update()
     ).one()
@@ -132,8 +153,13 @@ def lock_head(connection: sa.Connection):
 
 def sign(key: bytes, log_id: int, log_hash: str, created_at: datetime, reason: str) -> dict:
     """A checkpoint row vouching that row `log_id` has hash `log_hash`."""
-    return {"log_id": log_id, "log_hash": log_hash, "created_at": created_at,
-            "reason": reason, "mac": checkpoint_mac(key, log_id, log_hash, reason)}
+    return {
+        "log_id": log_id,
+        "log_hash": log_hash,
+        "created_at": created_at,
+        "reason": reason,
+        "mac": checkpoint_mac(key, log_id, log_hash, reason),
+    }
 
 
 def existing_event_ids(connection: sa.Connection, event_ids: Iterable) -> set:
@@ -148,16 +174,20 @@ def existing_event_ids(connection: sa.Connection, event_ids: Iterable) -> set:
 HEAD_COLUMNS = ("last_id", "last_hash", "last_created_at", "since_checkpoint")
 LOG_COLUMNS = tuple(spec.name for spec in AUDIT_FIELDS)
 CHECKPOINT_COLUMNS = ("log_id", "log_hash", "created_at", "reason", "mac")
-_PG_BEGIN_LOCK_HEAD = (f"BEGIN; SELECT {', '.join(HEAD_COLUMNS)} FROM audit_chain WHERE id = 1"
-                       " FOR UPDATE")
-_PG_UPDATE_HEAD = ("UPDATE audit_chain SET " + ", ".join(f"{name} = %s" for name in HEAD_COLUMNS)
-                   + " WHERE id = 1")
+_PG_BEGIN_LOCK_HEAD = (
+    f"BEGIN; SELECT {', '.join(HEAD_COLUMNS)} FROM audit_chain WHERE id = 1 FOR UPDATE"
+)
+_PG_UPDATE_HEAD = (
+    "UPDATE audit_chain SET " + ", ".join(f"{name} = %s" for name in HEAD_COLUMNS) + " WHERE id = 1"
+)
 
 
 def _pg_insert_json(table: str, columns: Sequence[str]) -> str:
     names = ", ".join(f'"{name}"' for name in columns)
-    return (f"INSERT INTO {table} ({names}) SELECT {names}"
-            f" FROM json_populate_recordset(NULL::{table}, %s)")
+    return (
+        f"INSERT INTO {table} ({names}) SELECT {names}"
+        f" FROM json_populate_recordset(NULL::{table}, %s)"
+    )
 
 
 _PG_INSERT_LOG = _pg_insert_json("audit_log", LOG_COLUMNS)

@@ -29,7 +29,7 @@ def _as_row(self) -> dict:
     for name in FIELDS:  # not dataclasses.asdict: its deep copies cost more than the rest
         value = getattr(self, name)
         if isinstance(value, str):
-            value = storable(value)[:COLUMN_LENGTHS.get(name)]
+            value = storable(value)[: COLUMN_LENGTHS.get(name)]
         row[name] = value
     return row
 
@@ -47,15 +47,24 @@ def _event_field(spec: AuditField) -> tuple:
 # One row of the trail before it has an id: the fields of models.AUDIT_FIELDS that the chain
 # does not give (keyword arguments only).
 AuditEvent = make_dataclass(
-    "AuditEvent", [_event_field(spec) for spec in AUDIT_FIELDS if not spec.by_chain],
-    namespace={"as_row": _as_row, "__module__": __name__,
-               "__doc__": "One row of the trail, before it has an id."},
-    frozen=True, kw_only=True)
+    "AuditEvent",
+    [_event_field(spec) for spec in AUDIT_FIELDS if not spec.by_chain],
+    namespace={
+        "as_row": _as_row,
+        "__module__": __name__,
+        "__doc__": "One row of the trail, before it has an id.",
+    },
+    frozen=True,
+    kw_only=True,
+)
 FIELDS = tuple(spec.name for spec in fields(AuditEvent))
 # The length of each bounded text column of the trail (varchar(n) on PostgreSQL), read from the
 # declaration so that a migration that widens a column widens what is stored.
-COLUMN_LENGTHS = {spec.name: spec.type.length for spec in AUDIT_FIELDS
-                  if not spec.by_chain and getattr(spec.type, "length", None)}
+COLUMN_LENGTHS = {
+    spec.name: spec.type.length
+    for spec in AUDIT_FIELDS
+    if not spec.by_chain and getattr(spec.type, "length", None)
+}
 
 
 def storable(text: str) -> str:
@@ -63,17 +72,30 @@ def storable(text: str) -> str:
     return _UNSTORABLE.sub("\N{REPLACEMENT CHARACTER}", text)
 
 
-def event_from_signal(source: str, *, event: str, level: str = "INFO", track: str = "",
-                      user: str | None = None, status: int | None = None,
-                      request: tuple[dict, str] | None = None) -> AuditEvent:
+def event_from_signal(
+    source: str,
+    *,
+    event: str,
+    level: str = "INFO",
+    track: str = "",
+    user: str | None = None,
+    status: int | None = None,
+    request: tuple[dict, str] | None = None,
+) -> AuditEvent:
     """Combine what a signal said with who asked and how (nothing outside a request).
 
     `request`: the request_fields() of a request that is over, for an event announced after
     its response began (the end of a streamed export)."""
     context, note = request_fields() if request is None else request
-    return AuditEvent(source=source, event=event, level=level,
-                      track=track[:TRACK_MAX - len(note)] + note, user=user or None,
-                      status=status, **context)
+    return AuditEvent(
+        source=source,
+        event=event,
+        level=level,
+        track=track[: TRACK_MAX - len(note)] + note,
+        user=user or None,
+        status=status,
+        **context,
+    )
 
 
 def request_fields() -> tuple[dict, str]:
@@ -87,8 +109,7 @@ def request_fields() -> tuple[dict, str]:
     if ip is None and address:
         # A proxy we trust passed on what a client wrote. Kept, quoted, for a person to see;
         # it moves to `details` when the trail gains that field (CONTRACT.md, second release).
-        note = (f" [client address is not an IP address:"
-                f" {json.dumps(address[:ADDRESS_QUOTED_MAX])}]")
+        note = f" [client address is not an IP address: {json.dumps(address[:ADDRESS_QUOTED_MAX])}]"
     return {
         "ip": ip,
         "method": current.method,

@@ -29,8 +29,10 @@ from backend.db_types import autocommit_connection
 from backend.models import AUDIT_FIELDS, Log, User
 
 # The row of CONTRACT.md (the API's fields), then what offline verification needs.
-FIELDS = (*(spec.name for spec in AUDIT_FIELDS if spec.api is not None),
-          *(spec.name for spec in AUDIT_FIELDS if spec.api is None))
+FIELDS = (
+    *(spec.name for spec in AUDIT_FIELDS if spec.api is not None),
+    *(spec.name for spec in AUDIT_FIELDS if spec.api is None),
+)
 NUMBERS = ("id", "status")
 # Written by the service in digits and hex only: no formula can hide in them.
 GENERATED = ("id", "created_at", "status", "event_id", "prev_hash", "hash")
@@ -67,8 +69,10 @@ BOM = "\ufeff"
 # NDJSON: each line is the only column, and COPY writes it as it is: CSV mode quotes a value
 # only for its QUOTE or DELIMITER character, CR or LF; the JSON that _json_object builds has no
 # raw control character (to_json escapes them), so with \x01 and \x02 as those, none of them.
-COPY_OPTIONS = {"csv": "FORMAT csv, ENCODING 'UTF8'",
-                "ndjson": "FORMAT csv, ENCODING 'UTF8', QUOTE E'\\x01', DELIMITER E'\\x02'"}
+COPY_OPTIONS = {
+    "csv": "FORMAT csv, ENCODING 'UTF8'",
+    "ndjson": "FORMAT csv, ENCODING 'UTF8', QUOTE E'\\x01', DELIMITER E'\\x02'",
+}
 # Planned for its total cost, a COPY may scan or sort every matching row before it sends the
 # first: temp files, and nothing for the client until the sort is done. A sort of more rows
 # than this is refused for an index read in order (begin_in_order).
@@ -82,15 +86,17 @@ def statement(filters: dict, viewer: User | None, dialect: str, fmt: str) -> sa.
     if fmt == "ndjson":
         columns = [_json_object(values, dialect)]
     else:
-        columns = [value if name in GENERATED
-                   else sa.func.nullif(_defused(_as_text(value), dialect), "")
-                   for name, value in values.items()]
+        columns = [
+            value if name in GENERATED else sa.func.nullif(_defused(_as_text(value), dialect), "")
+            for name, value in values.items()
+        ]
     query = ordered(matching(filters, viewer), "asc")
     return query.with_only_columns(Log.id, *columns)
 
 
-def stream(engine: sa.Engine, query: sa.Select, fmt: str,
-           progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
+def stream(
+    engine: sa.Engine, query: sa.Select, fmt: str, progress: Callable[[int], None] | None = None
+) -> Iterator[bytes]:
     """The export of `query` as UTF-8 chunks, one per fetch; `progress(last_id)` after each.
 
     The query runs before the first chunk, so a view that takes that chunk first (`started`)
@@ -105,11 +111,14 @@ def stream(engine: sa.Engine, query: sa.Select, fmt: str,
             pause()  # lets the worker serve its other requests (backend.concurrency)
 
 
-def _fetched(engine: sa.Engine, query: sa.Select, fmt: str,
-             progress: Callable[[int], None] | None) -> Iterator[bytes]:
+def _fetched(
+    engine: sa.Engine, query: sa.Select, fmt: str, progress: Callable[[int], None] | None
+) -> Iterator[bytes]:
     """`stream` on SQLite: the rows fetched a batch at a time, each batch made one chunk."""
-    with engine.connect() as connection, \
-            connection.execution_options(yield_per=FETCH_ROWS).execute(query) as result:
+    with (
+        engine.connect() as connection,
+        connection.execution_options(yield_per=FETCH_ROWS).execute(query) as result,
+    ):
         yield (BOM + _csv_lines([FIELDS]) if fmt == "csv" else "").encode()
         for batch in result.partitions():
             if fmt == "ndjson":
@@ -120,8 +129,9 @@ def _fetched(engine: sa.Engine, query: sa.Select, fmt: str,
                 progress(batch[-1][0])
 
 
-def _copied(engine: sa.Engine, query: sa.Select, fmt: str,
-            progress: Callable[[int], None] | None) -> Iterator[bytes]:
+def _copied(
+    engine: sa.Engine, query: sa.Select, fmt: str, progress: Callable[[int], None] | None
+) -> Iterator[bytes]:
     """`stream` on PostgreSQL: the rows as COPY writes them, each one line ending in LF."""
     with autocommit_connection(engine) as connection:  # whose rollback ends the transaction
         select = copy_select(connection, query, engine.dialect)
@@ -171,7 +181,7 @@ def _joined(lines: list, fmt: str, progress: Callable[[int], None] | None) -> by
     byte of each is its end: a LF before it is inside a quoted cell, and stays)."""
     if progress is not None:  # a line starts with the row's id: `123,` or `{"id":123,`
         start = 0 if fmt == "csv" else len('{"id":')
-        progress(int(bytes(lines[-1][start:start + 24]).partition(b",")[0]))
+        progress(int(bytes(lines[-1][start : start + 24]).partition(b",")[0]))
     if fmt == "csv":
         return b"\r\n".join([line[:-1] for line in lines]) + b"\r\n"
     return b"".join(lines)
@@ -197,20 +207,24 @@ def _text_values(dialect: str) -> dict[str, sa.ColumnElement]:
     and `event_id` in canonical UUID form, as text; the rest as stored."""
     values = {name: getattr(Log, name) for name in FIELDS}
     if dialect == "postgresql":
-        values["created_at"] = sa.func.to_char(sa.func.timezone("UTC", Log.created_at),
-                                               'YYYY-MM-DD"T"HH24:MI:SS.US"Z"', type_=sa.Text)
+        values["created_at"] = sa.func.to_char(
+            sa.func.timezone("UTC", Log.created_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"', type_=sa.Text
+        )
         values["event_id"] = sa.cast(Log.event_id, sa.Text)
     else:
         # SQLite keeps UTC as `2026-11-21 10:00:00.123456` (always six digits) and a UUID as
         # its 32 hex digits alone.
-        values["created_at"] = sa.func.replace(_as_text(Log.created_at), " ", "T",
-                                               type_=sa.Text) + "Z"
+        values["created_at"] = (
+            sa.func.replace(_as_text(Log.created_at), " ", "T", type_=sa.Text) + "Z"
+        )
         digits = _as_text(Log.event_id)
-        groups = [sa.func.lower(sa.func.substr(digits, start, length, type_=sa.Text),
-                                type_=sa.Text)
-                  for start, length in ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))]
-        values["event_id"] = groups[0] + "-" + groups[1] + "-" + groups[2] + "-" + groups[3] \
-            + "-" + groups[4]
+        groups = [
+            sa.func.lower(sa.func.substr(digits, start, length, type_=sa.Text), type_=sa.Text)
+            for start, length in ((1, 8), (9, 4), (13, 4), (17, 4), (21, 12))
+        ]
+        values["event_id"] = (
+            groups[0] + "-" + groups[1] + "-" + groups[2] + "-" + groups[3] + "-" + groups[4]
+        )
     return values
 
 
@@ -218,8 +232,10 @@ def _json_object(values: dict[str, sa.ColumnElement], dialect: str) -> sa.Column
     """One compact JSON object, keys in FIELDS order: what json.dumps(row, ensure_ascii=False,
     separators=(",", ":")) writes, byte for byte."""
     if dialect != "postgresql":
-        return sa.func.json_object(*(part for name, value in values.items()
-                                     for part in (sa.literal(name), value)), type_=sa.Text)
+        return sa.func.json_object(
+            *(part for name, value in values.items() for part in (sa.literal(name), value)),
+            type_=sa.Text,
+        )
     # PostgreSQL's json_build_object puts spaces around its colons; this does not.
     parts = []
     for name, value in values.items():
@@ -274,8 +290,10 @@ def _ranges(codes: list[int]) -> str:
             runs[-1][1] = code
         else:
             runs.append([code, code])
-    return "".join(_escaped(first) if first == last else f"{_escaped(first)}-{_escaped(last)}"
-                   for first, last in runs)
+    return "".join(
+        _escaped(first) if first == last else f"{_escaped(first)}-{_escaped(last)}"
+        for first, last in runs
+    )
 
 
 def _escaped(code: int) -> str:

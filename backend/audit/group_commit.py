@@ -51,8 +51,12 @@ class GroupCommit:
             with self._mutex:
                 if not slot.taken and self._line[0] is not slot:
                     self._line.remove(slot)
-                    logger.error("audit write of %s/%s not durable after %s s", event.source,
-                                 event.event, self.WAIT)
+                    logger.error(
+                        "audit write of %s/%s not durable after %s s",
+                        event.source,
+                        event.event,
+                        self.WAIT,
+                    )
                     raise AuditUnavailable()
             slot.wait(None)  # in a batch being written, or just made the front: not long now
         if slot.done:

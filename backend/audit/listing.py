@@ -76,17 +76,23 @@ def ordered(query: sa.Select, order: str, after: Cursor | None = None, entity=Lo
     """`query` in (created_at, id) order, continuing after `after` when given."""
     key = sa.tuple_(entity.created_at, entity.id)
     if after is not None:
-        position = sa.tuple_(sa.literal(after.created_at, Log.created_at.type),
-                             sa.literal(after.id, Log.id.type))
+        position = sa.tuple_(
+            sa.literal(after.created_at, Log.created_at.type), sa.literal(after.id, Log.id.type)
+        )
         query = query.where(key < position if order == "desc" else key > position)
     if order == "desc":
         return query.order_by(entity.created_at.desc(), entity.id.desc())
     return query.order_by(entity.created_at.asc(), entity.id.asc())
 
 
-def first_rows(filters: dict, viewer: User, order: str, limit: int,
-               after: Cursor | None = None, ids: sa.ColumnElement[bool] | None = None
-               ) -> sa.Select:
+def first_rows(
+    filters: dict,
+    viewer: User,
+    order: str,
+    limit: int,
+    after: Cursor | None = None,
+    ids: sa.ColumnElement[bool] | None = None,
+) -> sa.Select:
     """The first `limit` matching rows in order, after `after` (and meeting `ids`, a condition
     on their ids, when given).
 
@@ -94,6 +100,7 @@ def first_rows(filters: dict, viewer: User, order: str, limit: int,
     (level, created_at, id) in order for `level IN (...)`, and would otherwise scan the whole
     time index for rare levels, or fetch and sort every row of them.
     """
+
     def rows(level_filters: dict) -> sa.Select:
         query = matching(level_filters, viewer)
         return query if ids is None else query.where(ids)
@@ -101,8 +108,10 @@ def first_rows(filters: dict, viewer: User, order: str, limit: int,
     levels = list(dict.fromkeys(filters.get("level") or ()))
     if len(levels) < 2:
         return ordered(rows(filters), order, after).limit(limit)
-    arms = [ordered(rows({**filters, "level": [level]}), order, after)
-            .limit(limit).subquery() for level in levels]
+    arms = [
+        ordered(rows({**filters, "level": [level]}), order, after).limit(limit).subquery()
+        for level in levels
+    ]
     merged = so.aliased(Log, sa.union_all(*(sa.select(arm) for arm in arms)).subquery())
     return ordered(sa.select(merged), order, entity=merged).limit(limit)
 
@@ -117,7 +126,8 @@ def id_block(column) -> sa.ColumnElement[int]:
     """`column >> ID_BLOCK_BITS`, the expression the trigram index keys (literally: a bound
     parameter for the 20 would not match the index's expression)."""
     return column.op(">>", return_type=sa.BigInteger)(
-        sa.literal_column(str(ID_BLOCK_BITS), sa.Integer))
+        sa.literal_column(str(ID_BLOCK_BITS), sa.Integer)
+    )
 
 
 def in_block(block: int) -> sa.ColumnElement[bool]:
@@ -137,8 +147,9 @@ def search_block(connection: sa.Connection, after: Cursor | None) -> int:
     return (newest or 0) >> ID_BLOCK_BITS
 
 
-def page(filters: dict, viewer: User, *, order: str, limit: int,
-         after: Cursor | None = None) -> tuple[list[sa.Row], Cursor | None]:
+def page(
+    filters: dict, viewer: User, *, order: str, limit: int, after: Cursor | None = None
+) -> tuple[list[sa.Row], Cursor | None]:
     """One page of rows and the cursor of the next page (None on the last page).
 
     The rows are plain result rows, read in autocommit: a hundred ORM objects cost more than
@@ -148,12 +159,20 @@ def page(filters: dict, viewer: User, *, order: str, limit: int,
         # In the first block there is nothing to split, and its key would only cost its reading
         # (figures: docs/benchmarks.md, "Tuning decisions").
         if filters.get("q") and order == "desc" and (block := search_block(connection, after)):
-            rows = connection.execute(first_rows(filters, viewer, order, limit + 1, after,
-                                                 ids=in_block(block))).all()
+            rows = connection.execute(
+                first_rows(filters, viewer, order, limit + 1, after, ids=in_block(block))
+            ).all()
             if len(rows) <= limit:
-                rows += connection.execute(first_rows(
-                    filters, viewer, order, limit + 1 - len(rows), after,
-                    ids=before_block(block))).all()
+                rows += connection.execute(
+                    first_rows(
+                        filters,
+                        viewer,
+                        order,
+                        limit + 1 - len(rows),
+                        after,
+                        ids=before_block(block),
+                    )
+                ).all()
         else:
             rows = connection.execute(first_rows(filters, viewer, order, limit + 1, after)).all()
     if len(rows) <= limit:

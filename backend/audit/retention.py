@@ -43,8 +43,10 @@ class PurgePlan:
         """`3 rows (ids 1-3, created 2025-...Z to 2025-...Z)`, or `no rows`."""
         if not self.rows:
             return "no rows"
-        return (f"{self.rows} row{'' if self.rows == 1 else 's'} (ids {self.first_id}-"
-                f"{self.last_id}, created {rfc3339(self.oldest)} to {rfc3339(self.newest)})")
+        return (
+            f"{self.rows} row{'' if self.rows == 1 else 's'} (ids {self.first_id}-"
+            f"{self.last_id}, created {rfc3339(self.oldest)} to {rfc3339(self.newest)})"
+        )
 
 
 def plan(connection: sa.Connection, before: datetime) -> PurgePlan:
@@ -52,12 +54,10 @@ def plan(connection: sa.Connection, before: datetime) -> PurgePlan:
     last_id = connection.scalar(sa.select(sa.func.max(Log.id)).where(Log.created_at < before))
     if last_id is None:
         return PurgePlan(before, 0)
-    first = connection.execute(sa.select(Log.id, Log.created_at)
-                               .order_by(Log.id).limit(1)).one()
+    first = connection.execute(sa.select(Log.id, Log.created_at).order_by(Log.id).limit(1)).one()
     newest = connection.scalar(sa.select(Log.created_at).where(Log.id == last_id))
     # Counted, not the span of the ids: what the DELETE will really take, gaps and all.
-    rows = connection.scalar(sa.select(sa.func.count()).select_from(Log)
-                             .where(Log.id <= last_id))
+    rows = connection.scalar(sa.select(sa.func.count()).select_from(Log).where(Log.id <= last_id))
     return PurgePlan(before, rows, first.id, last_id, first.created_at, newest)
 
 
@@ -68,17 +68,18 @@ def refusal(connection: sa.Connection, before: datetime, min_retention_days: int
         return f"{rfc3339(before)} is in the future"
     keep_from = now - timedelta(days=min_retention_days)
     if before > keep_from:
-        return (f"{rfc3339(before)} is within the minimum retention of {min_retention_days}"
-                f" days (AUDIT_MIN_RETENTION_DAYS): the earliest date allowed now is"
-                f" {rfc3339(keep_from)}")
+        return (
+            f"{rfc3339(before)} is within the minimum retention of {min_retention_days}"
+            f" days (AUDIT_MIN_RETENTION_DAYS): the earliest date allowed now is"
+            f" {rfc3339(keep_from)}"
+        )
     standing = [hold.name for hold in standing_holds(connection)]
     if standing:
         return f"legal hold{'s' if len(standing) > 1 else ''} standing: {', '.join(standing)}"
     return None
 
 
-def purge_batch(connection: sa.Connection, key: bytes, up_to: int,
-                batch: int = PURGE_BATCH) -> int:
+def purge_batch(connection: sa.Connection, key: bytes, up_to: int, batch: int = PURGE_BATCH) -> int:
     """Delete the oldest rows up to id `up_to` (at most `batch` of them) in the caller's
     transaction; return how many. A signed checkpoint of the last deleted row is written
     first, so the first row left still verifies. The one sanctioned way past the triggers."""
@@ -87,8 +88,9 @@ def purge_batch(connection: sa.Connection, key: bytes, up_to: int,
         return 0
     last = min(up_to, first + batch - 1)
     row = connection.execute(sa.select(Log.hash, Log.created_at).where(Log.id == last)).one()
-    connection.execute(sa.insert(Checkpoint),
-                       chain.sign(key, last, row.hash, row.created_at, "purge"))
+    connection.execute(
+        sa.insert(Checkpoint), chain.sign(key, last, row.hash, row.created_at, "purge")
+    )
     connection.execute(sa.insert(PurgePermit).values(id=1))
     deleted = connection.execute(sa.delete(Log).where(Log.id <= last)).rowcount
     connection.execute(sa.delete(PurgePermit))
@@ -97,14 +99,16 @@ def purge_batch(connection: sa.Connection, key: bytes, up_to: int,
 
 # -- legal holds ------------------------------------------------------------------------------
 
+
 class HoldError(Exception):
     """A hold command that cannot be carried out; the message is one line for the operator."""
 
 
 def standing_holds(connection: sa.Connection) -> list[Hold]:
     """The holds placed and not released, oldest first."""
-    return list(connection.execute(sa.select(Hold).where(Hold.released_at.is_(None))
-                                   .order_by(Hold.id)))
+    return list(
+        connection.execute(sa.select(Hold).where(Hold.released_at.is_(None)).order_by(Hold.id))
+    )
 
 
 def all_holds(connection: sa.Connection) -> list[Hold]:
@@ -121,8 +125,9 @@ def place_hold(connection: sa.Connection, name: str, reason: str) -> None:
         raise HoldError("a hold needs a reason (--reason), e.g. the case or ticket it serves")
     if _standing(connection, name) is not None:
         raise HoldError(f"a hold named {name!r} is already standing")
-    connection.execute(sa.insert(Hold).values(name=name, reason=reason, placed_at=utcnow(),
-                                              placed_by=operator()))
+    connection.execute(
+        sa.insert(Hold).values(name=name, reason=reason, placed_at=utcnow(), placed_by=operator())
+    )
 
 
 def release_hold(connection: sa.Connection, name: str) -> None:
@@ -131,13 +136,17 @@ def release_hold(connection: sa.Connection, name: str) -> None:
     hold_id = _standing(connection, name)
     if hold_id is None:
         raise HoldError(f"no hold named {name!r} is standing")
-    connection.execute(sa.update(Hold).where(Hold.id == hold_id)
-                       .values(released_at=utcnow(), released_by=operator()))
+    connection.execute(
+        sa.update(Hold)
+        .where(Hold.id == hold_id)
+        .values(released_at=utcnow(), released_by=operator())
+    )
 
 
 def _standing(connection: sa.Connection, name: str) -> int | None:
-    return connection.scalar(sa.select(Hold.id).where(Hold.name == name,
-                                                      Hold.released_at.is_(None)))
+    return connection.scalar(
+        sa.select(Hold.id).where(Hold.name == name, Hold.released_at.is_(None))
+    )
 
 
 def operator() -> str:

@@ -48,9 +48,15 @@ def decode(line: bytes) -> AuditEvent:
 
 
 # What each other field of an event may be in JSON.
-_JSON_TYPES = {name: (str,) if name in ("source", "event", "level", "track") else
-               (int, type(None)) if name == "status" else (str, type(None))
-               for name in FIELDS if name not in ("created_at", "event_id")}
+_JSON_TYPES = {
+    name: (str,)
+    if name in ("source", "event", "level", "track")
+    else (int, type(None))
+    if name == "status"
+    else (str, type(None))
+    for name in FIELDS
+    if name not in ("created_at", "event_id")
+}
 
 
 class Spool:

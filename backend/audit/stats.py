@@ -30,8 +30,9 @@ def bucket_floor(moment: datetime, bucket: str) -> datetime:
     return moment.replace(hour=0) if bucket == "day" else moment
 
 
-def window(bucket: str, since: datetime | None, until: datetime | None,
-                 now: datetime) -> tuple[datetime, datetime]:
+def window(
+    bucket: str, since: datetime | None, until: datetime | None, now: datetime
+) -> tuple[datetime, datetime]:
     """The [since, until) that a stats query counts: `until` defaults to `now`, and `since` to
     the start of the DEFAULT_BUCKETS buckets that end with the one holding `until`'s last
     instant. A range over more than MAX_BUCKETS buckets is refused (InvalidRange)."""
@@ -47,8 +48,11 @@ def window(bucket: str, since: datetime | None, until: datetime | None,
         raise InvalidRange("since", "must be earlier than until (which is now unless given)")
     buckets = (last - bucket_floor(since, bucket)) // step + 1
     if buckets > MAX_BUCKETS:
-        raise InvalidRange("since", f"the range holds {buckets} {bucket} buckets, more than"
-                                    f" {MAX_BUCKETS}: narrow it, or count by a longer bucket")
+        raise InvalidRange(
+            "since",
+            f"the range holds {buckets} {bucket} buckets, more than"
+            f" {MAX_BUCKETS}: narrow it, or count by a longer bucket",
+        )
     return since, until
 
 
@@ -63,25 +67,30 @@ def _bucket_of(bucket: str, dialect: str) -> sa.ColumnElement[datetime]:
     """The UTC start of each row's bucket, computed by the database. The unit is a literal,
     not a parameter: PostgreSQL must see the same expression in SELECT and GROUP BY."""
     if dialect == "postgresql":
-        return sa.func.date_trunc(sa.literal_column(f"'{bucket}'"),
-                                  sa.func.timezone("UTC", Log.created_at), type_=UTCDateTime)
+        return sa.func.date_trunc(
+            sa.literal_column(f"'{bucket}'"),
+            sa.func.timezone("UTC", Log.created_at),
+            type_=UTCDateTime,
+        )
     # SQLite holds naive UTC text, `2026-11-21 10:00:00.123456`.
     pattern = "%Y-%m-%d 00:00:00" if bucket == "day" else "%Y-%m-%d %H:00:00"
-    return sa.func.strftime(sa.literal_column(f"'{pattern}'"), Log.created_at,
-                            type_=UTCDateTime)
+    return sa.func.strftime(sa.literal_column(f"'{pattern}'"), Log.created_at, type_=UTCDateTime)
 
 
-def counts_per_bucket(filters: dict, viewer: User, bucket: str, since: datetime,
-                      until: datetime) -> list[tuple[datetime, dict[str, int]]]:
+def counts_per_bucket(
+    filters: dict, viewer: User, bucket: str, since: datetime, until: datetime
+) -> list[tuple[datetime, dict[str, int]]]:
     """Rows that `filters` select and `viewer` may see in [since, until), counted per bucket
     and level: every bucket of the range, oldest first, each with a count for every level.
 
     One GROUP BY over an index range of `created_at` (or of the filter's index), so the work
     grows with the rows in the range, which the window and MAX_BUCKETS bound."""
     start = _bucket_of(bucket, db.engine.dialect.name).label("start")
-    query = (matching({**filters, "since": since, "until": until}, viewer)
-             .with_only_columns(start, Log.level, sa.func.count().label("rows"))
-             .group_by(start, Log.level))
+    query = (
+        matching({**filters, "since": since, "until": until}, viewer)
+        .with_only_columns(start, Log.level, sa.func.count().label("rows"))
+        .group_by(start, Log.level)
+    )
     counts = {moment: dict.fromkeys(LEVELS, 0) for moment in bucket_starts(bucket, since, until)}
     for moment, level, rows in db.session.execute(query):
         counts[moment][level] = counts[moment].get(level, 0) + rows

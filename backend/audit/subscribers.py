@@ -45,8 +45,7 @@ def record(source: str, **event) -> None:
 
 
 @got_request_exception.connect
-def record_request_exception(sender, exception: BaseException, status: int = 500,
-                             **extra) -> None:
+def record_request_exception(sender, exception: BaseException, status: int = 500, **extra) -> None:
     """An exception that ended the request: its class and message, at ERROR. `status` is the
     response's: Flask sends none for an unhandled exception (a 500); errors.py announces 503 for
     a database that could not be reached (`backend.signals.announce_exception`).
@@ -63,7 +62,13 @@ def record_request_exception(sender, exception: BaseException, status: int = 500
         cause = exception.orig
     track = f"{type(exception).__module__}.{type(exception).__qualname__}: {cause}"
     try:
-        record("app", event="request.exception", level="ERROR", track=track, user=username,
-               status=status)
+        record(
+            "app",
+            event="request.exception",
+            level="ERROR",
+            track=track,
+            user=username,
+            status=status,
+        )
     except AuditUnavailable:
         logger.error("could not record request.exception: %s", track)

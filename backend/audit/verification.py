@@ -58,13 +58,18 @@ class Broken(Exception):
 PAUSE_EVERY = 1000
 
 
-def verify(connection: sa.Connection, key: bytes, anchors: Iterable[dict] = (),
-           progress: Callable[[int], None] = lambda n: None,
-           checkpoint_every: int | None = None) -> Verdict:
+def verify(
+    connection: sa.Connection,
+    key: bytes,
+    anchors: Iterable[dict] = (),
+    progress: Callable[[int], None] = lambda n: None,
+    checkpoint_every: int | None = None,
+) -> Verdict:
     """Walk the whole trail and return the verdict (never raises for a broken trail).
     `checkpoint_every`: AUDIT_CHECKPOINT_EVERY, how far apart periodic checkpoints are due."""
-    head, since = connection.execute(sa.select(AuditChain.last_id, AuditChain.since_checkpoint)
-                                     .where(AuditChain.id == 1)).one()
+    head, since = connection.execute(
+        sa.select(AuditChain.last_id, AuditChain.since_checkpoint).where(AuditChain.id == 1)
+    ).one()
     first_id = connection.scalar(sa.select(sa.func.min(Log.id)))
     verdict = Verdict(intact=True, rows=0, first_id=first_id, last_id=None, signed_up_to=None)
     try:
@@ -76,8 +81,10 @@ def verify(connection: sa.Connection, key: bytes, anchors: Iterable[dict] = (),
                 if row["id"] != expected_id:
                     raise Broken(expected_id, "missing: the row was deleted")
                 if row["id"] > head:
-                    raise Broken(row["id"], f"beyond the chain's head (row {head}): inserted"
-                                            " without the writer")
+                    raise Broken(
+                        row["id"],
+                        f"beyond the chain's head (row {head}): inserted without the writer",
+                    )
                 _check_row(row, prev_hash, signed)
                 prev_hash = row["hash"]
                 expected_id += 1
@@ -88,37 +95,42 @@ def verify(connection: sa.Connection, key: bytes, anchors: Iterable[dict] = (),
         verdict.last_id = expected_id - 1 if verdict.rows else None
         if head and verdict.last_id != head:
             after = verdict.last_id or 0
-            raise Broken(after + 1, f"missing: the chain's head is row {head}, "
-                                    f"the table ends at row {after}")
+            raise Broken(
+                after + 1, f"missing: the chain's head is row {head}, the table ends at row {after}"
+            )
         beyond = [log_id for log_id in signed if log_id > head]
         if beyond:
             raise Broken(head + 1, f"missing: a signed checkpoint names row {min(beyond)}")
-        missing = cadence.missing_checkpoint(_periodic(connection), head, since,
-                                             checkpoint_every)
+        missing = cadence.missing_checkpoint(_periodic(connection), head, since, checkpoint_every)
         if missing:
             raise Broken(*missing)
-        verdict.signed_up_to = max((i for i in signed if first_id and i >= first_id),
-                                   default=None)
+        verdict.signed_up_to = max((i for i in signed if first_id and i >= first_id), default=None)
     except Broken as broken:
         verdict.intact, verdict.broken_row, verdict.problem = False, broken.row, broken.problem
     return verdict
 
 
-def _signed_positions(connection: sa.Connection, key: bytes,
-                      anchors: Iterable[dict]) -> tuple[dict[int, str], set[int]]:
+def _signed_positions(
+    connection: sa.Connection, key: bytes, anchors: Iterable[dict]
+) -> tuple[dict[int, str], set[int]]:
     """({log_id: log_hash} of every checkpoint and anchor, the log_ids signed by a purge), each
     checkpoint checked against the key."""
-    stored = connection.execute(sa.select(Checkpoint.log_id, Checkpoint.log_hash,
-                                          Checkpoint.reason, Checkpoint.mac)
-                                .order_by(Checkpoint.log_id)).mappings()
+    stored = connection.execute(
+        sa.select(
+            Checkpoint.log_id, Checkpoint.log_hash, Checkpoint.reason, Checkpoint.mac
+        ).order_by(Checkpoint.log_id)
+    ).mappings()
     signed: dict[int, str] = {}
     purges: set[int] = set()
     for source, entries in (("checkpoint", stored), ("anchor", anchors)):
         for entry in entries:
             log_id, log_hash, reason = int(entry["log_id"]), entry["log_hash"], entry["reason"]
             if entry["mac"] != chain.checkpoint_mac(key, log_id, log_hash, reason):
-                raise Broken(log_id, f"the {source} for this row is not signed with"
-                                     " AUDIT_SIGNING_KEY (forged, or the wrong key)")
+                raise Broken(
+                    log_id,
+                    f"the {source} for this row is not signed with"
+                    " AUDIT_SIGNING_KEY (forged, or the wrong key)",
+                )
             if signed.setdefault(log_id, log_hash) != log_hash:
                 raise Broken(log_id, f"the {source} for this row disagrees with another one")
             if reason == "purge":
@@ -128,9 +140,13 @@ def _signed_positions(connection: sa.Connection, key: bytes,
 
 def _periodic(connection: sa.Connection) -> list[int]:
     """The rows of the periodic checkpoints, ascending (signatures checked by the caller)."""
-    return list(connection.scalars(sa.select(Checkpoint.log_id)
-                                   .where(Checkpoint.reason == "periodic")
-                                   .order_by(Checkpoint.log_id)))
+    return list(
+        connection.scalars(
+            sa.select(Checkpoint.log_id)
+            .where(Checkpoint.reason == "periodic")
+            .order_by(Checkpoint.log_id)
+        )
+    )
 
 
 def _start(first_id: int | None, head: int, signed: dict, purges: set[int]) -> str:
@@ -142,27 +158,35 @@ def _start(first_id: int | None, head: int, signed: dict, purges: set[int]) -> s
     if first_id == 1:
         return chain.GENESIS
     if first_id - 1 not in purges:
-        raise Broken(first_id - 1, "missing: rows before the first one were deleted without a"
-                                   " purge (no signed purge checkpoint vouches for them)")
+        raise Broken(
+            first_id - 1,
+            "missing: rows before the first one were deleted without a"
+            " purge (no signed purge checkpoint vouches for them)",
+        )
     return signed[first_id - 1]
 
 
 def _check_row(row: dict, prev_hash: str, signed: dict) -> None:
     if row["prev_hash"] != prev_hash:
-        raise Broken(row["id"], "does not follow the row before it: rows were inserted, removed"
-                                " or reordered")
+        raise Broken(
+            row["id"], "does not follow the row before it: rows were inserted, removed or reordered"
+        )
     if chain.row_hash(row, row["prev_hash"]) != row["hash"]:
         raise Broken(row["id"], "altered: its hash does not match its content")
     if row["id"] in signed and signed[row["id"]] != row["hash"]:
-        raise Broken(row["id"], "differs from its signed checkpoint: the chain was recomputed"
-                                " without AUDIT_SIGNING_KEY")
+        raise Broken(
+            row["id"],
+            "differs from its signed checkpoint: the chain was recomputed"
+            " without AUDIT_SIGNING_KEY",
+        )
 
 
 def _rows(connection: sa.Connection, batch: int = 5000) -> Iterator[list[dict]]:
     """Every row, in id order, a batch at a time from a server-side cursor (closed even when
     the walk stops at a broken row)."""
     with connection.execution_options(yield_per=batch).execute(
-            sa.select(Log.__table__).order_by(Log.id)) as result:
+        sa.select(Log.__table__).order_by(Log.id)
+    ) as result:
         for partition in result.mappings().partitions():
             yield [dict(row) for row in partition]
 
@@ -197,9 +221,13 @@ def describe(verdict: Verdict) -> str:
         span = f"rows {verdict.first_id}-{verdict.last_id}" if verdict.rows else "no rows"
         if verdict.rows and verdict.first_id > 1:  # _start checked the purge's checkpoint
             span += f", after the signed purge of rows 1-{verdict.first_id - 1}"
-        signed = (f"signed up to row {verdict.signed_up_to}" if verdict.signed_up_to
-                  else "none signed since" if verdict.rows and verdict.first_id > 1
-                  else "no signed checkpoint yet")
+        signed = (
+            f"signed up to row {verdict.signed_up_to}"
+            if verdict.signed_up_to
+            else "none signed since"
+            if verdict.rows and verdict.first_id > 1
+            else "no signed checkpoint yet"
+        )
         return f"intact: {count} ({span}), {signed}"
     return f"BROKEN at row {verdict.broken_row}: {verdict.problem}"
 
@@ -211,7 +239,12 @@ def caveat(verdict: Verdict) -> str | None:
     if not verdict.intact or not verdict.rows or verdict.signed_up_to == verdict.last_id:
         return None
     first = (verdict.signed_up_to or verdict.first_id - 1) + 1
-    rows = (f"row {first}, after the last signed checkpoint, is" if first == verdict.last_id
-            else f"rows {first}-{verdict.last_id}, after the last signed checkpoint, are")
-    return (f"note: {rows} only as safe as the database: keep an anchor outside it (flask audit"
-            " anchor); a later release adds public-key signed tree heads")
+    rows = (
+        f"row {first}, after the last signed checkpoint, is"
+        if first == verdict.last_id
+        else f"rows {first}-{verdict.last_id}, after the last signed checkpoint, are"
+    )
+    return (
+        f"note: {rows} only as safe as the database: keep an anchor outside it (flask audit"
+        " anchor); a later release adds public-key signed tree heads"
+    )

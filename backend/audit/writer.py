@@ -75,13 +75,14 @@ class AuditWriter:
                 waiting = _not_yet_written(connection, drain.events)
             ids = self._commit_each_that_fits([*waiting, *events], set_aside)
             drain.done()
-        replayed = sum(row_id is not None for row_id in ids[:len(waiting)])
+        replayed = sum(row_id is not None for row_id in ids[: len(waiting)])
         if waiting:
             logger.warning("replayed %d spooled audit events", replayed)
-        return Replay(replayed, set_aside, ids[len(waiting):])
+        return Replay(replayed, set_aside, ids[len(waiting) :])
 
-    def _commit_each_that_fits(self, events: list[AuditEvent],
-                               set_aside: list[tuple[AuditEvent, str]]) -> list[int | None]:
+    def _commit_each_that_fits(
+        self, events: list[AuditEvent], set_aside: list[tuple[AuditEvent, str]]
+    ) -> list[int | None]:
         """Append and commit `events` in order, in one transaction unless the database refuses
         one for its content: then the batch is halved until that event stands alone, every
         other is committed, and it is set aside (added to `set_aside` with the database's
@@ -95,23 +96,27 @@ class AuditWriter:
                 set_aside.append((events[0], self._set_aside(events[0], error)))
                 return [None]
             half = len(events) // 2
-            return (self._commit_each_that_fits(events[:half], set_aside)
-                    + self._commit_each_that_fits(events[half:], set_aside))
+            return self._commit_each_that_fits(
+                events[:half], set_aside
+            ) + self._commit_each_that_fits(events[half:], set_aside)
 
     def _set_aside(self, event: AuditEvent, error: BaseException) -> str:
         """Record that the database refused `event`, then keep it in the rejected file;
         return the database's reason."""
         why = refusals.reason(error)
         try:
-            self._append_and_commit([refusals.rejection(event, why,
-                                                        self.spool.rejected_path.name)])
+            self._append_and_commit([refusals.rejection(event, why, self.spool.rejected_path.name)])
         except refusals.REFUSALS:
             # Refusing even this row, the database refuses every event, not this one's
             # content (a chain head behind its rows, a broken constraint): an outage, spooled.
             logger.error("the database refuses the record of a refused event too")
             raise error from None
-        logger.error("the database refused audit event %s; set aside in %s: %s",
-                     event.event_id, self.spool.rejected_path, why)
+        logger.error(
+            "the database refused audit event %s; set aside in %s: %s",
+            event.event_id,
+            self.spool.rejected_path,
+            why,
+        )
         try:
             self.spool.set_aside(event)
         except OSError:
@@ -170,9 +175,15 @@ def _writer_engine(url: str) -> sa.Engine:
     # Fail fast to the spool rather than hold the request: a dead server in 5 s, a chain lock
     # held by something else in 5 s, a server that stopped answering in 10 s. And keep the
     # pending list of `q`'s trigram index short (PENDING_LIST_LIMIT).
-    engine = sa.create_engine(url, pool_size=4, connect_args={
-        "connect_timeout": 5, "options": "-c lock_timeout=5000 -c statement_timeout=10000"
-                                         f" -c gin_pending_list_limit={PENDING_LIST_LIMIT}"})
+    engine = sa.create_engine(
+        url,
+        pool_size=4,
+        connect_args={
+            "connect_timeout": 5,
+            "options": "-c lock_timeout=5000 -c statement_timeout=10000"
+            f" -c gin_pending_list_limit={PENDING_LIST_LIMIT}",
+        },
+    )
     discard_closed_connections(engine)
     return engine
 

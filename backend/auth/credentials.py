@@ -66,12 +66,24 @@ def verify_password(username: str, password: str) -> User | None:
     username = storable(username)
     check = authenticate_password(username, password)
     if check.outcome is Outcome.LOCKED:
-        announce(auth_log, "login.locked", level="WARNING", status=LockedOut.code,
-                 track=check.reason, user=username)
+        announce(
+            auth_log,
+            "login.locked",
+            level="WARNING",
+            status=LockedOut.code,
+            track=check.reason,
+            user=username,
+        )
         raise LockedOut(retry_after=check.retry_after)
     if check.outcome is not Outcome.SUCCESS:
-        announce(auth_log, "login.failure", level="WARNING", status=401, track=check.reason,
-                 user=username)
+        announce(
+            auth_log,
+            "login.failure",
+            level="WARNING",
+            status=401,
+            track=check.reason,
+            user=username,
+        )
         return None
     g.checked_password_hash = check.checked_hash
     return check.user
@@ -125,9 +137,11 @@ def _check(throttle: Throttle, username: str, password: str) -> PasswordCheck:
     if needs_rehash(checked):  # made with older parameters: replace it now,
         # unless the password changed since it was read: that hash is not ours to undo
         rehashed = hash_password(password)
-        db.session.execute(sa.update(User).where(User.id == user.id,
-                                                 User.password_hash == checked)
-                           .values(password_hash=rehashed))
+        db.session.execute(
+            sa.update(User)
+            .where(User.id == user.id, User.password_hash == checked)
+            .values(password_hash=rehashed)
+        )
         checked = rehashed
     throttle.record_success()  # commits, the new hash with it
     return PasswordCheck(Outcome.SUCCESS, user, checked_hash=checked)
@@ -169,10 +183,13 @@ class Caller:
 LIVE_TOKEN = (
     sa.select(User.id, User.username, User.is_admin, User.created_at, Token.id.label("token_id"))
     .join(Token.user)
-    .where(Token.digest == sa.bindparam("digest"), Token.revoked_at.is_(None),
-           Token.expires_at > sa.bindparam("now"), User.disabled_at.is_(None),
-           sa.or_(User.password_changed_at.is_(None),
-                  Token.created_at >= User.password_changed_at))
+    .where(
+        Token.digest == sa.bindparam("digest"),
+        Token.revoked_at.is_(None),
+        Token.expires_at > sa.bindparam("now"),
+        User.disabled_at.is_(None),
+        sa.or_(User.password_changed_at.is_(None), Token.created_at >= User.password_changed_at),
+    )
 )
 
 
@@ -209,9 +226,17 @@ def token_problem(token: str) -> tuple[str | None, str]:
     """Why `token` is not live, for the trail: (its user's name, or None for a token nobody
     was given; the reason), in the order LIVE_TOKEN checks."""
     row = db.session.execute(
-        sa.select(User.username, User.disabled_at, User.password_changed_at, Token.created_at,
-                  Token.expires_at, Token.revoked_at)
-        .join(Token.user).where(Token.digest == token_digest(token))).first()
+        sa.select(
+            User.username,
+            User.disabled_at,
+            User.password_changed_at,
+            Token.created_at,
+            Token.expires_at,
+            Token.revoked_at,
+        )
+        .join(Token.user)
+        .where(Token.digest == token_digest(token))
+    ).first()
     if row is None:
         return None, "unknown token"
     if row.revoked_at is not None:

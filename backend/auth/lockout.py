@@ -39,10 +39,16 @@ from backend.models import LoginThrottle
 
 logger = logging.getLogger(__name__)
 
-THRESHOLDS = {"pair": "LOGIN_MAX_FAILURES", "address": "LOGIN_MAX_FAILURES_PER_ADDRESS",
-              "account": "LOGIN_MAX_FAILURES_PER_ACCOUNT"}
-DESCRIPTIONS = {"pair": "this account from this address", "address": "this address",
-                "account": "this account"}
+THRESHOLDS = {
+    "pair": "LOGIN_MAX_FAILURES",
+    "address": "LOGIN_MAX_FAILURES_PER_ADDRESS",
+    "account": "LOGIN_MAX_FAILURES_PER_ACCOUNT",
+}
+DESCRIPTIONS = {
+    "pair": "this account from this address",
+    "address": "this address",
+    "account": "this account",
+}
 # Optimistic updates that lose a race are redone from a fresh read, this many times at most.
 ATTEMPTS = 5
 T = TypeVar("T")
@@ -60,9 +66,11 @@ class Throttle:
     def __init__(self, username: str, address: str | None):
         self.username = username
         self.address = address or ""
-        self.keys = {"pair": throttle_key("pair", username, self.address),
-                     "address": throttle_key("address", self.address),
-                     "account": throttle_key("account", username)}
+        self.keys = {
+            "pair": throttle_key("pair", username, self.address),
+            "address": throttle_key("address", self.address),
+            "account": throttle_key("account", username),
+        }
 
     def lock(self) -> tuple[int, list[str]] | None:
         """(seconds to wait, locked scopes) if an attempt may not be made now, else None."""
@@ -70,9 +78,13 @@ class Throttle:
         rows = self._rows()
         known_until = _known_until(rows.get("pair"))
         known = known_until is not None and now < known_until  # logged in from here lately
-        locked = {scope: row.locked_until for scope, row in rows.items()
-                  if row.locked_until is not None and row.locked_until > now
-                  and not (scope == "account" and known)}
+        locked = {
+            scope: row.locked_until
+            for scope, row in rows.items()
+            if row.locked_until is not None
+            and row.locked_until > now
+            and not (scope == "account" and known)
+        }
         if not locked:
             return None
         seconds = math.ceil((max(locked.values()) - now).total_seconds())
@@ -85,16 +97,27 @@ class Throttle:
         def fail() -> list[LoginThrottle]:
             # Expired rows are worth no more than missing ones: delete them as failures come
             # (rows another request holds are left for later, so two purges never deadlock).
-            expired = (sa.select(LoginThrottle.id).where(LoginThrottle.expires_at <= now)
-                       .with_for_update(skip_locked=True))
+            expired = (
+                sa.select(LoginThrottle.id)
+                .where(LoginThrottle.expires_at <= now)
+                .with_for_update(skip_locked=True)
+            )
             db.session.execute(sa.delete(LoginThrottle).where(LoginThrottle.id.in_(expired)))
             rows = self._rows(for_update=True)
-            return [row for scope in self.keys
-                    if _add_failure(row := rows.get(scope) or self._new_row(scope, now), now)]
+            return [
+                row
+                for scope in self.keys
+                if _add_failure(row := rows.get(scope) or self._new_row(scope, now), now)
+            ]
 
         for row in self._update(fail):
-            logger.warning("lockout of %s for %d s: user %s from %s", DESCRIPTIONS[row.scope],
-                           (row.locked_until - now).total_seconds(), self.username, self.address)
+            logger.warning(
+                "lockout of %s for %d s: user %s from %s",
+                DESCRIPTIONS[row.scope],
+                (row.locked_until - now).total_seconds(),
+                self.username,
+                self.address,
+            )
 
     def record_success(self) -> None:
         """The password was right: reset the pair (now a known address) and the account."""
@@ -113,15 +136,19 @@ class Throttle:
 
     def _rows(self, for_update: bool = False) -> dict[str, LoginThrottle]:
         """The keys' rows as they are now; locked on PostgreSQL when about to be changed."""
-        query = (sa.select(LoginThrottle).where(LoginThrottle.key.in_(self.keys.values()))
-                 .execution_options(populate_existing=True))
+        query = (
+            sa.select(LoginThrottle)
+            .where(LoginThrottle.key.in_(self.keys.values()))
+            .execution_options(populate_existing=True)
+        )
         if for_update:
             query = query.with_for_update()
         return {row.scope: row for row in db.session.scalars(query)}
 
     def _new_row(self, scope: str, now: datetime) -> LoginThrottle:
-        row = LoginThrottle(scope=scope, key=self.keys[scope], failures=0, lockouts=0,
-                            expires_at=now)
+        row = LoginThrottle(
+            scope=scope, key=self.keys[scope], failures=0, lockouts=0, expires_at=now
+        )
         db.session.add(row)
         return row
 

@@ -22,10 +22,15 @@ from backend.signals import announce, auth_log
 @authenticate(basic_auth)
 @body(LoginSchema)
 @response(TokenSchema)
-@other_responses({400: (ErrorSchema, "Malformed credentials"),
-                  401: (ErrorSchema, "Unknown user, wrong password or disabled user"),
-                  413: (ErrorSchema, TOO_LARGE), **LOCKED_OUT,
-                  503: (ErrorSchema, "The audit trail cannot record the login")})
+@other_responses(
+    {
+        400: (ErrorSchema, "Malformed credentials"),
+        401: (ErrorSchema, "Unknown user, wrong password or disabled user"),
+        413: (ErrorSchema, TOO_LARGE),
+        **LOCKED_OUT,
+        503: (ErrorSchema, "The audit trail cannot record the login"),
+    }
+)
 def login(credentials: dict):
     """Log in with HTTP Basic or a JSON body and get a new bearer token
 
@@ -45,29 +50,43 @@ def login(credentials: dict):
     token = issue_token(user.id, g.checked_password_hash, created_at, expires_at)
     db.session.commit()
     if token is None:  # the password changed, or the user was disabled, since it was checked
-        announce(auth_log, "login.failure", level="WARNING", status=401,
-                 track="password changed or user disabled during the login", user=user.username)
+        announce(
+            auth_log,
+            "login.failure",
+            level="WARNING",
+            status=401,
+            track="password changed or user disabled during the login",
+            user=user.username,
+        )
         abort(basic_auth.auth_error_callback(401))  # the 401 of any failed login
-    announce(auth_log, "login.success", level="INFO", status=200, track="logged in",
-             user=user.username)
+    announce(
+        auth_log, "login.success", level="INFO", status=200, track="logged in", user=user.username
+    )
     return {"token": token, "token_type": "Bearer", "expires_at": expires_at, "user": user}
 
 
 @bp.get("/logout")
 @authenticate(token_auth, optional=True)  # a bad token is refused below, once recorded
 @response(MessageSchema)
-@other_responses({**UNAUTHORIZED,
-                  503: (ErrorSchema, "The audit trail cannot record the logout")})
+@other_responses({**UNAUTHORIZED, 503: (ErrorSchema, "The audit trail cannot record the logout")})
 def logout():
     """Revoke the bearer token of this request"""
     if token_auth.current_user() is None:
         refuse_logout()
-    db.session.execute(sa.update(Token)
-                       .where(Token.id == g.caller.token_id, Token.revoked_at.is_(None))
-                       .values(revoked_at=utcnow()))
+    db.session.execute(
+        sa.update(Token)
+        .where(Token.id == g.caller.token_id, Token.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
     db.session.commit()
-    announce(auth_log, "logout", level="INFO", status=200, track="logged out",
-             user=token_auth.current_user().username)
+    announce(
+        auth_log,
+        "logout",
+        level="INFO",
+        status=200,
+        track="logged out",
+        user=token_auth.current_user().username,
+    )
     return {"message": "logged out"}
 
 

@@ -3,7 +3,12 @@ a browser (a page at /audit, with its script, style sheet and icon served from /
 
 from flask import Blueprint
 
-bp = Blueprint("main", __name__, template_folder="templates", static_folder="static",
-               static_url_path="/audit/static")
+bp = Blueprint(
+    "main",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/audit/static",
+)
 
 from backend.main import page, views  # noqa: E402,F401  (registers the routes)

@@ -23,14 +23,25 @@ TEMPLATE = "audit.html"
 @bp.get("/audit")
 def audit_page():
     """The audit trail in a browser: sign in, browse and filter the rows, chart, export."""
-    page = render_template(TEMPLATE, service=SERVICE, version=service_version(),
-                           levels=LEVELS, sources=SOURCES, urls={
-        "login": url_for("auth.login"),
-        "logout": url_for("auth.logout"),
-        "logs": url_for("v1.logs"),
-        "stats": url_for("v1.stats"),
-        "export": url_for("v1.export_logs"),
-    })
-    announce(main_log, "audit.view", level="INFO", status=200,
-             track=f"{request.method} {request.path} -> {TEMPLATE}")
+    page = render_template(
+        TEMPLATE,
+        service=SERVICE,
+        version=service_version(),
+        levels=LEVELS,
+        sources=SOURCES,
+        urls={
+            "login": url_for("auth.login"),
+            "logout": url_for("auth.logout"),
+            "logs": url_for("v1.logs"),
+            "stats": url_for("v1.stats"),
+            "export": url_for("v1.export_logs"),
+        },
+    )
+    announce(
+        main_log,
+        "audit.view",
+        level="INFO",
+        status=200,
+        track=f"{request.method} {request.path} -> {TEMPLATE}",
+    )
     return page

@@ -48,9 +48,12 @@ def healthz():
 
 
 @bp.get("/readyz")
-@other_responses({200: (ReadySchema, "Ready to serve"),
-                  503: (ErrorSchema, "The database does not answer or is not at the latest"
-                                     " migration")})
+@other_responses(
+    {
+        200: (ReadySchema, "Ready to serve"),
+        503: (ErrorSchema, "The database does not answer or is not at the latest migration"),
+    }
+)
 def readyz():
     """Readiness: the database answers and its schema is at the latest migration; else 503."""
     try:
@@ -61,13 +64,19 @@ def readyz():
         return error_response(503, "The database does not answer, or has no schema yet.")
     heads = migration_heads(current_app.extensions["migrate"].directory)
     if revisions != heads:
-        return error_response(503, f"The schema is at {', '.join(sorted(revisions)) or 'nothing'},"
-                                   f" not the latest migration {', '.join(sorted(heads))}:"
-                                   " run `flask db upgrade`.")
+        return error_response(
+            503,
+            f"The schema is at {', '.join(sorted(revisions)) or 'nothing'},"
+            f" not the latest migration {', '.join(sorted(heads))}:"
+            " run `flask db upgrade`.",
+        )
     # Events spooled while the database was away are replayed by the next write; a load
     # balancer need not take the instance out for them, but operators want to see them.
-    return {"status": "ready", "migration": ", ".join(sorted(heads)),
-            "spooled_events": writer().spool.count()}
+    return {
+        "status": "ready",
+        "migration": ", ".join(sorted(heads)),
+        "spooled_events": writer().spool.count(),
+    }
 
 
 @cache

@@ -23,9 +23,14 @@ def record_api_request(response: Response) -> Response:
     user = caller()
     status = response.status_code
     try:
-        announce(v1_log, "api.request", level=level_for_status(status), status=status,
-                 track=f"{request.method} {request.full_path.rstrip('?')} -> {status}",
-                 user=getattr(user, "username", None))
+        announce(
+            v1_log,
+            "api.request",
+            level=level_for_status(status),
+            status=status,
+            track=f"{request.method} {request.full_path.rstrip('?')} -> {status}",
+            user=getattr(user, "username", None),
+        )
     except AuditUnavailable as error:
         return error_response(error.code, error.description)
     return response

@@ -160,10 +160,16 @@ class GuardedExport:
     def _record_cut_off(self) -> None:
         seconds = self._watch.seconds
         with self._app.app_context():
-            announce(v1_log, "trail.export", level="WARNING", status=200,
-                     track=f"{self._track} cut off: the client read nothing for {seconds} s"
-                           f" ({self._sent} bytes sent)",
-                     user=self._username, request=self._request)
+            announce(
+                v1_log,
+                "trail.export",
+                level="WARNING",
+                status=200,
+                track=f"{self._track} cut off: the client read nothing for {seconds} s"
+                f" ({self._sent} bytes sent)",
+                user=self._username,
+                request=self._request,
+            )
 
 
 class StallWatch:

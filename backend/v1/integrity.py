@@ -22,5 +22,6 @@ def verify():
     minutes apart, not seconds.
     """
     with verification.snapshot(db.engine) as connection:
-        return verification.verify(connection, writer().key,
-                                checkpoint_every=writer().checkpoint_every).as_dict()
+        return verification.verify(
+            connection, writer().key, checkpoint_every=writer().checkpoint_every
+        ).as_dict()

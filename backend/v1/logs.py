@@ -31,8 +31,13 @@ MAX_ID = 2**63 - 1
 @bp.get("/logs")
 @authenticate(token_auth)
 @arguments(LogQuerySchema, unknown=RAISE)
-@other_responses({200: (LogPageSchema, "A page of rows, and the cursor of the next page"),
-                  **UNAUTHORIZED, **BAD_PARAMETER})
+@other_responses(
+    {
+        200: (LogPageSchema, "A page of rows, and the cursor of the next page"),
+        **UNAUTHORIZED,
+        **BAD_PARAMETER,
+    }
+)
 def logs(args: dict):
     """Query the audit trail, newest first
 
@@ -45,8 +50,9 @@ def logs(args: dict):
             after = listing.Cursor.decode(args["after"], args["order"])
         except listing.InvalidCursor as error:
             raise ValidationFailed({"after": [str(error)]}) from None
-    rows, next_cursor = listing.page(args, token_auth.current_user(), order=args["order"],
-                                     limit=args["limit"], after=after)
+    rows, next_cursor = listing.page(
+        args, token_auth.current_user(), order=args["order"], limit=args["limit"], after=after
+    )
     headers = {}
     if next_cursor is not None:
         next_cursor = next_cursor.encode()
@@ -87,18 +93,30 @@ def stats(args: dict):
     except InvalidRange as error:
         raise ValidationFailed({error.field: [str(error)]}) from None
     counts = counts_per_bucket(args, token_auth.current_user(), bucket, since, until)
-    buckets = [{"start": start, "total": sum(levels.values()), "counts": levels}
-               for start, levels in counts]
-    return {"bucket": bucket, "since": since, "until": until,
-            "total": sum(item["total"] for item in buckets), "buckets": buckets}
+    buckets = [
+        {"start": start, "total": sum(levels.values()), "counts": levels}
+        for start, levels in counts
+    ]
+    return {
+        "bucket": bucket,
+        "since": since,
+        "until": until,
+        "total": sum(item["total"] for item in buckets),
+        "buckets": buckets,
+    }
 
 
 @bp.get("/logs/export")
 @authenticate(token_auth)
 @arguments(LogExportSchema, unknown=RAISE)
-@other_responses({200: "Every matching row, oldest first, streamed", **UNAUTHORIZED,
-                  **BAD_PARAMETER,
-                  429: (ErrorSchema, "Too many exports running; see `Retry-After`")})
+@other_responses(
+    {
+        200: "Every matching row, oldest first, streamed",
+        **UNAUTHORIZED,
+        **BAD_PARAMETER,
+        429: (ErrorSchema, "Too many exports running; see `Retry-After`"),
+    }
+)
 def export_logs(args: dict):
     """Export the audit trail as NDJSON or CSV
 
@@ -115,6 +133,10 @@ def export_logs(args: dict):
     user = token_auth.current_user()
     statement = export.statement(args, user, db.engine.dialect.name, fmt)
     chunks = export_guard.guarded(
-        user, lambda: export.started(export.stream(db.engine, statement, fmt)))
-    return Response(chunks, content_type=export.MEDIA_TYPES[fmt], headers={
-        "Content-Disposition": f'attachment; filename="audit-log.{fmt}"'})
+        user, lambda: export.started(export.stream(db.engine, statement, fmt))
+    )
+    return Response(
+        chunks,
+        content_type=export.MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="audit-log.{fmt}"'},
+    )

@@ -32,8 +32,12 @@ def me():
     """The current user"""
     # Not through @response: the hottest read of the API, and the schema's dump is a tenth of it.
     user = token_auth.current_user()
-    return {"id": user.id, "username": user.username, "is_admin": user.is_admin,
-            "created_at": rfc3339(user.created_at)}
+    return {
+        "id": user.id,
+        "username": user.username,
+        "is_admin": user.is_admin,
+        "created_at": rfc3339(user.created_at),
+    }
 
 
 @bp.get("/users")
@@ -49,17 +53,21 @@ def list_users():
 @authenticate(token_auth, role="admin")
 @body(NewUserSchema)
 @response(UserSchema, 201)
-@other_responses({**ADMIN_ONLY, **INVALID_FIELDS,
-                  409: (ErrorSchema, "The username is taken")})
+@other_responses({**ADMIN_ONLY, **INVALID_FIELDS, 409: (ErrorSchema, "The username is taken")})
 def new_user(fields: dict):
     """Create a user (admin)"""
     try:
         user = accounts.create_user(fields["username"], fields["password"], fields["is_admin"])
     except accounts.UsernameTaken:
         raise Conflict(f"The username {fields['username']!r} is taken.") from None
-    announce(v1_log, "user.create", level="INFO", status=201,
-             track=f"created {'admin' if user.is_admin else 'user'} {user.username}",
-             user=token_auth.current_user().username)
+    announce(
+        v1_log,
+        "user.create",
+        level="INFO",
+        status=201,
+        track=f"created {'admin' if user.is_admin else 'user'} {user.username}",
+        user=token_auth.current_user().username,
+    )
     return user
 
 
@@ -67,9 +75,14 @@ def new_user(fields: dict):
 @authenticate(token_auth, role="admin")
 @body(UserUpdateSchema)
 @response(UserStatusSchema)
-@other_responses({**UNAUTHORIZED, **INVALID_FIELDS,
-                  403: (ErrorSchema, "Admins only; and no admin may disable themselves"),
-                  404: (ErrorSchema, "No such user")})
+@other_responses(
+    {
+        **UNAUTHORIZED,
+        **INVALID_FIELDS,
+        403: (ErrorSchema, "Admins only; and no admin may disable themselves"),
+        404: (ErrorSchema, "No such user"),
+    }
+)
 def update_user(fields: dict, user_id: int):
     """Disable or enable a user (admin)
 
@@ -88,10 +101,15 @@ def update_user(fields: dict, user_id: int):
     if disabled != user.disabled:
         revoked = accounts.set_disabled(user, disabled)
         action = "disable" if disabled else "enable"
-        announce(v1_log, f"user.{action}", level="INFO", status=200,
-                 track=f"{action}d user {user.username}"
-                       + (f"; tokens revoked: {revoked}" if disabled else ""),
-                 user=admin.username)
+        announce(
+            v1_log,
+            f"user.{action}",
+            level="INFO",
+            status=200,
+            track=f"{action}d user {user.username}"
+            + (f"; tokens revoked: {revoked}" if disabled else ""),
+            user=admin.username,
+        )
     return user
 
 
@@ -99,9 +117,14 @@ def update_user(fields: dict, user_id: int):
 @authenticate(token_auth)
 @body(PasswordChangeSchema)
 @response(MessageSchema)
-@other_responses({**UNAUTHORIZED, **INVALID_FIELDS,
-                  403: (ErrorSchema, "The current password is wrong"),
-                  **LOCKED_OUT})
+@other_responses(
+    {
+        **UNAUTHORIZED,
+        **INVALID_FIELDS,
+        403: (ErrorSchema, "The current password is wrong"),
+        **LOCKED_OUT,
+    }
+)
 def change_password(fields: dict):
     """Change your password
 
@@ -112,14 +135,32 @@ def change_password(fields: dict):
     username = token_auth.current_user().username
     check = authenticate_password(username, fields["current_password"])
     if check.outcome is Outcome.LOCKED:
-        announce(v1_log, "password.change.locked", level="WARNING", status=LockedOut.code,
-                 track=check.reason, user=username)
+        announce(
+            v1_log,
+            "password.change.locked",
+            level="WARNING",
+            status=LockedOut.code,
+            track=check.reason,
+            user=username,
+        )
         raise LockedOut(retry_after=check.retry_after)
     if check.outcome is not Outcome.SUCCESS:
-        announce(v1_log, "password.change.failure", level="WARNING", status=403,
-                 track=check.reason, user=username)
+        announce(
+            v1_log,
+            "password.change.failure",
+            level="WARNING",
+            status=403,
+            track=check.reason,
+            user=username,
+        )
         raise Forbidden("The current password is wrong.")
     revoked = accounts.change_password(check.user, fields["new_password"])
-    announce(v1_log, "password.change", level="INFO", status=200,
-             track=f"changed password; tokens revoked: {revoked}", user=username)
+    announce(
+        v1_log,
+        "password.change",
+        level="INFO",
+        status=200,
+        track=f"changed password; tokens revoked: {revoked}",
+        user=username,
+    )
     return {"message": "Password changed; log in again."}
