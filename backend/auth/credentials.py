@@ -65,28 +65,29 @@ def verify_password(username: str, password: str) -> User | None:
             return None  # no credentials at all: a challenge, not a failed attempt
     username = storable(username)
     check = authenticate_password(username, password)
-    if check.outcome is Outcome.LOCKED:
-        announce(
-            auth_log,
-            "login.locked",
-            level="WARNING",
-            status=LockedOut.code,
-            track=check.reason,
-            user=username,
-        )
-        raise LockedOut(retry_after=check.retry_after)
     if check.outcome is not Outcome.SUCCESS:
-        announce(
-            auth_log,
-            "login.failure",
-            level="WARNING",
-            status=401,
-            track=check.reason,
-            user=username,
-        )
+        announce_refusal(check, auth_log, "login", status=401, user=username)
         return None
     g.checked_password_hash = check.checked_hash
     return check.user
+
+
+def announce_refusal(check: PasswordCheck, signal, event: str, *, status: int, user: str) -> None:
+    """Announce a password check that did not succeed: `<event>.locked` and LockedOut (429)
+    for a locked-out attempt, else `<event>.failure` with `status` (the caller then refuses)."""
+    if check.outcome is Outcome.LOCKED:
+        announce(
+            signal,
+            f"{event}.locked",
+            level="WARNING",
+            status=LockedOut.code,
+            track=check.reason,
+            user=user,
+        )
+        raise LockedOut(retry_after=check.retry_after)
+    announce(
+        signal, f"{event}.failure", level="WARNING", status=status, track=check.reason, user=user
+    )
 
 
 def _sent_basic() -> bool:

@@ -5,8 +5,7 @@ from apifairy import authenticate, body, other_responses, response
 from werkzeug.exceptions import Conflict, Forbidden, NotFound
 
 from backend import accounts
-from backend.auth.credentials import Outcome, authenticate_password
-from backend.auth.lockout import LockedOut
+from backend.auth.credentials import Outcome, announce_refusal, authenticate_password
 from backend.clock import rfc3339
 from backend.errors import ADMIN_ONLY, INVALID_FIELDS, LOCKED_OUT, UNAUTHORIZED
 from backend.extensions import db, token_auth
@@ -134,25 +133,8 @@ def change_password(fields: dict):
     """
     username = token_auth.current_user().username
     check = authenticate_password(username, fields["current_password"])
-    if check.outcome is Outcome.LOCKED:
-        announce(
-            v1_log,
-            "password.change.locked",
-            level="WARNING",
-            status=LockedOut.code,
-            track=check.reason,
-            user=username,
-        )
-        raise LockedOut(retry_after=check.retry_after)
     if check.outcome is not Outcome.SUCCESS:
-        announce(
-            v1_log,
-            "password.change.failure",
-            level="WARNING",
-            status=403,
-            track=check.reason,
-            user=username,
-        )
+        announce_refusal(check, v1_log, "password.change", status=403, user=username)
         raise Forbidden("The current password is wrong.")
     revoked = accounts.change_password(check.user, fields["new_password"])
     announce(
