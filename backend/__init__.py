@@ -3,12 +3,13 @@
 `create_app()` builds the app; importing this package does no work, and imports neither
 Flask nor SQLAlchemy: gunicorn's master imports it (for backend.gunicorn_conf), and each gevent
 worker must monkey-patch the standard library before those are imported (gunicorn_conf).
-
-The serving code stays at this package's top level, not in a `serving/` package: `boot.py`
-(migrate, admin, exec gunicorn), `gunicorn_conf.py` (gunicorn's settings) and `concurrency.py`
-(living with gevent workers). Moving them would change every import of them, and the paths
-that the Dockerfile, the Makefile and the docs name, for no reader's gain.
 """
+
+# (This docstring is the OpenAPI document's description, through apifairy.) The serving code
+# stays at this package's top level, not in a `serving/` package: boot.py (migrate, admin, exec
+# gunicorn), gunicorn_conf.py (gunicorn's settings) and concurrency.py (living with gevent
+# workers). Moving them would change every import of them, and the paths that the Dockerfile,
+# the Makefile and the docs name, for no reader's gain.
 
 from __future__ import annotations
 
