@@ -93,6 +93,29 @@ def raw_exchange(base_url: str, request: bytes, timeout: float = 10) -> tuple[in
     return int(head.split(b" ", 2)[1]), body
 
 
+CLI_TIMEOUT = 60.0  # seconds a `flask` command run as a process may take
+
+
+def flask(env: dict, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """`flask ARGS` in the repository with `env`; its exit code and output, bounded in time."""
+    return subprocess.run(
+        [BIN / "flask", *args],
+        cwd=config.ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+
+
+def checked_flask(env: dict, *args: str, stdin: str = "") -> str:
+    """`flask ARGS`, which must exit 0; its standard output."""
+    done = flask(env, *args, stdin=stdin)
+    assert done.returncode == 0, f"flask {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
 def make_run_command(port: int) -> list[str]:
     """The command of the Makefile's `run` target, with its variables filled in."""
     recipe = (config.ROOT / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]

@@ -33,13 +33,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-import config
 from backend.audit.events import AuditEvent
 from backend.audit.spool import Spool
 from tests.pgcluster import private_cluster
 from tests.serving import (
     BIN,
     Client,
+    checked_flask,
+    flask,
     free_port,
     running,
     wait_until_ready,
@@ -56,7 +57,6 @@ GRACEFUL_TIMEOUT = 10  # seconds; gunicorn_conf.py says 30, shortened to bound t
 LOAD_BEFORE = 3.0  # seconds of load before the fault
 LOAD_AFTER = 3.0  # ... and after it
 MAX_REQUESTS_PER_CLIENT = 5000  # a bound on the load whatever the timing
-CLI_TIMEOUT = 60.0
 # The row each kind of request must leave (its status is whatever the response's was).
 ROW_EVENT = {"me": "api.request", "login": "login.success"}
 # What a client sees when no (complete) response arrives.
@@ -79,25 +79,6 @@ def environment(database_url: str, instance_path: Path) -> dict:
         "TOKEN_TTL": "3600",
         "TRUSTED_PROXY_HOPS": "0",
     }
-
-
-def flask(env: dict, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    """`flask ARGS` in the repository with `env`; its exit code and output, bounded in time."""
-    return subprocess.run(
-        [BIN / "flask", *args],
-        cwd=config.ROOT,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-    )
-
-
-def checked_flask(env: dict, *args: str, stdin: str = "") -> str:
-    done = flask(env, *args, stdin=stdin)
-    assert done.returncode == 0, f"flask {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 def gunicorn_command(port: int) -> list[str]:

@@ -28,7 +28,7 @@ from tests.conftest import (
     migrate_to_head,
 )
 from tests.pgcluster import private_cluster
-from tests.serving import BIN
+from tests.serving import BIN, flask
 
 pytestmark = pytest.mark.faults
 
@@ -89,17 +89,6 @@ def wait_until_purging(engine: sa.Engine, process: subprocess.Popen) -> int:
             return first
         time.sleep(0.005)
     raise AssertionError("the purge deleted nothing in time")
-
-
-def flask(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [BIN / "flask", *args],
-        cwd=config.ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-    )
 
 
 def assert_verifies(env: dict) -> str:
