@@ -14,14 +14,16 @@ from backend.db_types import UTCDateTime as DBDateTime
 from backend.extensions import ma
 from backend.models import AUDIT_FIELDS, LEVELS, SOURCES, AuditField
 
-# \Z, not $: `$` also matches before a final newline, which would let "alice\n" through.
+USERNAME_RULE = "^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}"
+# Python's end is \Z, not $: `$` also matches before a final newline, which would let
+# "alice\n" through.
 USERNAME = validate.Regexp(
-    r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z",
+    USERNAME_RULE + r"\Z",
     error="1 to 64 characters: letters, digits and _ . @ - (starting with a letter or digit)",
 )
 # The same rule as the OpenAPI document must write it: JSON Schema patterns are ECMA 262
 # regular expressions, which have no \Z and whose `$` matches at the very end only.
-USERNAME_PATTERN = {"pattern": "^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"}
+USERNAME_PATTERN = {"pattern": USERNAME_RULE + "$"}
 
 
 def unicode_text(value: str) -> None:
