@@ -309,7 +309,7 @@ def hold() -> None:
 @click.option("--reason", required=True, help="Why: the case, request or ticket it serves.")
 def hold_add(name: str, reason: str) -> None:
     """Place the legal hold NAME."""
-    with _holding() as connection:
+    with _holding("hold.add", name) as connection:
         retention.place_hold(connection, name, reason)
     record_cli(
         "hold.add",
@@ -326,7 +326,7 @@ def hold_add(name: str, reason: str) -> None:
 @click.argument("name")
 def hold_release(name: str) -> None:
     """Release the legal hold NAME."""
-    with _holding() as connection:
+    with _holding("hold.release", name) as connection:
         retention.release_hold(connection, name)
     record_cli(
         "hold.release",
@@ -360,12 +360,21 @@ def hold_list(everything: bool) -> None:
 
 
 @contextmanager
-def _holding():
-    """A transaction for a hold command; its HoldError becomes a one-line error, exit 1."""
+def _holding(event: str, name: str):
+    """A transaction for a hold command; its HoldError is recorded (a `failure`) and becomes a
+    one-line error, exit 1."""
     try:
         with owner_engine().begin() as connection:
             yield connection
     except retention.HoldError as error:
+        record_cli(
+            event,
+            track=f"legal hold {name.strip()!r} refused: {error}",
+            level="WARNING",
+            outcome="failure",
+            reason="invalid_hold",
+            target=Target("hold", None, name.strip()[:255]),
+        )
         raise click.ClickException(str(error)) from None
 
 

@@ -168,7 +168,10 @@ def test_a_client_that_reads_nothing_is_cut_off_and_its_session_released(served)
         ("admin", "WARNING", 200),
         ("auditor", "WARNING", 200),
     ]
-    assert all(" cut off: the client read nothing for 3 s " in row["track"] for row in rows[:2])
+    assert all(" cut off: the client read nothing for 3 s; " in row["track"] for row in rows[:2])
+    assert [(row["outcome"], row["details"]["reason"]) for row in rows[:2]] == [
+        ("denied", "stalled")
+    ] * 2
 
 
 def test_a_cut_off_export_gives_its_slot_back(served):

@@ -191,10 +191,10 @@ def test_an_anchor_made_before_a_purge_still_verifies(client, runner, tmp_path):
     aged_trail(client, old=3, new=2)
     anchor = tmp_path / "anchor.jsonl"
     flask_audit(runner, "anchor", "-o", str(anchor))
-    purge(runner, "--yes")
+    purge(runner, "--yes")  # rows 6 and 7: the anchor's and the purge's
     assert verify_line(runner, "--anchor", str(anchor)) == (
         0,
-        "intact: 3 rows (rows 4-6, after the signed purge of rows 1-3), signed up to row 5",
+        "intact: 4 rows (rows 4-7, after the signed purge of rows 1-3), signed up to row 5",
     )
 
 
@@ -211,7 +211,7 @@ def test_an_anchor_made_before_a_purge_still_names_a_recomputed_remaining_row(
     # The database alone cannot tell.
     assert verify_line(runner) == (
         0,
-        ("intact: 3 rows (rows 4-6, after the signed purge of rows 1-3), none signed since"),
+        ("intact: 4 rows (rows 4-7, after the signed purge of rows 1-3), none signed since"),
     )
     assert_broken(
         runner, "BROKEN at row 5: differs from its signed checkpoint", "--anchor", str(anchor)

@@ -245,7 +245,12 @@ def test_releasing_a_hold_that_is_not_standing_exits_1(api, runner):
     result = hold(runner, "release", "nothing")
     assert result.exit_code == 1
     assert result.output == "Error: no hold named 'nothing' is standing\n"
-    assert api.rows() == []
+    [refused] = api.rows()
+    assert (refused.event, refused.outcome, refused.target) == (
+        "hold.release",
+        "failure",
+        "nothing",
+    )
 
 
 def test_a_hold_without_reason_is_a_usage_error(api, runner):
@@ -268,7 +273,13 @@ def test_a_hold_needs_a_name_and_a_reason(api, runner, args, error):
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {error}")
     assert hold(runner, "list").output == "no legal hold is standing\n"
-    assert api.rows() == []
+    refused, listed = api.rows()
+    assert (refused.event, refused.outcome, refused.details["reason"]) == (
+        "hold.add",
+        "failure",
+        "invalid_hold",
+    )
+    assert listed.event == "cli.audit.hold.list"
 
 
 # -- dry run ----------------------------------------------------------------------------------

@@ -35,8 +35,23 @@ from tests.helpers import (
 HOSTILE_AGENT = 'evil\nagent\r\n{"event":"forged"}\x1b[2K\x1e\x85\x7f'
 
 
+# The writer's own rows around an outage: the first spooled event, and the replay's end
+# (tests/test_structured_record.py checks them).
+OUTAGE_MARKERS = ("audit.spooling", "audit.replayed")
+
+
 def request_ids(api) -> list[str]:
-    return [row.request_id for row in api.rows()]
+    """The request ids of the rows of requests: not the outage's markers, nor a command's."""
+    return [
+        row.request_id
+        for row in api.rows()
+        if row.event not in OUTAGE_MARKERS and row.source != "cli"
+    ]
+
+
+def spooled_requests(app) -> list[str]:
+    """The request ids of the spooled events, but for the outage's marker."""
+    return [event["request_id"] for event in spooled(app) if event["event"] != "audit.spooling"]
 
 
 @pytest.fixture
@@ -58,6 +73,7 @@ def test_requests_still_succeed_while_the_audit_table_is_away(app, api, client):
         index = client.get("/")
     assert [login.status_code, me.status_code, index.status_code] == [200, 200, 200]
     assert [event["event"] for event in spooled(app)] == [
+        "audit.spooling",
         "login.success",
         "api.request",
         "index.view",
@@ -65,7 +81,7 @@ def test_requests_still_succeed_while_the_audit_table_is_away(app, api, client):
 
 
 def test_the_spool_holds_the_events_in_order(app, outage):
-    assert [event["request_id"] for event in spooled(app)] == outage
+    assert spooled_requests(app) == outage
 
 
 def test_no_row_is_written_while_the_audit_table_is_away(api, outage):
@@ -73,7 +89,7 @@ def test_no_row_is_written_while_the_audit_table_is_away(api, outage):
 
 
 def test_readyz_reports_the_spooled_events(client, outage):
-    assert spooled_events(client) == 3
+    assert spooled_events(client) == 4  # and the outage's marker
 
 
 def test_readyz_reports_an_empty_spool(client):
@@ -101,7 +117,7 @@ def test_a_write_that_waits_on_the_chains_lock_too_long_is_spooled(app, api, cli
         [request_id] = make_trail(client, 1)
     finally:
         release()
-    assert [event["request_id"] for event in spooled(app)] == [request_id]
+    assert spooled_requests(app) == [request_id]
     assert api.rows() == []
 
 
@@ -116,7 +132,7 @@ def test_the_next_write_replays_the_spool_first_in_order(api, client, outage):
 def test_the_replayed_rows_are_the_spooled_events(app, api, client, outage):
     events = spooled(app)
     make_trail(client, 1)
-    rows = api.rows()[:3]
+    rows = api.rows()[: len(events)]
     assert [str(row.event_id) for row in rows] == [event["event_id"] for event in events]
     assert [row.created_at for row in rows] == [
         datetime.fromisoformat(event["created_at"]) for event in events
@@ -131,7 +147,8 @@ def test_the_spool_is_empty_after_the_next_write(app, client, outage):
 
 def test_the_trail_verifies_after_a_replay(client, runner, outage):
     make_trail(client, 2)
-    assert verify_line(runner)[1].startswith("intact: 5 rows (rows 1-5)")
+    # The outage's three, its two markers, and the two written after it.
+    assert verify_line(runner)[1].startswith("intact: 7 rows (rows 1-7)")
 
 
 def test_later_writes_are_not_replayed_again(api, client, outage):
@@ -146,7 +163,7 @@ def test_later_writes_are_not_replayed_again(api, client, outage):
 
 def test_flask_audit_replay_writes_the_spool_in_order(api, runner, outage):
     result = flask_audit(runner, "replay")
-    assert (result.exit_code, result.stdout) == (0, "replayed 3 events\n")
+    assert (result.exit_code, result.stdout) == (0, "replayed 4 events\n")  # and the marker
     assert request_ids(api) == outage
 
 
@@ -160,7 +177,7 @@ def test_flask_audit_replay_of_an_empty_spool_writes_nothing(api, client, runner
     make_trail(client, 1)
     result = flask_audit(runner, "replay")
     assert (result.exit_code, result.stdout) == (0, "replayed 0 events\n")
-    assert len(api.rows()) == 1
+    assert [row.event for row in api.rows()] == ["index.view", "cli.audit.replay"]
 
 
 def test_flask_audit_replay_while_the_table_is_still_away_keeps_the_spool(app, runner, outage):
@@ -170,7 +187,7 @@ def test_flask_audit_replay_while_the_table_is_still_away_keeps_the_spool(app, r
     assert result.output.startswith(
         "Error: the database did not take the spooled events, which stay in the spool: "
     )
-    assert [event["request_id"] for event in spooled(app)] == outage
+    assert spooled_requests(app) == outage
 
 
 # -- exactly once: an event in the spool that the database has too ----------------------------
@@ -187,7 +204,7 @@ def spool_with_a_written_event(app, api, client) -> list[str]:
     [row] = api.rows()
     event = AuditEvent(**{field.name: getattr(row, field.name) for field in fields(AuditEvent)})
     spool_file(app).write_bytes(encode(event) + spool_file(app).read_bytes())
-    assert [event["request_id"] for event in spooled(app)] == written + later
+    assert spooled_requests(app) == written + later
     return written + later
 
 
@@ -201,7 +218,7 @@ def test_the_next_write_does_not_write_an_already_written_event_again(
 def test_flask_audit_replay_does_not_write_an_already_written_event_again(
     api, runner, spool_with_a_written_event
 ):
-    assert flask_audit(runner, "replay").stdout == "replayed 2 events\n"
+    assert flask_audit(runner, "replay").stdout == "replayed 3 events\n"  # and the marker
     assert request_ids(api) == spool_with_a_written_event
 
 
@@ -212,7 +229,10 @@ def test_the_spool_has_one_json_line_per_event(app, outage):
     lines = spool_file(app).read_bytes().split(b"\n")
     assert lines[-1] == b""
     events = [json.loads(line) for line in lines[:-1]]
-    assert [(event["source"], event["event"]) for event in events] == [("main", "index.view")] * 3
+    assert [(event["source"], event["event"]) for event in events] == [
+        ("system", "audit.spooling"),
+        *[("main", "index.view")] * 3,
+    ]
 
 
 def test_a_control_character_in_the_user_agent_stays_inside_its_line(app, client):
@@ -220,16 +240,16 @@ def test_a_control_character_in_the_user_agent_stays_inside_its_line(app, client
         client.get("/", environ_base={"HTTP_USER_AGENT": wsgi_header(HOSTILE_AGENT)})
         client.get("/")
     events = spooled(app)
-    assert len(events) == 2
-    assert events[0]["user_agent"] == HOSTILE_AGENT
-    assert events[1]["event"] == "index.view"
+    assert len(events) == 3  # the outage's marker first
+    assert events[1]["user_agent"] == HOSTILE_AGENT
+    assert events[2]["event"] == "index.view"
 
 
 def test_a_control_character_in_the_user_agent_survives_the_replay(app, api, client, runner):
     with audit_table_unavailable(app):
         client.get("/", environ_base={"HTTP_USER_AGENT": wsgi_header(HOSTILE_AGENT)})
     flask_audit(runner, "replay")
-    assert [row.user_agent for row in api.rows()] == [HOSTILE_AGENT]
+    assert [row.user_agent for row in api.rows(event="index.view")] == [HOSTILE_AGENT]
     assert verify_line(runner)[0] == 0
 
 
@@ -280,7 +300,7 @@ def test_the_per_request_connections_go_back_to_the_pool_as_they_came(app, api, 
     assert api.get("/v1/me", api.login(*ALICE)).status_code == 200
     with audit_table_unavailable(app):
         [failed] = make_trail(client, 1)
-    assert [event["request_id"] for event in spooled(app)] == [failed]
+    assert spooled_requests(app) == [failed]
     with app.app_context():
         request_states, writer_states = pooled_states(db.engine), pooled_states(writer().engine)
     assert request_states and writer_states

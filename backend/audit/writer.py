@@ -16,6 +16,7 @@ The events of a process's concurrent requests are appended in one transaction (g
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 import sqlalchemy as sa
@@ -62,7 +63,7 @@ class AuditWriter:
             why = refusals.reason(error)
         try:
             # The first event of an outage says that the trail went to the spool, and why.
-            first = [] if self.spool.pending() else [_spooling(why)]
+            first = [] if self.spool.pending() else [_spooling(why, events[0].created_at)]
             self.spool.append(*first, *events)
         except OSError:
             logger.exception("audit spool failed too for %d events", len(events))
@@ -161,16 +162,18 @@ class Replay:
     ids: list[int | None]  # of the events written after the spool's
 
 
-def _spooling(why: str) -> AuditEvent:
-    """The first event of an outage, spooled before the events it kept."""
+def _spooling(why: str, at: datetime) -> AuditEvent:
+    """The first event of an outage, spooled before the events it kept, and dated as the first
+    of them (`at`): later, it would move their times on when the chain replays them."""
     track = f"the database cannot take audit events; keeping them in the spool: {why}"
     details = {"reason": "database_unavailable", "error": why}
-    return _trail_event("audit.spooling", "ERROR", track, details, outcome="error")
+    return _trail_event("audit.spooling", "ERROR", track, details, outcome="error", created_at=at)
 
 
 def _replayed(count: int) -> AuditEvent:
     """Written right after the events a replay took from the spool."""
-    track = f"the database is back: {count} spooled events replayed in order"
+    events = "event" if count == 1 else "events"
+    track = f"the database is back: {count} spooled {events} replayed in order"
     return _trail_event("audit.replayed", "WARNING", track, {"replayed": count})
 
 
