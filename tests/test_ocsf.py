@@ -2,6 +2,8 @@
 the official OCSF schema (tests/ocsf_schema.py), with actor, target, outcome and the row's
 identity where the docs (docs/api.md, "OCSF") say they go."""
 
+import json
+
 import pytest
 
 from backend.audit import ocsf
@@ -374,3 +376,12 @@ def test_a_method_ocsf_does_not_list_stays_in_unmapped():
 )
 def test_the_schema_check_refuses_an_event_that_breaks_the_schema(broken):
     assert problems({**event_of("login.success"), **broken}) != []
+
+
+def test_a_chunk_of_the_export_becomes_one_event_a_line_in_slices_of_rows():
+    rows = [audit_row("api.request", id=number) for number in range(1, ocsf.SLICE_ROWS * 2 + 2)]
+    chunk = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    pieces = list(ocsf.ndjson_events(chunk))
+    assert [piece.count(b"\n") for piece in pieces] == [ocsf.SLICE_ROWS, ocsf.SLICE_ROWS, 1]
+    events = [json.loads(line) for piece in pieces for line in piece.splitlines()]
+    assert events == [ocsf_event(row) for row in rows]

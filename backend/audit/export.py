@@ -45,7 +45,8 @@ MEDIA_TYPES = {
 }
 # The name of the file a format's export is offered as: `audit-log.<extension>`.
 EXTENSIONS = {"ndjson": "ndjson", "csv": "csv", "ocsf": "ocsf.ndjson"}
-# The formats made of the NDJSON rows, and the function that turns a chunk of them into theirs.
+# The formats made of the NDJSON rows, and the function that turns a chunk of them into
+# pieces of theirs.
 FROM_NDJSON = {"ocsf": ocsf.ndjson_events}
 FETCH_ROWS = 2000
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV Injection";
@@ -119,8 +120,9 @@ def stream(
     read = "ndjson" if converted else fmt
     with closing((_copied if copy else _fetched)(engine, query, read, progress)) as chunks:
         for chunk in chunks:
-            yield converted(chunk) if converted else chunk
-            pause()  # lets the worker serve its other requests (backend.concurrency)
+            for piece in converted(chunk) if converted else (chunk,):
+                yield piece
+                pause()  # lets the worker serve its other requests (backend.concurrency)
 
 
 def _fetched(
