@@ -385,3 +385,7 @@ def test_a_chunk_of_the_export_becomes_one_event_a_line_in_slices_of_rows():
     assert [piece.count(b"\n") for piece in pieces] == [ocsf.SLICE_ROWS, ocsf.SLICE_ROWS, 1]
     events = [json.loads(line) for piece in pieces for line in piece.splitlines()]
     assert events == [ocsf_event(row) for row in rows]
+
+
+def test_an_empty_chunk_stays_one_empty_piece():
+    assert list(ocsf.ndjson_events(b"")) == [b""]

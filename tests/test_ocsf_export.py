@@ -93,6 +93,10 @@ def test_the_filters_and_the_visibility_rule_are_the_exports(api, trail):
     assert [event["unmapped"]["id"] for event in mine] == [row["id"] for row in rows]
 
 
+def test_an_export_that_matches_nothing_is_an_empty_200(api, trail):
+    assert ocsf_export(api, trail["admin"], event="no.such.event").get_data() == b""
+
+
 def test_the_response_is_ndjson_offered_as_an_ocsf_file(api, trail):
     response = ocsf_export(api, trail["admin"])
     assert response.content_type == "application/x-ndjson"

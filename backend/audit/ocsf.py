@@ -228,6 +228,8 @@ def ndjson_events(chunk: bytes) -> Iterator[bytes]:
     in pieces of SLICE_ROWS rows: the caller pauses between them, so that converting a chunk
     (Python's work, a row at a time) never holds a gevent worker's other requests for long."""
     lines = bytes(chunk).split(b"\n")[:-1]  # JSON escapes every LF inside a value
+    if not lines:  # the export's first chunk (taken before the view answers) may be empty
+        yield b""
     for start in range(0, len(lines), SLICE_ROWS):
         events = [ocsf_event(json.loads(line)) for line in lines[start : start + SLICE_ROWS]]
         yield "".join([_encode(event) + "\n" for event in events]).encode()
