@@ -6,7 +6,8 @@ event gets the class nearest to what happened (`classify`: the event's name, the
 the acting user, what was acted on, the outcome, the client's address and request, and the
 row's identity: `metadata.uid` is its `event_id`, `metadata.sequence` its `id`, and
 `unmapped` keeps `id`, `event`, `source`, `outcome`, `prev_hash` and `hash` (and `details`,
-and the target where the class has no place for one), so the chain can still be checked.
+and the target where the class has no place for one), so a receiver still sees the chain's
+links.
 OCSF has no null: an absent value is an absent key. docs/api.md has the table of classes.
 """
 
