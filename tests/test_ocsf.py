@@ -38,6 +38,7 @@ def audit_row(event: str, source: str = "v1", **fields) -> dict:
         "outcome": "success",
         "details": {},
         "event_id": "0b7c5a4e-8d1f-4c2b-9a37-5e2f1d6c8b90",
+        "chain_version": 2,
         "prev_hash": PREVIOUS,
         "hash": HASH,
         **fields,
@@ -57,7 +58,8 @@ CLI = {
     "token_id": None,
     "details": {"os_user": "root", "host": "audit-01"},
 }
-SYSTEM = {**CLI, "details": {"host": "audit-01", "pid": 4242}}
+SYSTEM = {**CLI, "target_type": "trail", "details": {}}
+SERVICE = {**CLI, "target_type": "service", "target_id": "4242", "details": {"pid": 4242}}
 # One row of every event the service writes, and the (class, activity) it becomes.
 EXAMPLES = {
     "login.success": (audit_row("login.success", "auth", path="/login", token_id=None), 3002, 1),
@@ -81,7 +83,13 @@ EXAMPLES = {
         3002,
         1,
     ),
-    "logout": (audit_row("logout", "auth", method="GET", path="/logout"), 3002, 2),
+    "logout": (
+        audit_row(
+            "logout", "auth", method="GET", path="/logout", target_type="token", target_id="7"
+        ),
+        3002,
+        2,
+    ),
     "user.create": (
         audit_row(
             "user.create", status=201, details={"changes": {"username": [None, "bob"]}}, **BOB
@@ -125,11 +133,15 @@ EXAMPLES = {
     ),
     "index.view": (audit_row("index.view", "main", level="DEBUG", method="GET", path="/"), 6001, 2),
     "audit.view": (audit_row("audit.view", "main", method="GET", path="/audit"), 6001, 2),
-    "trail.read": (
+    "api.request, a read of the trail": (
         audit_row(
-            "trail.read", method="GET", path="/v1/logs", details={"filters": {"user": "bob"}}
+            "api.request",
+            method="GET",
+            path="/v1/logs",
+            target_type="trail",
+            details={"filters": {"user": "bob"}},
         ),
-        6001,
+        6003,
         2,
     ),
     "trail.export": (
@@ -147,8 +159,8 @@ EXAMPLES = {
     "trail.purge": (audit_row("trail.purge", "cli", level="WARNING", **CLI), 1008, 2),
     "hold.add": (audit_row("hold.add", "cli", level="WARNING", **CLI), 1008, 99),
     "hold.release": (audit_row("hold.release", "cli", level="WARNING", **CLI), 1008, 99),
-    "service.start": (audit_row("service.start", "system", **SYSTEM), 6002, 3),
-    "service.stop": (audit_row("service.stop", "system", **SYSTEM), 6002, 4),
+    "service.start": (audit_row("service.start", "system", **SERVICE), 6002, 3),
+    "service.stop": (audit_row("service.stop", "system", **SERVICE), 6002, 4),
     "audit.spooling": (audit_row("audit.spooling", "system", level="ERROR", **SYSTEM), 1008, 99),
     "audit.replayed": (
         audit_row(
@@ -169,8 +181,18 @@ EXAMPLES = {
         6008,
         1,
     ),
+    "user.create, by a command": (audit_row("user.create", "cli", **{**CLI, **BOB}), 3001, 1),
+    "trail.export, by a command": (
+        audit_row("trail.export", "cli", **{**CLI, "target_type": "trail"}),
+        6001,
+        7,
+    ),
+    "cli.audit.verify": (audit_row("cli.audit.verify", "cli", **CLI), 6003, 2),
+    "cli.audit.anchor": (audit_row("cli.audit.anchor", "cli", **CLI), 6003, 2),
+    "cli.audit.hold.list": (audit_row("cli.audit.hold.list", "cli", **CLI), 6003, 2),
+    "cli.audit.replay": (audit_row("cli.audit.replay", "cli", **CLI), 6003, 1),
+    "cli.users.ensure-admin": (audit_row("cli.users.ensure-admin", "cli", **CLI), 6003, 2),
     "cli.users.create": (audit_row("cli.users.create", "cli", **CLI), 6003, 1),
-    "cli.audit.export": (audit_row("cli.audit.export", "cli", **CLI), 6003, 2),
     "cli.audit.purge": (audit_row("cli.audit.purge", "cli", **CLI), 6003, 4),
 }
 
@@ -242,10 +264,11 @@ def test_an_anonymous_caller_is_an_unknown_user_where_the_class_needs_an_actor()
 
 
 def test_a_command_is_acted_by_its_os_user_from_its_host():
-    event = event_of("cli.users.create")
+    event = event_of("cli.audit.verify")
     assert event["actor"] == {"user": {"name": "root"}}
     assert event["src_endpoint"] == {"hostname": "audit-01"}
-    assert event["api"]["operation"] == "users create"
+    assert event["api"]["operation"] == "audit verify"
+    assert event_of("user.create, by a command")["actor"] == {"user": {"name": "root"}}
 
 
 def test_the_target_user_is_the_user_of_an_account_change():
@@ -264,6 +287,15 @@ def test_the_target_of_an_api_act_is_a_resource():
 def test_a_target_with_no_place_in_its_class_stays_in_unmapped():
     row = audit_row("hold.add", "cli", **{**CLI, "target_type": "hold", "target": "case-7"})
     assert ocsf_event(row)["unmapped"]["target"] == {"type": "hold", "name": "case-7"}
+    assert event_of("logout")["unmapped"]["target"] == {"type": "token", "uid": "7"}
+    assert event_of("service.start")["unmapped"]["target"] == {"type": "service", "uid": "4242"}
+
+
+def test_a_read_of_the_trail_names_the_trail_as_its_resource():
+    event = event_of("api.request, a read of the trail")
+    assert event["resources"] == [{"type": "trail", "name": "audit_log"}]
+    assert event["unmapped"]["details"] == {"filters": {"user": "bob"}}
+    assert event_of("trail.export")["web_resources"] == [{"type": "trail", "name": "audit_log"}]
 
 
 @pytest.mark.parametrize(
@@ -337,6 +369,7 @@ def test_metadata_names_the_schema_the_product_and_the_rows_identity():
 def test_the_rows_id_and_chain_hashes_stay_in_unmapped():
     unmapped = event_of("api.request")["unmapped"]
     assert (unmapped["id"], unmapped["prev_hash"], unmapped["hash"]) == (42, PREVIOUS, HASH)
+    assert unmapped["chain_version"] == 2
     assert (unmapped["source"], unmapped["event"]) == ("v1", "api.request")
 
 

@@ -5,10 +5,9 @@ OCSF event out, so a SIEM that speaks OCSF takes the trail without a mapping of 
 event gets the class nearest to what happened (`classify`: the event's name, then its source),
 the acting user, what was acted on, the outcome, the client's address and request, and the
 row's identity: `metadata.uid` is its `event_id`, `metadata.sequence` its `id`, and
-`unmapped` keeps `id`, `event`, `source`, `outcome`, `prev_hash` and `hash` (and `details`,
-and the target where the class has no place for one), so a receiver still sees the chain's
-links.
-OCSF has no null: an absent value is an absent key. docs/api.md has the table of classes.
+`unmapped` keeps `id`, `event`, `source`, `outcome`, `chain_version`, `prev_hash` and `hash`
+(and `details`, and the target where the class has no place for one), so a receiver still
+sees the chain's links. OCSF has no null: an absent value is an absent key. docs/api.md has the table of classes.
 """
 
 import json
@@ -131,7 +130,6 @@ PREFIXES = (
     ("password.change", Activity(ACCOUNT_CHANGE, 3, "Password Change")),
     ("login.", Activity(AUTHENTICATION, 1, "Logon")),
     ("logout", Activity(AUTHENTICATION, 2, "Logoff")),
-    ("trail.", Activity(WEB_RESOURCES, 2, "Read")),  # list, one row, stats, verify, stream
     ("hold.", Activity(EVENT_LOG, 99, "Legal Hold")),
     ("service.", Activity(APPLICATION_LIFECYCLE, 99, "Other")),
     ("audit.", Activity(EVENT_LOG, 99, "Other")),
@@ -160,11 +158,13 @@ API_ACTIVITIES = {
     "DELETE": API_DELETE,
     "create": API_CREATE,
     "add": API_CREATE,
+    "replay": API_CREATE,  # writes the spooled events into the trail
     "list": API_READ,
     "export": API_READ,
     "verify": API_READ,
     "tail": API_READ,
     "anchor": API_READ,
+    "ensure-admin": API_READ,  # found an admin (one it creates is a `user.create` row)
     "set-password": API_UPDATE,
     "enable": API_UPDATE,
     "disable": API_UPDATE,
@@ -260,13 +260,13 @@ def _product() -> dict:
 def _unmapped(row: dict, ocsf_class: OcsfClass) -> dict:
     """The row's own words where OCSF has none: what the chain needs, and what no attribute of
     the class holds."""
-    kept = {name: row.get(name) for name in ("id", "source", "event", "outcome")}
-    kept |= {"prev_hash": row.get("prev_hash"), "hash": row.get("hash")}
+    names = ("id", "source", "event", "outcome", "chain_version", "prev_hash", "hash")
+    kept = {name: row.get(name) for name in names}
     if row.get("method") and row["method"] not in HTTP_METHODS:
         kept["method"] = row["method"]
     if row.get("details"):
         kept["details"] = row["details"]
-    if not ocsf_class.attributes & TARGET_ATTRIBUTES:
+    if not _target_placed(row, ocsf_class):
         kept["target"] = _target(row)
     return _present(**kept)
 
@@ -295,10 +295,20 @@ def _subject(row: dict, required: bool = True) -> dict:
 
 
 def _target(row: dict) -> dict | None:
-    """What was acted on, as an OCSF resource (`type`, `uid`, `name`); None without one."""
-    if not (row.get("target") or row.get("target_id")):
+    """What was acted on, as an OCSF resource (`type`, `uid`, `name`; the trail is named
+    LOG_NAME); None without one."""
+    name = row.get("target") or (LOG_NAME if row.get("target_type") == "trail" else None)
+    if name is None and row.get("target_id") is None:
         return None
-    return _present(type=row.get("target_type"), uid=row.get("target_id"), name=row.get("target"))
+    return _present(type=row.get("target_type"), uid=row.get("target_id"), name=name)
+
+
+def _target_placed(row: dict, ocsf_class: OcsfClass) -> bool:
+    """The event's class has an attribute for the row's target: resources of any kind, or
+    the user an Authentication or Account Change is about."""
+    if ocsf_class.attributes & {"resources", "web_resources"}:
+        return True
+    return "user" in ocsf_class.attributes and row.get("target_type") == "user"
 
 
 def _endpoint(row: dict, required: bool) -> dict | None:
@@ -400,5 +410,3 @@ ATTRIBUTES = {
     "log_name": lambda row, required: LOG_NAME,
     "log_provider": lambda row, required: PRODUCT_NAME,
 }
-# The attributes that hold what was acted on; in a class with none of them it stays unmapped.
-TARGET_ATTRIBUTES = frozenset({"user", "resources", "web_resources"})
