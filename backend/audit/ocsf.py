@@ -7,7 +7,8 @@ the acting user, what was acted on, the outcome, the client's address and reques
 row's identity: `metadata.uid` is its `event_id`, `metadata.sequence` its `id`, and
 `unmapped` keeps `id`, `event`, `source`, `outcome`, `chain_version`, `prev_hash` and `hash`
 (and `details`, and the target where the class has no place for one), so a receiver still
-sees the chain's links. OCSF has no null: an absent value is an absent key. docs/api.md has the table of classes.
+sees the chain's links. OCSF has no null: an absent value is an absent key. docs/api.md has
+the table of classes.
 """
 
 import json
