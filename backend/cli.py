@@ -427,7 +427,7 @@ def _moment(text: str) -> datetime:
     type=click.Choice(sorted(export.MEDIA_TYPES)),
     default="ndjson",
     show_default=True,
-    help="One JSON object per line, or CSV.",
+    help="One JSON object per line, CSV, or OCSF events (one JSON object per line).",
 )
 @click.option("--user", help="Exact user name.")
 @click.option("--ip", help="Exact client address.")

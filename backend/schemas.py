@@ -303,7 +303,7 @@ class LogQuerySchema(LogFiltersSchema):
 
 # The names of audit.export.MEDIA_TYPES and audit.stats.BUCKETS (tests/test_audit_fields.py
 # checks that they agree): this module only describes the API and imports nothing of the trail.
-EXPORT_FORMATS = ("ndjson", "csv")
+EXPORT_FORMATS = ("ndjson", "csv", "ocsf")
 STATS_BUCKETS = ("hour", "day")
 
 
@@ -312,8 +312,9 @@ class LogExportSchema(LogFiltersSchema):
         load_default="ndjson",
         validate=validate.OneOf(list(EXPORT_FORMATS)),
         metadata={
-            "description": "`ndjson` (one JSON object per line) or"
-            " `csv` (a header row, then one row each)."
+            "description": "`ndjson` (one JSON object per line),"
+            " `csv` (a header row, then one row each) or"
+            " `ocsf` (NDJSON: each row as an OCSF 1.8.0 event of its class)."
         },
     )
 

@@ -229,7 +229,7 @@ def measure(server: Server, options, report: "Report") -> None:
         f"{percentile(deep, 95) / percentile(first, 95):.2f}"
     )
     report.line("")
-    for fmt in ("ndjson", "csv"):
+    for fmt in ("ndjson", "csv", "ocsf"):
         rows, seconds, size, peak = export_rate(server, admin, fmt)
         report.line(
             f"export {fmt:6}: {rows:,} rows, {size / 1e6:,.0f} MB in {seconds:.1f} s = "

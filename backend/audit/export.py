@@ -1,4 +1,4 @@
-"""Exporting the trail: every matching row, streamed, as NDJSON or CSV.
+"""Exporting the trail: every matching row, streamed, as NDJSON, CSV or OCSF events.
 
 One generator serves `GET /v1/logs/export` and `flask audit export`, so both give the same
 bytes. Rows come oldest first, which is the chain's order: an unfiltered NDJSON export can be
@@ -9,6 +9,7 @@ On PostgreSQL the database writes the file itself: `COPY (query) TO STDOUT` stre
 as one finished line (a JSON object, or CSV cells that COPY quotes, in C), and Python only
 joins FETCH_ROWS of them into a chunk; the socket's flow control holds the server back when
 the client reads slowly. On SQLite the rows are read lazily and the csv module writes them.
+OCSF is the NDJSON export with each line made an OCSF event (audit/ocsf.py), chunk by chunk.
 """
 
 import csv
@@ -23,6 +24,7 @@ from datetime import datetime
 import psycopg
 import sqlalchemy as sa
 
+from backend.audit import ocsf
 from backend.audit.listing import matching, ordered
 from backend.concurrency import pause
 from backend.db_types import autocommit_connection
@@ -36,7 +38,16 @@ FIELDS = (
 NUMBERS = ("id", "status", "actor_id", "token_id", "chain_version")
 # Written by the service in digits and hex only: no formula can hide in them.
 GENERATED = (*NUMBERS, "created_at", "event_id", "prev_hash", "hash")
-MEDIA_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+MEDIA_TYPES = {
+    "ndjson": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+    "ocsf": "application/x-ndjson",
+}
+# The name of the file a format's export is offered as: `audit-log.<extension>`.
+EXTENSIONS = {"ndjson": "ndjson", "csv": "csv", "ocsf": "ocsf.ndjson"}
+# The formats made of the NDJSON rows, and the function that turns a chunk of them into
+# pieces of theirs.
+FROM_NDJSON = {"ocsf": ocsf.ndjson_events}
 FETCH_ROWS = 2000
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV Injection";
 # ASVS 5.0, 1.2.10), or with any character that Unicode's compatibility normalisation (NFKC)
@@ -83,7 +94,7 @@ def statement(filters: dict, viewer: User | None, dialect: str, fmt: str) -> sa.
     """The export's query: the rows `filters` select and `viewer` may see (None: every row,
     for the operator), oldest first, as (id, NDJSON line) or (id, *CSV cells)."""
     values = _text_values(dialect)
-    if fmt == "ndjson":
+    if fmt == "ndjson" or fmt in FROM_NDJSON:
         columns = [_json_object(values, dialect)]
     else:
         if dialect == "postgresql":  # jsonb's text, which `~` takes
@@ -112,10 +123,13 @@ def stream(
     the client leaves (a COPY under way is cancelled).
     """
     copy = engine.dialect.name == "postgresql"
-    with closing((_copied if copy else _fetched)(engine, query, fmt, progress)) as chunks:
+    converted = FROM_NDJSON.get(fmt)
+    read = "ndjson" if converted else fmt
+    with closing((_copied if copy else _fetched)(engine, query, read, progress)) as chunks:
         for chunk in chunks:
-            yield chunk
-            pause()  # lets the worker serve its other requests (backend.concurrency)
+            for piece in converted(chunk) if converted else (chunk,):
+                yield piece
+                pause()  # lets the worker serve its other requests (backend.concurrency)
 
 
 def _fetched(

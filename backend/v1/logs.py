@@ -137,10 +137,14 @@ def stats(args: dict):
     }
 )
 def export_logs(args: dict):
-    """Export the audit trail as NDJSON or CSV
+    """Export the audit trail as NDJSON, CSV or OCSF events
 
     Every row that the filters of `GET /v1/logs` select and the caller may see, oldest first
     (the chain's order), with `event_id`, `prev_hash` and `hash` for offline verification.
+    `format=ocsf` writes each row as an OCSF 1.8.0 event of its class (Authentication,
+    Account Change, API Activity, ...), one a line, with the row's `id` as
+    `metadata.sequence` and in `unmapped`, its `event_id` as `metadata.uid` and its hashes in
+    `unmapped`.
     Streamed: any number of rows in constant memory. A user may run EXPORTS_PER_USER exports
     at once (429 with `Retry-After` past that, or past the service's own bound), and a client
     that reads nothing for EXPORT_STALL_TIMEOUT seconds is cut off. In CSV a text cell that a
@@ -159,5 +163,7 @@ def export_logs(args: dict):
     return Response(
         chunks,
         content_type=export.MEDIA_TYPES[fmt],
-        headers={"Content-Disposition": f'attachment; filename="audit-log.{fmt}"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="audit-log.{export.EXTENSIONS[fmt]}"'
+        },
     )
