@@ -17,6 +17,7 @@ from marshmallow import ValidationError
 from backend.accounts import UsernameTaken, create_user, ensure_admin
 from backend.audit import anchors, export, refusals, retention, verification
 from backend.audit.events import AuditEvent
+from backend.audit.reads import reading_engine
 from backend.audit.writer import write, writer
 from backend.clock import rfc3339
 from backend.errors import flat
@@ -348,7 +349,7 @@ def export_command(fmt: str, **filters) -> None:
         args = LogFiltersSchema().load({k: v for k, v in filters.items() if v is not None})
     except ValidationError as error:
         raise click.ClickException(field_problems(error)) from None
-    engine = db.engine
+    engine = reading_engine()
     query = export.statement(args, None, engine.dialect.name, fmt)
     output = sys.stdout.buffer
     with _id_progress(engine, "exporting") as progress:

@@ -7,10 +7,11 @@ from marshmallow import RAISE
 from werkzeug.exceptions import NotFound
 
 from backend.audit import export, listing
+from backend.audit.reads import reading_engine
 from backend.audit.stats import InvalidRange, counts_per_bucket, window
 from backend.clock import utcnow
 from backend.errors import BAD_PARAMETER, UNAUTHORIZED, ValidationFailed
-from backend.extensions import db, token_auth
+from backend.extensions import token_auth
 from backend.schemas import (
     ErrorSchema,
     LogExportSchema,
@@ -131,9 +132,10 @@ def export_logs(args: dict):
     """
     fmt = args.pop("format")
     user = token_auth.current_user()
-    statement = export.statement(args, user, db.engine.dialect.name, fmt)
+    engine = reading_engine()
+    statement = export.statement(args, user, engine.dialect.name, fmt)
     chunks = export_guard.guarded(
-        user, lambda: export.started(export.stream(db.engine, statement, fmt))
+        user, lambda: export.started(export.stream(engine, statement, fmt))
     )
     return Response(
         chunks,
