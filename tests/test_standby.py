@@ -16,6 +16,8 @@ from backend.audit import reads as trail_reads
 from tests.conftest import ADMIN, Api, empty_postgresql, make_settings
 from tests.helpers import ATTACKER, WRONG, assert_locked, attempt, write
 from tests.pgcluster import private_cluster, standby_of
+from tests.serving import ADMIN as SERVING_ADMIN
+from tests.serving import serving
 
 APP_ROLE = ("audit_app", "audit-app-secret")
 
@@ -191,3 +193,25 @@ def test_readyz_says_reads_go_to_the_standby(trail):
     response = api.client.get("/readyz")
     assert response.status_code == 200
     assert (response.get_json()["reads"], response.get_json()["standby"]) == ("standby", "up")
+
+
+@pytest.mark.serving
+def test_the_served_app_reads_the_trail_on_the_standby(clusters, tmp_path):
+    primary, standby, environment = clusters
+    standby.resume_replay()
+    empty_postgresql(config.database_url_for_sqlalchemy(environment["DATABASE_ADMIN_URL"]))
+    with serving(environment["DATABASE_URL"], tmp_path, **environment) as (client, _):
+        token = client.post("/login", basic=SERVING_ADMIN).body["token"]
+        standby.catch_up(primary)
+        assert client.get("/readyz").body["reads"] == "standby"
+        standby.pause_replay()
+        try:
+            unreplayed = client.get("/v1/me", token=token).headers["X-Request-ID"]
+            listed = client.get("/v1/logs", token=token).body["items"]
+        finally:
+            standby.resume_replay()
+    assert listed and unreplayed not in [item["request_id"] for item in listed]
+    on_primary = primary.execute(
+        f"SELECT count(*) FROM audit_log WHERE request_id = '{unreplayed}'", "audit"
+    )
+    assert on_primary == 1
