@@ -17,8 +17,9 @@ to the COMMIT's return: linking, the INSERTs, the flush to disk) and the wait be
 BEGIN and SELECT ... FOR UPDATE round trip, queueing behind the other processes), p50 and
 p95, and "lock busy": the holds' sum over the run's time (near or past 100%: saturated; past
 it, as the hold's end is timed in the client, after the server has let the lock go). The
-database (`audit_bench_writes` on BENCH_DATABASE_URL's server) is dropped and created; its
-role needs CREATEDB. Results go to bench/results/write-ceiling.json.
+database of URL (default BENCH_DATABASE_WRITES_URL, else `audit_bench_writes` of the local
+server as the `audit` role) is dropped and created; its role needs CREATEDB. Results go to
+bench/results/write-ceiling.json.
 """
 
 import argparse
@@ -34,18 +35,18 @@ from pathlib import Path
 
 import psycopg
 
-from bench.database import bench_settings, libpq_url, migrate, recreate, with_database
+from bench.database import bench_settings, libpq_url, migrate, recreate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-DEFAULT_URL = "postgresql://audit:audit@127.0.0.1:5432/audit_bench"
+DEFAULT_URL = "postgresql://audit:audit@127.0.0.1:5432/audit_bench_writes"
 SETTLE = 2.0  # seconds between two runs, and from the processes' start to the timed run
 TRACK = "bench: a durable append of typical size, " + "x" * 60
 
 
 def main() -> None:
     options = parse_args()
-    url = with_database(options.url, "audit_bench_writes")
+    url = options.url
     recreate(url)
     with tempfile.TemporaryDirectory(prefix="bench-writes-") as tmp:
         migrate(bench_settings(url, tmp))
@@ -82,8 +83,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="timed seconds a run")
     parser.add_argument(
         "--url",
-        default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL),
-        help="a database on the server to use (its role needs CREATEDB)",
+        default=os.environ.get("BENCH_DATABASE_WRITES_URL", DEFAULT_URL),
+        help="the database to drop, create and fill (its role needs CREATEDB)",
     )
     return parser.parse_args()
 
