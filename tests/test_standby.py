@@ -118,6 +118,15 @@ def test_exports_are_read_on_the_standby(trail):
     assert exported and not set(unreplayed) & set(exported)
 
 
+def test_flask_audit_export_reads_the_standby(trail):
+    api, token, primary, standby = trail
+    unreplayed = lagging(api, primary, standby, 3)
+    result = api.app.test_cli_runner().invoke(args=["audit", "export"])
+    assert result.exit_code == 0, result.output
+    exported = [json.loads(line)["id"] for line in result.stdout.splitlines()]
+    assert exported and not set(unreplayed) & set(exported)
+
+
 def test_a_row_the_standby_has_not_replayed_is_read_on_the_primary(trail):
     api, token, primary, standby = trail
     newest = lagging(api, primary, standby, 1)[0]
