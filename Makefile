@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint bench-query
+.PHONY: run test lint bench-query bench-writes
 
 # The container's boot (backend/boot.py): flask db upgrade, flask users ensure-admin, then
 # gunicorn with backend/gunicorn_conf.py, here on this host's loopback only.
@@ -23,6 +23,10 @@ lint: $(VENV)/.installed-dev
 ROWS ?= 1000000
 bench-query: $(VENV)/.installed
 	$(BIN)/python -m bench.query --rows $(ROWS)
+
+# The write ceiling (docs/benchmarks.md): durable appends/s with 1, 2, 4 and 8 writer processes.
+bench-writes: $(VENV)/.installed
+	$(BIN)/python -m bench.write_ceiling
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

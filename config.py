@@ -70,6 +70,7 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         "INSTANCE_PATH": str(instance_path),
         "SQLALCHEMY_DATABASE_URI": database_url_for_sqlalchemy(database_url),
         "DATABASE_ADMIN_URL": database_url_for_sqlalchemy(admin_url),
+        "DATABASE_REPLICA_URL": replica_url(environ.get("DATABASE_REPLICA_URL"), database_url),
         # No overflow: past the pool, a request waits for a connection rather than open one
         # that is closed when it comes back (a PostgreSQL backend started and torn down per
         # request, under load, with SQLAlchemy's default overflow of 10); after POOL_TIMEOUT
@@ -108,6 +109,19 @@ def database_url_for_sqlalchemy(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def replica_url(raw: str | None, database_url: str) -> str | None:
+    """DATABASE_REPLICA_URL: a PostgreSQL hot standby of DATABASE_URL's primary, for reads of
+    the trail (backend/audit/reads.py); None when unset."""
+    if not raw:
+        return None
+    if not raw.startswith(("postgres://", "postgresql://", "postgresql+psycopg://")):
+        # Not echoed: the URL may hold a password.
+        raise ConfigError("DATABASE_REPLICA_URL must be a postgresql:// URL")
+    if not database_url_for_sqlalchemy(database_url).startswith("postgresql"):
+        raise ConfigError("DATABASE_REPLICA_URL needs DATABASE_URL to be PostgreSQL too")
+    return database_url_for_sqlalchemy(raw)
 
 
 def trusted_proxy_hops(environ: Mapping[str, str]) -> int:

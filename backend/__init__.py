@@ -54,6 +54,7 @@ def dispose_engines(app: Flask, close: bool = True) -> None:
         for engine in db.engines.values():
             engine.dispose(close=close)
     app.extensions["audit_writer"].forget_connections(close=close)
+    app.extensions["audit_reads"].dispose(close=close)
 
 
 def register_proxy_fix(app: Flask) -> None:
@@ -69,7 +70,7 @@ def register_extensions(app: Flask) -> None:
     import sqlalchemy as sa
 
     from backend import roles
-    from backend.audit import writer
+    from backend.audit import reads, writer
     from backend.db_types import discard_closed_connections, on_this_database, sqlite_pragmas
     from backend.extensions import apifairy, db, ma, migrate
 
@@ -94,6 +95,7 @@ def register_extensions(app: Flask) -> None:
                 sa.event.listen(engine, "connect", sqlite_pragmas)
             discard_closed_connections(engine)
     writer.init_app(app)
+    reads.init_app(app)
 
 
 def register_request_hooks(app: Flask) -> None:

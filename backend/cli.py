@@ -22,6 +22,7 @@ from backend.accounts import (
     user_target,
 )
 from backend.audit import anchors, export, refusals, retention, verification
+from backend.audit.reads import reading_engine
 from backend.audit.subscribers import event_from_signal
 from backend.audit.writer import write, writer
 from backend.clock import rfc3339
@@ -447,7 +448,7 @@ def export_command(fmt: str, **filters) -> None:
         args = LogFiltersSchema().load({k: v for k, v in filters.items() if v is not None})
     except ValidationError as error:
         raise click.ClickException(field_problems(error)) from None
-    engine = db.engine
+    engine = reading_engine()
     query = export.statement(args, None, engine.dialect.name, fmt)
     output = sys.stdout.buffer
     sent = {"rows": 0, "next": 0}  # rows written, and those of the chunk being written

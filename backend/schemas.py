@@ -407,3 +407,18 @@ class ReadySchema(ma.Schema):
         required=True,
         metadata={"description": "Audit events waiting in the local spool for the database."},
     )
+    reads = fields.String(
+        required=True,
+        metadata={
+            "enum": ["primary", "standby"],
+            "description": "Where reads of the trail (lists, rows, stats, exports) go now.",
+        },
+    )
+    standby = fields.String(
+        required=True,
+        metadata={
+            "enum": ["not configured", "up", "down"],
+            "description": "The hot standby of DATABASE_REPLICA_URL; while it is down, reads"
+            " go to the primary and the instance stays ready.",
+        },
+    )

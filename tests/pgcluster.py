@@ -11,6 +11,12 @@ its tools run as the `postgres` OS user (`runuser`), which then owns the directo
 
 Every command has a deadline, and leaving the block stops the server (SIGKILL if it will not
 stop) and removes the directory.
+
+A hot standby of such a cluster, made as an operator makes one (`pg_basebackup -R`, streaming
+replication over the primary's private socket), on a port of its own:
+
+    with private_cluster() as primary, standby_of(primary) as standby:
+        standby.pause_replay()  # the standby lags from here on
 """
 
 import os
@@ -132,13 +138,16 @@ class PrivateCluster:
             return "(none)"
 
     # --- its life -------------------------------------------------------------------------
-    def init(self) -> None:
-        """initdb, listening only on 127.0.0.1:port and on a socket in sockets/."""
+    def _make_directories(self) -> None:
         self.sockets.mkdir()
         if os.geteuid() == 0:
             server = pwd.getpwnam(SERVER_USER)
             for path in (self.directory, self.sockets):
                 os.chown(path, server.pw_uid, server.pw_gid)
+
+    def init(self) -> None:
+        """initdb, listening only on 127.0.0.1:port and on a socket in sockets/."""
+        self._make_directories()
         # Trust on the private socket (the tests' own superuser connection), passwords on TCP.
         self.run(
             "initdb",
@@ -153,6 +162,33 @@ class PrivateCluster:
             "--auth-host=scram-sha-256",
             "--no-sync",
         )
+        self._configure()
+
+    def init_standby(self, primary: "PrivateCluster") -> None:
+        """A copy of `primary` by `pg_basebackup -R` (which writes standby.signal and the
+        primary's address), made to listen on its own port and socket: a hot standby that
+        streams the primary's WAL once started. (initdb's pg_hba.conf lets the superuser
+        replicate over the local socket.)"""
+        self._make_directories()
+        self.run(
+            "pg_basebackup",
+            "-D",
+            str(self.data),
+            "-h",
+            str(primary.sockets),
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "-R",
+            "--wal-method=stream",
+            "--checkpoint=fast",
+            "--no-sync",
+        )
+        self._configure()
+
+    def _configure(self) -> None:
+        # Appended last, so these win over the primary's own lines that a standby's copy holds.
         settings = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
@@ -255,6 +291,37 @@ class PrivateCluster:
             )
         return f"postgresql://{owner}:{password}@{self.host}:{self.port}/{name}"
 
+    def execute(self, statement: str, database: str = "postgres"):
+        """Run one statement as the cluster's superuser; its first row's first value (or None)."""
+        with psycopg.connect(
+            self.superuser_dsn(database), autocommit=True, connect_timeout=10
+        ) as conn:
+            cursor = conn.execute(statement)
+            row = cursor.fetchone() if cursor.description else None
+        return None if row is None else row[0]
+
+    # --- as a hot standby -----------------------------------------------------------------
+    def pause_replay(self) -> None:
+        """Stop applying the primary's WAL (it still arrives): the standby lags from now on."""
+        self.execute("SELECT pg_wal_replay_pause()")
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while self.execute("SELECT pg_get_wal_replay_pause_state()") != "paused":
+            if time.monotonic() > deadline:
+                raise ClusterError("the standby's replay would not pause")
+            time.sleep(0.05)
+
+    def resume_replay(self) -> None:
+        self.execute("SELECT pg_wal_replay_resume()")
+
+    def catch_up(self, primary: "PrivateCluster") -> None:
+        """Wait until this standby has replayed everything `primary` has written so far."""
+        target = primary.execute("SELECT pg_current_wal_lsn()::text")
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while not self.execute(f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the standby did not replay up to {target}")
+            time.sleep(0.05)
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -268,13 +335,26 @@ def _alive(pid: int) -> bool:
 def private_cluster() -> Iterator[PrivateCluster]:
     """A started private cluster (skipped, or failed under CI, without PostgreSQL's binaries);
     stopped and removed when the block ends."""
-    bindir = require_bindir()
+    with _started(require_bindir(), PrivateCluster.init) as cluster:
+        yield cluster
+
+
+@contextmanager
+def standby_of(primary: PrivateCluster) -> Iterator[PrivateCluster]:
+    """A started hot standby of `primary`, streaming from it; stopped and removed when the
+    block ends."""
+    with _started(primary.bindir, lambda cluster: cluster.init_standby(primary)) as standby:
+        yield standby
+
+
+@contextmanager
+def _started(bindir: Path, init) -> Iterator[PrivateCluster]:
     # Not under pytest's tmp_path: a Unix socket's path must stay short (~100 bytes), and the
     # server's user must be able to reach the directory.
     directory = Path(tempfile.mkdtemp(prefix="audit-pg-"))
     cluster = PrivateCluster(bindir, directory)
     try:
-        cluster.init()
+        init(cluster)
         cluster.start()
         yield cluster
     finally:

@@ -167,6 +167,31 @@ def test_the_admin_database_url_uses_psycopg_3(environ):
     )
 
 
+def test_the_replica_url_uses_psycopg_3(environ):
+    standby = "postgresql://audit:secret@standby.example:5432/audit"
+    result = settings(environ | {"DATABASE_URL": PG, "DATABASE_REPLICA_URL": standby})
+    assert result["DATABASE_REPLICA_URL"] == (
+        "postgresql+psycopg://audit:secret@standby.example:5432/audit"
+    )
+
+
+def test_the_replica_url_defaults_to_none(environ):
+    assert settings(environ | {"DATABASE_URL": PG})["DATABASE_REPLICA_URL"] is None
+
+
+def test_a_replica_url_that_is_not_postgresql_is_refused_without_echoing_it(environ):
+    replica = "mysql://audit:hunter2@standby.example/audit"
+    message = config_error(environ | {"DATABASE_URL": PG, "DATABASE_REPLICA_URL": replica})
+    assert "DATABASE_REPLICA_URL must be a postgresql:// URL" in message
+    assert "hunter2" not in message
+
+
+def test_a_replica_url_beside_a_sqlite_database_is_refused(environ):
+    replica = "postgresql://audit:secret@standby.example:5432/audit"
+    message = config_error(environ | {"DATABASE_REPLICA_URL": replica})
+    assert "DATABASE_REPLICA_URL needs DATABASE_URL to be PostgreSQL" in message
+
+
 def test_the_default_database_is_sqlite_in_the_instance_folder(environ, tmp_path):
     uri = settings(environ)["SQLALCHEMY_DATABASE_URI"]
     assert uri == f"sqlite:///{tmp_path / 'audit.db'}"

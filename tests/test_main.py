@@ -100,6 +100,8 @@ def test_readyz_is_200_at_the_latest_migration(app, client):
         "status": "ready",
         "migration": latest_migration(),
         "spooled_events": 0,
+        "reads": "primary",
+        "standby": "not configured",
     }
     assert schema_version(app) == [latest_migration()]
 

@@ -13,7 +13,7 @@ from flask import current_app
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import orm as so
 
-from backend.extensions import db
+from backend.audit.reads import reading_engine
 from backend.models import ID_BLOCK_BITS, Log, User
 
 
@@ -163,8 +163,10 @@ def page(
 
     The rows are plain result rows, read in autocommit: a hundred ORM objects cost more than
     the rest of the request, and SELECTs need no transaction (a newest-first `q` reads the
-    newest id, then its block, then perhaps the older rows)."""
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    newest id, then its block, then perhaps the older rows). On the standby when there is one
+    that holds the cursor's row (backend/audit/reads.py)."""
+    engine = reading_engine(up_to_id=after.id if after is not None else None)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         # In the first block there is nothing to split, and its key would only cost its reading
         # (figures: docs/benchmarks.md, "Tuning decisions").
         if filters.get("q") and order == "desc" and (block := search_block(connection, after)):
@@ -191,8 +193,13 @@ def page(
 
 
 def visible_row(log_id: int, viewer: User) -> Log | None:
-    """The row with this id, if `viewer` may see it."""
-    return db.session.scalar(sa.select(Log).where(Log.id == log_id, visible_to(viewer)))
+    """The row with this id, if `viewer` may see it (from a standby only once it holds the
+    row: a row just written is never a 404 for lag)."""
+    with so.Session(reading_engine(up_to_id=log_id)) as session:
+        row = session.scalar(sa.select(Log).where(Log.id == log_id, visible_to(viewer)))
+        if row is not None:
+            session.expunge(row)
+        return row
 
 
 def _escape_like(text: str) -> str:

@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from backend.audit.listing import matching
+from backend.audit.reads import reading_engine
 from backend.db_types import UTCDateTime
-from backend.extensions import db
 from backend.models import LEVELS, Log, User
 
 BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -85,13 +85,15 @@ def counts_per_bucket(
 
     One GROUP BY over an index range of `created_at` (or of the filter's index), so the work
     grows with the rows in the range, which the window and MAX_BUCKETS bound."""
-    start = _bucket_of(bucket, db.engine.dialect.name).label("start")
+    engine = reading_engine()
+    start = _bucket_of(bucket, engine.dialect.name).label("start")
     query = (
         matching({**filters, "since": since, "until": until}, viewer)
         .with_only_columns(start, Log.level, sa.func.count().label("rows"))
         .group_by(start, Log.level)
     )
     counts = {moment: dict.fromkeys(LEVELS, 0) for moment in bucket_starts(bucket, since, until)}
-    for moment, level, rows in db.session.execute(query):
-        counts[moment][level] = counts[moment].get(level, 0) + rows
+    with engine.connect() as connection:
+        for moment, level, rows in connection.execute(query):
+            counts[moment][level] = counts[moment].get(level, 0) + rows
     return list(counts.items())

@@ -9,6 +9,7 @@ from apifairy import other_responses
 from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
+from backend.audit.reads import reads
 from backend.audit.writer import writer
 from backend.errors import error_response
 from backend.extensions import db, migrate
@@ -55,7 +56,10 @@ def healthz():
     }
 )
 def readyz():
-    """Readiness: the database answers and its schema is at the latest migration; else 503."""
+    """Readiness: the database answers and its schema is at the latest migration; else 503.
+
+    A standby that is down (DATABASE_REPLICA_URL) does not make the instance unready, as
+    reads of the trail then go to the primary; the answer says where they go."""
     try:
         with db.engine.connect() as connection:
             current = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
@@ -76,6 +80,19 @@ def readyz():
         "status": "ready",
         "migration": ", ".join(sorted(heads)),
         "spooled_events": writer().spool.count(),
+        **reads_state(),
+    }
+
+
+def reads_state() -> dict:
+    """Where reads of the trail go now, and the standby's state (backend/audit/reads.py)."""
+    trail_reads = reads()
+    if not trail_reads.configured:
+        return {"reads": "primary", "standby": "not configured"}
+    on_standby = trail_reads.engine_for(db.engine) is trail_reads.engine
+    return {
+        "reads": "standby" if on_standby else "primary",
+        "standby": "up" if on_standby else "down",
     }
 
 

@@ -9,10 +9,11 @@ from marshmallow import RAISE
 from werkzeug.exceptions import NotFound
 
 from backend.audit import export, listing
+from backend.audit.reads import reading_engine
 from backend.audit.stats import InvalidRange, counts_per_bucket, window
 from backend.clock import rfc3339, utcnow
 from backend.errors import BAD_PARAMETER, UNAUTHORIZED, ValidationFailed
-from backend.extensions import db, token_auth
+from backend.extensions import token_auth
 from backend.schemas import (
     ErrorSchema,
     LogExportSchema,
@@ -154,10 +155,11 @@ def export_logs(args: dict):
     """
     fmt = args.pop("format")
     user = token_auth.current_user()
-    statement = export.statement(args, user, db.engine.dialect.name, fmt)
+    engine = reading_engine()
+    statement = export.statement(args, user, engine.dialect.name, fmt)
     chunks = export_guard.guarded(
         user,
-        lambda progress: export.started(export.stream(db.engine, statement, fmt, progress)),
+        lambda progress: export.started(export.stream(engine, statement, fmt, progress)),
         {"filters": note_read(args), "format": fmt},
     )
     return Response(
