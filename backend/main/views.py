@@ -34,6 +34,8 @@ def index():
             "me": external_url("v1.me"),
             "logs": external_url("v1.logs"),
             "openapi": external_url("apifairy.json"),
+            "docs": external_url("main.docs_page"),
+            "viewer": external_url("main.audit_page"),
             "health": external_url("main.healthz"),
             "ready": external_url("main.readyz"),
         },
