@@ -11,22 +11,23 @@ import click
 import psycopg
 import sqlalchemy as sa
 from flask import current_app
-from flask.cli import AppGroup
 from marshmallow import ValidationError
 
+from backend import database_state
 from backend.accounts import UsernameTaken, create_user, ensure_admin
 from backend.audit import anchors, export, refusals, retention, verification
 from backend.audit.events import AuditEvent
 from backend.audit.writer import write, writer
 from backend.clock import rfc3339
+from backend.database_state import DatabaseCommands
 from backend.errors import flat
 from backend.extensions import db
 from backend.models import Log
 from backend.roles import owner_engine
 from backend.schemas import LogFiltersSchema, NewUserSchema, RFC3339DateTime
 
-users = AppGroup("users", help="Manage the users who can log in.")
-audit = AppGroup("audit", help="Check, export and prune the audit trail.")
+users = DatabaseCommands("users", help="Manage the users who can log in.")
+audit = DatabaseCommands("audit", help="Check, export and prune the audit trail.")
 
 
 @users.command("create")
@@ -299,8 +300,8 @@ def replay_command() -> None:
     except (sa.exc.DBAPIError, psycopg.Error) as error:  # psycopg's: PostgreSQL's appends
         # The database's message, not the SQL and its parameters.
         raise click.ClickException(
-            f"the database did not take the spooled events, which stay"
-            f" in the spool: {refusals.reason(error)}"
+            f"the database did not take the spooled events, which stay in the spool:"
+            f" {database_state.problem(current_app, error) or refusals.reason(error)}"
         ) from None
     click.echo(f"replayed {replay.replayed} events")
     if replay.set_aside:

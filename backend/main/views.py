@@ -4,14 +4,14 @@ from functools import cache
 from importlib.metadata import version
 
 import sqlalchemy as sa
-from alembic.script import ScriptDirectory
 from apifairy import other_responses
 from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.audit.writer import writer
+from backend.database_state import migration_heads
 from backend.errors import error_response
-from backend.extensions import db, migrate
+from backend.extensions import db
 from backend.main import bp
 from backend.schemas import ErrorSchema, HealthSchema, IndexSchema, ReadySchema
 from backend.signals import announce, main_log
@@ -85,9 +85,3 @@ def readyz():
 def service_version() -> str:
     """The installed package's version (read once: it does not change while we run)."""
     return version(SERVICE)
-
-
-@cache
-def migration_heads(directory: str) -> set[str]:
-    """The head revisions of the migration scripts shipped with this code."""
-    return set(ScriptDirectory.from_config(migrate.get_config(directory)).get_heads())
