@@ -4,7 +4,7 @@ import json
 import os
 import sys
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, time
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -43,8 +43,8 @@ def create(name: str, admin: bool, password_stdin: bool) -> None:
     fields = valid_new_user(name, password, admin)
     try:
         user = create_user(fields["username"], fields["password"], fields["is_admin"])
-    except UsernameTaken:
-        raise click.ClickException(f"the username {name!r} is taken") from None
+    except UsernameTaken as taken:
+        raise click.ClickException(str(taken)) from None
     click.echo(f"created {'admin' if user.is_admin else 'user'} {user.username}")
 
 
@@ -159,7 +159,7 @@ def anchor_command(output) -> None:
     "--before",
     required=True,
     metavar="DATE",
-    help="Delete rows created before this date (YYYY-MM-DD, UTC) or RFC 3339 time.",
+    help="Delete rows created before this date (YYYY-MM-DD: its midnight UTC) or RFC 3339 time.",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -314,11 +314,7 @@ def replay_command() -> None:
 
 
 def _moment(text: str) -> datetime:
-    """A UTC midnight for YYYY-MM-DD, else an RFC 3339 time with its offset."""
-    try:
-        return datetime.combine(date.fromisoformat(text), time(), UTC)
-    except ValueError:
-        pass
+    """A moment in the forms the API takes (schemas.RFC3339DateTime): RFC 3339 or a date."""
     try:
         return RFC3339DateTime().deserialize(text)
     except ValidationError as error:
@@ -339,8 +335,8 @@ def _moment(text: str) -> datetime:
 @click.option("--level", help="One or more levels, comma separated, e.g. WARNING,ERROR.")
 @click.option("--source", help="auth, v1, main or app.")
 @click.option("--event", help="Exact event name, e.g. login.failure.")
-@click.option("--since", help="RFC 3339 time, inclusive.")
-@click.option("--until", help="RFC 3339 time, exclusive.")
+@click.option("--since", help="RFC 3339 time or YYYY-MM-DD (midnight UTC), inclusive.")
+@click.option("--until", help="RFC 3339 time or YYYY-MM-DD (midnight UTC), exclusive.")
 @click.option("--q", help="Case-insensitive substring of track.")
 def export_command(fmt: str, **filters) -> None:
     """Write every matching row to standard output, oldest first: the bytes that
