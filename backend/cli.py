@@ -22,9 +22,10 @@ from backend.clock import rfc3339
 from backend.database_state import DatabaseCommands
 from backend.errors import flat
 from backend.extensions import db
-from backend.models import Log
+from backend.models import Log, User
 from backend.roles import owner_engine
 from backend.schemas import LogFiltersSchema, NewUserSchema, RFC3339DateTime
+from backend.security import check_password
 
 users = DatabaseCommands("users", help="Manage the users who can log in.")
 audit = DatabaseCommands("audit", help="Check, export and prune the audit trail.")
@@ -71,6 +72,12 @@ def ensure_admin_command() -> None:
     if username and password:
         valid_new_user(username, password, True)
     user, generated = ensure_admin(username, password)
+    if user is None and username and password and not admin_password_applies(username, password):
+        # A changed ADMIN_PASSWORD never replaces a password: say so, and how to.
+        click.echo(
+            f"admin {username} exists: ADMIN_PASSWORD was not applied"
+            f" (to change the password: flask users set-password {username})"
+        )
     if user is None:
         return
     if generated is None:
@@ -89,6 +96,12 @@ def ensure_admin_command() -> None:
         click.echo(
             f"created admin {user.username}; its password is in {path} (readable by its owner only)"
         )
+
+
+def admin_password_applies(username: str, password: str) -> bool:
+    """Whether the existing user `username`'s password is `password`."""
+    user = db.session.scalar(sa.select(User).where(User.username == username))
+    return user is not None and check_password(user.password_hash, password)
 
 
 GENERATED_PASSWORD_FILE = "initial-admin-password"
@@ -226,10 +239,10 @@ def _purge_batch(up_to: int, batch: int, deleted: int) -> int:
 
 
 def _record_purge(track: str, level: str) -> None:
-    _record_cli("trail.purge", track, level)
+    record_cli("trail.purge", track, level)
 
 
-def _record_cli(event: str, track: str, level: str) -> None:
+def record_cli(event: str, track: str, level: str) -> None:
     """A row of the trail for a command's act, naming the OS account that ran it."""
     write(
         AuditEvent(
@@ -250,7 +263,7 @@ def hold_add(name: str, reason: str) -> None:
     """Place the legal hold NAME."""
     with _holding() as connection:
         retention.place_hold(connection, name, reason)
-    _record_cli("hold.add", f"legal hold {name.strip()!r} placed: {reason.strip()}", "WARNING")
+    record_cli("hold.add", f"legal hold {name.strip()!r} placed: {reason.strip()}", "WARNING")
     click.echo(f"legal hold {name.strip()!r} placed: nothing will be purged while it stands")
 
 
@@ -260,7 +273,7 @@ def hold_release(name: str) -> None:
     """Release the legal hold NAME."""
     with _holding() as connection:
         retention.release_hold(connection, name)
-    _record_cli("hold.release", f"legal hold {name!r} released", "WARNING")
+    record_cli("hold.release", f"legal hold {name!r} released", "WARNING")
     click.echo(f"legal hold {name!r} released")
 
 

@@ -146,6 +146,12 @@ class UserUpdateSchema(ma.Schema):
     )
 
 
+class NewPasswordSchema(ma.Schema):
+    """A password set by `flask users set-password`: the API's rule for a new one."""
+
+    password = fields.String(required=True, load_only=True, validate=PASSWORD)
+
+
 class PasswordChangeSchema(ma.Schema):
     current_password = fields.String(
         required=True, load_only=True, validate=[validate.Length(min=1, max=1024), unicode_text]
