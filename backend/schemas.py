@@ -300,6 +300,16 @@ class LogFiltersSchema(ma.Schema):
         validate=[validate.Length(min=1, max=256), no_nul],
         metadata={"description": "Case-insensitive substring of `track`.", **NO_NUL},
     )
+    own_reads = fields.String(
+        load_default="include",
+        validate=validate.OneOf(["include", "exclude"]),
+        metadata={
+            "description": "`exclude` leaves out your own successful reads of the trail"
+            " (your `api.request` rows of `GET /v1/logs...` under 400): the rows that browsing"
+            " the trail adds to it, two for each look at the viewer. `include` (default)"
+            " keeps them."
+        },
+    )
 
     @validates("ip")
     def _ip_address(self, value: str, **kwargs) -> None:

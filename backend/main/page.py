@@ -18,6 +18,9 @@ from backend.models import LEVELS, SOURCES
 from backend.signals import announce, main_log
 
 TEMPLATE = "audit.html"
+# What the since/until inputs take (an HTML pattern: anchored by the browser): a date, or a date
+# and a 24-hour time, which the page sends as RFC 3339 in UTC (schemas.RFC3339DateTime).
+MOMENT_PATTERN = r"\d{4}-\d\d-\d\d([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?)?"
 
 
 @bp.get("/audit")
@@ -35,7 +38,9 @@ def audit_page():
             "logs": url_for("v1.logs"),
             "stats": url_for("v1.stats"),
             "export": url_for("v1.export_logs"),
+            "verify": url_for("v1.verify"),
         },
+        moment_pattern=MOMENT_PATTERN,
     )
     announce(
         main_log,
