@@ -256,3 +256,17 @@ def test_rows_open_and_close_from_the_keyboard(page, site):
     expect(page.locator(f"#rows tbody tr[data-id='{first}'] button.open")).to_be_focused()
     page.keyboard.press("Tab")  # on to the row's first value, a filter
     assert page.evaluate("document.activeElement.className") == "filter-by"
+
+
+def test_an_address_clicked_then_a_row_opened_shows_its_fields_beside_the_rows(page, site):
+    from playwright.sync_api import expect
+
+    sign_in(page, site, *ADMIN)
+    apply_filters(page, level=["WARNING"])
+    page.locator("#rows tbody td.ip button.filter-by", has_text=BURST_IP).first.click()
+    loaded(page)
+    page.locator("#verify").click()
+    expect(page.locator("#integrity-verdict")).to_have_text("intact")
+    page.click("#rows tbody tr:nth-child(2) td.track")
+    expect(page.locator("#detail-fields dd[data-field=ip]")).to_have_text(BURST_IP)
+    page.screenshot(path=page.screenshots / "viewer-investigation.png")
