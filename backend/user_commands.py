@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from marshmallow import ValidationError
 
 from backend import accounts
+from backend.audit.events import REDACTED
 from backend.cli import field_problems, record_cli, users
 from backend.clock import rfc3339
 from backend.extensions import db
@@ -53,9 +54,13 @@ def set_password_command(name: str, password_stdin: bool) -> None:
     revoked = accounts.change_password(user, password)
     record_cli(
         "password.change",
-        f"set the password of {user.username}; tokens revoked: {revoked}",
-        "WARNING",
+        track=f"set the password of {user.username}; tokens revoked: {revoked}",
+        level="WARNING",
+        target=accounts.user_target(user),
+        changes={"password": [REDACTED, REDACTED]},
+        details={"revoked_tokens": revoked},
     )
+    record_revoked(user, revoked)
     click.echo(f"password of {user.username} set; {revoked} tokens revoked")
 
 
@@ -82,8 +87,27 @@ def set_disabled(user: User, disabled: bool) -> None:
         return
     revoked = accounts.set_disabled(user, disabled)
     track = f"{action}d user {user.username}" + (f"; tokens revoked: {revoked}" if disabled else "")
-    record_cli(f"user.{action}", track, "WARNING" if disabled else "INFO")
+    record_cli(
+        f"user.{action}",
+        track=track,
+        level="WARNING" if disabled else "INFO",
+        target=accounts.user_target(user),
+        changes={"disabled": [not disabled, disabled]},
+    )
+    record_revoked(user, revoked)
     click.echo(track)
+
+
+def record_revoked(user: User, revoked: int) -> None:
+    """`token.revoke` for the tokens an act revoked, when there were any (as the API does)."""
+    if revoked:
+        record_cli(
+            "token.revoke",
+            track=f"revoked {revoked} token{'' if revoked == 1 else 's'} of {user.username}",
+            target=accounts.user_target(user),
+            changes={"live_tokens": [revoked, 0]},
+            details={"revoked_tokens": revoked},
+        )
 
 
 def existing_user(name: str) -> User:
