@@ -326,7 +326,6 @@ class LogFiltersSchema(ma.Schema):
         },
     )
     own_reads = fields.String(
-        load_default="include",
         validate=validate.OneOf(["include", "exclude"]),
         metadata={
             "description": "`exclude` leaves out your own successful reads of the trail"

@@ -329,7 +329,7 @@ def shown_ids(page) -> list[int]:
 
 
 def column(page, name: str) -> list[str]:
-    index = {"level": 3, "source": 4, "event": 5, "user": 6, "track": 9}[name]
+    index = {"level": 3, "source": 4, "event": 5, "user": 6, "target": 7, "track": 10}[name]
     return page.locator(f"#rows tbody tr td:nth-child({index})").all_text_contents()
 
 

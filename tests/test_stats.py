@@ -262,6 +262,10 @@ def test_the_openapi_document_describes_it(client):
         "since",
         "until",
         "q",
+        "target",
+        "target_type",
+        "outcome",
+        "own_reads",
         "bucket",
     }
     assert parameters["bucket"]["schema"]["enum"] == ["hour", "day"]

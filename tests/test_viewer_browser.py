@@ -270,3 +270,77 @@ def test_an_address_clicked_then_a_row_opened_shows_its_fields_beside_the_rows(p
     page.click("#rows tbody tr:nth-child(2) td.track")
     expect(page.locator("#detail-fields dd[data-field=ip]")).to_have_text(BURST_IP)
     page.screenshot(path=page.screenshots / "viewer-investigation.png")
+
+
+# --- the structured record (#17, item 8): actor and target, outcome, changes ---------------------
+
+
+@pytest.fixture
+def disabled_dave(site) -> str:
+    """An admin creates dave and disables him through the API: rows whose target is dave, one
+    with changes. Returns the name (unique to the test, the site being shared)."""
+    name = f"dave{len(site.rows())}"
+    token = site.client.post("/login", basic=ADMIN).body["token"]
+    created = site.client.post(
+        "/v1/users", token=token, json_body={"username": name, "password": "dave-password-1"}
+    )
+    assert created.status == 201
+    changed = site.client.call(
+        "PATCH", f"/v1/users/{created.body['id']}", token=token, json_body={"disabled": True}
+    )
+    assert changed.status == 200
+    return name
+
+
+def test_actor_and_target_are_columns_and_a_target_filters(page, site, disabled_dave):
+    sign_in(page, site, *ADMIN)
+    page.fill("#filter-target", disabled_dave)
+    page.click("#filters button[type=submit]")
+    loaded(page)
+    expected = site.rows(target=disabled_dave)  # each act, and the request that made it
+    assert [row.event for row in expected] == [
+        "api.request",
+        "user.disable",
+        "api.request",
+        "user.create",
+    ]
+    assert shown_ids(page) == [row.id for row in expected]
+    assert column(page, "user") == [ADMIN[0]] * 4
+    assert column(page, "target") == [disabled_dave] * 4
+    assert page_query(page) == {"target": [disabled_dave]}
+
+
+def test_clicking_a_target_filters_by_it(page, site, disabled_dave):
+    sign_in(page, site, *ADMIN)
+    page.locator("#rows tbody td.target button.filter-by", has_text=disabled_dave).first.click()
+    loaded(page)
+    assert set(column(page, "target")) == {disabled_dave}
+
+
+def test_the_outcome_filter_selects_rows_by_outcome(page, site, disabled_dave):
+    from playwright.sync_api import expect
+
+    sign_in(page, site, *ADMIN)
+    page.check("#filters input[name=outcome][value=denied]")
+    page.check("#filters input[name=outcome][value=failure]")
+    page.click("#filters button[type=submit]")
+    loaded(page)
+    assert page_query(page)["outcome"] == ["failure,denied"]
+    expected = [row.id for row in site.rows() if row.outcome in ("failure", "denied")][:50]
+    assert expected and shown_ids(page) == expected
+    page.reload()
+    loaded(page)
+    expect(page.locator("#filters input[name=outcome]:checked")).to_have_count(2)
+
+
+def test_a_rows_changes_show_as_old_to_new_in_its_detail(page, site, disabled_dave):
+    from playwright.sync_api import expect
+
+    sign_in(page, site, *ADMIN)
+    apply_filters(page, event="user.disable")
+    [row] = [row for row in site.rows(event="user.disable") if row.target == disabled_dave]
+    page.click(f"#rows tbody tr[data-id='{row.id}'] td.track")
+    details = page.locator("#detail-fields dd[data-field=details]")
+    expect(details.locator(".change")).to_have_text(["disabled: false -> true"])
+    expect(page.locator("#detail-fields dd[data-field=outcome]")).to_have_text("success")
+    expect(page.locator("#detail-fields dd[data-field=target]")).to_have_text(disabled_dave)

@@ -14,7 +14,7 @@ from flask import render_template, request, url_for
 
 from backend.main import bp
 from backend.main.views import SERVICE, service_version
-from backend.models import LEVELS, SOURCES
+from backend.models import LEVELS, OUTCOMES, SOURCES
 from backend.signals import announce, main_log
 
 TEMPLATE = "audit.html"
@@ -32,6 +32,7 @@ def audit_page():
         version=service_version(),
         levels=LEVELS,
         sources=SOURCES,
+        outcomes=OUTCOMES,
         urls={
             "login": url_for("auth.login"),
             "logout": url_for("auth.logout"),

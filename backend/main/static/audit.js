@@ -23,9 +23,11 @@
     verify: document.body.dataset.verifyUrl,
   };
   // The filters that are one text field or menu each, in the form and in the page's URL.
-  const FIELDS = ["user", "ip", "source", "event", "q"];
+  const FIELDS = ["user", "target", "ip", "source", "event", "q"];
+  // The filters that are a set of boxes each, sent as one comma-separated parameter.
+  const CHOICES = ["level", "outcome"];
   // Cells of a row that filter the listing by their value when clicked.
-  const FILTER_CELLS = ["level", "source", "event", "user", "ip"];
+  const FILTER_CELLS = ["level", "source", "event", "user", "target", "ip"];
 
   // Which listing is on screen: an answer to an older one (filters changed meanwhile) is dropped.
   let generation = 0;
@@ -202,8 +204,10 @@
       const value = form.elements[name].value.trim();
       if (value !== "") params.set(name, value);
     }
-    const levels = [...form.querySelectorAll("input[name=level]:checked")].map((box) => box.value);
-    if (levels.length) params.set("level", levels.join(","));
+    for (const name of CHOICES) {
+      const ticked = [...form.querySelectorAll(`input[name=${name}]:checked`)].map((box) => box.value);
+      if (ticked.length) params.set(name, ticked.join(","));
+    }
     for (const name of ["since", "until"]) {
       const value = momentParam(form.elements[name].value.trim());
       if (value !== "") params.set(name, value);
@@ -228,9 +232,11 @@
   function showFilters(params) {
     const form = $("filters");
     for (const name of FIELDS) form.elements[name].value = params.get(name) || "";
-    const levels = (params.get("level") || "").toUpperCase().split(",");
-    for (const box of form.querySelectorAll("input[name=level]")) {
-      box.checked = levels.includes(box.value);
+    for (const name of CHOICES) {
+      const chosen = (params.get(name) || "").split(",").map((value) => value.toLowerCase());
+      for (const box of form.querySelectorAll(`input[name=${name}]`)) {
+        box.checked = chosen.includes(box.value.toLowerCase());
+      }
     }
     for (const name of ["since", "until"]) {
       form.elements[name].value = momentField(params.get(name) || "");
@@ -271,8 +277,8 @@
   // A click on a cell's value: the listing filtered by it (a level alone: only that level).
   function filterBy(name, value) {
     const form = $("filters");
-    if (name === "level") {
-      for (const box of form.querySelectorAll("input[name=level]")) box.checked = box.value === value;
+    if (CHOICES.includes(name)) {
+      for (const box of form.querySelectorAll(`input[name=${name}]`)) box.checked = box.value === value;
     } else {
       form.elements[name].value = value;
     }
@@ -351,6 +357,7 @@
     filterCell(tr, "source", row.source);
     filterCell(tr, "event", row.event);
     filterCell(tr, "user", row.user);
+    filterCell(tr, "target", row.target).title = targetTitle(row);
     filterCell(tr, "ip", row.ip);
     cell(tr, row.status);
     cell(tr, row.track, "track");
@@ -363,6 +370,12 @@
       }
     });
     return tr;
+  }
+
+  // What a target is, for its cell's tooltip: `user 7`, `trail`, ...
+  function targetTitle(row) {
+    if (!row.target_type) return "";
+    return [row.target_type, row.target_id].filter((part) => part !== null).join(" ");
   }
 
   // A cell whose value is a button that filters the listing by it (none for an empty value).
@@ -400,8 +413,12 @@
       const term = document.createElement("dt");
       term.textContent = name;
       const description = document.createElement("dd");
-      description.textContent =
-        value === null ? "null" : typeof value === "object" ? JSON.stringify(value) : String(value);
+      if (name === "details" && value && Object.keys(value).length) {
+        description.append(...detailLines(value));
+      } else {
+        description.textContent =
+          value === null ? "null" : typeof value === "object" ? JSON.stringify(value) : String(value);
+      }
       description.dataset.field = name;
       fields.append(term, description);
     }
@@ -411,6 +428,24 @@
     $("detail").hidden = false;
     $("listing").classList.add("with-detail");
     $("detail-close").focus();
+  }
+
+  // A row's `details`, one line each: every change as `field: old -> new`, then the other facts.
+  function detailLines(details) {
+    const lines = [];
+    const line = (className, text) => {
+      const element = document.createElement("div");
+      element.className = className;
+      element.textContent = text;
+      lines.push(element);
+    };
+    for (const [field, [before, after]] of Object.entries(details.changes || {})) {
+      line("change", `${field}: ${JSON.stringify(before)} -> ${JSON.stringify(after)}`);
+    }
+    for (const [key, value] of Object.entries(details)) {
+      if (key !== "changes") line("fact", `${key}: ${JSON.stringify(value)}`);
+    }
+    return lines;
   }
 
   // Closing gives the focus back to the row's button, so the keyboard goes on from there.
