@@ -61,6 +61,8 @@ def test_set_password_is_a_row_naming_the_user_and_the_os_account(api, runner):
     users_command(runner, "set-password", "alice", "--password-stdin", input=NEW_PASSWORD)
     [row] = cli_rows(api, "password.change")
     assert row.level == "WARNING"
+    assert (row.target_type, row.target) == ("user", "alice")
+    assert row.details["changes"] == {"password": ["[redacted]", "[redacted]"]}
     assert row.track.startswith("set the password of alice; tokens revoked: 0 (by ")
     assert NEW_PASSWORD not in row.track
 
@@ -107,6 +109,11 @@ def test_disable_refuses_logins_revokes_tokens_and_is_recorded(api, client, runn
     assert not logs_in(client, *ALICE)
     [row] = cli_rows(api, "user.disable")
     assert row.track.startswith("disabled user alice; tokens revoked: 1 (by ")
+    assert (row.target_type, row.target, row.outcome) == ("user", "alice", "success")
+    assert row.details["changes"] == {"disabled": [False, True]}
+    assert {"os_user", "host"} <= set(row.details)
+    [revoked] = cli_rows(api, "token.revoke")
+    assert (revoked.target, revoked.details["revoked_tokens"]) == ("alice", 1)
 
 
 def test_disabling_a_disabled_user_changes_nothing_and_records_nothing(api, runner):
