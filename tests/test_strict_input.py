@@ -32,6 +32,7 @@ def test_a_form_encoded_login_is_415_and_leaves_a_login_failure_row(api, client)
     [row] = api.rows(event="login.failure")
     assert (row.level, row.status, row.user, row.path) == ("WARNING", 415, None, "/login")
     assert row.track == f"refused: the body is {FORM}, not JSON"
+    assert (row.outcome, row.details) == ("failure", {"reason": "body_not_json"})
 
 
 def test_a_login_with_basic_credentials_and_a_form_body_is_refused_in_its_users_name(api, client):

@@ -91,6 +91,8 @@ def refused_login_body(error: UnsupportedMediaType) -> Response:
             status=error.code,
             track=f"refused: the body is {request.mimetype or 'of no declared type'}, not JSON",
             user=basic.username if basic and basic.type == "basic" else None,
+            outcome="failure",
+            reason="body_not_json",
         )
     except AuditUnavailable as unavailable:
         return error_response(unavailable.code, unavailable.description)
