@@ -46,6 +46,8 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
     # The database's owner, for migrations and retention; the app serves as DATABASE_URL's
     # role, which then needs no more than INSERT and SELECT on the trail (backend/roles.py).
     admin_url = environ.get("DATABASE_ADMIN_URL") or database_url
+    check_database_url("DATABASE_URL", database_url)
+    check_database_url("DATABASE_ADMIN_URL", admin_url)
 
     secret_key = environ.get("SECRET_KEY")
     if not secret_key:
@@ -101,6 +103,26 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         # Unhandled exceptions must reach our JSON 500 handler (and the audit) even in tests.
         "PROPAGATE_EXCEPTIONS": False,
     }
+
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
+
+
+def check_database_url(name: str, url: str) -> None:
+    """A URL of a database the service runs on (SQLite or PostgreSQL), well formed; the message
+    names the setting and the scheme, never the URL itself (it may hold a password)."""
+    example = "postgresql://USER:PASSWORD@HOST:5432/NAME or sqlite:///PATH"
+    scheme = url.partition(":")[0] if "://" in url else None
+    if scheme not in DATABASE_SCHEMES:
+        what = f"a {scheme}:// URL" if scheme else "not a URL"
+        raise ConfigError(f"{name} must be {example}; it is {what}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
+    except ValueError as error:
+        raise ConfigError(f"{name} is not a well-formed URL ({error}); e.g. {example}") from None
+    if scheme != "sqlite" and not parts.path.strip("/"):
+        raise ConfigError(f"{name} names no database; e.g. {example}")
 
 
 def database_url_for_sqlalchemy(url: str) -> str:

@@ -2,7 +2,7 @@
 
 import sys
 
-from backend import create_app
+from backend import create_app, database_state
 from config import APP_LOAD_ERROR, ConfigError
 
 try:
@@ -10,3 +10,6 @@ try:
 except ConfigError as error:
     print(f"configuration error: {error}", file=sys.stderr)
     sys.exit(APP_LOAD_ERROR)
+# A `flask` command or the boot that meets an unreachable or unmigrated database ends with one
+# line saying so and what to do (backend/database_state.py), not a traceback.
+database_state.install(app)

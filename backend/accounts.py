@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from backend.clock import utcnow
 from backend.db_types import UTCDateTime
 from backend.extensions import db
-from backend.models import Token, User
+from backend.models import Token, User, fold_username
 from backend.security import hash_password, new_token
 from backend.signals import Target
 
@@ -58,14 +58,28 @@ def creation_changes(user: User) -> dict:
 
 
 class UsernameTaken(ValueError):
-    """Another user already has this name."""
+    """Another user already has this name, in this case or another (`taken_as`)."""
+
+    def __init__(self, username: str, taken_as: str | None = None):
+        super().__init__(username)
+        self.taken_as = taken_as or username
+
+    def __str__(self) -> str:
+        if self.taken_as == self.args[0]:
+            return f"the username {self.args[0]!r} is taken"
+        return (
+            f"the username {self.args[0]!r} is taken, as {self.taken_as!r}"
+            " (user names are unique regardless of case)"
+        )
 
 
 def create_user(username: str, password: str, is_admin: bool = False) -> User:
-    """Store a new user with a hashed password; raise UsernameTaken if the name is in use."""
+    """Store a new user with a hashed password; raise UsernameTaken if the name is in use, in
+    any case (models.fold_username)."""
     password_hash = hash_password(password)  # first: with no connection held meanwhile
-    if db.session.scalar(sa.select(User.id).where(User.username == username)) is not None:
-        raise UsernameTaken(username)
+    taken = sa.select(User.username).where(User.folded_username == fold_username(username))
+    if (taken_as := db.session.scalar(taken)) is not None:
+        raise UsernameTaken(username, taken_as)
     user = User(username=username, password_hash=password_hash, is_admin=is_admin)
     db.session.add(user)
     try:

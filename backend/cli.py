@@ -4,16 +4,16 @@ import json
 import os
 import sys
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, time
+from datetime import datetime
 from pathlib import Path
 
 import click
 import psycopg
 import sqlalchemy as sa
 from flask import current_app
-from flask.cli import AppGroup
 from marshmallow import ValidationError
 
+from backend import database_state
 from backend.accounts import (
     UsernameTaken,
     create_user,
@@ -26,15 +26,17 @@ from backend.audit.reads import reading_engine
 from backend.audit.subscribers import event_from_signal
 from backend.audit.writer import write, writer
 from backend.clock import rfc3339
+from backend.database_state import DatabaseCommands
 from backend.errors import flat
 from backend.extensions import db
-from backend.models import Log
+from backend.models import Log, User
 from backend.roles import owner_engine
 from backend.schemas import LogFiltersSchema, NewUserSchema, RFC3339DateTime
+from backend.security import check_password
 from backend.signals import Target
 
-users = AppGroup("users", help="Manage the users who can log in.")
-audit = AppGroup("audit", help="Check, export and prune the audit trail.")
+users = DatabaseCommands("users", help="Manage the users who can log in.")
+audit = DatabaseCommands("audit", help="Check, export and prune the audit trail.")
 TRAIL = Target("trail")
 
 
@@ -70,7 +72,7 @@ def create(name: str, admin: bool, password_stdin: bool) -> None:
     fields = valid_new_user(name, password, admin)
     try:
         user = create_user(fields["username"], fields["password"], fields["is_admin"])
-    except UsernameTaken:
+    except UsernameTaken as taken:
         record_cli(
             "user.create",
             track=f"user {name!r} not created: the name is taken",
@@ -79,7 +81,7 @@ def create(name: str, admin: bool, password_stdin: bool) -> None:
             reason="username_taken",
             target=user_target(name=name),
         )
-        raise click.ClickException(f"the username {name!r} is taken") from None
+        raise click.ClickException(str(taken)) from None
     announce_created(user)
     click.echo(f"created {'admin' if user.is_admin else 'user'} {user.username}")
 
@@ -116,6 +118,12 @@ def ensure_admin_command() -> None:
     if username and password:
         valid_new_user(username, password, True)
     user, generated = ensure_admin(username, password)
+    if user is None and username and password and not admin_password_applies(username, password):
+        # A changed ADMIN_PASSWORD never replaces a password: say so, and how to.
+        click.echo(
+            f"admin {username} exists: ADMIN_PASSWORD was not applied"
+            f" (to change the password: flask users set-password {username})"
+        )
     if user is None:
         record_cli("cli.users.ensure-admin", track="an admin exists: nothing to do")
         return
@@ -136,6 +144,12 @@ def ensure_admin_command() -> None:
         click.echo(
             f"created admin {user.username}; its password is in {path} (readable by its owner only)"
         )
+
+
+def admin_password_applies(username: str, password: str) -> bool:
+    """Whether the existing user `username`'s password is `password`."""
+    user = db.session.scalar(sa.select(User).where(User.username == username))
+    return user is not None and check_password(user.password_hash, password)
 
 
 GENERATED_PASSWORD_FILE = "initial-admin-password"
@@ -225,7 +239,7 @@ def anchor_command(output) -> None:
     "--before",
     required=True,
     metavar="DATE",
-    help="Delete rows created before this date (YYYY-MM-DD, UTC) or RFC 3339 time.",
+    help="Delete rows created before this date (YYYY-MM-DD: its midnight UTC) or RFC 3339 time.",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
@@ -390,8 +404,8 @@ def replay_command() -> None:
     except (sa.exc.DBAPIError, psycopg.Error) as error:  # psycopg's: PostgreSQL's appends
         # The database's message, not the SQL and its parameters.
         raise click.ClickException(
-            f"the database did not take the spooled events, which stay"
-            f" in the spool: {refusals.reason(error)}"
+            f"the database did not take the spooled events, which stay in the spool:"
+            f" {database_state.problem(current_app, error) or refusals.reason(error)}"
         ) from None
     record_cli(
         "cli.audit.replay",
@@ -410,11 +424,7 @@ def replay_command() -> None:
 
 
 def _moment(text: str) -> datetime:
-    """A UTC midnight for YYYY-MM-DD, else an RFC 3339 time with its offset."""
-    try:
-        return datetime.combine(date.fromisoformat(text), time(), UTC)
-    except ValueError:
-        pass
+    """A moment in the forms the API takes (schemas.RFC3339DateTime): RFC 3339 or a date."""
     try:
         return RFC3339DateTime().deserialize(text)
     except ValidationError as error:
@@ -435,8 +445,8 @@ def _moment(text: str) -> datetime:
 @click.option("--level", help="One or more levels, comma separated, e.g. WARNING,ERROR.")
 @click.option("--source", help="auth, v1, main, app, cli or system.")
 @click.option("--event", help="Exact event name, e.g. login.failure.")
-@click.option("--since", help="RFC 3339 time, inclusive.")
-@click.option("--until", help="RFC 3339 time, exclusive.")
+@click.option("--since", help="RFC 3339 time or YYYY-MM-DD (midnight UTC), inclusive.")
+@click.option("--until", help="RFC 3339 time or YYYY-MM-DD (midnight UTC), exclusive.")
 @click.option("--q", help="Case-insensitive substring of track.")
 @click.option("--target", help="Exact name of what was acted on, e.g. a username.")
 @click.option("--target-type", help="Exact kind of target: user, token, trail...")

@@ -29,6 +29,7 @@ BAD_PARAMETER = {400: (ErrorSchema, "Unknown parameter, bad value or cursor")}
 INVALID_FIELDS = {400: (ErrorSchema, "Invalid fields")}
 LOCKED_OUT = {429: (ErrorSchema, "Locked out after too many failures; see `Retry-After`")}
 TOO_LARGE = f"The request body is over {MAX_BODY // 1024} KiB"
+NOT_JSON = "The body is not JSON (send it with `Content-Type: application/json`)"
 
 # Headers of an HTTPException that carry meaning and must survive the JSON rewrite.
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")

@@ -144,6 +144,23 @@ def when_ready(server) -> None:
         server.cfg.worker_class_str,
         TRUSTED_PROXY_HOPS,
     )
+    base = served_at(server.cfg.bind)
+    server.log.info("viewer: %s/audit  API reference: %s/docs", base, base)
+
+
+def served_at(binds: list[str]) -> str:
+    """The address a person opens: PUBLIC_URL, else the first address gunicorn listens on
+    (`0.0.0.0` named as localhost, where a browser on the same machine reaches it)."""
+    public = os.environ.get("PUBLIC_URL")
+    if public:
+        return public.rstrip("/")
+    bind = binds[0] if binds else "127.0.0.1:8000"
+    if bind.startswith("unix:"):
+        return bind
+    host, _, port = bind.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):
+        host = "localhost"
+    return f"http://{host}:{port}"
 
 
 def post_worker_init(worker) -> None:

@@ -11,7 +11,10 @@ Sessions: none. Every request proves itself with its token and the page keeps it
 sessionStorage, so no cookie is read or set (Flask's default would also build a signing
 serializer on every request to look for one).
 
-Requests: a body over MAX_CONTENT_LENGTH is refused with 413 up front. Werkzeug alone would
+Requests: a body that is not JSON, sent to a route that reads a JSON body, is refused with 415
+before the view runs (a form-encoded login must not turn into "invalid credentials", nor a
+form-encoded user into "missing fields"). A body over MAX_CONTENT_LENGTH is refused with 413 up
+front. Werkzeug alone would
 refuse it only when a view reads the body, and a login with HTTP Basic reads none: its
 password would be checked (and counted) first. A chunked body declares no length, so it is
 read here, at most MAX_CONTENT_LENGTH + 1 bytes of it, and handed to the view as a body of
@@ -22,7 +25,7 @@ import io
 
 from flask import Flask, Response, current_app, request
 from flask.sessions import SessionInterface
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 SECURITY_HEADERS = {
     # Tokens, users and audit rows must not stay in a browser's or a proxy's cache.
@@ -68,6 +71,7 @@ def init_app(app: Flask) -> None:
     """Register all three on `app`; call before the blueprints, so that these run outermost."""
     app.session_interface = NoSessions()
     app.before_request(refuse_oversized_body)
+    app.before_request(refuse_non_json_body)
     app.after_request(add_security_headers)
 
 
@@ -82,6 +86,24 @@ def refuse_oversized_body() -> None:
             raise RequestEntityTooLarge()
     elif "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         read_chunked_body(environ, limit)
+
+
+def refuse_non_json_body() -> None:
+    """415 for a body that is not JSON (by its Content-Type) sent to a route that reads JSON."""
+    if (media_type := non_json_body()) is not None:
+        raise UnsupportedMediaType(
+            f"The body must be JSON, sent as Content-Type: application/json; it is {media_type}."
+        )
+
+
+def non_json_body() -> str | None:
+    """The media type of this request's body when its route reads a JSON body (APIFairy's
+    `@body`) and the body is not JSON; None otherwise, and for no body at all."""
+    view = current_app.view_functions.get(request.endpoint)
+    body = getattr(view, "_spec", {}).get("body")
+    if body is None or body[1] != "json" or not request.content_length or request.is_json:
+        return None
+    return request.mimetype or "of no declared type"
 
 
 def read_chunked_body(environ: dict, limit: int) -> None:

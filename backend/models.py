@@ -1,6 +1,7 @@
 """The tables: users, their bearer tokens, login throttles, and the audit trail with its chain
 head, checkpoints and legal holds."""
 
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,16 @@ OUTCOMES = ("success", "failure", "denied", "error")
 CHAIN_VERSION = 2
 
 
+def fold_username(username: str) -> str:
+    """The form in which two user names are the same name: Unicode NFKC, then case-folded
+    (`Alice`, `ALICE` and `alice` are one name)."""
+    return unicodedata.normalize("NFKC", username).casefold()
+
+
+def _folded_username(context) -> str:
+    return fold_username(context.get_current_parameters()["username"])
+
+
 class User(db.Model):
     """Someone who can log in; admins see the whole trail and manage users."""
 
@@ -32,6 +43,11 @@ class User(db.Model):
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     username: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    # fold_username(username), set on every insert; its unique index makes names unique
+    # regardless of case (migration 0011).
+    folded_username: so.Mapped[str] = so.mapped_column(
+        sa.String(255), unique=True, default=_folded_username
+    )
     password_hash: so.Mapped[str] = so.mapped_column(sa.String(255))
     is_admin: so.Mapped[bool] = so.mapped_column(default=False)
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime, default=utcnow)

@@ -8,7 +8,7 @@ settings, never from a request: PUBLIC_URL, or `/` (the host the document was fe
 
 from flask import current_app
 
-from backend.errors import TOO_LARGE
+from backend.errors import NOT_JSON, TOO_LARGE
 from backend.extensions import apifairy
 from backend.models import LEVELS
 
@@ -17,7 +17,7 @@ ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/Erro
 # /healthz) an audit trail that cannot record the request.
 ANY_ROUTE = {"500": "The server failed; the body says nothing more"}
 AUDITED = {"503": "The audit trail cannot record the request right now; try again later"}
-WITH_BODY = {"413": TOO_LARGE}
+WITH_BODY = {"413": TOO_LARGE, "415": NOT_JSON}
 NOT_AUDITED = ("/healthz",)
 
 

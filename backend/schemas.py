@@ -3,10 +3,10 @@
 import ipaddress
 import operator
 import re
-from datetime import UTC
+from datetime import UTC, date, datetime, time
 
 from flask import request
-from marshmallow import ValidationError, fields, validate, validates, validates_schema
+from marshmallow import ValidationError, fields, pre_load, validate, validates, validates_schema
 from webargs.fields import DelimitedList
 
 from backend.clock import rfc3339
@@ -45,23 +45,44 @@ class UTCDateTime(fields.DateTime):
 
 
 class RFC3339DateTime(fields.AwareDateTime):
-    """An RFC 3339 date-time with its offset, e.g. `2026-11-21T10:00:00Z` or
-    `2026-11-21T12:00:00.5+02:00`; other ISO 8601 forms (`20261121T100000Z`, no seconds,
-    `+0200`) are not RFC 3339 and are refused. `t`/`z` and a space for `T` are allowed (RFC 3339,
-    section 5.6)."""
+    """A moment as the API and the CLI take it, in UTC: an RFC 3339 date-time with its offset
+    (`2026-11-21T10:00:00Z`, `2026-11-21T12:00:00.5+02:00`), or an RFC 3339 full-date
+    (`2026-11-21`), that day's midnight UTC. Other ISO 8601 forms (`20261121T100000Z`, no
+    seconds, `+0200`, no offset) are refused. `t`/`z` and a space for `T` are allowed (RFC 3339,
+    section 5.6), and so is a space for the offset's `+`: that is what an unencoded `+` in a
+    URL's query string arrives as."""
 
     FORMAT = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)", re.ASCII)
+    DATE = re.compile(r"\d{4}-\d\d-\d\d", re.ASCII)
+    PLUS_AS_SPACE = re.compile(r"(:\d\d(?:\.\d+)?) (\d\d:\d\d)", re.ASCII)
+    EXAMPLES = "e.g. 2026-11-21T10:00:00Z, 2026-11-21T12:00:00+02:00 or 2026-11-21 (midnight UTC)"
 
     def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and self.DATE.fullmatch(value):
+            try:
+                return datetime.combine(date.fromisoformat(value), time(), UTC)
+            except ValueError:
+                raise ValidationError(f"is not a day of the calendar; {self.EXAMPLES}") from None
+        if isinstance(value, str):
+            value = self.PLUS_AS_SPACE.sub(r"\1+\2", value)
         if not isinstance(value, str) or not self.FORMAT.fullmatch(value):
             raise ValidationError(
-                "must be an RFC 3339 date-time with an offset, e.g. 2026-11-21T10:00:00Z"
+                f"must be an RFC 3339 date-time with Z or an offset, or a date; {self.EXAMPLES}"
             )
         moment = super()._deserialize(value.upper(), attr, data, **kwargs)
         try:
             return moment.astimezone(UTC)
         except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
             raise ValidationError("is out of range") from None
+
+
+def parameter_counts(data) -> dict[str, int]:
+    """How many times each query parameter was given: webargs hands a schema a proxy of the
+    query string's MultiDict (its `data`), or a plain dict (the CLI's filters)."""
+    multidict = getattr(data, "data", data)
+    if not hasattr(multidict, "getlist"):
+        return dict.fromkeys(data, 1)
+    return {name: len(multidict.getlist(name)) for name in multidict}
 
 
 class StrictBoolean(fields.Boolean):
@@ -123,6 +144,12 @@ class UserUpdateSchema(ma.Schema):
             "description": "`true` disables the user and revokes every token of theirs at once."
         },
     )
+
+
+class NewPasswordSchema(ma.Schema):
+    """A password set by `flask users set-password`: the API's rule for a new one."""
+
+    password = fields.String(required=True, load_only=True, validate=PASSWORD)
 
 
 class PasswordChangeSchema(ma.Schema):
@@ -228,6 +255,27 @@ class ChoiceList(DelimitedList):
 class LogFiltersSchema(ma.Schema):
     """The filters that /v1/logs and its export share."""
 
+    @pre_load
+    def _each_once(self, data, **kwargs):
+        """`?user=admin&user=alice` is a 400 naming `user`, not a silent choice of the first:
+        every parameter takes one value (`level` and `outcome` take several, comma separated)."""
+        several = {"level": "WARNING,ERROR", "outcome": "failure,denied"}
+        repeated = {
+            name: [
+                f"give it once, not {count} times"
+                + (
+                    f" (several values, comma separated: {name}={several[name]})"
+                    if name in several
+                    else ""
+                )
+            ]
+            for name, count in parameter_counts(data).items()
+            if count > 1
+        }
+        if repeated:
+            raise ValidationError(repeated)
+        return data
+
     user = fields.String(validate=[validate.Length(min=1, max=64), no_nul], metadata=NO_NUL)
     ip = fields.String(
         metadata={
@@ -245,8 +293,18 @@ class LogFiltersSchema(ma.Schema):
     )
     source = fields.String(validate=validate.OneOf(SOURCES))
     event = fields.String(validate=[validate.Length(min=1, max=64), no_nul], metadata=NO_NUL)
-    since = RFC3339DateTime(metadata={"description": "RFC 3339; inclusive."})
-    until = RFC3339DateTime(metadata={"description": "RFC 3339; exclusive."})
+    since = RFC3339DateTime(
+        metadata={
+            "description": "RFC 3339 date-time with `Z` or an offset, or a date (its midnight"
+            " UTC); inclusive. E.g. `2026-11-21T10:00:00Z` or `2026-11-21`."
+        }
+    )
+    until = RFC3339DateTime(
+        metadata={
+            "description": "RFC 3339 date-time with `Z` or an offset, or a date (its midnight"
+            " UTC); exclusive: `until=2026-11-22` ends with the last moment of 2026-11-21."
+        }
+    )
     q = fields.String(
         validate=[validate.Length(min=1, max=256), no_nul],
         metadata={"description": "Case-insensitive substring of `track`.", **NO_NUL},
@@ -265,6 +323,15 @@ class LogFiltersSchema(ma.Schema):
         metadata={
             "description": "One or more of `success`, `failure`, `denied`, `error`, comma"
             " separated. Rows written before the structured record (chain version 1) have none."
+        },
+    )
+    own_reads = fields.String(
+        validate=validate.OneOf(["include", "exclude"]),
+        metadata={
+            "description": "`exclude` leaves out your own successful reads of the trail"
+            " (your `api.request` rows of `GET /v1/logs...` under 400): the rows that browsing"
+            " the trail adds to it, two for each look at the viewer. `include` (default)"
+            " keeps them."
         },
     )
 

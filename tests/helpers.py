@@ -65,6 +65,7 @@ CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "request_entity_too_large",
+    415: "unsupported_media_type",
     429: "too_many_requests",
     500: "internal_server_error",
     503: "service_unavailable",

@@ -16,6 +16,7 @@ from base64 import b64encode
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,10 @@ def readme_session(client: Client, log: Path, admin: tuple[str, str]) -> None:
         "invalid password",
         401,
     )
+    # The README's filtered query: failed logins from one address, since a plain date.
+    today = datetime.now(UTC).date().isoformat()
+    filtered = client.get(f"/v1/logs?event=login.failure&ip=127.0.0.1&since={today}", token=token)
+    assert [row["request_id"] for row in filtered.body["items"]] == [failed.headers["X-Request-ID"]]
 
     logout = client.get("/logout", token=token)
     assert logout.status == 200 and logout.body == {"message": "logged out"}
@@ -228,6 +233,7 @@ def readme_session(client: Client, log: Path, admin: tuple[str, str]) -> None:
         (second, "v1", "api.request", "INFO", admin[0], "/v1/logs"),
         (failed, "auth", "login.failure", "WARNING", admin[0], "/login"),
         (failures, "v1", "api.request", "INFO", admin[0], "/v1/logs"),
+        (filtered, "v1", "api.request", "INFO", admin[0], "/v1/logs"),
         (logout, "auth", "logout", "INFO", admin[0], "/logout"),
         (refused, "v1", "api.request", "WARNING", None, "/v1/me"),
     ]

@@ -47,6 +47,9 @@ MATRIX = [
         (404, 404, 404, 404),
         path="/audit/static/missing.js",
     ),
+    # The API reference: a page and Swagger UI's files, the same for everyone.
+    Route("GET", "/docs", (200, 200, 200, 200)),
+    Route("GET", "/docs/assets/<name>", (200, 200, 200, 200), path="/docs/assets/swagger-ui.css"),
     Route("GET", "/v1/openapi.json", (200, 200, 200, 200)),
     Route("POST", "/login", (401, 200, 200, 200), login=True),
     Route("GET", "/logout", (401, 200, 200, 200)),

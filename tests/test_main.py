@@ -22,8 +22,15 @@ DOCUMENTED_PATHS = {
     "/v1/logs/{log_id}",
     "/v1/logs/stats",
 }
-# The browser viewer and its files are a page for people, not part of the API's document.
-BROWSER_ENDPOINTS = {"static", "main.static", "main.audit_page"}
+# The browser viewer, the API reference and their files are pages for people, not part of the
+# API's document.
+BROWSER_ENDPOINTS = {
+    "static",
+    "main.static",
+    "main.audit_page",
+    "main.docs_page",
+    "main.docs_asset",
+}
 
 
 @contextmanager

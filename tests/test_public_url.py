@@ -50,6 +50,8 @@ def test_with_public_url_every_index_link_uses_it_whatever_the_host(client):
         "me": f"{PUBLIC}/v1/me",
         "logs": f"{PUBLIC}/v1/logs",
         "openapi": f"{PUBLIC}/v1/openapi.json",
+        "docs": f"{PUBLIC}/docs",
+        "viewer": f"{PUBLIC}/audit",
         "health": f"{PUBLIC}/healthz",
         "ready": f"{PUBLIC}/readyz",
     }

@@ -265,6 +265,7 @@ def test_the_openapi_document_describes_it(client):
         "target",
         "target_type",
         "outcome",
+        "own_reads",
         "bucket",
     }
     assert parameters["bucket"]["schema"]["enum"] == ["hour", "day"]

@@ -70,7 +70,22 @@ def matching(filters: dict, viewer: User | None) -> sa.Select:
         query = query.where(Log.created_at < filters["until"])
     if filters.get("q"):
         query = query.where(Log.track.ilike(f"%{_escape_like(filters['q'])}%", escape="\\"))
+    if filters.get("own_reads") == "exclude" and viewer is not None:
+        query = query.where(sa.not_(read_of_the_trail_by(viewer)))
     return query
+
+
+def read_of_the_trail_by(viewer: User) -> sa.ColumnElement[bool]:
+    """A successful read of the trail by `viewer` through the API (a listing, a row, counts,
+    an export): what browsing the trail adds to it, which `own_reads=exclude` leaves out.
+    Every api.request row has its method, path and status."""
+    return sa.and_(
+        Log.user == viewer.username,
+        Log.event == "api.request",
+        Log.method == "GET",
+        Log.path.like("/v1/logs%"),
+        Log.status < 400,
+    )
 
 
 def ordered(query: sa.Select, order: str, after: Cursor | None = None, entity=Log) -> sa.Select:

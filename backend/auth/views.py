@@ -5,13 +5,15 @@ from typing import NoReturn
 
 import sqlalchemy as sa
 from apifairy import authenticate, body, other_responses, response
-from flask import abort, current_app, g
+from flask import Response, abort, current_app, g, request
+from werkzeug.exceptions import UnsupportedMediaType
 
 from backend.accounts import issue_token
+from backend.audit.group_commit import AuditUnavailable
 from backend.auth import bp
 from backend.auth.credentials import token_problem
 from backend.clock import utcnow
-from backend.errors import LOCKED_OUT, TOO_LARGE, UNAUTHORIZED
+from backend.errors import LOCKED_OUT, NOT_JSON, TOO_LARGE, UNAUTHORIZED, error_response, http_error
 from backend.extensions import basic_auth, db, token_auth
 from backend.models import Token
 from backend.schemas import ErrorSchema, LoginSchema, MessageSchema, TokenSchema
@@ -28,6 +30,7 @@ from backend.signals import Target, announce, announces, auth_log
         400: (ErrorSchema, "Malformed credentials"),
         401: (ErrorSchema, "Unknown user, wrong password or disabled user"),
         413: (ErrorSchema, TOO_LARGE),
+        415: (ErrorSchema, NOT_JSON),
         **LOCKED_OUT,
         503: (ErrorSchema, "The audit trail cannot record the login"),
     }
@@ -73,6 +76,27 @@ def login(credentials: dict):
         actor_id=user.id,
     )
     return {"token": token, "token_type": "Bearer", "expires_at": expires_at, "user": user}
+
+
+@bp.errorhandler(UnsupportedMediaType)
+def refused_login_body(error: UnsupportedMediaType) -> Response:
+    """A login whose body is not JSON (backend/hardening.py) is refused unread, and still on
+    the record: a `login.failure` row, by the HTTP Basic user if one was named."""
+    basic = request.authorization if request.endpoint == "auth.login" else None
+    try:
+        announce(
+            auth_log,
+            "login.failure",
+            level="WARNING",
+            status=error.code,
+            track=f"refused: the body is {request.mimetype or 'of no declared type'}, not JSON",
+            user=basic.username if basic and basic.type == "basic" else None,
+            outcome="failure",
+            reason="body_not_json",
+        )
+    except AuditUnavailable as unavailable:
+        return error_response(unavailable.code, unavailable.description)
+    return http_error(error)
 
 
 @bp.get("/logout")

@@ -1,5 +1,6 @@
-"""The service's front door: what it is, whether it is alive and ready, and the audit trail in
-a browser (a page at /audit, with its script, style sheet and icon served from /audit/static)."""
+"""The service's front door: what it is, whether it is alive and ready, the audit trail in a
+browser (a page at /audit, with its script, style sheet and icon served from /audit/static),
+and the API reference at /docs."""
 
 from flask import Blueprint
 
@@ -11,4 +12,4 @@ bp = Blueprint(
     static_url_path="/audit/static",
 )
 
-from backend.main import page, views  # noqa: E402,F401  (registers the routes)
+from backend.main import docs, page, views  # noqa: E402,F401  (registers the routes)

@@ -14,10 +14,13 @@ from flask import render_template, request, url_for
 
 from backend.main import bp
 from backend.main.views import SERVICE, service_version
-from backend.models import LEVELS, SOURCES
+from backend.models import LEVELS, OUTCOMES, SOURCES
 from backend.signals import announce, main_log
 
 TEMPLATE = "audit.html"
+# What the since/until inputs take (an HTML pattern: anchored by the browser): a date, or a date
+# and a 24-hour time, which the page sends as RFC 3339 in UTC (schemas.RFC3339DateTime).
+MOMENT_PATTERN = r"\d{4}-\d\d-\d\d([T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?)?"
 
 
 @bp.get("/audit")
@@ -29,13 +32,16 @@ def audit_page():
         version=service_version(),
         levels=LEVELS,
         sources=SOURCES,
+        outcomes=OUTCOMES,
         urls={
             "login": url_for("auth.login"),
             "logout": url_for("auth.logout"),
             "logs": url_for("v1.logs"),
             "stats": url_for("v1.stats"),
             "export": url_for("v1.export_logs"),
+            "verify": url_for("v1.verify"),
         },
+        moment_pattern=MOMENT_PATTERN,
     )
     announce(
         main_log,

@@ -4,15 +4,15 @@ from functools import cache
 from importlib.metadata import version
 
 import sqlalchemy as sa
-from alembic.script import ScriptDirectory
 from apifairy import other_responses
 from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend.audit.reads import reads
 from backend.audit.writer import writer
+from backend.database_state import migration_heads
 from backend.errors import error_response
-from backend.extensions import db, migrate
+from backend.extensions import db
 from backend.main import bp
 from backend.schemas import ErrorSchema, HealthSchema, IndexSchema, ReadySchema
 from backend.signals import announce, main_log
@@ -35,6 +35,8 @@ def index():
             "me": external_url("v1.me"),
             "logs": external_url("v1.logs"),
             "openapi": external_url("apifairy.json"),
+            "docs": external_url("main.docs_page"),
+            "viewer": external_url("main.audit_page"),
             "health": external_url("main.healthz"),
             "ready": external_url("main.readyz"),
         },
@@ -100,9 +102,3 @@ def reads_state() -> dict:
 def service_version() -> str:
     """The installed package's version (read once: it does not change while we run)."""
     return version(SERVICE)
-
-
-@cache
-def migration_heads(directory: str) -> set[str]:
-    """The head revisions of the migration scripts shipped with this code."""
-    return set(ScriptDirectory.from_config(migrate.get_config(directory)).get_heads())

@@ -24,6 +24,10 @@ from backend.schemas import (
 from backend.signals import announce, announces, v1_log
 from backend.v1 import bp, note
 
+# users.id is a 32-bit integer on PostgreSQL: a larger id names no user (404) and must not reach
+# the database, which refuses to compare the column with it (a 500).
+MAX_USER_ID = 2**31 - 1
+
 
 @bp.get("/me")
 @authenticate(token_auth)
@@ -54,14 +58,17 @@ def list_users():
 @authenticate(token_auth, role="admin")
 @body(NewUserSchema)
 @response(UserSchema, 201)
-@other_responses({**ADMIN_ONLY, **INVALID_FIELDS, 409: (ErrorSchema, "The username is taken")})
+@other_responses(
+    {**ADMIN_ONLY, **INVALID_FIELDS, 409: (ErrorSchema, "The name is taken, in any case")}
+)
 def new_user(fields: dict):
     """Create a user (admin)"""
     try:
         user = accounts.create_user(fields["username"], fields["password"], fields["is_admin"])
-    except accounts.UsernameTaken:
+    except accounts.UsernameTaken as taken:
         note(target=accounts.user_target(name=fields["username"]), reason="username_taken")
-        raise Conflict(f"The username {fields['username']!r} is taken.") from None
+        message = str(taken)
+        raise Conflict(f"{message[0].upper()}{message[1:]}.") from None
     announce(
         v1_log,
         "user.create",
@@ -96,7 +103,7 @@ def update_user(fields: dict, user_id: int):
     same 401 as a wrong password; `{"disabled": false}` lets them log in again. An admin
     cannot disable themselves (403). Non-admins get 403 whether or not the user exists.
     """
-    user = db.session.get(User, user_id)
+    user = db.session.get(User, user_id) if user_id <= MAX_USER_ID else None
     if user is None:
         raise NotFound("No user with that id.")
     admin = token_auth.current_user()

@@ -20,7 +20,14 @@
     logs: document.body.dataset.logsUrl,
     stats: document.body.dataset.statsUrl,
     export: document.body.dataset.exportUrl,
+    verify: document.body.dataset.verifyUrl,
   };
+  // The filters that are one text field or menu each, in the form and in the page's URL.
+  const FIELDS = ["user", "target", "ip", "source", "event", "q"];
+  // The filters that are a set of boxes each, sent as one comma-separated parameter.
+  const CHOICES = ["level", "outcome"];
+  // Cells of a row that filter the listing by their value when clicked.
+  const FILTER_CELLS = ["level", "source", "event", "user", "target", "ip"];
 
   // Which listing is on screen: an answer to an older one (filters changed meanwhile) is dropped.
   let generation = 0;
@@ -54,6 +61,7 @@
     generation += 1;
     $("filters").reset();
     clearListing();
+    showIntegrity("unknown", "unknown", "not verified from this page yet");
     $("chart").replaceChildren();
     $("trail").hidden = true;
     $("trail").setAttribute("aria-busy", "false");
@@ -175,6 +183,10 @@
     const { user } = session();
     $("session-user").textContent = user ? user.username : "";
     $("session-role").textContent = user && user.is_admin ? "(admin: every row)" : "(your own rows)";
+    $("verify").hidden = !(user && user.is_admin);
+    if (!(user && user.is_admin)) {
+      showIntegrity("unknown", "unknown", "only an admin can verify the whole trail");
+    }
     $("session").hidden = false;
     $("sign-in").hidden = true;
     $("trail").hidden = false;
@@ -182,23 +194,95 @@
     return reload();
   }
 
-  // --- filters -----------------------------------------------------------------------------
+  // --- filters ---------------------------------------------------------------------------
 
   // The query of /v1/logs from the form: empty fields are left out; times are UTC.
   function filterParams() {
     const form = $("filters");
     const params = new URLSearchParams();
-    for (const name of ["user", "source", "event", "q"]) {
-      const value = form.elements[name].value;
+    for (const name of FIELDS) {
+      const value = form.elements[name].value.trim();
       if (value !== "") params.set(name, value);
     }
-    const levels = [...form.querySelectorAll("input[name=level]:checked")].map((box) => box.value);
-    if (levels.length) params.set("level", levels.join(","));
-    for (const name of ["since", "until"]) {
-      const value = form.elements[name].value;  // "2026-11-21T10:00" or "...T10:00:05"
-      if (value !== "") params.set(name, `${value.length === 16 ? `${value}:00` : value}Z`);
+    for (const name of CHOICES) {
+      const ticked = [...form.querySelectorAll(`input[name=${name}]:checked`)].map((box) => box.value);
+      if (ticked.length) params.set(name, ticked.join(","));
     }
+    for (const name of ["since", "until"]) {
+      const value = momentParam(form.elements[name].value.trim());
+      if (value !== "") params.set(name, value);
+    }
+    if (!form.elements.own_reads.checked) params.set("own_reads", "exclude");
     return params;
+  }
+
+  // "2026-11-21 13:05" (or with T, or seconds) as the API's RFC 3339 in UTC; a date alone
+  // stays a date (the API reads it as that day's midnight UTC).
+  function momentParam(text) {
+    const match = /^(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d)(:\d\d)?$/.exec(text);
+    return match ? `${match[1]}T${match[2]}${match[3] || ":00"}Z` : text;
+  }
+
+  // The other way, for the form: "2026-11-21T13:05:00Z" shows as "2026-11-21 13:05:00".
+  function momentField(param) {
+    return param.replace("T", " ").replace(/(\.\d+)?Z$/i, "");
+  }
+
+  // The form set to the filters of a URL's query (the page's own: reload, back, a shared link).
+  function showFilters(params) {
+    const form = $("filters");
+    for (const name of FIELDS) form.elements[name].value = params.get(name) || "";
+    for (const name of CHOICES) {
+      const chosen = (params.get(name) || "").split(",").map((value) => value.toLowerCase());
+      for (const box of form.querySelectorAll(`input[name=${name}]`)) {
+        box.checked = chosen.includes(box.value.toLowerCase());
+      }
+    }
+    for (const name of ["since", "until"]) {
+      form.elements[name].value = momentField(params.get(name) || "");
+    }
+    form.elements.own_reads.checked = params.get("own_reads") !== "exclude";
+    form.elements.bucket.value = params.get("bucket") === "day" ? "day" : "hour";
+  }
+
+  // The page's URL holds its filters (never a token), so that a reload, the back button and
+  // a copied link show the same rows. The page hides your own reads of the trail unless the
+  // URL says own_reads=include.
+  function pageQuery() {
+    const params = filterParams();
+    if (params.get("own_reads") === "exclude") params.delete("own_reads");
+    else params.set("own_reads", "include");
+    if ($("filter-bucket").value !== "hour") params.set("bucket", $("filter-bucket").value);
+    return params.toString();
+  }
+
+  function urlFilters() {
+    const params = new URLSearchParams(window.location.search);
+    if (!params.has("own_reads")) params.set("own_reads", "exclude");
+    return params;
+  }
+
+  function remember() {
+    const query = pageQuery();
+    if (query !== window.location.search.replace(/^\?/, "")) {
+      window.history.pushState(null, "", query ? `?${query}` : window.location.pathname);
+    }
+  }
+
+  function applyFilters() {
+    remember();
+    return reload();
+  }
+
+  // A click on a cell's value: the listing filtered by it (a level alone: only that level).
+  function filterBy(name, value) {
+    const form = $("filters");
+    if (CHOICES.includes(name)) {
+      for (const box of form.querySelectorAll(`input[name=${name}]`)) box.checked = box.value === value;
+    } else {
+      form.elements[name].value = value;
+    }
+    return applyFilters();
   }
 
   function reload() {
@@ -269,15 +353,44 @@
     open.title = "Show every field of this row";
     cell(tr, "").append(open);
     cell(tr, row.created_at.replace("T", " ").replace(/\.\d+Z$/, ""), "time");
-    cell(tr, row.level, "level");
-    cell(tr, row.source);
-    cell(tr, row.event);
-    cell(tr, row.user, "user");
-    cell(tr, row.ip);
+    filterCell(tr, "level", row.level);
+    filterCell(tr, "source", row.source);
+    filterCell(tr, "event", row.event);
+    filterCell(tr, "user", row.user);
+    filterCell(tr, "target", row.target).title = targetTitle(row);
+    filterCell(tr, "ip", row.ip);
     cell(tr, row.status);
     cell(tr, row.track, "track");
-    tr.addEventListener("click", () => showDetail(row, tr));
+    tr.addEventListener("click", (event) => {
+      const filter = event.target.closest("button.filter-by");
+      if (filter) {
+        guarded(() => filterBy(filter.dataset.filter, filter.dataset.value))();
+      } else {
+        showDetail(row, tr);
+      }
+    });
     return tr;
+  }
+
+  // What a target is, for its cell's tooltip: `user 7`, `trail`, ...
+  function targetTitle(row) {
+    if (!row.target_type) return "";
+    return [row.target_type, row.target_id].filter((part) => part !== null).join(" ");
+  }
+
+  // A cell whose value is a button that filters the listing by it (none for an empty value).
+  function filterCell(tr, name, value) {
+    const td = cell(tr, value, name);
+    if (value === null || value === undefined || !FILTER_CELLS.includes(name)) return td;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "filter-by";
+    button.dataset.filter = name;
+    button.dataset.value = value;
+    button.textContent = String(value);
+    button.title = `Show only the rows whose ${name} is ${value}`;
+    td.replaceChildren(button);
+    return td;
   }
 
   function cell(tr, value, className) {
@@ -300,8 +413,12 @@
       const term = document.createElement("dt");
       term.textContent = name;
       const description = document.createElement("dd");
-      description.textContent =
-        value === null ? "null" : typeof value === "object" ? JSON.stringify(value) : String(value);
+      if (name === "details" && value && Object.keys(value).length) {
+        description.append(...detailLines(value));
+      } else {
+        description.textContent =
+          value === null ? "null" : typeof value === "object" ? JSON.stringify(value) : String(value);
+      }
       description.dataset.field = name;
       fields.append(term, description);
     }
@@ -309,13 +426,37 @@
     tr.classList.add("selected");
     $("detail-id").textContent = row.id;
     $("detail").hidden = false;
+    $("listing").classList.add("with-detail");
     $("detail-close").focus();
   }
 
+  // A row's `details`, one line each: every change as `field: old -> new`, then the other facts.
+  function detailLines(details) {
+    const lines = [];
+    const line = (className, text) => {
+      const element = document.createElement("div");
+      element.className = className;
+      element.textContent = text;
+      lines.push(element);
+    };
+    for (const [field, [before, after]] of Object.entries(details.changes || {})) {
+      line("change", `${field}: ${JSON.stringify(before)} -> ${JSON.stringify(after)}`);
+    }
+    for (const [key, value] of Object.entries(details)) {
+      if (key !== "changes") line("fact", `${key}: ${JSON.stringify(value)}`);
+    }
+    return lines;
+  }
+
+  // Closing gives the focus back to the row's button, so the keyboard goes on from there.
   function closeDetail() {
+    const selected = document.querySelector("#rows tr.selected button.open");
+    const open = !$("detail").hidden;
     $("detail").hidden = true;
+    $("listing").classList.remove("with-detail");
     $("detail-fields").replaceChildren();
     deselectRows();
+    if (open && selected) selected.focus();
   }
 
   function deselectRows() {
@@ -405,6 +546,40 @@
     });
   }
 
+  // --- integrity -----------------------------------------------------------------------------
+
+  // GET /v1/logs/verify walks the whole chain: on request only, never on every page load.
+  async function verifyTrail() {
+    const button = $("verify");
+    button.disabled = true;
+    showIntegrity("checking", "checking", "walking the hash chain and its signatures…");
+    try {
+      const response = await call(urls.verify);
+      if (!response.ok) {
+        showIntegrity("unknown", "unknown", await problem(response));
+        return;
+      }
+      const verdict = await response.json();
+      const checked = new Date().toISOString().slice(0, 19).replace("T", " ");
+      if (verdict.intact) {
+        const signed = verdict.signed_up_to === null ? "no signed checkpoint yet"
+          : `signed up to row ${verdict.signed_up_to}`;
+        showIntegrity("intact", "intact", `${verdict.rows} rows checked at ${checked} UTC; ${signed}`);
+      } else {
+        showIntegrity("broken", `broken at row ${verdict.broken_row}`,
+          `${verdict.problem} (checked at ${checked} UTC)`);
+      }
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function showIntegrity(state, verdict, detail) {
+    $("integrity").dataset.state = state;
+    $("integrity-verdict").textContent = verdict;
+    $("integrity-detail").textContent = detail;
+  }
+
   // --- the export --------------------------------------------------------------------------
 
   // A link cannot carry the bearer token: fetch the file with it, then hand the browser the
@@ -438,13 +613,22 @@
   $("sign-out").addEventListener("click", guarded(signOut));
   $("filters").addEventListener("submit", guarded((event) => {
     event.preventDefault();
-    return reload();
+    return applyFilters();
   }));
-  // The reset event comes before the form is reset: reload once it is.
+  // The reset event comes before the form is reset: apply the empty form once it is.
   $("filters").addEventListener("reset", () => {
-    if (session()) setTimeout(guarded(reload), 0);
+    if (session()) setTimeout(guarded(applyFilters), 0);
   });
-  $("filter-bucket").addEventListener("change", guarded(() => busy(generation, loadChart(generation))));
+  $("filter-bucket").addEventListener("change", guarded(() => {
+    remember();
+    return busy(generation, loadChart(generation));
+  }));
+  // Back and forward move between filters: show the ones of that URL.
+  window.addEventListener("popstate", guarded(() => {
+    showFilters(urlFilters());
+    return session() ? reload() : null;
+  }));
+  $("verify").addEventListener("click", guarded(verifyTrail));
   $("load-more").addEventListener("click", guarded(() => busy(generation, loadRows(generation))));
   $("detail-close").addEventListener("click", closeDetail);
   document.addEventListener("keydown", (event) => {
@@ -454,6 +638,7 @@
     $(`export-${format}`).addEventListener("click", guarded(download));
   }
 
+  showFilters(urlFilters());
   if (session()) {
     guarded(showTrail)();
   } else {
