@@ -89,6 +89,10 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         "AUDIT_SPOOL_PATH": environ.get("AUDIT_SPOOL_PATH")
         or str(instance_path / "audit-spool.jsonl"),
         "TOKEN_TTL": positive_int(environ, "TOKEN_TTL", 3600),
+        # The relay's sinks (backend/relay/config.py); GET /v1/sinks and /readyz report them.
+        "AUDIT_SINKS_FILE": environ.get("AUDIT_SINKS_FILE") or None,
+        # The bearer token of GET /metrics, which answers 404 while it is unset.
+        "METRICS_TOKEN": environ.get("METRICS_TOKEN") or None,
         "TRUSTED_PROXY_HOPS": trusted_proxy_hops(environ),
         "PUBLIC_URL": public_url(environ.get("PUBLIC_URL")),
         # Flask (>= 3.1) answers 400 to a request whose Host is not one of these; None: any.

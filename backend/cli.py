@@ -22,11 +22,13 @@ from backend.clock import rfc3339
 from backend.errors import flat
 from backend.extensions import db
 from backend.models import Log
+from backend.relay.command import relay_command
 from backend.roles import owner_engine
 from backend.schemas import LogFiltersSchema, NewUserSchema, RFC3339DateTime
 
 users = AppGroup("users", help="Manage the users who can log in.")
-audit = AppGroup("audit", help="Check, export and prune the audit trail.")
+audit = AppGroup("audit", help="Check, export, relay and prune the audit trail.")
+audit.add_command(relay_command)
 
 
 @users.command("create")
