@@ -13,6 +13,9 @@ from backend.audit.writer import writer
 from backend.errors import error_response
 from backend.extensions import db, migrate
 from backend.main import bp
+from backend.relay.command import configured_sinks
+from backend.relay.config import SinksFileError
+from backend.relay.status import sink_statuses
 from backend.schemas import ErrorSchema, HealthSchema, IndexSchema, ReadySchema
 from backend.signals import announce, main_log
 from backend.urls import external_url
@@ -76,7 +79,23 @@ def readyz():
         "status": "ready",
         "migration": ", ".join(sorted(heads)),
         "spooled_events": writer().spool.count(),
+        **sinks_lag(),
     }
+
+
+def sinks_lag() -> dict:
+    """`{"sinks": [{name, state, lag}]}` for /readyz when the relay has sinks (nothing else:
+    /readyz answers anyone). A sink behind, or a bad sinks file, never makes us unready."""
+    try:
+        sinks = configured_sinks()
+        if not sinks:
+            return {}
+        with db.engine.connect() as connection:
+            statuses = sink_statuses(connection, sinks)
+    except (SinksFileError, SQLAlchemyError):
+        return {}
+    shown = ("name", "state", "lag")
+    return {"sinks": [{key: status[key] for key in shown} for status in statuses]}
 
 
 @cache
