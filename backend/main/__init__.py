@@ -11,4 +11,4 @@ bp = Blueprint(
     static_url_path="/audit/static",
 )
 
-from backend.main import page, views  # noqa: E402,F401  (registers the routes)
+from backend.main import metrics, page, views  # noqa: E402,F401  (registers the routes)
