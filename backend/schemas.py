@@ -265,6 +265,14 @@ class LogFiltersSchema(ma.Schema):
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
 
 
+class LogStreamQuerySchema(LogFiltersSchema):
+    after_id = fields.Integer(
+        strict=False,
+        validate=validate.Range(min=0, max=2**62),
+        metadata={"description": "Start after this row id (as `Last-Event-ID` does)."},
+    )
+
+
 class LogQuerySchema(LogFiltersSchema):
     order = fields.String(load_default="desc", validate=validate.OneOf(["desc", "asc"]))
     limit = fields.Integer(

@@ -2,7 +2,7 @@
 
 The writer gives ids out under the chain's lock and commits before the next append can take
 one, so the committed rows are always ids 1..N with no hole: everything up to the newest
-committed id (`committed_up_to`, read first) can be delivered, and nothing after it is waited
+committed id (`newest_id`, read first) can be delivered, and nothing after it is waited
 for. Rows are read by the primary key, never by time, so a batch costs the same at row 10 as
 at row 10,000,000.
 """
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from backend.audit.export import json_line
+from backend.audit.follow import newest_id
 from backend.models import Log
 
 
@@ -24,16 +25,11 @@ class Batch:
     up_to: int
 
 
-def committed_up_to(connection: sa.Connection) -> int:
-    """The newest committed row's id (0 for an empty trail)."""
-    return connection.execute(sa.select(sa.func.coalesce(sa.func.max(Log.id), 0))).scalar_one()
-
-
 def read_batch(
     connection: sa.Connection, after_id: int, filters: dict[str, tuple[str, ...]], limit: int
 ) -> Batch:
     """At most `limit` rows after `after_id` that match `filters` (row field -> values)."""
-    newest = committed_up_to(connection)
+    newest = newest_id(connection)
     if newest <= after_id:
         return Batch([], after_id)
     query = sa.select(Log.id, json_line(connection.dialect.name)).where(

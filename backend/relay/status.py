@@ -9,11 +9,11 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from backend.audit.follow import newest_id
 from backend.clock import utcnow
 from backend.models import SinkCursor
 from backend.relay.config import SinkConfig
 from backend.relay.runner import HEARTBEAT_SECONDS
-from backend.relay.source import committed_up_to
 
 # Longer than the relay's longest quiet spell: a heartbeat, or a failing sink's backoff cap.
 STALE_SECONDS = max(6 * HEARTBEAT_SECONDS, 60.0)
@@ -22,7 +22,7 @@ STALE_SECONDS = max(6 * HEARTBEAT_SECONDS, 60.0)
 def sink_statuses(connection: sa.Connection, sinks: list[SinkConfig]) -> list[dict]:
     """One dict a configured sink: name, kind, delivered_id, lag (ids behind the newest
     committed row), state (`running`, `failing` or `stopped`), last_error, failures."""
-    newest = committed_up_to(connection)
+    newest = newest_id(connection)
     cursors = {
         cursor.name: cursor
         for cursor in connection.execute(sa.select(SinkCursor.__table__)).mappings()
