@@ -4,10 +4,9 @@ import json
 import selectors
 import subprocess
 
+import config
 from tests.helpers import flask_audit, write
 from tests.serving import BIN, server_environment
-
-import config
 
 
 def test_tail_prints_the_newest_rows_as_the_export_does(app, runner):
