@@ -264,3 +264,37 @@ def test_a_released_lock_lets_the_spare_relay_deliver(relay_app, sinks_file, tmp
     relay_once(relay_app)
 
     assert [row["id"] for row in file_rows(out)] == ids
+
+
+def test_outcome_filter_delivers_the_refusals_only(relay_app, sinks_file, tmp_path):
+    write(relay_app, outcome="success")
+    denied = write(relay_app, outcome="denied")
+    failed = write(relay_app, outcome="failure")
+    out = tmp_path / "trail.ndjson"
+    write_sinks(
+        sinks_file,
+        {"name": "s", "kind": "file", "path": str(out), "outcomes": ["denied", "failure"]},
+    )
+
+    relay_once(relay_app)
+
+    rows = file_rows(out)
+    assert [(row["id"], row["outcome"]) for row in rows] == [
+        (denied, "denied"),
+        (failed, "failure"),
+    ]
+
+
+def test_rows_carry_the_structured_record(relay_app, sinks_file, tmp_path):
+    write(relay_app, target_type="user", target="alice", details={"reason": "locked"})
+    out = tmp_path / "trail.ndjson"
+    write_sinks(sinks_file, {"name": "s", "kind": "file", "path": str(out)})
+
+    relay_once(relay_app)
+
+    [row] = file_rows(out)
+    assert (row["target_type"], row["target"], row["details"]) == (
+        "user",
+        "alice",
+        {"reason": "locked"},
+    )

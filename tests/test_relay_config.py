@@ -17,6 +17,8 @@ FILE_SINK = {"name": "archive", "kind": "file", "path": "/tmp/x.ndjson"}
         ({**FILE_SINK, "levles": ["ERROR"]}, 'sink "archive": key "levles": unknown'),
         ({**FILE_SINK, "levels": ["LOUD"]}, 'key "levels": levels are DEBUG'),
         ({**FILE_SINK, "levels": "ERROR"}, 'key "levels": must be a non-empty list'),
+        ({**FILE_SINK, "outcomes": ["won"]}, 'key "outcomes": outcomes are success'),
+        ({**FILE_SINK, "sources": ["web"]}, 'key "sources": sources are auth'),
         ({**FILE_SINK, "batch_size": 0}, 'key "batch_size": must be a whole number'),
         ({"kind": "file", "path": "/x"}, 'sink #1: key "name": a text'),
         ({"name": "h", "kind": "webhook", "url": "ftp://x", "secret": "s"}, 'key "url"'),

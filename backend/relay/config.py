@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from backend.models import LEVELS, Log
+from backend.models import LEVELS, OUTCOMES, SOURCES, Log
 
 KINDS = ("syslog", "webhook", "file")
 # A filter key of a sink and the row's field it selects on.
@@ -94,8 +94,9 @@ def _filter_values(values, key: str, column: str, bad) -> tuple[str, ...]:
         raise bad(key, "must be a non-empty list of texts")
     if column not in Log.__table__.columns:
         raise bad(key, f"this trail has no `{column}` field yet")
-    if column == "level" and set(values) - set(LEVELS):
-        raise bad(key, f"levels are {', '.join(LEVELS)}")
+    allowed = {"level": LEVELS, "source": SOURCES, "outcome": OUTCOMES}.get(column)
+    if allowed and set(values) - set(allowed):
+        raise bad(key, f"{key} are {', '.join(allowed)}")
     return tuple(values)
 
 
