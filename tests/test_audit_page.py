@@ -63,6 +63,7 @@ def test_the_page_names_the_api_it_reads(client):
         "data-logs-url": "/v1/logs",
         "data-stats-url": "/v1/logs/stats",
         "data-export-url": "/v1/logs/export",
+        "data-stream-url": "/v1/logs/stream",
     }
 
 

@@ -35,6 +35,7 @@ def audit_page():
             "logs": url_for("v1.logs"),
             "stats": url_for("v1.stats"),
             "export": url_for("v1.export_logs"),
+            "stream": url_for("v1.stream_logs"),
         },
     )
     announce(
