@@ -26,6 +26,11 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+# Decided when prometheus_client is first imported, as prometheus_client itself decides how its
+# values are kept: a variable set later in the process (importing gunicorn_conf sets it) must
+# not make the scrape read files this process never wrote.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
 ROWS_WRITTEN = Counter(
     "audit_rows_written", "Audit rows made durable, by source and level", ["source", "level"]
 )
@@ -72,7 +77,7 @@ def authorized() -> bool:
 def exposition(sink_collector) -> bytes:
     """Every metric in Prometheus' text format: all workers' (multiprocess mode) or this
     process's, and the sinks' as `sink_collector` reads them."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if MULTIPROCESS:
         workers = CollectorRegistry()
         multiprocess.MultiProcessCollector(workers)
     else:
