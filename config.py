@@ -92,6 +92,15 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         "AUDIT_SPOOL_PATH": environ.get("AUDIT_SPOOL_PATH")
         or str(instance_path / "audit-spool.jsonl"),
         "TOKEN_TTL": positive_int(environ, "TOKEN_TTL", 3600),
+        # The relay's sinks (backend/relay/config.py); GET /v1/sinks and /readyz report them.
+        "AUDIT_SINKS_FILE": environ.get("AUDIT_SINKS_FILE") or None,
+        # GET /v1/logs/stream (backend/v1/stream.py): streams a worker serves at once, how often
+        # each looks for new rows, and the longest silence before a heartbeat comment.
+        "STREAMS_PER_WORKER": positive_int(environ, "STREAMS_PER_WORKER", 100),
+        "STREAM_POLL_SECONDS": positive_float(environ, "STREAM_POLL_SECONDS", 0.5),
+        "STREAM_HEARTBEAT_SECONDS": positive_float(environ, "STREAM_HEARTBEAT_SECONDS", 10.0),
+        # The bearer token of GET /metrics, which answers 404 while it is unset.
+        "METRICS_TOKEN": environ.get("METRICS_TOKEN") or None,
         "TRUSTED_PROXY_HOPS": trusted_proxy_hops(environ),
         "PUBLIC_URL": public_url(environ.get("PUBLIC_URL")),
         # Flask (>= 3.1) answers 400 to a request whose Host is not one of these; None: any.
@@ -291,6 +300,21 @@ def positive_int(environ: Mapping[str, str], name: str, default: int, minimum: i
         raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def positive_float(environ: Mapping[str, str], name: str, default: float, maximum=15.0) -> float:
+    """The number of seconds in `environ[name]` (default when unset): above 0, at most
+    `maximum` (a heartbeat of more than 15 s would break the stream's promise)."""
+    raw = environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0 < value <= maximum:
+        raise ConfigError(f"{name} must be above 0 and at most {maximum}, not {value}")
     return value
 
 

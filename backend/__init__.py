@@ -101,10 +101,12 @@ def register_extensions(app: Flask) -> None:
 def register_request_hooks(app: Flask) -> None:
     # Registered before the blueprints so that the id is echoed on every response, including
     # the 503 that replaces one whose audit row could not be written.
+    from backend import metrics
     from backend.audit.events import assign_request_id, echo_request_id
 
     app.before_request(assign_request_id)
     app.after_request(echo_request_id)
+    metrics.init_app(app)
     # Registered after db.init_app, so it runs before Flask-SQLAlchemy's own teardown.
     app.teardown_appcontext(close_session)
 

@@ -6,6 +6,7 @@ import sys
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from time import sleep
 
 import click
 import psycopg
@@ -22,6 +23,7 @@ from backend.accounts import (
     user_target,
 )
 from backend.audit import anchors, export, refusals, retention, verification
+from backend.audit import follow as following
 from backend.audit.reads import reading_engine
 from backend.audit.subscribers import event_from_signal
 from backend.audit.writer import write, writer
@@ -30,13 +32,15 @@ from backend.database_state import DatabaseCommands
 from backend.errors import flat
 from backend.extensions import db
 from backend.models import Log, User
+from backend.relay.command import relay_command
 from backend.roles import owner_engine
 from backend.schemas import LogFiltersSchema, NewUserSchema, RFC3339DateTime
 from backend.security import check_password
 from backend.signals import Target
 
 users = DatabaseCommands("users", help="Manage the users who can log in.")
-audit = DatabaseCommands("audit", help="Check, export and prune the audit trail.")
+audit = DatabaseCommands("audit", help="Check, export, relay and prune the audit trail.")
+audit.add_command(relay_command)
 TRAIL = Target("trail")
 
 
@@ -431,6 +435,38 @@ def _moment(text: str) -> datetime:
         raise click.BadParameter(" ".join(error.messages), param_hint="--before") from None
 
 
+FILTER_OPTIONS = (
+    click.option("--user", help="Exact user name."),
+    click.option("--ip", help="Exact client address."),
+    click.option("--level", help="One or more levels, comma separated, e.g. WARNING,ERROR."),
+    click.option("--source", help="auth, v1, main, app, cli or system."),
+    click.option("--event", help="Exact event name, e.g. login.failure."),
+    click.option("--since", help="RFC 3339 time or YYYY-MM-DD (midnight UTC), inclusive."),
+    click.option("--until", help="RFC 3339 time or YYYY-MM-DD (midnight UTC), exclusive."),
+    click.option("--q", help="Case-insensitive substring of track."),
+    click.option("--target", help="Exact name of what was acted on, e.g. a username."),
+    click.option("--target-type", help="Exact kind of target: user, token, trail..."),
+    click.option(
+        "--outcome", help="One or more of success, failure, denied, error, comma separated."
+    ),
+)
+
+
+def filter_options(command):
+    """The filters of GET /v1/logs as options of `command` (export, tail)."""
+    for option in reversed(FILTER_OPTIONS):
+        command = option(command)
+    return command
+
+
+def valid_filters(filters: dict) -> dict:
+    """The options' filters checked by the API's own schema; exit 1 naming a bad one."""
+    try:
+        return LogFiltersSchema().load({k: v for k, v in filters.items() if v is not None})
+    except ValidationError as error:
+        raise click.ClickException(field_problems(error)) from None
+
+
 @audit.command("export")
 @click.option(
     "--format",
@@ -440,24 +476,11 @@ def _moment(text: str) -> datetime:
     show_default=True,
     help="One JSON object per line, CSV, or OCSF events (one JSON object per line).",
 )
-@click.option("--user", help="Exact user name.")
-@click.option("--ip", help="Exact client address.")
-@click.option("--level", help="One or more levels, comma separated, e.g. WARNING,ERROR.")
-@click.option("--source", help="auth, v1, main, app, cli or system.")
-@click.option("--event", help="Exact event name, e.g. login.failure.")
-@click.option("--since", help="RFC 3339 time or YYYY-MM-DD (midnight UTC), inclusive.")
-@click.option("--until", help="RFC 3339 time or YYYY-MM-DD (midnight UTC), exclusive.")
-@click.option("--q", help="Case-insensitive substring of track.")
-@click.option("--target", help="Exact name of what was acted on, e.g. a username.")
-@click.option("--target-type", help="Exact kind of target: user, token, trail...")
-@click.option("--outcome", help="One or more of success, failure, denied, error, comma separated.")
+@filter_options
 def export_command(fmt: str, **filters) -> None:
     """Write every matching row to standard output, oldest first: the bytes that
     GET /v1/logs/export gives an admin. A progress bar goes to standard error on a terminal."""
-    try:
-        args = LogFiltersSchema().load({k: v for k, v in filters.items() if v is not None})
-    except ValidationError as error:
-        raise click.ClickException(field_problems(error)) from None
+    args = valid_filters(filters)
     engine = reading_engine()
     query = export.statement(args, None, engine.dialect.name, fmt)
     output = sys.stdout.buffer
@@ -520,3 +543,56 @@ def _id_progress(engine, label: str):
 
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
+
+
+@audit.command("tail")
+@click.option("-f", "--follow", "keep_following", is_flag=True, help="Then print new rows.")
+@click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(0, 10_000),
+    default=10,
+    show_default=True,
+    help="How many of the newest rows to print first.",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(0.05, 60),
+    default=0.5,
+    show_default=True,
+    help="Seconds between looks for new rows, with -f.",
+)
+@filter_options
+def tail_command(keep_following: bool, lines: int, poll: float, **filters) -> None:
+    """Print the newest matching rows, one JSON object a line (the export's); with -f, then
+    every new row as it is committed, until interrupted."""
+    args = valid_filters(filters)
+    engine = db.engine
+    rows = following.last_rows(engine, args, lines)
+    _echo_rows(rows)
+    if not keep_following:
+        return
+    if rows:
+        after_id = rows[-1][0]
+    else:
+        with engine.connect() as connection:
+            after_id = following.newest_id(connection)
+    try:
+        while True:
+            rows = following.rows_after(engine, args, None, after_id, FOLLOW_BATCH)
+            _echo_rows(rows)
+            if rows:
+                after_id = rows[-1][0]
+            if len(rows) < FOLLOW_BATCH:
+                sleep(poll)
+    except KeyboardInterrupt:
+        pass
+
+
+FOLLOW_BATCH = 1000
+
+
+def _echo_rows(rows: list[tuple[int, str]]) -> None:
+    if rows:
+        sys.stdout.write("".join(line + "\n" for _, line in rows))
+        sys.stdout.flush()  # a pipe's reader sees each row as it comes

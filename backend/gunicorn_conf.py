@@ -12,6 +12,8 @@ import functools
 import ipaddress
 import json
 import os
+import tempfile
+from pathlib import Path
 
 from dotenv import load_dotenv
 from gunicorn import glogging
@@ -22,6 +24,28 @@ from config import ROOT, gunicorn_workers, trusted_proxy_hops
 # The same .env the app reads (config.settings), so that gunicorn and the app agree on
 # TRUSTED_PROXY_HOPS and GUNICORN_WORKERS; like there, a variable already set wins.
 load_dotenv(ROOT / ".env")
+
+# --- metrics -------------------------------------------------------------------------------
+# prometheus-client's multiprocess mode (backend/metrics.py): every worker writes its metrics
+# to files here, and GET /metrics adds them up. Set before any worker imports prometheus_client
+# (it reads the variable at import); a directory of our own unless the operator names one.
+METRICS_DIRECTORY = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="audit-trail-metrics-")
+)
+
+
+def clear_metrics_directory() -> None:
+    """Start with no figures of an earlier run (prometheus-client's documented requirement)."""
+    for path in Path(METRICS_DIRECTORY).glob("*.db"):
+        path.unlink(missing_ok=True)
+
+
+def child_exit(server, worker) -> None:
+    """Drop a dead worker's live gauges from the metrics (its counters still count)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
 
 # --- workers -------------------------------------------------------------------------------
 workers = gunicorn_workers(os.environ)
@@ -116,6 +140,7 @@ def on_starting(server) -> None:
         raise SystemExit(
             "preload_app cannot be used with gevent workers (backend/gunicorn_conf.py)"
         )
+    clear_metrics_directory()
     release_large_blocks()
 
 

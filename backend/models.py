@@ -1,5 +1,5 @@
 """The tables: users, their bearer tokens, login throttles, and the audit trail with its chain
-head, checkpoints and legal holds."""
+head, checkpoints, legal holds and the relay's sink cursors."""
 
 import unicodedata
 import uuid
@@ -288,3 +288,21 @@ class Hold(db.Model):
             sqlite_where=sa.text("released_at IS NULL"),
         ),
     )
+
+
+class SinkCursor(db.Model):
+    """Where the relay stands for one sink of AUDIT_SINKS_FILE (migration 0010).
+
+    `delivered_id` moves only after the sink took every row up to it, so it never passes an
+    undelivered row. `state`, `last_error`, `failures` and `seen_at` are what the relay last
+    said, for `GET /v1/sinks`, `/readyz` and `/metrics`.
+    """
+
+    __tablename__ = "audit_sink_cursor"
+
+    name: so.Mapped[str] = so.mapped_column(sa.String(64), primary_key=True)
+    delivered_id: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    state: so.Mapped[str] = so.mapped_column(sa.String(16))
+    last_error: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    failures: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    seen_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)

@@ -27,6 +27,8 @@ APP_PRIVILEGES = {
     "users": "SELECT, INSERT, UPDATE, DELETE",
     "tokens": "SELECT, INSERT, UPDATE, DELETE",
     "login_throttles": "SELECT, INSERT, UPDATE, DELETE",
+    # The relay (`flask audit relay`, as the app's role) keeps its sinks' cursors.
+    "audit_sink_cursor": "SELECT, INSERT, UPDATE",
     "alembic_version": "SELECT",  # /readyz compares it with the latest migration
 }
 

@@ -353,6 +353,14 @@ class LogFiltersSchema(ma.Schema):
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
 
 
+class LogStreamQuerySchema(LogFiltersSchema):
+    after_id = fields.Integer(
+        strict=False,
+        validate=validate.Range(min=0, max=2**62),
+        metadata={"description": "Start after this row id (as `Last-Event-ID` does)."},
+    )
+
+
 class LogQuerySchema(LogFiltersSchema):
     order = fields.String(load_default="desc", validate=validate.OneOf(["desc", "asc"]))
     limit = fields.Integer(
@@ -467,6 +475,38 @@ class HealthSchema(ma.Schema):
     status = fields.String(required=True, metadata={"example": "ok"})
 
 
+class SinkSchema(ma.Schema):
+    name = fields.String(required=True, metadata={"example": "siem"})
+    kind = fields.String(required=True, metadata={"enum": ["syslog", "webhook", "file"]})
+    delivered_id = fields.Integer(
+        required=True, metadata={"description": "The last row id delivered (0: none yet)."}
+    )
+    lag = fields.Integer(
+        required=True, metadata={"description": "Rows (ids) behind the newest committed row."}
+    )
+    state = fields.String(
+        required=True,
+        metadata={
+            "enum": ["running", "failing", "stopped"],
+            "description": "`stopped`: no relay has delivered it for a minute, or ever.",
+        },
+    )
+    last_error = fields.String(
+        required=True, allow_none=True, metadata={"description": "Why the last attempt failed."}
+    )
+    failures = fields.Integer(required=True, metadata={"description": "Failed attempts so far."})
+
+
+class SinkListSchema(ma.Schema):
+    items = fields.List(fields.Nested(SinkSchema), required=True)
+
+
+class SinkLagSchema(ma.Schema):
+    name = fields.String(required=True)
+    state = fields.String(required=True)
+    lag = fields.Integer(required=True)
+
+
 class ReadySchema(ma.Schema):
     status = fields.String(required=True, metadata={"example": "ready"})
     migration = fields.String(required=True, metadata={"description": "The schema's revision."})
@@ -488,4 +528,8 @@ class ReadySchema(ma.Schema):
             "description": "The hot standby of DATABASE_REPLICA_URL; while it is down, reads"
             " go to the primary and the instance stays ready.",
         },
+    )
+    sinks = fields.List(
+        fields.Nested(SinkLagSchema),
+        metadata={"description": "The relay's sinks and their lag (never a reason for 503)."},
     )

@@ -124,6 +124,7 @@ def empty_postgresql(url: str) -> None:
     engine = sa.create_engine(owner_url(url))
     with engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM audit_hold"))
+        connection.execute(sa.text("DELETE FROM audit_sink_cursor"))
         connection.execute(sa.text("INSERT INTO audit_purge_permit (id) VALUES (1)"))
         connection.execute(sa.text("DELETE FROM audit_log"))
         connection.execute(sa.text("DELETE FROM audit_checkpoint"))
@@ -156,6 +157,30 @@ def served(database_url, tmp_path):
 
     with serving(database_url, tmp_path) as client_and_log:
         yield client_and_log
+
+
+@pytest.fixture
+def sinks_file(tmp_path):
+    """Where a test writes the relay's sinks file (tests/relaying.py `write_sinks`)."""
+    return tmp_path / "sinks.toml"
+
+
+@pytest.fixture
+def relay_app(database_url, tmp_path, sinks_file):
+    """The app on each database with AUDIT_SINKS_FILE at `sinks_file`."""
+    app = create_app(make_settings(database_url, tmp_path, AUDIT_SINKS_FILE=str(sinks_file)))
+    yield app
+    dispose_engines(app)
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on a loopback port (tests/relaying.py)."""
+    from tests.relaying import Receiver
+
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
 
 
 @pytest.fixture

@@ -64,6 +64,7 @@ def test_the_page_names_the_api_it_reads(client):
         "data-stats-url": "/v1/logs/stats",
         "data-export-url": "/v1/logs/export",
         "data-verify-url": "/v1/logs/verify",
+        "data-stream-url": "/v1/logs/stream",
     }
 
 

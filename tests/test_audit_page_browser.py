@@ -537,6 +537,27 @@ def test_the_export_downloads_the_filtered_rows(page, site, format):
 
 
 @pytest.mark.serving
+def test_live_puts_each_new_row_at_the_top_as_it_is_committed(page, site):
+    from playwright.sync_api import expect
+
+    sign_in(page, site, *ADMIN)
+    top_before = shown_ids(page)[0]
+    page.check("#live")
+    for _ in range(200):  # the stream's request is made (it starts after the newest row shown)
+        if any("/v1/logs/stream" in request.url for request in page.requests):
+            break
+        page.wait_for_timeout(50)
+    assert site.client.get("/").status == 200  # GET / writes an index.view row
+    newest = site.rows(event="index.view")[0]
+
+    expect(page.locator(f'#rows tbody tr[data-id="{newest.id}"]')).to_have_count(1)
+    ids = shown_ids(page)
+    assert ids.index(newest.id) < ids.index(top_before)  # above what was shown, newest first
+    assert ids[: ids.index(top_before)] == sorted(ids[: ids.index(top_before)], reverse=True)
+    page.uncheck("#live")
+
+
+@pytest.mark.serving
 def test_a_user_who_is_not_an_admin_sees_only_their_own_rows(page, site):
     from playwright.sync_api import expect
 

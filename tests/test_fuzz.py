@@ -55,7 +55,7 @@ def engine_config() -> schemathesis.Config:
                     # there: `until` after `since`, at most 1000 buckets, `after` a cursor
                     # this service signed (each 400 names its field; see test_logs.py and
                     # test_stats.py).
-                    "include-path-regex": "^/v1/logs(/export|/stats)?$",
+                    "include-path-regex": "^/v1/logs(/export|/stats|/stream)?$",
                     "checks": {
                         "positive_data_acceptance": {"expected-statuses": VALID_DATA_MAY_GET_400}
                     },

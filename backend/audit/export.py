@@ -107,6 +107,11 @@ def statement(filters: dict, viewer: User | None, dialect: str, fmt: str) -> sa.
     return query.with_only_columns(Log.id, *columns)
 
 
+def json_line(dialect: str) -> sa.ColumnElement[str]:
+    """A row as the NDJSON export writes it (without its line end): the relay's messages."""
+    return _json_object(_text_values(dialect), dialect)
+
+
 # Called after each chunk with the id of its last row and how many rows it holds.
 Progress = Callable[[int, int], None]
 

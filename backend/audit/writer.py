@@ -15,6 +15,7 @@ The events of a process's concurrent requests are appended in one transaction (g
 """
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
+from backend import metrics
 from backend.audit import chain, refusals
 from backend.audit.events import AuditEvent
 from backend.audit.group_commit import AuditUnavailable, GroupCommit
@@ -54,10 +56,14 @@ class AuditWriter:
     def write_batch(self, events: list[AuditEvent]) -> list[int | None]:
         """Make `events` durable together, in order: their row ids, or None each if spooled
         (or set aside: refused by the database, and recorded as such)."""
+        started = time.perf_counter()
         try:
             if self.spool.pending():
-                return self._replay_then(events).ids
-            return self._commit_each_that_fits(events, [])
+                ids = self._replay_then(events).ids
+            else:
+                ids = self._commit_each_that_fits(events, [])
+            metrics.record_written(events, ids, started)
+            return ids
         except (SQLAlchemyError, psycopg.Error) as error:
             logger.exception("audit write of %d events failed; spooling them", len(events))
             why = refusals.reason(error)
@@ -68,6 +74,7 @@ class AuditWriter:
         except OSError:
             logger.exception("audit spool failed too for %d events", len(events))
             raise AuditUnavailable() from None
+        metrics.SPOOLED.inc(len(events))
         return [None] * len(events)
 
     def _replay_then(self, events: list[AuditEvent]) -> "Replay":

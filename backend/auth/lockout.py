@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import TooManyRequests
 
+from backend import metrics
 from backend.clock import utcnow
 from backend.extensions import db
 from backend.models import LoginThrottle
@@ -111,6 +112,7 @@ class Throttle:
             ]
 
         for row in self._update(fail):
+            metrics.LOCKOUTS.labels(row.scope).inc()
             logger.warning(
                 "lockout of %s for %d s: user %s from %s",
                 DESCRIPTIONS[row.scope],

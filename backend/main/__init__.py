@@ -12,4 +12,4 @@ bp = Blueprint(
     static_url_path="/audit/static",
 )
 
-from backend.main import docs, page, views  # noqa: E402,F401  (registers the routes)
+from backend.main import docs, metrics, page, views  # noqa: E402,F401  (registers the routes)

@@ -40,6 +40,7 @@ def audit_page():
             "stats": url_for("v1.stats"),
             "export": url_for("v1.export_logs"),
             "verify": url_for("v1.verify"),
+            "stream": url_for("v1.stream_logs"),
         },
         moment_pattern=MOMENT_PATTERN,
     )

@@ -14,6 +14,9 @@ from backend.database_state import migration_heads
 from backend.errors import error_response
 from backend.extensions import db
 from backend.main import bp
+from backend.relay.command import configured_sinks
+from backend.relay.config import SinksFileError
+from backend.relay.status import sink_statuses
 from backend.schemas import ErrorSchema, HealthSchema, IndexSchema, ReadySchema
 from backend.signals import announce, main_log
 from backend.urls import external_url
@@ -83,6 +86,7 @@ def readyz():
         "migration": ", ".join(sorted(heads)),
         "spooled_events": writer().spool.count(),
         **reads_state(),
+        **sinks_lag(),
     }
 
 
@@ -96,6 +100,21 @@ def reads_state() -> dict:
         "reads": "standby" if on_standby else "primary",
         "standby": "up" if on_standby else "down",
     }
+
+
+def sinks_lag() -> dict:
+    """`{"sinks": [{name, state, lag}]}` for /readyz when the relay has sinks (nothing else:
+    /readyz answers anyone). A sink behind, or a bad sinks file, never makes us unready."""
+    try:
+        sinks = configured_sinks()
+        if not sinks:
+            return {}
+        with db.engine.connect() as connection:
+            statuses = sink_statuses(connection, sinks)
+    except (SinksFileError, SQLAlchemyError):
+        return {}
+    shown = ("name", "state", "lag")
+    return {"sinks": [{key: status[key] for key in shown} for status in statuses]}
 
 
 @cache

@@ -21,6 +21,7 @@
     stats: document.body.dataset.statsUrl,
     export: document.body.dataset.exportUrl,
     verify: document.body.dataset.verifyUrl,
+    stream: document.body.dataset.streamUrl,
   };
   // The filters that are one text field or menu each, in the form and in the page's URL.
   const FIELDS = ["user", "target", "ip", "source", "event", "q"];
@@ -56,6 +57,8 @@
   }
 
   function endSession(message) {
+    stopLive();
+    $("live").checked = false;
     sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(USER_KEY);
     generation += 1;
@@ -296,7 +299,11 @@
       query.set("format", format);
       $(`export-${format}`).href = `${urls.export}?${query}`;
     }
-    return busy(generation, Promise.all([loadRows(generation), loadChart(generation)]));
+    stopLive();
+    const run = generation;
+    return busy(run, Promise.all([loadRows(run), loadChart(run)])).then(() => {
+      if (run === generation && $("live").checked) startLive(run);
+    });
   }
 
   // aria-busy on the listing while it loads: screen readers wait for it, and so do the tests.
@@ -607,6 +614,62 @@
     }
   }
 
+  // --- live: each new row at the top as it is committed (GET /v1/logs/stream) -------------
+  // fetch, not EventSource, which cannot send the bearer token; the listing's filters apply.
+
+  let live = null;  // the AbortController of the stream being read
+
+  function stopLive() {
+    if (live) live.abort();
+    live = null;
+  }
+
+  async function startLive(run) {
+    stopLive();
+    const controller = new AbortController();
+    live = controller;
+    const query = new URLSearchParams(listing.params);
+    const newest = $("rows").tBodies[0].rows[0];
+    if (newest) query.set("after_id", newest.dataset.id);  // else: from the next new row
+    try {
+      const response = await fetch(`${urls.stream}?${query}`, {
+        headers: { Authorization: `Bearer ${session().token}`, Accept: "text/event-stream" },
+        signal: controller.signal,
+      });
+      if (!response.ok) {
+        showError($("filter-error"), await problem(response));
+        $("live").checked = false;
+        return;
+      }
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done || run !== generation) return;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          showLiveEvent(buffer.slice(0, end));
+          buffer = buffer.slice(end + 2);
+        }
+      }
+    } catch (error) {
+      if (error.name !== "AbortError") throw error;
+    } finally {
+      if (live === controller) live = null;
+    }
+  }
+
+  // One event of the stream: its `data:` lines are a row (comments and heartbeats have none).
+  function showLiveEvent(block) {
+    const data = block.split("\n").filter((line) => line.startsWith("data: "))
+      .map((line) => line.slice(6)).join("\n");
+    if (!data) return;
+    $("rows").tBodies[0].prepend(rowElement(JSON.parse(data)));
+    listing.shown += 1;
+    $("rows-status").textContent = `${listing.shown} rows, newest first (live)`;
+  }
+
   // --- wiring ------------------------------------------------------------------------------
 
   $("sign-in-form").addEventListener("submit", guarded(signIn));
@@ -631,6 +694,7 @@
   $("verify").addEventListener("click", guarded(verifyTrail));
   $("load-more").addEventListener("click", guarded(() => busy(generation, loadRows(generation))));
   $("detail-close").addEventListener("click", closeDetail);
+  $("live").addEventListener("change", guarded(() => ($("live").checked ? startLive(generation) : stopLive())));
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape") closeDetail();
   });

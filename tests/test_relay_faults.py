@@ -1,0 +1,113 @@
+"""The relay under faults, as processes: killed with SIGKILL mid-delivery and started again
+(every row arrives, in order, at most one batch twice, no gap); a webhook answering 500 for a
+while then 200 is in tests/test_relay.py, rsyslog stopped and started in test_relay_syslog.py."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+import config
+from backend.audit.events import AuditEvent
+from backend.audit.writer import writer
+from tests.relaying import write_sinks
+from tests.serving import BIN, server_environment
+
+pytestmark = [pytest.mark.faults]
+
+ROWS = 3000
+BATCH = 100
+DEADLINE = 60.0
+
+
+def backlog(app, count: int) -> None:
+    """`count` rows, written as the service writes them, a few group commits at a time."""
+    with app.app_context():
+        for start in range(0, count, 500):
+            events = [
+                AuditEvent(source="app", event="test.event", level="INFO", track=f"row {n}")
+                for n in range(start, min(count, start + 500))
+            ]
+            assert None not in writer().write_batch(events)
+
+
+def delivered_ids(path) -> list[int]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["id"] for line in path.read_text().splitlines() if line]
+
+
+def start_relay(environment: dict, log) -> subprocess.Popen:
+    return subprocess.Popen(
+        [BIN / "flask", "audit", "relay", "--poll", "0.05"],
+        cwd=config.ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+
+
+def test_a_relay_killed_mid_delivery_resends_at_most_one_batch_and_leaves_no_gap(
+    relay_app, database_url, sinks_file, tmp_path
+):
+    out = tmp_path / "trail.ndjson"
+    write_sinks(
+        sinks_file, {"name": "archive", "kind": "file", "path": str(out), "batch_size": BATCH}
+    )
+    backlog(relay_app, ROWS)
+    environment = server_environment(database_url, tmp_path) | {"AUDIT_SINKS_FILE": str(sinks_file)}
+    with (tmp_path / "relay.log").open("ab") as log:
+        relay = start_relay(environment, log)
+        deadline = time.monotonic() + DEADLINE
+        while len(delivered_ids(out)) < ROWS // 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        relay.send_signal(signal.SIGKILL)
+        relay.wait(timeout=10)
+        at_kill = len(delivered_ids(out))
+        assert ROWS // 3 <= at_kill < ROWS, "the relay was not killed mid-delivery"
+
+        relay = start_relay(environment, log)
+        try:
+            while len(set(delivered_ids(out))) < ROWS and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            relay.terminate()
+            relay.wait(timeout=10)
+
+    ids = delivered_ids(out)
+    assert sorted(set(ids)) == list(range(1, ROWS + 1))
+    repeated = len(ids) - ROWS
+    assert 0 <= repeated <= BATCH
+    # In order, except that the restart went back over the batch it had not recorded.
+    restart = next((i for i in range(1, len(ids)) if ids[i] <= ids[i - 1]), len(ids))
+    assert ids[:restart] == list(range(1, restart + 1))
+    assert ids[restart:] == list(range(ROWS - (len(ids) - restart) + 1, ROWS + 1))
+
+
+def test_a_relay_stopped_with_sigterm_finishes_its_batch_and_resends_nothing(
+    relay_app, database_url, sinks_file, tmp_path
+):
+    out = tmp_path / "trail.ndjson"
+    write_sinks(
+        sinks_file, {"name": "archive", "kind": "file", "path": str(out), "batch_size": BATCH}
+    )
+    backlog(relay_app, 1000)
+    environment = server_environment(database_url, tmp_path) | {"AUDIT_SINKS_FILE": str(sinks_file)}
+    with (tmp_path / "relay.log").open("ab") as log:
+        relay = start_relay(environment, log)
+        deadline = time.monotonic() + DEADLINE
+        while not delivered_ids(out) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        relay.terminate()
+        assert relay.wait(timeout=10) == 0
+        relay = start_relay(environment, log)
+        try:
+            while len(set(delivered_ids(out))) < 1000 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            relay.terminate()
+            relay.wait(timeout=10)
+
+    assert delivered_ids(out) == list(range(1, 1001))
