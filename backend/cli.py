@@ -15,7 +15,7 @@ from flask.cli import AppGroup
 from marshmallow import ValidationError
 
 from backend.accounts import UsernameTaken, create_user, ensure_admin
-from backend.audit import anchors, export, refusals, retention, verification
+from backend.audit import anchors, export, offline, refusals, retention, verification
 from backend.audit.events import AuditEvent
 from backend.audit.writer import write, writer
 from backend.clock import rfc3339
@@ -109,11 +109,40 @@ def keep_private(path: Path, text: str) -> Path:
     "--anchor",
     "anchor_file",
     type=click.File("r"),
-    help="An anchor file from `flask audit anchor`, kept outside the database.",
+    help="An anchor file from `flask audit anchor -o`, kept outside the database.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
-def verify_command(anchor_file, as_json: bool) -> None:
-    """Check the whole trail's hash chain and signatures; exit 1 naming the first broken row."""
+@click.option(
+    "--file",
+    "export_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Check this NDJSON export offline instead: no database, no secret.",
+)
+@click.option(
+    "--keys",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --file: the public keys (GET /v1/logs/keys, or flask audit keys), saved.",
+)
+@click.option(
+    "--heads",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --file: the signed tree heads (flask audit heads); default EXPORT.heads.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --file: a signed checkpoint saved earlier, which the trail must extend.",
+)
+def verify_command(anchor_file, as_json: bool, export_file, keys, heads, checkpoint) -> None:
+    """Check the whole trail's hash chain and signatures; exit 1 naming the first broken row.
+
+    With --file and --keys, check an export offline (backend/audit/offline.py)."""
+    if export_file or keys or heads or checkpoint:
+        if not (export_file and keys):
+            raise click.UsageError("offline verification needs both --file and --keys")
+        line, code = offline.run(export_file, keys, heads, checkpoint)
+        click.echo(line)
+        sys.exit(code)
     kept = anchors.read_anchors(anchor_file) if anchor_file else []
     with verification.snapshot(db.engine) as connection:
         total = verification.row_count(connection)
@@ -136,19 +165,25 @@ def verify_command(anchor_file, as_json: bool) -> None:
     "--output",
     "-o",
     type=click.File("w"),
-    default="-",
-    help="Where to write the checkpoints (default: standard output).",
+    help="Also write every HMAC checkpoint here, one JSON line each (for verify --anchor).",
 )
 def anchor_command(output) -> None:
-    """Sign the chain's head now and write every checkpoint, one JSON line each.
+    """Sign the trail's head now and print its signed checkpoint (a C2SP signed note).
 
-    Keep the file away from the database (and its backups): `flask audit verify --anchor FILE`
-    then detects a chain recomputed by someone who could write the database.
+    Keep what it prints away from the database: `flask audit verify --file EXPORT --keys KEYS
+    --checkpoint SAVED` later proves the trail extends it. With -o, the HMAC checkpoints too:
+    `flask audit verify --anchor FILE` then detects a chain recomputed by someone who could
+    write the database.
     """
+    writer().list_key()
     with writer().engine.begin() as connection:
         checkpoint = anchors.anchor(connection, writer().key)
-    with writer().engine.connect() as connection:
-        output.writelines(anchors.checkpoints_file(connection))
+        head = anchors.sign_tree_head(connection, writer().signer)
+    if output:
+        with writer().engine.connect() as connection:
+            output.writelines(anchors.checkpoints_file(connection))
+    if head:
+        click.echo(head["checkpoint"], nl=False)
     if checkpoint:
         click.echo(f"signed row {checkpoint['log_id']}", err=True)
 

@@ -50,4 +50,4 @@ def caller():
     return user
 
 
-from backend.v1 import integrity, logs, users  # noqa: E402,F401  (registers the routes)
+from backend.v1 import integrity, logs, tree, users  # noqa: E402,F401  (registers the routes)
