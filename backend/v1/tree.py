@@ -60,7 +60,8 @@ def proof(args: dict, log_id: int):
     """The inclusion proof of one row (RFC 9162, 2.1.3)
 
     Leaf index `id - 1` in the tree of `tree_size` leaves (default: the latest signed tree
-    head's size; a head is signed at once when the row is newer). Its leaf hash is SHA-256(0x00 || the row's `hash` as 32 bytes).
+    head's size; a head is signed at once when the row is newer). Its leaf hash is
+    SHA-256(0x00 || the row's `hash` as 32 bytes).
     """
     row = listing.visible_row(log_id, token_auth.current_user()) if log_id <= MAX_ID else None
     if row is None:
