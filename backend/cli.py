@@ -153,6 +153,7 @@ def verify_command(anchor_file, as_json: bool, export_file, keys, heads, checkpo
                 kept,
                 progress=bar.update,
                 checkpoint_every=writer().checkpoint_every,
+                own_key=writer().signer.public,
             )
     click.echo(json.dumps(verdict.as_dict()) if as_json else verification.describe(verdict))
     if caveat := verification.caveat(verdict):

@@ -2,6 +2,7 @@
 anyone"), on both databases, checked with the independent RFC 9162 code of tests/rfc9162.py."""
 
 import base64
+import hashlib
 
 import pytest
 import sqlalchemy as sa
@@ -14,14 +15,18 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from backend.models import AuditChain, PurgePermit, TreeHead, TreeNode
 from tests import rfc9162
 from tests.conftest import ADMIN
 from tests.helpers import (
     CHECKPOINT_EVERY_3,
     aged_trail,
+    assert_broken,
     assert_error,
+    flask_audit,
     make_trail,
     purge,
+    recompute_chain,
     tampering,
 )
 
@@ -243,3 +248,77 @@ def test_a_key_file_that_is_not_an_ed25519_key_stops_the_app_with_its_name(datab
     bad.write_text("hello\n")
     with pytest.raises(KeyFileError, match="not-a-key.pem"):
         create_app(make_settings(database_url, tmp_path, AUDIT_SIGNING_KEY_FILE=str(bad)))
+
+
+# -- `flask audit verify` on the database checks the tree too --------------------------------
+
+
+def test_verify_names_rows_that_no_longer_hash_to_a_signed_tree_head(app, api, users, runner):
+    make_trail(api.client, 4)
+    size = len(api.rows())
+    # A proof of the last row has a tree head of every row signed (and no HMAC checkpoint).
+    assert api.get(f"/v1/logs/{size}/proof", users["admin"]).get_json()["tree_size"] == size
+    with tampering(app) as connection:
+        recompute_chain_keeping_the_tree(connection, 2, track="nothing happened")
+    assert_broken(
+        runner,
+        f"BROKEN at row {size}: the rows up to here do not hash to the signed tree head of size"
+        f" {size}",
+    )
+
+
+def test_verify_names_a_tree_head_forged_in_the_database(app, api, users, runner):
+    make_trail(api.client, 3)
+    flask_audit(runner, "anchor")
+    with tampering(app) as connection:
+        head = connection.execute(sa.select(TreeHead).order_by(TreeHead.id.desc())).first()
+        root = head.checkpoint.split("\n")[2]
+        forged = head.checkpoint.replace(root, base64.b64encode(bytes(32)).decode())
+        connection.execute(
+            sa.insert(TreeHead).values(
+                tree_size=head.tree_size,
+                root_hash="00" * 32,
+                created_at=head.created_at,
+                key_id=head.key_id,
+                checkpoint=forged,
+            )
+        )
+    assert_broken(runner, f"BROKEN at row {head.tree_size}: the signed tree head of size")
+
+
+def test_verify_reports_two_signed_heads_of_one_size_as_a_split_view(
+    app, api, users, runner, tmp_path
+):
+    make_trail(api.client, 3)
+    flask_audit(runner, "anchor")
+    key = load_pem_private_key((tmp_path / KEY_FILE).read_bytes(), password=None)
+    with tampering(app) as connection:
+        head = connection.execute(sa.select(TreeHead).order_by(TreeHead.id.desc())).first()
+        name = head.checkpoint.split("\n")[0]
+        text = f"{name}\n{head.tree_size}\n{base64.b64encode(bytes(32)).decode()}\n"
+        key_hash = hashlib.sha256(name.encode() + b"\n\x01" + public_key_of(tmp_path / KEY_FILE))
+        signature = base64.b64encode(key_hash.digest()[:4] + key.sign(text.encode())).decode()
+        connection.execute(
+            sa.insert(TreeHead).values(
+                tree_size=head.tree_size,
+                root_hash="00" * 32,
+                created_at=head.created_at,
+                key_id=head.key_id,
+                checkpoint=f"{text}\n\u2014 {name} {signature}\n",
+            )
+        )
+    assert_broken(runner, f"BROKEN at row {head.tree_size}: split view")
+
+
+def recompute_chain_keeping_the_tree(connection, row_id: int, **changes) -> None:
+    """recompute_chain, but leaving the tree's nodes and signed heads as they were."""
+    stored = connection.execute(sa.select(TreeNode.position, TreeNode.hash)).all()
+    heads = connection.execute(sa.select(TreeHead.__table__)).mappings().all()
+    frontier = connection.scalar(sa.select(AuditChain.tree_frontier))
+    recompute_chain(connection, row_id, **changes)
+    connection.execute(sa.insert(PurgePermit).values(id=1))
+    connection.execute(sa.delete(TreeNode))
+    connection.execute(sa.delete(PurgePermit))
+    connection.execute(sa.insert(TreeNode), [dict(row._mapping) for row in stored])
+    connection.execute(sa.insert(TreeHead), [dict(head) for head in heads])
+    connection.execute(sa.update(AuditChain).values(tree_frontier=frontier))

@@ -10,7 +10,9 @@
 - a checkpoint whose signature is wrong: forged without the key;
 - a row beyond the chain's head: inserted without the writer (which moves the head with it);
 - a periodic checkpoint missing where the head's count or the spacing of the others puts one
-  (backend/audit/cadence.py): deleted, with the chain recomputed after it, or with the tail.
+  (backend/audit/cadence.py): deleted, with the chain recomputed after it, or with the tail;
+- a signed tree head that is forged, contradicts another, or that the rows do not hash to
+  (backend/audit/tree_check.py).
 
 It reads one snapshot (`snapshot`): rows and checkpoints committed while it walks are not
 mistaken for tampering.
@@ -27,6 +29,7 @@ from dataclasses import asdict, dataclass
 import sqlalchemy as sa
 
 from backend.audit import cadence, chain
+from backend.audit.tree_check import TreeBroken, TreeCheck
 from backend.concurrency import pause
 from backend.models import AuditChain, Checkpoint, Log
 
@@ -64,17 +67,22 @@ def verify(
     anchors: Iterable[dict] = (),
     progress: Callable[[int], None] = lambda n: None,
     checkpoint_every: int | None = None,
+    own_key=None,
 ) -> Verdict:
     """Walk the whole trail and return the verdict (never raises for a broken trail).
-    `checkpoint_every`: AUDIT_CHECKPOINT_EVERY, how far apart periodic checkpoints are due."""
-    head, since = connection.execute(
-        sa.select(AuditChain.last_id, AuditChain.since_checkpoint).where(AuditChain.id == 1)
+    `checkpoint_every`: AUDIT_CHECKPOINT_EVERY, how far apart periodic checkpoints are due;
+    `own_key`: the service's tree-head key (notes.VerifierKey), trusted besides those listed."""
+    head, since, frontier = connection.execute(
+        sa.select(AuditChain.last_id, AuditChain.since_checkpoint, AuditChain.tree_frontier).where(
+            AuditChain.id == 1
+        )
     ).one()
     first_id = connection.scalar(sa.select(sa.func.min(Log.id)))
     verdict = Verdict(intact=True, rows=0, first_id=first_id, last_id=None, signed_up_to=None)
     try:
         signed, purges = _signed_positions(connection, key, anchors)
         prev_hash = _start(first_id, head, signed, purges)
+        tree = TreeCheck(connection, first_id, own_key)
         expected_id = first_id
         for batch in _rows(connection):
             for row in batch:
@@ -86,6 +94,7 @@ def verify(
                         f"beyond the chain's head (row {head}): inserted without the writer",
                     )
                 _check_row(row, prev_hash, signed)
+                tree.add(row["id"], row["hash"])
                 prev_hash = row["hash"]
                 expected_id += 1
                 verdict.rows += 1
@@ -104,8 +113,9 @@ def verify(
         missing = cadence.missing_checkpoint(_periodic(connection), head, since, checkpoint_every)
         if missing:
             raise Broken(*missing)
+        tree.finish(frontier)
         verdict.signed_up_to = max((i for i in signed if first_id and i >= first_id), default=None)
-    except Broken as broken:
+    except (Broken, TreeBroken) as broken:
         verdict.intact, verdict.broken_row, verdict.problem = False, broken.row, broken.problem
     return verdict
 

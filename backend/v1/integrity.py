@@ -23,5 +23,8 @@ def verify():
     """
     with verification.snapshot(db.engine) as connection:
         return verification.verify(
-            connection, writer().key, checkpoint_every=writer().checkpoint_every
+            connection,
+            writer().key,
+            checkpoint_every=writer().checkpoint_every,
+            own_key=writer().signer.public,
         ).as_dict()
