@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
+from backend.audit import merkle
 from backend.audit.chain import GENESIS, HASHED_FIELDS, row_hash, sign
 
 COLUMNS = (*HASHED_FIELDS, "prev_hash", "hash")
@@ -224,9 +225,16 @@ def chained(
 
 
 def load(
-    url: str, count: int, key: bytes, checkpoint_every: int = 1000, seed: int = 1, progress=None
+    url: str,
+    count: int,
+    key: bytes,
+    checkpoint_every: int = 1000,
+    seed: int = 1,
+    progress=None,
+    tree: bool = True,
 ) -> LoadReport:
-    """Load `count` synthetic rows into the empty, migrated database at `url` (a libpq URL)."""
+    """Load `count` synthetic rows into the empty, migrated database at `url` (a libpq URL);
+    `tree`: build their Merkle tree too (False: a database at a migration before 0009)."""
     with psycopg.connect(url) as connection:
         _check_empty(connection)
         indexes = _indexes(connection)
@@ -251,14 +259,41 @@ def load(
         copied = time.perf_counter()
 
     _rebuild(url, indexes)
+    if tree:  # after the primary key is back: the hashes are read in its order
+        build_tree(url)
     rebuilt = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute("VACUUM (ANALYZE) audit_log")
         connection.execute("VACUUM (ANALYZE) audit_checkpoint")
+        if tree:
+            connection.execute("VACUUM (ANALYZE) audit_tree_node")
         if _indexes(connection) != indexes:
             raise RuntimeError("the rebuilt indexes differ from the migration's")
     done = time.perf_counter()
     return LoadReport(count, copied - started, rebuilt - copied, done - rebuilt)
+
+
+def build_tree(url: str) -> None:
+    """The Merkle tree of the loaded rows (backend/audit/merkle.py): their hashes read in id
+    order on one connection, the tree's nodes streamed to COPY on another, and the frontier
+    stored in the chain's head, as the live writer leaves them."""
+    frontier: list[bytes] = []
+    size = 0
+    with psycopg.connect(url) as reader, psycopg.connect(url) as writer:
+        with (
+            reader.cursor(name="hashes") as hashes,
+            writer.cursor().copy("COPY audit_tree_node (position, hash) FROM STDIN") as copy,
+        ):
+            hashes.itersize = BATCH * 4
+            hashes.execute("SELECT hash FROM audit_log ORDER BY id")
+            while batch := hashes.fetchmany(BATCH * 4):
+                leaves = [merkle.leaf_hash(row_hash) for (row_hash,) in batch]
+                size, completed = merkle.append(frontier, size, leaves)
+                copy.write("".join(f"{at}\t{node.hex()}\n" for at, node in completed))
+        writer.execute(
+            "UPDATE audit_chain SET tree_frontier = %s WHERE id = 1", (merkle.pack(frontier),)
+        )
+        writer.commit()
 
 
 def _check_empty(connection: psycopg.Connection) -> None:

@@ -172,8 +172,7 @@ def test_the_tail_deleted_with_a_consistent_head_passes_and_verify_says_why(app,
     )
     assert result.stderr.splitlines()[-1] == (
         "note: row 7, after the last signed checkpoint, is only as safe as the database:"
-        " keep an anchor outside it (flask audit anchor); a later release adds public-key"
-        " signed tree heads"
+        " keep a signed checkpoint outside it (flask audit anchor)"
     )
 
 

@@ -131,11 +131,14 @@ def consistency_path(
 
 
 def with_stored_nodes(
-    proof: Callable[[NodeGetter], list[bytes]], fetch: Callable[[list[int]], dict[int, bytes]]
-) -> list[str]:
+    proof: Callable[[NodeGetter], list[bytes]],
+    fetch: Callable[[list[int]], dict[int, bytes]],
+    also: Iterable[int] = (),
+) -> tuple[list[str], dict[int, bytes]]:
     """Run `proof` over the stored tree: once to learn which subtrees it needs, then once more
-    with them fetched in one go (`fetch`: positions -> {position: hash})."""
-    needed: set[int] = set()
+    with them fetched in one go (`fetch`: positions -> {position: hash}), with the positions
+    `also` in the same query. The proof's hashes, and what was fetched."""
+    needed: set[int] = set(also)
 
     def record(level: int, index: int) -> bytes:
         needed.add(position(level, index))
@@ -143,7 +146,8 @@ def with_stored_nodes(
 
     proof(record)
     stored = fetch(sorted(needed))
-    return [part.hex() for part in proof(lambda level, index: stored[position(level, index)])]
+    path = proof(lambda level, index: stored[position(level, index)])
+    return [part.hex() for part in path], stored
 
 
 # -- verification (RFC 9162, sections 2.1.3.2 and 2.1.4.2) ----------------------------------

@@ -41,15 +41,16 @@ def inclusion(connection: sa.Connection, leaf_index: int, size: int) -> dict:
             f"must be more than the row's leaf index ({leaf_index}) and at most the tree's"
             f" size ({tree_size(connection)})",
         )
-    fetch = stored_nodes(connection)
-    path = merkle.with_stored_nodes(
-        lambda node: merkle.inclusion_path(node, leaf_index, size), fetch
+    leaf = merkle.position(0, leaf_index)
+    path, stored = merkle.with_stored_nodes(
+        lambda node: merkle.inclusion_path(node, leaf_index, size),
+        stored_nodes(connection),
+        also=[leaf],
     )
-    leaf = fetch([merkle.position(0, leaf_index)])[merkle.position(0, leaf_index)]
     return {
         "leaf_index": leaf_index,
         "tree_size": size,
-        "leaf_hash": leaf.hex(),
+        "leaf_hash": stored[leaf].hex(),
         "audit_path": path,
     }
 
@@ -61,7 +62,7 @@ def consistency(connection: sa.Connection, first: int, second: int) -> dict:
         raise BadSize("second", f"must be at most the tree's size ({size})")
     if first > second:
         raise BadSize("first", "must be at most `second`")
-    path = merkle.with_stored_nodes(
+    path, _ = merkle.with_stored_nodes(
         lambda node: merkle.consistency_path(node, first, second), stored_nodes(connection)
     )
     return {"first": first, "second": second, "consistency_path": path}

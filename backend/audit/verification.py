@@ -255,6 +255,6 @@ def caveat(verdict: Verdict) -> str | None:
         else f"rows {first}-{verdict.last_id}, after the last signed checkpoint, are"
     )
     return (
-        f"note: {rows} only as safe as the database: keep an anchor outside it (flask audit"
-        " anchor); a later release adds public-key signed tree heads"
+        f"note: {rows} only as safe as the database: keep a signed checkpoint outside it"
+        " (flask audit anchor)"
     )
