@@ -32,10 +32,10 @@ def stored_nodes(connection: sa.Connection):
     return fetch
 
 
-def inclusion(connection: sa.Connection, leaf_index: int, size: int) -> dict:
+def inclusion(connection: sa.Connection, leaf_index: int, size: int, signed: bool = False) -> dict:
     """The inclusion proof of leaf `leaf_index` in the tree of `size` leaves, as the API
-    answers it."""
-    if not leaf_index < size <= tree_size(connection):
+    answers it (`signed`: `size` is a signed head's, so no larger than the tree)."""
+    if not leaf_index < size or (not signed and size > tree_size(connection)):
         raise BadSize(
             "tree_size",
             f"must be more than the row's leaf index ({leaf_index}) and at most the tree's"

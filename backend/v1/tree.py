@@ -1,6 +1,7 @@
 """/v1/logs/keys, /v1/logs/tree-head, /v1/logs/<id>/proof, /v1/logs/consistency: what anyone
 holding the public keys needs to check the trail without trusting the operator (RFC 9162)."""
 
+import sqlalchemy as sa
 from apifairy import arguments, authenticate, other_responses, response
 from marshmallow import RAISE
 from werkzeug.exceptions import NotFound
@@ -66,9 +67,12 @@ def proof(args: dict, log_id: int):
     row = listing.visible_row(log_id, token_auth.current_user()) if log_id <= MAX_ID else None
     if row is None:
         raise NotFound("No audit row with that id is visible to you.")
-    size = args.get("tree_size") or _head_covering(log_id).tree_size
+    size = args.get("tree_size")
     with db.engine.connect() as connection:
         try:
+            if size is None:
+                size = _head_covering(connection, log_id).tree_size
+                return proofs.inclusion(connection, log_id - 1, size, signed=True)
             return proofs.inclusion(connection, log_id - 1, size)
         except proofs.BadSize as error:
             raise ValidationFailed({error.field: [str(error)]}) from None
@@ -92,17 +96,17 @@ def consistency(args: dict):
             raise ValidationFailed({error.field: [str(error)]}) from None
 
 
-def _head_covering(log_id: int):
+def _head_covering(connection: sa.Connection, log_id: int):
     """The latest signed head, signed now when the row is newer than it (heads come every few
     seconds): at most one signature per batch of new rows, however many proofs are asked."""
-    with db.engine.connect() as connection:
-        head = signing.latest_head(connection)
+    head = signing.latest_head(connection)
     if head is not None and head.tree_size >= log_id:
         return head
     writer().list_key()
-    with writer().engine.begin() as connection:
-        anchors.sign_tree_head(connection, writer().signer)
-    return _latest_head()
+    with writer().engine.begin() as signer:
+        anchors.sign_tree_head(signer, writer().signer)
+    connection.rollback()  # a new snapshot, which has the head just signed
+    return signing.latest_head(connection)
 
 
 def _latest_head():
