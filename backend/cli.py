@@ -15,7 +15,7 @@ from flask.cli import AppGroup
 from marshmallow import ValidationError
 
 from backend.accounts import UsernameTaken, create_user, ensure_admin
-from backend.audit import anchors, export, offline, refusals, retention, verification
+from backend.audit import anchors, export, offline, refusals, retention, segments, verification
 from backend.audit.events import AuditEvent
 from backend.audit.writer import write, writer
 from backend.clock import rfc3339
@@ -133,7 +133,16 @@ def keep_private(path: Path, text: str) -> Path:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="With --file: a signed checkpoint saved earlier, which the trail must extend.",
 )
-def verify_command(anchor_file, as_json: bool, export_file, keys, heads, checkpoint) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=segments.default_workers,
+    show_default="one a core",
+    help="Processes that check segments of the trail at once (PostgreSQL).",
+)
+def verify_command(
+    anchor_file, as_json: bool, export_file, keys, heads, checkpoint, workers: int
+) -> None:
     """Check the whole trail's hash chain and signatures; exit 1 naming the first broken row.
 
     With --file and --keys, check an export offline (backend/audit/offline.py)."""
@@ -154,6 +163,7 @@ def verify_command(anchor_file, as_json: bool, export_file, keys, heads, checkpo
                 progress=bar.update,
                 checkpoint_every=writer().checkpoint_every,
                 own_key=writer().signer.public,
+                workers=workers,
             )
     click.echo(json.dumps(verdict.as_dict()) if as_json else verification.describe(verdict))
     if caveat := verification.caveat(verdict):

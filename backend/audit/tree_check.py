@@ -28,11 +28,16 @@ class TreeCheck:
     reported by `finish`, after the chain's own checks, which name a tampering more precisely
     when they catch it too."""
 
-    def __init__(self, connection: sa.Connection, first_id: int | None, own_key=None):
-        self.roots = _signed_roots(connection, own_key)
-        self.size = (first_id or 1) - 1
-        self.frontier = _stored_frontier(connection, self.size)
+    def __init__(self, roots: dict[int, str], size: int, frontier: list[bytes]):
+        self.roots, self.size, self.frontier = roots, size, frontier
         self.broken: TreeBroken | None = None
+
+    @classmethod
+    def from_database(cls, connection: sa.Connection, first_id: int | None, own_key=None):
+        """A check of the trail from `first_id` on: the stored heads, each signature checked,
+        and the stored tree of the rows before it (purged ones)."""
+        size = (first_id or 1) - 1
+        return cls(_signed_roots(connection, own_key), size, stored_frontier(connection, size))
 
     def add(self, row_id: int, row_hash: str) -> None:
         """Add the row's leaf; check the root when a head was signed at this size."""
@@ -86,7 +91,7 @@ def _signed_roots(connection: sa.Connection, own_key) -> dict[int, str]:
     return roots
 
 
-def _stored_frontier(connection: sa.Connection, size: int) -> list[bytes]:
+def stored_frontier(connection: sa.Connection, size: int) -> list[bytes]:
     """The frontier of the tree's first `size` leaves, from its stored hashes."""
     parts = merkle.perfect_subtrees(0, size)
     positions = [merkle.position(level, index) for level, index in parts]

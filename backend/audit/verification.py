@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import sqlalchemy as sa
 
-from backend.audit import cadence, chain
+from backend.audit import cadence, chain, segments
 from backend.audit.tree_check import TreeBroken, TreeCheck
 from backend.concurrency import pause
 from backend.models import AuditChain, Checkpoint, Log
@@ -68,10 +68,12 @@ def verify(
     progress: Callable[[int], None] = lambda n: None,
     checkpoint_every: int | None = None,
     own_key=None,
+    workers: int = 1,
 ) -> Verdict:
     """Walk the whole trail and return the verdict (never raises for a broken trail).
     `checkpoint_every`: AUDIT_CHECKPOINT_EVERY, how far apart periodic checkpoints are due;
-    `own_key`: the service's tree-head key (notes.VerifierKey), trusted besides those listed."""
+    `own_key`: the service's tree-head key (notes.VerifierKey), trusted besides those listed;
+    `workers`: processes that walk segments of the trail at once (PostgreSQL, segments.py)."""
     head, since, frontier = connection.execute(
         sa.select(AuditChain.last_id, AuditChain.since_checkpoint, AuditChain.tree_frontier).where(
             AuditChain.id == 1
@@ -82,25 +84,15 @@ def verify(
     try:
         signed, purges = _signed_positions(connection, key, anchors)
         prev_hash = _start(first_id, head, signed, purges)
-        tree = TreeCheck(connection, first_id, own_key)
-        expected_id = first_id
-        for batch in _rows(connection):
-            for row in batch:
-                if row["id"] != expected_id:
-                    raise Broken(expected_id, "missing: the row was deleted")
-                if row["id"] > head:
-                    raise Broken(
-                        row["id"],
-                        f"beyond the chain's head (row {head}): inserted without the writer",
-                    )
-                _check_row(row, prev_hash, signed)
-                tree.add(row["id"], row["hash"])
-                prev_hash = row["hash"]
-                expected_id += 1
-                verdict.rows += 1
-                if verdict.rows % PAUSE_EVERY == 0:
-                    pause()
-            progress(len(batch))
+        tree = TreeCheck.from_database(connection, first_id, own_key)
+        if first_id and segments.worth_it(connection, workers, head - first_id + 1):
+            verdict.rows = segments.walk(
+                connection, workers, first_id, head, prev_hash, signed, tree, progress
+            )
+        else:
+            batches = _rows(connection)
+            verdict.rows = walk(batches, first_id, head, prev_hash, signed, tree, progress)
+        expected_id = (first_id or 1) + verdict.rows
         verdict.last_id = expected_id - 1 if verdict.rows else None
         if head and verdict.last_id != head:
             after = verdict.last_id or 0
@@ -118,6 +110,37 @@ def verify(
     except (Broken, TreeBroken) as broken:
         verdict.intact, verdict.broken_row, verdict.problem = False, broken.row, broken.problem
     return verdict
+
+
+def walk(
+    batches: Iterable[list[dict]],
+    first_id: int | None,
+    head: int,
+    prev_hash: str,
+    signed: dict,
+    tree: TreeCheck,
+    progress: Callable[[int], None],
+) -> int:
+    """Check `batches` of rows, which must be rows `first_id`, `first_id + 1`... in order,
+    each following `prev_hash` and then the one before; return how many (Broken: the first
+    that breaks a promise)."""
+    expected_id = first_id
+    for batch in batches:
+        for row in batch:
+            if row["id"] != expected_id:
+                raise Broken(expected_id, "missing: the row was deleted")
+            if row["id"] > head:
+                raise Broken(
+                    row["id"], f"beyond the chain's head (row {head}): inserted without the writer"
+                )
+            _check_row(row, prev_hash, signed)
+            tree.add(row["id"], row["hash"])
+            prev_hash = row["hash"]
+            expected_id += 1
+            if (expected_id - first_id) % PAUSE_EVERY == 0:
+                pause()
+        progress(len(batch))
+    return expected_id - first_id if first_id else 0
 
 
 def _signed_positions(

@@ -1,0 +1,151 @@
+"""`flask audit verify` on every core: the trail cut into segments, each walked by a process of
+its own with its own PostgreSQL connection, all reading one snapshot (the verifying
+transaction's, exported with pg_export_snapshot).
+
+A segment from row `a` starts from what the database says came before it: the stored `hash`
+of row `a - 1` and the tree's stored hashes of rows 1 to `a - 1`. Both are then proved by the
+segment before, which recomputes row `a - 1`'s hash and ends on the tree it grew: its frontier
+must be the next segment's starting one. So the segments together check exactly what one walk
+checks, and each checks the signed tree heads that fall inside it.
+"""
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from backend.audit import merkle
+from backend.audit.tree_check import TreeBroken, TreeCheck, stored_frontier
+from backend.models import AUDIT_FIELDS, Log
+
+# Below this many rows a single walk is done before the processes would have started.
+MIN_ROWS = 200_000
+BATCH = 5000
+COLUMNS = ", ".join(f'"{spec.name}"' for spec in AUDIT_FIELDS)
+
+
+def default_workers() -> int:
+    """One process a core this process may use."""
+    return len(os.sched_getaffinity(0))
+
+
+def worth_it(connection: sa.Connection, workers: int, rows: int) -> bool:
+    """Whether to walk in segments: PostgreSQL, more than one worker, and MIN_ROWS rows."""
+    return connection.dialect.name == "postgresql" and workers > 1 and rows >= MIN_ROWS
+
+
+def walk(connection, workers, first_id, head, prev_hash, signed, tree: TreeCheck, progress) -> int:
+    """verification.walk over rows `first_id`..`head`, in `workers` processes; how many rows
+    (Broken: the first row any segment found broken; a tree's finding goes to `tree.broken`)."""
+    from backend.audit.verification import Broken  # the one walk's own exception
+
+    bounds = _bounds(first_id, head, workers)
+    snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+    url = connection.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    context = multiprocessing.get_context("spawn")  # no inherited connection, no shared socket
+    done = context.Value("q", 0)
+    jobs = []
+    for a, b in bounds:
+        start_hash = prev_hash if a == first_id else _stored_hash(connection, a - 1)
+        frontier = tree.frontier if a == first_id else stored_frontier(connection, a - 1)
+        in_range = {row: value for row, value in signed.items() if a <= row <= b}
+        roots = {size: root for size, root in tree.roots.items() if a <= size <= b}
+        job = (url, snapshot, a, b, start_hash, in_range, roots, frontier)
+        jobs.append((job, frontier))
+    with context.Pool(len(jobs), initializer=_share, initargs=(done,)) as pool:
+        pending = pool.map_async(_segment, [job for job, _ in jobs])
+        _follow(pending, done, progress)
+        results = pending.get()
+    broken = [result["broken"] for result in results if "broken" in result]
+    for (a, b), result in zip(bounds[:-1], results, strict=False):
+        if "rows" in result and result["rows"] < b - a + 1:  # the next row was deleted
+            broken.append((a + result["rows"], "missing: the row was deleted"))
+    if broken:
+        raise Broken(*min(broken))
+    beyond = connection.scalar(sa.select(sa.func.min(Log.id)).where(Log.id > head))
+    if beyond is not None:
+        raise Broken(beyond, f"beyond the chain's head (row {head}): inserted without the writer")
+    _join_trees(results, [frontier for _, frontier in jobs], bounds, tree)
+    return sum(result["rows"] for result in results)
+
+
+def _bounds(first_id: int, head: int, workers: int) -> list[tuple[int, int]]:
+    """`workers` ranges of ids of about the same length, together first_id..head."""
+    step = -(-(head - first_id + 1) // workers)
+    return [(a, min(head, a + step - 1)) for a in range(first_id, head + 1, step)]
+
+
+def _stored_hash(connection: sa.Connection, row_id: int) -> str:
+    return connection.scalar(sa.select(Log.hash).where(Log.id == row_id))
+
+
+def _follow(pending, done, progress: Callable[[int], None]) -> None:
+    """Move the progress bar as the processes count their rows."""
+    shown = 0
+    while not pending.ready():
+        pending.wait(0.2)
+        now = done.value
+        progress(now - shown)
+        shown = now
+
+
+def _join_trees(results: list[dict], starts: list, bounds: list, tree: TreeCheck) -> None:
+    """Each segment must end on the tree the next one started from. A signed head the rows do
+    not hash to is named first, as one walk names it (a rewritten row shows at the next
+    segment's start too, since the stored tree is the one the heads signed)."""
+    findings = [result["tree_broken"] for result in results if result.get("tree_broken")]
+    if not findings:
+        for (a, _), result, start in zip(bounds[1:], results, starts[1:], strict=False):
+            if result["frontier"] != merkle.pack(start):
+                findings.append((a, "the Merkle tree's stored hashes disagree with the rows"))
+    tree.size = bounds[-1][1]
+    tree.frontier = merkle.unpack(results[-1]["frontier"])
+    if findings and not tree.broken:
+        tree.broken = TreeBroken(*min(findings))
+
+
+# -- in each process --------------------------------------------------------------------------
+
+_done = None
+
+
+def _share(done) -> None:
+    global _done
+    _done = done
+
+
+def _segment(job: tuple) -> dict:
+    """Walk rows a..b of the snapshot; what it found."""
+    from backend.audit.verification import Broken, walk
+
+    url, snapshot, a, b, prev_hash, signed, roots, frontier = job
+    tree = TreeCheck(roots, a - 1, list(frontier))
+    with psycopg.connect(url, row_factory=dict_row) as connection:
+        connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        connection.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        try:
+            rows = walk(_batches(connection, a, b), a, b, prev_hash, signed, tree, _count)
+        except Broken as broken:
+            return {"broken": (broken.row, broken.problem)}
+    found = (tree.broken.row, tree.broken.problem) if tree.broken else None
+    return {"rows": rows, "frontier": merkle.pack(tree.frontier), "tree_broken": found}
+
+
+def _batches(connection: psycopg.Connection, a: int, b: int) -> Iterator[list[dict]]:
+    with connection.cursor(name="segment", row_factory=dict_row) as cursor:
+        cursor.itersize = BATCH
+        cursor.execute(
+            f"SELECT {COLUMNS} FROM audit_log WHERE id BETWEEN %s AND %s ORDER BY id", (a, b)
+        )
+        while batch := cursor.fetchmany(BATCH):
+            yield batch
+    # Rows past b in this range are the next segment's; rows past the head, the caller's.
+
+
+def _count(rows: int) -> None:
+    with _done.get_lock():
+        _done.value += rows
