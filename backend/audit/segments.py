@@ -9,6 +9,7 @@ must be the next segment's starting one. So the segments together check exactly 
 checks, and each checks the signed tree heads that fall inside it.
 """
 
+import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
@@ -16,16 +17,14 @@ from collections.abc import Callable, Iterator
 import psycopg
 import sqlalchemy as sa
 from psycopg import sql
-from psycopg.rows import dict_row
 
-from backend.audit import merkle
+from backend.audit import export, merkle
 from backend.audit.tree_check import TreeBroken, TreeCheck, stored_frontier
-from backend.models import AUDIT_FIELDS, Log
+from backend.models import Log
 
 # Below this many rows a single walk is done before the processes would have started.
 MIN_ROWS = 200_000
 BATCH = 5000
-COLUMNS = ", ".join(f'"{spec.name}"' for spec in AUDIT_FIELDS)
 
 
 def default_workers() -> int:
@@ -54,7 +53,17 @@ def walk(connection, workers, first_id, head, prev_hash, signed, tree: TreeCheck
         frontier = tree.frontier if a == first_id else stored_frontier(connection, a - 1)
         in_range = {row: value for row, value in signed.items() if a <= row <= b}
         roots = {size: root for size, root in tree.roots.items() if a <= size <= b}
-        job = (url, snapshot, a, b, start_hash, in_range, roots, frontier)
+        job = (
+            url,
+            snapshot,
+            _rows_select(connection, a, b),
+            a,
+            b,
+            start_hash,
+            in_range,
+            roots,
+            frontier,
+        )
         jobs.append((job, frontier))
     with context.Pool(len(jobs), initializer=_share, initargs=(done,)) as pool:
         pending = pool.map_async(_segment, [job for job, _ in jobs])
@@ -122,28 +131,39 @@ def _segment(job: tuple) -> dict:
     """Walk rows a..b of the snapshot; what it found."""
     from backend.audit.verification import Broken, walk
 
-    url, snapshot, a, b, prev_hash, signed, roots, frontier = job
+    url, snapshot, select, a, b, prev_hash, signed, roots, frontier = job
     tree = TreeCheck(roots, a - 1, list(frontier))
-    with psycopg.connect(url, row_factory=dict_row) as connection:
+    with psycopg.connect(url) as connection:
         connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         connection.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         try:
-            rows = walk(_batches(connection, a, b), a, b, prev_hash, signed, tree, _count)
+            rows = walk(_batches(connection, select), a, b, prev_hash, signed, tree, _count)
         except Broken as broken:
             return {"broken": (broken.row, broken.problem)}
     found = (tree.broken.row, tree.broken.problem) if tree.broken else None
     return {"rows": rows, "frontier": merkle.pack(tree.frontier), "tree_broken": found}
 
 
-def _batches(connection: psycopg.Connection, a: int, b: int) -> Iterator[list[dict]]:
-    with connection.cursor(name="segment", row_factory=dict_row) as cursor:
-        cursor.itersize = BATCH
-        cursor.execute(
-            f"SELECT {COLUMNS} FROM audit_log WHERE id BETWEEN %s AND %s ORDER BY id", (a, b)
-        )
-        while batch := cursor.fetchmany(BATCH):
+def _rows_select(connection: sa.Connection, a: int, b: int) -> str:
+    """The export's NDJSON lines (audit/export.py) of rows a..b in id order, as SQL for COPY:
+    PostgreSQL writes each row's JSON in C, and json.loads reads it in C, several times
+    faster than a cursor's rows made into dicts in Python."""
+    query = export.statement({}, None, "postgresql", "ndjson").where(Log.id.between(a, b))
+    query = query.order_by(None).order_by(Log.id)
+    return export.copy_select(connection.connection.driver_connection, query, connection.dialect)
+
+
+def _batches(connection: psycopg.Connection, select: str) -> Iterator[list[dict]]:
+    options = export.COPY_OPTIONS["ndjson"]
+    with connection.cursor().copy(f"COPY ({select}) TO STDOUT ({options})") as copy:
+        batch = []
+        for line in copy:
+            batch.append(json.loads(bytes(line)))
+            if len(batch) == BATCH:
+                yield batch
+                batch = []
+        if batch:
             yield batch
-    # Rows past b in this range are the next segment's; rows past the head, the caller's.
 
 
 def _count(rows: int) -> None:
