@@ -36,6 +36,25 @@ from backend.db_types import UTCDateTime
 from backend.extensions import db
 from backend.models import Token, User
 from backend.security import hash_password, new_token
+from backend.signals import Target
+
+
+def user_target(user: User | None = None, *, name: str | None = None) -> Target:
+    """A user as the target of an act (the trail's `target_*` fields): its id, and its name at
+    the time; or only a name, for one that does not exist (yet)."""
+    if user is None:
+        return Target("user", None, name)
+    return Target("user", user.id, user.username)
+
+
+def creation_changes(user: User) -> dict:
+    """A new user's fields as `details.changes` (`{"field": [None, value]}`); the password is
+    there, redacted (backend.audit.events.safe_details)."""
+    return {
+        "username": [None, user.username],
+        "is_admin": [None, user.is_admin],
+        "password": [None, None],
+    }
 
 
 class UsernameTaken(ValueError):

@@ -14,9 +14,15 @@ from flask import current_app
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
-from backend.accounts import UsernameTaken, create_user, ensure_admin
+from backend.accounts import (
+    UsernameTaken,
+    create_user,
+    creation_changes,
+    ensure_admin,
+    user_target,
+)
 from backend.audit import anchors, export, offline, refusals, retention, segments, verification
-from backend.audit.events import AuditEvent
+from backend.audit.subscribers import event_from_signal
 from backend.audit.writer import write, writer
 from backend.clock import rfc3339
 from backend.errors import flat
@@ -24,9 +30,30 @@ from backend.extensions import db
 from backend.models import Log
 from backend.roles import owner_engine
 from backend.schemas import LogFiltersSchema, NewUserSchema, RFC3339DateTime
+from backend.signals import Target
 
 users = AppGroup("users", help="Manage the users who can log in.")
 audit = AppGroup("audit", help="Check, export and prune the audit trail.")
+TRAIL = Target("trail")
+
+
+def record_cli(event: str, *, track: str, level: str = "INFO", **structured) -> None:
+    """A row of the trail (source `cli`) for what a command did or read, naming the OS account
+    and host that ran it (in `track` and `details`). `structured`: announce()'s `outcome`,
+    `target`, `changes`, `reason`, `details`."""
+    operator = retention.operator()
+    os_user, _, host = operator.rpartition("@")
+    details = {**structured.pop("details", {}), "os_user": os_user, "host": host}
+    write(
+        event_from_signal(
+            "cli",
+            event=event,
+            level=level,
+            track=f"{track} (by {operator})",
+            details=details,
+            **structured,
+        )
+    )
 
 
 @users.command("create")
@@ -43,8 +70,26 @@ def create(name: str, admin: bool, password_stdin: bool) -> None:
     try:
         user = create_user(fields["username"], fields["password"], fields["is_admin"])
     except UsernameTaken:
+        record_cli(
+            "user.create",
+            track=f"user {name!r} not created: the name is taken",
+            level="WARNING",
+            outcome="failure",
+            reason="username_taken",
+            target=user_target(name=name),
+        )
         raise click.ClickException(f"the username {name!r} is taken") from None
+    announce_created(user)
     click.echo(f"created {'admin' if user.is_admin else 'user'} {user.username}")
+
+
+def announce_created(user) -> None:
+    record_cli(
+        "user.create",
+        track=f"created {'admin' if user.is_admin else 'user'} {user.username}",
+        target=user_target(user),
+        changes=creation_changes(user),
+    )
 
 
 def valid_new_user(name: str, password: str, admin: bool) -> dict:
@@ -71,7 +116,9 @@ def ensure_admin_command() -> None:
         valid_new_user(username, password, True)
     user, generated = ensure_admin(username, password)
     if user is None:
+        record_cli("cli.users.ensure-admin", track="an admin exists: nothing to do")
         return
+    announce_created(user)
     if generated is None:
         click.echo(f"created admin {user.username}")
         return
@@ -165,6 +212,18 @@ def verify_command(
                 own_key=writer().signer.public,
                 workers=workers,
             )
+    record_cli(
+        "cli.audit.verify",
+        track=f"verified the trail: {verification.describe(verdict)}",
+        level="INFO" if verdict.intact else "CRITICAL",
+        target=TRAIL,
+        details={
+            "filters": {"anchor": anchor_file.name if anchor_file else None},
+            "intact": verdict.intact,
+            "rows": verdict.rows,
+            "broken_row": verdict.broken_row,
+        },
+    )
     click.echo(json.dumps(verdict.as_dict()) if as_json else verification.describe(verdict))
     if caveat := verification.caveat(verdict):
         click.echo(caveat, err=True)
@@ -193,6 +252,13 @@ def anchor_command(output) -> None:
     if output:
         with writer().engine.connect() as connection:
             output.writelines(anchors.checkpoints_file(connection))
+    signed = checkpoint["log_id"] if checkpoint else None
+    record_cli(
+        "cli.audit.anchor",
+        track=f"signed row {signed}" if signed else "the head was signed already",
+        target=TRAIL,
+        details={"signed_row": signed},
+    )
     if head:
         click.echo(head["checkpoint"], nl=False)
     if checkpoint:
@@ -224,7 +290,8 @@ def purge_command(before: str, dry_run: bool, yes: bool, batch: int) -> None:
     try:
         cutoff = _moment(before)
     except click.BadParameter as error:
-        _record_purge(f"purge refused: --before {before!r} is not a date", "WARNING")
+        track = f"purge refused: --before {before!r} is not a date"
+        _record_purge(track, "WARNING", "failure", "invalid_date")
         raise click.ClickException(
             f"purge refused, nothing deleted: --before {before!r} is not a date: {error.message}"
         ) from None
@@ -235,7 +302,7 @@ def purge_command(before: str, dry_run: bool, yes: bool, batch: int) -> None:
         )
         plan = None if refused else retention.plan(connection, cutoff)
     if refused:
-        _record_purge(f"{asked} refused: {refused}", "WARNING")
+        _record_purge(f"{asked} refused: {refused}", "WARNING", "denied", "refused")
         raise click.ClickException(f"purge refused, nothing deleted: {refused}")
     if not plan.rows:
         _record_purge(f"{asked}: nothing to delete", "INFO")
@@ -246,7 +313,8 @@ def purge_command(before: str, dry_run: bool, yes: bool, batch: int) -> None:
         click.echo(f"would purge {plan.describe()}; nothing deleted (dry run)")
         return
     if not yes and not click.confirm(f"Delete {plan.describe()}?"):
-        _record_purge(f"{asked}: declined at the prompt, nothing deleted", "INFO")
+        track = f"{asked}: declined at the prompt, nothing deleted"
+        _record_purge(track, "INFO", "failure", "declined")
         raise click.Abort()
     # Recorded before the first row goes, so even an interrupted purge is on the record (its
     # signed purge checkpoints show how far it got; running it again finishes it).
@@ -266,20 +334,14 @@ def _purge_batch(up_to: int, batch: int, deleted: int) -> int:
             return retention.purge_batch(connection, writer().key, up_to, batch)
     except sa.exc.DBAPIError as error:  # the driver's message, not the SQL and its parameters
         reason = refusals.reason(error)
-        _record_purge(f"purge stopped after {deleted} rows: {reason}", "WARNING")
+        track = f"purge stopped after {deleted} rows: {reason}"
+        _record_purge(track, "WARNING", "error", "stopped")
         raise click.ClickException(f"purge stopped after {deleted} rows: {reason}") from None
 
 
-def _record_purge(track: str, level: str) -> None:
-    _record_cli("trail.purge", track, level)
-
-
-def _record_cli(event: str, track: str, level: str) -> None:
-    """A row of the trail for a command's act, naming the OS account that ran it."""
-    write(
-        AuditEvent(
-            source="cli", event=event, level=level, track=f"{track} (by {retention.operator()})"
-        )
+def _record_purge(track: str, level: str, outcome: str = "success", reason: str | None = None):
+    record_cli(
+        "trail.purge", track=track, level=level, outcome=outcome, reason=reason, target=TRAIL
     )
 
 
@@ -295,7 +357,14 @@ def hold_add(name: str, reason: str) -> None:
     """Place the legal hold NAME."""
     with _holding() as connection:
         retention.place_hold(connection, name, reason)
-    _record_cli("hold.add", f"legal hold {name.strip()!r} placed: {reason.strip()}", "WARNING")
+    record_cli(
+        "hold.add",
+        track=f"legal hold {name.strip()!r} placed: {reason.strip()}",
+        level="WARNING",
+        target=Target("hold", None, name.strip()),
+        changes={"standing": [False, True]},
+        details={"hold_reason": reason.strip()},
+    )
     click.echo(f"legal hold {name.strip()!r} placed: nothing will be purged while it stands")
 
 
@@ -305,7 +374,13 @@ def hold_release(name: str) -> None:
     """Release the legal hold NAME."""
     with _holding() as connection:
         retention.release_hold(connection, name)
-    _record_cli("hold.release", f"legal hold {name!r} released", "WARNING")
+    record_cli(
+        "hold.release",
+        track=f"legal hold {name!r} released",
+        level="WARNING",
+        target=Target("hold", None, name),
+        changes={"standing": [True, False]},
+    )
     click.echo(f"legal hold {name!r} released")
 
 
@@ -315,6 +390,12 @@ def hold_list(everything: bool) -> None:
     """The standing legal holds (with --all, the released ones too)."""
     with owner_engine().connect() as connection:
         holds = (retention.all_holds if everything else retention.standing_holds)(connection)
+    record_cli(
+        "cli.audit.hold.list",
+        track=f"listed {len(holds)} legal hold{'' if len(holds) == 1 else 's'}",
+        target=TRAIL,
+        details={"filters": {"all": everything}},
+    )
     if not holds:
         click.echo("no legal hold has been placed" if everything else "no legal hold is standing")
     for entry in holds:
@@ -348,6 +429,12 @@ def replay_command() -> None:
             f"the database did not take the spooled events, which stay"
             f" in the spool: {refusals.reason(error)}"
         ) from None
+    record_cli(
+        "cli.audit.replay",
+        track=f"replayed {replay.replayed} spooled events, set aside {len(replay.set_aside)}",
+        target=TRAIL,
+        details={"replayed": replay.replayed, "set_aside": len(replay.set_aside)},
+    )
     click.echo(f"replayed {replay.replayed} events")
     if replay.set_aside:
         click.echo(
@@ -382,11 +469,14 @@ def _moment(text: str) -> datetime:
 @click.option("--user", help="Exact user name.")
 @click.option("--ip", help="Exact client address.")
 @click.option("--level", help="One or more levels, comma separated, e.g. WARNING,ERROR.")
-@click.option("--source", help="auth, v1, main or app.")
+@click.option("--source", help="auth, v1, main, app, cli or system.")
 @click.option("--event", help="Exact event name, e.g. login.failure.")
 @click.option("--since", help="RFC 3339 time, inclusive.")
 @click.option("--until", help="RFC 3339 time, exclusive.")
 @click.option("--q", help="Case-insensitive substring of track.")
+@click.option("--target", help="Exact name of what was acted on, e.g. a username.")
+@click.option("--target-type", help="Exact kind of target: user, token, trail...")
+@click.option("--outcome", help="One or more of success, failure, denied, error, comma separated.")
 def export_command(fmt: str, **filters) -> None:
     """Write every matching row to standard output, oldest first: the bytes that
     GET /v1/logs/export gives an admin. A progress bar goes to standard error on a terminal."""
@@ -397,19 +487,45 @@ def export_command(fmt: str, **filters) -> None:
     engine = db.engine
     query = export.statement(args, None, engine.dialect.name, fmt)
     output = sys.stdout.buffer
+    sent = {"rows": 0, "next": 0}  # rows written, and those of the chunk being written
+
+    def counted(last_id: int, rows: int) -> None:
+        if progress is not None:
+            progress(last_id, rows)
+        sent["next"] = rows
+
+    complete = False
     with _id_progress(engine, "exporting") as progress:
         try:
-            for chunk in export.stream(engine, query, fmt, progress=progress):
+            for chunk in export.stream(engine, query, fmt, progress=counted):
                 output.write(chunk)
+                sent["rows"] += sent["next"]
             output.flush()
+            complete = True
         except BrokenPipeError:  # `flask audit export | head`: the reader has had enough
             sys.stderr.close()
-            sys.exit(1)
+        finally:
+            _record_export(args, fmt, sent["rows"], complete)
+    if not complete:
+        sys.exit(1)
+
+
+def _record_export(filters: dict, fmt: str, rows: int, complete: bool) -> None:
+    """`trail.export` (source cli): the rows written and the filters, when the stream ends."""
+    filters = {k: rfc3339(v) if isinstance(v, datetime) else v for k, v in filters.items()}
+    record_cli(
+        "trail.export",
+        track=f"exported {rows} rows as {fmt}" + ("" if complete else "; the reader left early"),
+        outcome="success" if complete else "failure",
+        reason=None if complete else "reader_left",
+        target=TRAIL,
+        details={"filters": filters, "format": fmt, "rows": rows},
+    )
 
 
 @contextmanager
 def _id_progress(engine, label: str):
-    """A `progress(last_id)` that moves a bar across the trail's ids on a terminal's standard
+    """A `progress(last_id, rows)` that moves a bar across the trail's ids on a terminal's standard
     error, and does nothing elsewhere (ids are in order, so their span measures the work
     without counting rows)."""
     if not stderr_is_terminal():
@@ -420,7 +536,7 @@ def _id_progress(engine, label: str):
     done = (first or 1) - 1
     with click.progressbar(length=max((last or 0) - done, 1), label=label, file=sys.stderr) as bar:
 
-        def progress(last_id: int) -> None:
+        def progress(last_id: int, rows: int) -> None:
             nonlocal done
             bar.update(last_id - done)
             done = last_id

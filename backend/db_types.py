@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import psycopg
 import sqlalchemy as sa
 from psycopg.pq import TransactionStatus
+from sqlalchemy.dialects.postgresql import JSONB
 
 from backend.concurrency import os_poll
 
@@ -34,6 +35,21 @@ class UTCDateTime(sa.types.TypeDecorator):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class JSONObject(sa.types.TypeDecorator):
+    """A JSON object (a dict in Python): jsonb on PostgreSQL (keys normalised, indexable), JSON
+    text on SQLite."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else sa.JSON())
+
+    @property
+    def python_type(self) -> type:
+        return dict
 
 
 # 64-bit on PostgreSQL; on SQLite an INTEGER PRIMARY KEY, the rowid itself.

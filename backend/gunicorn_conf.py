@@ -146,6 +146,22 @@ def when_ready(server) -> None:
     )
 
 
+def post_worker_init(worker) -> None:
+    """`service.start` on the trail: this worker has loaded the app and begins serving."""
+    from backend.audit.subscribers import record_service
+
+    record_service(worker.wsgi, "service.start", f"worker {worker.pid} serving")
+
+
+def worker_exit(server, worker) -> None:
+    """`service.stop` on the trail: this worker stopped serving (a graceful stop, a restart
+    after max_requests; a worker killed outright writes nothing)."""
+    from backend.audit.subscribers import record_service
+
+    if getattr(worker, "wsgi", None) is not None:
+        record_service(worker.wsgi, "service.stop", f"worker {worker.pid} stopped")
+
+
 # --- logs ------------------------------------------------------------------------------------
 class JsonAccessLogger(glogging.Logger):
     """gunicorn's logger, with one JSON object per request on the access log.

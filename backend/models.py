@@ -10,12 +10,19 @@ import sqlalchemy as sa
 from sqlalchemy import orm as so
 
 from backend.clock import utcnow
-from backend.db_types import BigIntegerKey, UTCDateTime
+from backend.db_types import BigIntegerKey, JSONObject, UTCDateTime
 from backend.extensions import db
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-# `cli`: a `flask` command (retention, legal holds).
-SOURCES = ("auth", "v1", "main", "app", "cli")
+# `cli`: a `flask` command; `system`: the service itself (start, stop, spooling, replay).
+SOURCES = ("auth", "v1", "main", "app", "cli", "system")
+# What came of an act (CONTRACT.md, "The structured record"): `failure` is tried and did not
+# succeed (wrong credentials, invalid input); `denied` is refused by a control (no or a bad
+# token, 403, a lockout); `error` is the service's fault (5xx).
+OUTCOMES = ("success", "failure", "denied", "error")
+# The version of the chain that new rows are hashed under (audit/chain.py): 2 covers the
+# structured record's fields too.
+CHAIN_VERSION = 2
 
 
 class User(db.Model):
@@ -103,8 +110,10 @@ class AuditField:
     by_chain: bool = False
     # An AuditEvent's default for the field (a nullable field's is None).
     default_factory: Callable[[], object] | None = None
-    # Covered by the row's hash, in AUDIT_FIELDS order (chain version 1: never change which).
+    # Covered by the row's hash, in AUDIT_FIELDS order, from chain version `since` on (a version's
+    # fields never change: a field added later is hashed from the next version).
     hashed: bool = True
+    since: int = 1
     # In LogSchema, with these options of its marshmallow field (the row of CONTRACT.md);
     # None: in the export only, after the API's fields (what offline verification needs).
     api: dict | None = None
@@ -140,6 +149,23 @@ AUDIT_FIELDS = (
     AuditField("status", sa.SmallInteger(), nullable=True, api={}),
     AuditField("request_id", sa.String(32), nullable=True, api={}),
     AuditField("user_agent", sa.String(512), nullable=True, api={}),
+    # The structured record (chain version 2, migration 0008): who acted, on what, with what
+    # result, and the facts (`details`: changes, reason, filters...). Null on older rows.
+    AuditField("actor_id", sa.BigInteger(), nullable=True, since=2, api={}),
+    AuditField("token_id", sa.BigInteger(), nullable=True, since=2, api={}),
+    AuditField("target_type", sa.String(32), nullable=True, since=2, api={}),
+    AuditField("target_id", sa.String(64), nullable=True, since=2, api={}),
+    AuditField("target", sa.String(255), nullable=True, since=2, api={}),
+    AuditField(
+        "outcome",
+        sa.String(8),
+        nullable=True,  # for the rows of chain version 1; every new row has one
+        since=2,
+        api={"metadata": {"enum": list(OUTCOMES)}},
+    ),
+    AuditField("details", JSONObject(), default_factory=dict, since=2, api={}),
+    # The chain version the row's hash was computed under (1: before migration 0008).
+    AuditField("chain_version", sa.SmallInteger(), by_chain=True, since=2, api=None),
     AuditField("prev_hash", sa.String(64), by_chain=True, hashed=False),
     AuditField("hash", sa.String(64), by_chain=True, hashed=False),
 )
@@ -162,8 +188,11 @@ class Log(db.Model):
         sa.Index("ix_audit_log_created_at_id", "created_at", "id"),
         *(
             sa.Index(f"ix_audit_log_{column}_created_at_id", column, "created_at", "id")
-            for column in ("user", "ip", "level", "source", "event")
+            for column in ("user", "ip", "level", "source", "event", "outcome")
         ),
+        # What was acted on (migration 0008): by name within a type, or by type alone.
+        sa.Index("ix_audit_log_target_created_at_id", "target", "created_at", "id"),
+        sa.Index("ix_audit_log_target_type_created_at_id", "target_type", "created_at", "id"),
         # A user's rows of given levels: one ordered range per level (migration 0005).
         sa.Index("ix_audit_log_user_level_created_at_id", "user", "level", "created_at", "id"),
         # `q` (ILIKE '%...%') on PostgreSQL, with each row's block of ids (audit/listing.py,

@@ -12,7 +12,7 @@ from webargs.fields import DelimitedList
 from backend.clock import rfc3339
 from backend.db_types import UTCDateTime as DBDateTime
 from backend.extensions import ma
-from backend.models import AUDIT_FIELDS, LEVELS, SOURCES, AuditField
+from backend.models import AUDIT_FIELDS, LEVELS, OUTCOMES, SOURCES, AuditField
 
 USERNAME_RULE = "^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}"
 # Python's end is \Z, not $: `$` also matches before a final newline, which would let
@@ -175,6 +175,8 @@ def log_field(spec: AuditField) -> fields.Field:
         if isinstance(spec.type, DBDateTime)
         else fields.Integer
         if spec.type.python_type is int
+        else fields.Dict
+        if spec.type.python_type is dict
         else fields.String
     )
     return kind(allow_none=spec.nullable, **spec.api)
@@ -208,18 +210,19 @@ class LogPageSchema(ma.Schema):
     )
 
 
-class LevelList(DelimitedList):
-    """`WARNING,ERROR`: one or more levels, case-insensitive."""
+class ChoiceList(DelimitedList):
+    """`WARNING,ERROR`: one or more of `choices`, comma separated, case-insensitive."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, choices: tuple[str, ...], what: str, **kwargs):
         super().__init__(
-            fields.String(validate=validate.OneOf(LEVELS)),
-            validate=validate.Length(min=1, error="name at least one level"),
+            fields.String(validate=validate.OneOf(choices)),
+            validate=validate.Length(min=1, error=f"name at least one {what}"),
             **kwargs,
         )
+        self._fold = str.upper if choices[0].isupper() else str.lower
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return super()._deserialize(str(value).upper(), attr, data, **kwargs)
+        return super()._deserialize(self._fold(str(value)), attr, data, **kwargs)
 
 
 class LogFiltersSchema(ma.Schema):
@@ -232,11 +235,13 @@ class LogFiltersSchema(ma.Schema):
             "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
         }
     )
-    level = LevelList(
+    level = ChoiceList(
+        LEVELS,
+        "level",
         metadata={
             "description": "One or more levels, comma separated,"
             " case-insensitive, e.g. `WARNING,error`."
-        }
+        },
     )
     source = fields.String(validate=validate.OneOf(SOURCES))
     event = fields.String(validate=[validate.Length(min=1, max=64), no_nul], metadata=NO_NUL)
@@ -245,6 +250,22 @@ class LogFiltersSchema(ma.Schema):
     q = fields.String(
         validate=[validate.Length(min=1, max=256), no_nul],
         metadata={"description": "Case-insensitive substring of `track`.", **NO_NUL},
+    )
+    target = fields.String(
+        validate=[validate.Length(min=1, max=255), no_nul],
+        metadata={"description": "Exact name of what was acted on, e.g. a username.", **NO_NUL},
+    )
+    target_type = fields.String(
+        validate=[validate.Length(min=1, max=32), no_nul],
+        metadata={"description": "Exact kind of target: `user`, `token`, `trail`...", **NO_NUL},
+    )
+    outcome = ChoiceList(
+        OUTCOMES,
+        "outcome",
+        metadata={
+            "description": "One or more of `success`, `failure`, `denied`, `error`, comma"
+            " separated. Rows written before the structured record (chain version 1) have none."
+        },
     )
 
     @validates("ip")
@@ -352,6 +373,15 @@ class VerdictSchema(ma.Schema):
     )
     broken_row = fields.Integer(required=True, allow_none=True)
     problem = fields.String(required=True, allow_none=True)
+    versions = fields.List(
+        fields.List(fields.Integer()),
+        required=True,
+        metadata={
+            "description": "Where each chain version begins, `[version, first row]` in row order"
+            " (up to the first broken row).",
+            "example": [[1, 1], [2, 10482]],
+        },
+    )
 
 
 class IndexSchema(ma.Schema):

@@ -5,6 +5,8 @@ view imports, turn it into a row. Announcing raises `AuditUnavailable` (a 503) w
 can take the row neither in the database nor in the spool: the act is then not answered as done.
 """
 
+from typing import NamedTuple
+
 from blinker import NamedSignal, Namespace
 from flask import Flask, current_app, got_request_exception
 
@@ -14,28 +16,54 @@ v1_log = log_signals.signal("v1_log", doc="Sent for every /v1 request and the ac
 main_log = log_signals.signal("main_log", doc="Sent by the main blueprint.")
 
 
+class Target(NamedTuple):
+    """What an act was done to: its kind (`user`, `token`, `trail`, `service`, `sink`...), its
+    id, and its name at the time (a username)."""
+
+    type: str
+    id: str | int | None = None
+    name: str | None = None
+
+
+# What an announcement may say besides its event, level, status and track (the subscriber,
+# backend.audit.subscribers.event_from_signal, declares each with its default).
+FACTS = frozenset(
+    {"user", "actor_id", "outcome", "target", "changes", "reason", "details", "request"}
+)
+
+
 def announce(
-    signal: NamedSignal,
-    event: str,
-    *,
-    level: str,
-    status: int,
-    track: str,
-    user: str | None = None,
-    request: tuple[dict, str] | None = None,
+    signal: NamedSignal, event: str, *, level: str, status: int | None, track: str, **facts
 ) -> None:
     """Send `signal` from the app: `event` (`login.failure`), its `level`, the response's
-    `status` and what happened (`track`), by `user` if anyone signed in.
+    `status` and what happened (`track`), with these `facts` where they apply:
 
-    `request`: the `request_fields()` of a request that is over, for an act announced after
-    its response began (the end of a streamed export); otherwise the current request's.
+    - `user`: who acted, if anyone signed in (`actor_id`: their id, when the request's bearer
+      token does not tell it);
+    - the structured record (CONTRACT.md): the `target` acted on (a `Target`); the `outcome`
+      (by default what the status says, `backend.audit.events.outcome_for_status`); `changes`
+      made (`{"field": [old, new]}`); a failure's machine-readable `reason`
+      (`invalid_password`); other `details`. Secrets in them are redacted when the row is made;
+    - `request`: the `request_fields()` of a request that is over, for an act announced after
+      its response began (the end of a streamed export); otherwise the current request's.
     """
+    unknown = facts.keys() - FACTS
+    if unknown:
+        raise TypeError(f"announce() got unknown facts: {', '.join(sorted(unknown))}")
     about = {"event": event, "level": level, "status": status, "track": track}
-    if user is not None:
-        about["user"] = user
-    if request is not None:
-        about["request"] = request
+    about.update((name, value) for name, value in facts.items() if value is not None)
     signal.send(_app(), **about)
+
+
+def announces(*events: str):
+    """Mark a view that changes something as announcing `events` (tests/test_structured_record.py
+    walks the URL map: a mutating route without this mark fails it)."""
+
+    def mark(view):
+        view.announces = events
+        return view
+
+    return mark
 
 
 def announce_exception(exception: BaseException, *, status: int) -> None:

@@ -11,6 +11,7 @@ and stores them on the other core); the table's indexes are dropped first and re
 two at a time, from their own definitions, and checked identical to what the migrations made.
 """
 
+import json
 import random
 import threading
 import time
@@ -22,9 +23,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from backend.audit import merkle
-from backend.audit.chain import GENESIS, HASHED_FIELDS, row_hash, sign
+from backend.audit.chain import GENESIS, HASHED_FIELDS_OF, row_hash, sign
+from backend.audit.events import outcome_for_status
+from backend.models import CHAIN_VERSION
 
-COLUMNS = (*HASHED_FIELDS, "prev_hash", "hash")
 START = datetime(2025, 1, 1, tzinfo=UTC)
 SPAN = timedelta(days=365)
 USERS = 1000
@@ -111,10 +113,10 @@ class LoadReport:
         return self.copy_seconds + self.index_seconds + self.vacuum_seconds
 
 
-def synthetic_rows(count: int, seed: int = 1) -> Iterator[dict]:
-    """`count` rows in id order, as dicts of COLUMNS minus the two hashes; `created_at` and
-    `event_id` are already text (RFC 3339 with Z and microseconds; the canonical UUID), as
-    COPY and `row_hash` both take them."""
+def synthetic_rows(count: int, seed: int = 1, version: int = CHAIN_VERSION) -> Iterator[dict]:
+    """`count` rows in id order, as dicts of the hashed fields of chain `version` (1: as the
+    rows written before migration 0008); `created_at` and `event_id` are already text (RFC
+    3339 with Z and microseconds; the canonical UUID), as COPY and `row_hash` both take them."""
     rng = random.Random(seed)
     kinds = [_Kind(*kind) for kind in KINDS]
     weights = [kind.weight for kind in kinds]
@@ -136,7 +138,10 @@ def synthetic_rows(count: int, seed: int = 1) -> Iterator[dict]:
                 f"{day_text}T{in_day // 3600:02d}:{in_day // 60 % 60:02d}:"
                 f"{in_day % 60:02d}.{micros:06d}Z"
             )
-            yield kind.row(rng, row_id, created_at)
+            row = kind.row(rng, row_id, created_at)
+            if version == 1:
+                row = {name: row[name] for name in HASHED_FIELDS_OF[1]}
+            yield row
 
 
 class _Kind:
@@ -169,6 +174,9 @@ class _Kind:
             track = self.track.format(user=f"user{USERS + int(rng.random() * USERS):04d}")
         else:
             track = self.track
+        actor_id = None
+        if user is not None and not self.guessed:  # the users' ids: userNNNN is NNNN + 1
+            actor_id = int(user[4:]) + 1 if user.startswith("user") else USERS + 1
         return {
             "id": row_id,
             "created_at": created_at,
@@ -184,6 +192,36 @@ class _Kind:
             "status": self.status,
             "request_id": f"{rng.getrandbits(128):032x}",
             "user_agent": AGENTS[int(rng.random() * len(AGENTS))],
+            **self.structured(rng, path, track, actor_id),
+        }
+
+    def structured(self, rng: random.Random, path: str, track: str, actor_id) -> dict:
+        """The structured record's fields of the row, as the service writes them."""
+        target_type = target_id = target = None
+        details = {}
+        if self.event == "user.create" or path == "/v1/users" and self.method == "POST":
+            name = track.rpartition(" ")[2] if self.event == "user.create" else "new-user"
+            target_type, target_id, target = "user", str(USERS + 1), name
+        elif path.startswith("/v1/logs"):
+            target_type = "trail"
+            details = {"filters": {"order": "desc", "limit": 100}}
+        if self.event.endswith(".failure"):
+            details = {"reason": track.replace(" ", "_")}
+        outcome = (
+            "failure"
+            if self.event.endswith(".failure")
+            else outcome_for_status(self.status, self.level)
+        )
+        token_id = None if actor_id is None or self.source != "v1" else int(rng.random() * 1e6)
+        return {
+            "actor_id": actor_id,
+            "token_id": token_id,
+            "target_type": target_type,
+            "target_id": target_id,
+            "target": target,
+            "outcome": outcome,
+            "details": details,
+            "chain_version": CHAIN_VERSION,
         }
 
 
@@ -202,12 +240,9 @@ def chained(
     size = 0
     for row in rows:
         this_hash = row_hash(row, prev_hash)
-        line = (
-            f"{row['id']}\t{row['created_at']}\t{row['event_id']}\t{row['source']}\t"
-            f"{row['event']}\t{row['level']}\t{row['user'] or NULL}\t{row['ip'] or NULL}\t"
-            f"{row['track']}\t{row['method']}\t{row['path']}\t{row['status']}\t"
-            f"{row['request_id']}\t{row['user_agent']}\t{prev_hash}\t{this_hash}\n"
-        )
+        names = HASHED_FIELDS_OF[row.get("chain_version") or 1]
+        line = "\t".join([*(_copy_text(row[name]) for name in names), prev_hash, this_hash])
+        line += "\n"
         prev_hash = this_hash
         if row["id"] % checkpoint_every == 0:
             moment = datetime.fromisoformat(row["created_at"])
@@ -224,6 +259,15 @@ def chained(
         yield "".join(lines).encode()
 
 
+def _copy_text(value) -> str:
+    """A value as COPY's text format takes it (the synthetic values need no escaping)."""
+    if value is None:
+        return NULL
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
 def load(
     url: str,
     count: int,
@@ -231,10 +275,12 @@ def load(
     checkpoint_every: int = 1000,
     seed: int = 1,
     progress=None,
+    version: int = CHAIN_VERSION,
     tree: bool = True,
 ) -> LoadReport:
-    """Load `count` synthetic rows into the empty, migrated database at `url` (a libpq URL);
-    `tree`: build their Merkle tree too (False: a database at a migration before 0009)."""
+    """Load `count` synthetic rows into the empty, migrated database at `url` (a libpq URL),
+    as rows of chain `version` (1 into a database migrated to 0007, before the structured
+    record); `tree`: build their Merkle tree too (False: a database before migration 0009)."""
     with psycopg.connect(url) as connection:
         _check_empty(connection)
         indexes = _indexes(connection)
@@ -245,11 +291,11 @@ def load(
         checkpoints: list[dict] = []
         head: dict = {}
         with connection.cursor() as cursor:
-            columns = ", ".join(f'"{name}"' for name in COLUMNS)
+            names = (*HASHED_FIELDS_OF[version], "prev_hash", "hash")
+            columns = ", ".join(f'"{name}"' for name in names)
             with cursor.copy(f"COPY audit_log ({columns}) FROM STDIN") as copy:
-                for chunk in chained(
-                    synthetic_rows(count, seed), checkpoint_every, key, checkpoints, head
-                ):
+                rows = synthetic_rows(count, seed, version)
+                for chunk in chained(rows, checkpoint_every, key, checkpoints, head):
                     copy.write(chunk)
                     if progress is not None:
                         progress(chunk.count(b"\n"))

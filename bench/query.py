@@ -54,6 +54,11 @@ SHAPES = {
         "ip": "10.0.42.2",
         "since": "2025-03-01T00:00:00Z",
     },
+    "target (one user)": {"target": "user1042"},
+    "target_type (user)": {"target_type": "user"},
+    "outcome, rare (error)": {"outcome": "error"},
+    "outcomes (failure,denied)": {"outcome": "failure,denied"},
+    "target_type + outcome": {"target_type": "trail", "outcome": "failure"},
     "q, common (level=warning)": {"q": "level=warning"},
     "q, rare (ZeroDivision)": {"q": "ZeroDivision"},
 }

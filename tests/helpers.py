@@ -25,6 +25,35 @@ from backend.models import AuditChain, Log, PurgePermit, TreeHead, TreeNode, Use
 from backend.roles import owner_engine
 from tests.conftest import ALICE, basic, bearer
 
+# --- a row's fields, as CONTRACT.md lists them ------------------------------------------------
+
+# The first release's fields of a row in the API, in their order.
+FIRST_RELEASE_FIELDS = (
+    "id",
+    "created_at",
+    "source",
+    "event",
+    "level",
+    "user",
+    "ip",
+    "track",
+    "method",
+    "path",
+    "status",
+    "request_id",
+    "user_agent",
+)
+# The structured record's, which the second release adds after them.
+STRUCTURED_FIELDS = (
+    "actor_id",
+    "token_id",
+    "target_type",
+    "target_id",
+    "target",
+    "outcome",
+    "details",
+)
+
 # --- error bodies -----------------------------------------------------------------------------
 
 JSON = "application/json; charset=utf-8"

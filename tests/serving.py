@@ -178,8 +178,9 @@ def readme_session(client: Client, log: Path, admin: tuple[str, str]) -> None:
     assert me.status == 200
     assert me.body == login.body["user"]
 
-    # Three INFO rows so far (two logins, /v1/me): two on the first page, one on the second.
-    first = client.get("/v1/logs?level=INFO&limit=2", token=token)
+    # Three INFO rows of the admin so far (two logins, /v1/me; the boot's rows have no user):
+    # two on the first page, one on the second.
+    first = client.get(f"/v1/logs?user={admin[0]}&level=INFO&limit=2", token=token)
     assert first.status == 200, first.body
     assert [row["request_id"] for row in first.body["items"]] == [
         me.headers["X-Request-ID"],

@@ -7,6 +7,7 @@ from backend.audit import chain, export, stats
 from backend.audit.events import COLUMN_LENGTHS, AuditEvent
 from backend.models import AUDIT_FIELDS, Log
 from backend.schemas import EXPORT_FORMATS, LOG_FIELDS, STATS_BUCKETS, LogSchema
+from tests.helpers import FIRST_RELEASE_FIELDS, STRUCTURED_FIELDS
 
 NAMES = tuple(spec.name for spec in AUDIT_FIELDS)
 
@@ -19,24 +20,20 @@ def test_the_table_has_a_column_per_field_in_order():
         assert columns[spec.name].nullable is spec.nullable
 
 
-def test_the_hash_covers_the_fields_of_chain_version_1_in_their_order():
+# The first release's fields, with `event_id` third: what chain version 1 hashes, in order.
+V1 = (*FIRST_RELEASE_FIELDS[:2], "event_id", *FIRST_RELEASE_FIELDS[2:])
+STRUCTURED = STRUCTURED_FIELDS
+
+
+def test_chain_version_1_covers_the_first_releases_fields_in_their_order():
+    """Never changes: every row written before migration 0008 is verified with it."""
+    assert chain.HASHED_FIELDS_OF[1] == V1
+
+
+def test_chain_version_2_covers_the_structured_record_and_the_version_itself():
+    assert chain.HASHED_FIELDS == chain.HASHED_FIELDS_OF[2]
     assert chain.HASHED_FIELDS == tuple(spec.name for spec in AUDIT_FIELDS if spec.hashed)
-    assert chain.HASHED_FIELDS == (
-        "id",
-        "created_at",
-        "event_id",
-        "source",
-        "event",
-        "level",
-        "user",
-        "ip",
-        "track",
-        "method",
-        "path",
-        "status",
-        "request_id",
-        "user_agent",
-    )
+    assert chain.HASHED_FIELDS == (*V1, *STRUCTURED, "chain_version")
 
 
 def test_an_event_holds_every_field_the_chain_does_not_give():
@@ -71,20 +68,10 @@ def test_the_api_shows_the_fields_with_api_options_in_order():
 
 def test_the_export_has_the_api_fields_then_those_for_offline_verification():
     assert export.FIELDS == (
-        "id",
-        "created_at",
-        "source",
-        "event",
-        "level",
-        "user",
-        "ip",
-        "track",
-        "method",
-        "path",
-        "status",
-        "request_id",
-        "user_agent",
+        *FIRST_RELEASE_FIELDS,
+        *STRUCTURED,
         "event_id",
+        "chain_version",
         "prev_hash",
         "hash",
     )

@@ -448,6 +448,13 @@ def test_a_row_opens_with_every_field(page, site):
         "status": "500",
         "request_id": "null",
         "user_agent": crash.user_agent,
+        "actor_id": "null",
+        "token_id": "null",
+        "target_type": "null",
+        "target_id": "null",
+        "target": "null",
+        "outcome": "error",
+        "details": "{}",
     }
     page.keyboard.press("Escape")
     expect(page.locator("#detail")).to_be_hidden()

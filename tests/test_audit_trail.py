@@ -187,6 +187,8 @@ def test_a_failed_login_sends_auth_log_from_the_app_without_the_password(app, ap
         "user": "alice",
         "status": 401,
         "track": "invalid password",
+        "outcome": "failure",
+        "reason": "invalid_password",
     }
     assert "Not-Her-Password-7" not in repr(kwargs)
 

@@ -210,9 +210,9 @@ def test_a_smaller_spacing_is_no_alarm_before_and_after_the_next_write(
     make_trail(client, 9)  # a checkpoint at 5; 4 rows since, more than 3
     with served_with(database_url, tmp_path, 3) as (later, later_runner):
         assert verify_line(later_runner) == (0, "intact: 9 rows (rows 1-9), signed up to row 5")
-        make_trail(later, 5)
+        make_trail(later, 5)  # after the verify's own row (10)
         assert periodic_checkpoints(app) == [5, 10, 13]
-        assert verify_line(later_runner) == (0, "intact: 14 rows (rows 1-14), signed up to row 13")
+        assert verify_line(later_runner) == (0, "intact: 15 rows (rows 1-15), signed up to row 13")
 
 
 def test_a_purge_past_periodic_checkpoints_is_no_alarm(client, runner):
@@ -226,8 +226,8 @@ def test_a_purge_past_periodic_checkpoints_is_no_alarm(client, runner):
 def test_anchors_between_periodic_checkpoints_are_no_alarm(client, runner, tmp_path):
     make_trail(client, 7)
     assert flask_audit(runner, "anchor", "-o", str(tmp_path / "anchor.jsonl")).exit_code == 0
-    make_trail(client, 5)
-    assert verify_line(runner) == (0, "intact: 12 rows (rows 1-12), signed up to row 12")
+    make_trail(client, 5)  # after the anchor's own row (8)
+    assert verify_line(runner) == (0, "intact: 13 rows (rows 1-13), signed up to row 12")
 
 
 def test_a_tail_deleted_with_a_consistent_head_is_named_with_an_anchor(

@@ -91,8 +91,61 @@ def csv_rows(data: bytes) -> list[list[str]]:
     return list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
 
 
-def as_csv_cells(row: dict) -> list[str]:
-    return ["" if value is None else str(value) for value in row.values()]
+def as_csv_cells(row: dict, dialect: str) -> list[str]:
+    return [cell_text(name, value, dialect) for name, value in row.items()]
+
+
+def cell_text(name: str, value, dialect: str) -> str:
+    if name == "details":
+        return details_text(value, dialect)
+    return "" if value is None else str(value)
+
+
+def details_text(value, dialect: str) -> str:
+    """`details` as the export writes it: compact JSON on SQLite (json() of the stored text);
+    on PostgreSQL the text of jsonb, which orders keys by length, then bytes, and puts a space
+    after each `:` and `,`."""
+    if dialect == "sqlite":
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda key: (len(key.encode()), key.encode()))
+        pairs = (
+            f"{json.dumps(key, ensure_ascii=False)}: {details_text(value[key], dialect)}"
+            for key in keys
+        )
+        return "{" + ", ".join(pairs) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(details_text(item, dialect) for item in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def dialect_of(api) -> str:
+    return (
+        "sqlite" if api.app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite") else "postgresql"
+    )
+
+
+def ndjson_line(row: dict, dialect: str) -> str:
+    """What the export writes for `row`: json.dumps(row, ensure_ascii=False, separators=(",",
+    ":")), byte for byte, but for `details` (details_text)."""
+    parts = [
+        json.dumps(name)
+        + ":"
+        + (
+            details_text(value, dialect)
+            if name == "details"
+            else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        )
+        for name, value in row.items()
+    ]
+    return "{" + ",".join(parts) + "}\n"
+
+
+def without_row(data: bytes, fmt: str, row_id: int) -> bytes:
+    """An export's bytes without the line of row `row_id`."""
+    start = f'{{"id":{row_id},' if fmt == "ndjson" else f"{row_id},"
+    lines = data.splitlines(keepends=True)
+    return b"".join(line for line in lines if not line.startswith(start.encode()))
 
 
 def keep_for(params: dict):
@@ -115,10 +168,7 @@ def test_ndjson_is_every_row_oldest_first_with_the_contract_fields_and_the_chain
 
 def test_ndjson_lines_are_compact_json_byte_for_byte(api, rows):
     response = get_export(api, rows["admin"], format="ndjson")
-    lines = [
-        json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
-        for row in expected(api, response)
-    ]
+    lines = [ndjson_line(row, dialect_of(api)) for row in expected(api, response)]
     assert response.get_data() == "".join(lines).encode()
 
 
@@ -158,7 +208,7 @@ def test_csv_is_a_header_then_every_row_oldest_first(api, rows):
     assert len(body) == len(expected(api, response))
     safe = [row for row in expected(api, response) if not _looks_like_formula(row)]
     assert [cells for cells in body if cells[0] in {str(row["id"]) for row in safe}] == [
-        as_csv_cells(row) for row in safe
+        as_csv_cells(row, dialect_of(api)) for row in safe
     ]
 
 
@@ -335,15 +385,17 @@ def test_a_client_that_leaves_mid_export_frees_its_connection(api, rows, monkeyp
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
-def test_progress_is_told_the_last_id_of_each_chunk(api, rows, monkeypatch, fmt):
+def test_progress_is_told_the_last_id_and_the_rows_of_each_chunk(api, rows, monkeypatch, fmt):
     monkeypatch.setattr(export, "FETCH_ROWS", 4)
     told = []
     with api.app.app_context():
         query = export.statement({}, None, db.engine.dialect.name, fmt)
-        chunks = list(export.stream(db.engine, query, fmt, progress=told.append))
+        chunks = list(export.stream(db.engine, query, fmt, progress=lambda *at: told.append(at)))
     every_id = [row.id for row in api.rows()]
     assert len(chunks) == 1 + math.ceil(len(every_id) / 4)  # the header (or b""), then rows
-    assert told == every_id[3::4] + ([every_id[-1]] if len(every_id) % 4 else [])
+    last_ids = every_id[3::4] + ([every_id[-1]] if len(every_id) % 4 else [])
+    sizes = [4] * (len(last_ids) - 1) + [len(every_id) - 4 * (len(last_ids) - 1)]
+    assert told == list(zip(last_ids, sizes, strict=True))
 
 
 @postgresql_only
@@ -412,15 +464,19 @@ def test_the_command_writes_the_bytes_the_api_gives_an_admin(api, rows, runner, 
     options = [f"--{name}={value}" for name, value in params.items()]
     result = runner.invoke(args=["audit", "export", f"--format={fmt}", *options])
     assert result.exit_code == 0, result.output
-    # After the command, which writes no row: the API's own request row comes after its answer.
+    # After the command: the API's own request row comes after its answer; the command's own
+    # `trail.export` row, written once it had written its rows, is in the API's export only.
     response = get_export(api, rows["admin"], format=fmt, **params)
-    assert result.stdout_bytes == response.get_data()
+    [own] = api.rows(event="trail.export", source="cli")
+    assert result.stdout_bytes == without_row(response.get_data(), fmt, own.id)
     assert result.stderr_bytes == b""
 
 
 def test_the_command_defaults_to_ndjson(api, rows, runner):
     result = runner.invoke(args=["audit", "export"])
-    assert result.stdout_bytes == get_export(api, rows["admin"], format="ndjson").get_data()
+    [own] = api.rows(event="trail.export", source="cli")
+    data = get_export(api, rows["admin"], format="ndjson").get_data()
+    assert result.stdout_bytes == without_row(data, "ndjson", own.id)
 
 
 def test_the_command_names_a_bad_filter_and_exits_1(runner, users):
@@ -436,12 +492,22 @@ def test_the_command_shows_progress_on_a_terminal_only(api, rows, runner, monkey
     result = runner.invoke(args=["audit", "export"])
     assert result.exit_code == 0
     assert "exporting" in result.stderr
-    assert result.stdout_bytes == get_export(api, rows["admin"]).get_data()
+    [own] = api.rows(event="trail.export", source="cli")
+    assert result.stdout_bytes == without_row(
+        get_export(api, rows["admin"]).get_data(), "ndjson", own.id
+    )
 
 
 def test_csv_rows_are_what_the_csv_module_writes_byte_for_byte(api, rows):
     response = get_export(api, rows["admin"], format="csv")
-    cells = [[_defused(value) for value in row.values()] for row in expected(api, response)]
+    dialect = dialect_of(api)
+    cells = [
+        [
+            details_text(value, dialect) if name == "details" else _defused(value)
+            for name, value in row.items()
+        ]
+        for row in expected(api, response)
+    ]
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\r\n").writerows([list(export.FIELDS), *cells])
     assert response.get_data() == ("\ufeff" + buffer.getvalue()).encode()

@@ -98,8 +98,9 @@ def test_a_client_that_reads_nothing_for_the_limit_is_cut_off(
         response.headers["X-Request-ID"],
     )
     assert row.track == (
-        "GET /v1/logs/export cut off: the client read nothing for 1 s (0 bytes sent)"
+        "GET /v1/logs/export cut off: the client read nothing for 1 s; 0 rows (0 bytes) sent"
     )
+    assert (row.outcome, row.details["reason"], row.details["rows"]) == ("denied", "stalled", 0)
 
 
 @pytest.mark.settings(EXPORT_STALL_TIMEOUT="1")
@@ -111,8 +112,10 @@ def test_a_slow_reader_that_keeps_reading_is_not_cut_off(api, trail, start_expor
         chunks.append(chunk)
         time.sleep(0.25)
     response.close()
-    assert sum(chunk.count(b"\n") for chunk in chunks) == len(api.rows()) - 1  # all but its own
-    assert api.rows(event="trail.export") == []
+    sent = sum(chunk.count(b"\n") for chunk in chunks)
+    assert sent == len(api.rows()) - 2  # all but its own: api.request, then trail.export
+    [row] = api.rows(event="trail.export")
+    assert (row.level, row.outcome, row.details["rows"]) == ("INFO", "success", sent)
 
 
 def opened_and_closed():
@@ -134,12 +137,14 @@ def test_an_export_dropped_unclosed_releases_its_chunks_and_slot(api, trail):
     state, chunks = opened_and_closed()
     with api.app.test_request_context("/v1/logs/export"):
         user = db.session.scalar(sa.select(User).where(User.username == "alice"))
-        guarded = export_guard.guarded(user, lambda: chunks)
+        guarded = export_guard.guarded(user, lambda progress: chunks, {})
         next(iter(guarded))  # started: the chunks hold their connection
         del guarded
         gc.collect()
         assert state["closed"]
-        export_guard.guarded(user, lambda: (chunk for chunk in ())).close()  # a slot is free
+        export_guard.guarded(
+            user, lambda progress: (chunk for chunk in ()), {}
+        ).close()  # a slot is free
 
 
 @pytest.mark.settings(EXPORTS_PER_USER="1")
@@ -150,7 +155,9 @@ def test_an_export_that_fails_to_start_releases_its_chunks_and_slot(api, trail, 
     with api.app.test_request_context("/v1/logs/export"):
         user = db.session.scalar(sa.select(User).where(User.username == "alice"))
         with pytest.raises(ZeroDivisionError):
-            export_guard.guarded(user, lambda: chunks)
+            export_guard.guarded(user, lambda progress: chunks, {})
         assert state["closed"]
         monkeypatch.undo()
-        export_guard.guarded(user, lambda: (chunk for chunk in ())).close()  # a slot is free
+        export_guard.guarded(
+            user, lambda progress: (chunk for chunk in ()), {}
+        ).close()  # a slot is free

@@ -90,6 +90,7 @@ def test_verify_json_of_an_untouched_trail(client, runner):
         "signed_up_to": None,
         "broken_row": None,
         "problem": None,
+        "versions": [[2, 1]],
     }
 
 
@@ -291,10 +292,10 @@ def test_a_fresh_anchor_verifies(client, runner, tmp_path):
     make_trail(client, 4)
     anchor = tmp_path / "anchor.jsonl"
     flask_audit(runner, "anchor", "-o", str(anchor))
-    make_trail(client, 2)
+    make_trail(client, 2)  # after the anchor's own row (5)
     assert verify_line(runner, "--anchor", str(anchor)) == (
         0,
-        "intact: 6 rows (rows 1-6), signed up to row 4",
+        "intact: 7 rows (rows 1-7), signed up to row 4",
     )
 
 

@@ -14,23 +14,16 @@ import pytest
 from backend.audit import listing
 from backend.clock import rfc3339
 from tests.conftest import ADMIN, ALICE, basic
-from tests.helpers import T, assert_error, next_link, write
+from tests.helpers import (
+    FIRST_RELEASE_FIELDS,
+    STRUCTURED_FIELDS,
+    T,
+    assert_error,
+    next_link,
+    write,
+)
 
-CONTRACT_KEYS = {
-    "id",
-    "created_at",
-    "source",
-    "event",
-    "level",
-    "user",
-    "ip",
-    "track",
-    "method",
-    "path",
-    "status",
-    "request_id",
-    "user_agent",
-}
+CONTRACT_KEYS = {*FIRST_RELEASE_FIELDS, *STRUCTURED_FIELDS}
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 MICROSECOND = timedelta(microseconds=1)
 MAX_PAGES = 100

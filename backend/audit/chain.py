@@ -1,7 +1,12 @@
 """The hash chain that makes the trail tamper-evident.
 
 Each row stores `hash = SHA-256(canonical(row) || prev_hash)`, where `prev_hash` is the hash
-of the row before it. Rows are appended under one lock (the single row of `audit_chain`), and
+of the row before it, and `canonical(row)` is the compact JSON array of the fields its chain
+version covers (`chain_version`: 1 for rows written before migration 0008, 2 since, which adds
+the structured record's fields, `details` with its keys sorted). A version never changes what
+it covers, so every row verifies under its own version for ever.
+
+Rows are appended under one lock (the single row of `audit_chain`), and
 their ids are given out under that lock too: ids are gapless and committed in order, so a
 missing id is a deleted row, and a reader paging by id never skips a row committed late.
 
@@ -29,28 +34,43 @@ from psycopg.rows import dict_row
 from backend.audit import merkle
 from backend.audit.events import AuditEvent
 from backend.clock import rfc3339
-from backend.models import AUDIT_FIELDS, AuditChain, Checkpoint, Log, TreeHead, TreeNode
+from backend.models import (
+    AUDIT_FIELDS,
+    CHAIN_VERSION,
+    AuditChain,
+    Checkpoint,
+    Log,
+    TreeHead,
+    TreeNode,
+)
 
 if TYPE_CHECKING:
     from backend.audit.signing import TreeSigner
 
 GENESIS = "0" * 64
-# The fields a row's hash covers, in this order (models.AUDIT_FIELDS, `hashed`); changing
-# it is a new chain version.
-HASHED_FIELDS = tuple(spec.name for spec in AUDIT_FIELDS if spec.hashed)
+# The fields a row's hash covers under each chain version, in this order (models.AUDIT_FIELDS,
+# `hashed` and `since`).
+HASHED_FIELDS_OF = {
+    version: tuple(spec.name for spec in AUDIT_FIELDS if spec.hashed and spec.since <= version)
+    for version in range(1, CHAIN_VERSION + 1)
+}
+HASHED_FIELDS = HASHED_FIELDS_OF[CHAIN_VERSION]
 
 
 def row_hash(row: dict, prev_hash: str) -> str:
-    """SHA-256 over the canonical JSON of the row's hashed fields, then the previous hash."""
+    """SHA-256 over the canonical JSON of the hashed fields of the row's chain version (1 when
+    the row names none), then the previous hash. `details` is canonical with sorted keys."""
     values = []
-    for name in HASHED_FIELDS:
+    for name in HASHED_FIELDS_OF[row.get("chain_version") or 1]:
         value = row[name]
         if isinstance(value, datetime):
             value = rfc3339(value)
         elif name == "event_id" and value is not None:
             value = str(value)
+        elif name == "details" and isinstance(value, str):  # as a CSV cell or SQLite's text
+            value = json.loads(value)
         values.append(value)
-    canonical = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
+    canonical = json.dumps(values, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(canonical.encode() + prev_hash.encode()).hexdigest()
 
 
@@ -154,6 +174,7 @@ def link(
         row = event.as_row()
         last_id += 1
         row["id"] = last_id
+        row["chain_version"] = CHAIN_VERSION
         # Time never runs backwards along the chain, so (created_at, id) order is id order.
         if last_created_at is not None and row["created_at"] < last_created_at:
             row["created_at"] = last_created_at

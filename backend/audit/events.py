@@ -1,4 +1,5 @@
-"""An audit event, and the parts of the request every event carries."""
+"""An audit event, the parts of the request every event carries, and the rules its structured
+fields follow (`outcome` from a status, `details` made safe to keep)."""
 
 import ipaddress
 import json
@@ -20,10 +21,12 @@ ADDRESS_QUOTED_MAX = 100
 def _as_row(self) -> dict:
     """The column values of the `audit_log` row.
 
-    NUL (which PostgreSQL text cannot hold) and lone surrogates (which no UTF-8 encoder
-    takes, e.g. from JSON's "\\ud800") are stored as U+FFFD on every database, and a string
-    is cut to its column's length (COLUMN_LENGTHS): an event the database refuses would
-    have to be set aside (writer.py), where it is read by a person, not queried.
+    `details` is made safe to keep (`safe_details`: no secret, JSON's own types), and a row
+    without an `outcome` gets the one its status says. NUL (which PostgreSQL text cannot
+    hold) and lone surrogates (which no UTF-8 encoder takes, e.g. from JSON's "\\ud800") are
+    stored as U+FFFD on every database, and a string is cut to its column's length
+    (COLUMN_LENGTHS): an event the database refuses would have to be set aside (writer.py),
+    where it is read by a person, not queried.
     """
     row = {}
     for name in FIELDS:  # not dataclasses.asdict: its deep copies cost more than the rest
@@ -31,6 +34,9 @@ def _as_row(self) -> dict:
         if isinstance(value, str):
             value = storable(value)[: COLUMN_LENGTHS.get(name)]
         row[name] = value
+    if row["outcome"] is None:  # every new row says one: what its status or level tells
+        row["outcome"] = outcome_for_status(row["status"], row["level"])
+    row["details"] = safe_details(row["details"]) if row["details"] else {}
     return row
 
 
@@ -72,35 +78,10 @@ def storable(text: str) -> str:
     return _UNSTORABLE.sub("\N{REPLACEMENT CHARACTER}", text)
 
 
-def event_from_signal(
-    source: str,
-    *,
-    event: str,
-    level: str = "INFO",
-    track: str = "",
-    user: str | None = None,
-    status: int | None = None,
-    request: tuple[dict, str] | None = None,
-) -> AuditEvent:
-    """Combine what a signal said with who asked and how (nothing outside a request).
-
-    `request`: the request_fields() of a request that is over, for an event announced after
-    its response began (the end of a streamed export)."""
-    context, note = request_fields() if request is None else request
-    return AuditEvent(
-        source=source,
-        event=event,
-        level=level,
-        track=track[: TRACK_MAX - len(note)] + note,
-        user=user or None,
-        status=status,
-        **context,
-    )
-
-
 def request_fields() -> tuple[dict, str]:
-    """Client address (after ProxyFix), method, path, request id and user agent; and what the
-    track should add about them: a client address that is not an IP address, quoted."""
+    """Client address (after ProxyFix), method, path, request id, user agent and `caller` (the
+    holder of a live bearer token, for the actor's and token's ids); and what the track should
+    add about them: a client address that is not an IP address, quoted."""
     if not has_request_context():
         return {}, ""
     current = request._get_current_object()  # one proxy lookup, not five
@@ -116,6 +97,7 @@ def request_fields() -> tuple[dict, str]:
         "path": current.path,
         "request_id": g.get("request_id"),
         "user_agent": header_text(current.environ.get("HTTP_USER_AGENT", "")) or None,
+        "caller": g.get("caller"),
     }, note
 
 
@@ -138,6 +120,59 @@ def ip_address_or_none(text: str) -> str | None:
     except ValueError:
         return None
     return text if len(text) <= COLUMN_LENGTHS["ip"] else None
+
+
+REDACTED = "[redacted]"
+# A key of `details` (at any depth) whose value is never kept: a secret, whatever the caller
+# passed. `changes` of such a field keep both sides as REDACTED.
+SECRET_KEY = re.compile(r"password|passwd|secret|token|authorization|api_?key", re.IGNORECASE)
+# Keys that name a token without holding one: its id, and counts of tokens.
+NOT_SECRET = frozenset({"token_id", "revoked_tokens", "live_tokens"})
+DETAIL_TEXT_MAX = 1000  # characters of one string in `details`
+DETAIL_ITEMS_MAX = 100  # entries of one list or object in `details`
+
+
+def safe_details(details: dict) -> dict:
+    """`details` as a row keeps it: secrets as "[redacted]" (SECRET_KEY), strings storable and
+    at most DETAIL_TEXT_MAX characters, at most DETAIL_ITEMS_MAX entries a level, and only
+    JSON's own types (anything else as its text), so its hash survives the database."""
+    return _safe(details, None)
+
+
+def _safe(value, key: str | None):
+    if key is not None and key not in NOT_SECRET and SECRET_KEY.search(key):
+        return REDACTED
+    if isinstance(value, dict):
+        items = list(value.items())[:DETAIL_ITEMS_MAX]
+        if key == "changes":  # {"field": [old, new]}: a secret field's both sides redacted
+            return {
+                str(name): [REDACTED, REDACTED]
+                if SECRET_KEY.search(str(name)) and str(name) not in NOT_SECRET
+                else _safe(pair, None)
+                for name, pair in items
+            }
+        return {str(name): _safe(item, str(name)) for name, item in items}
+    if isinstance(value, list | tuple):
+        return [_safe(item, None) for item in value[:DETAIL_ITEMS_MAX]]
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    return storable(text)[:DETAIL_TEXT_MAX]
+
+
+def outcome_for_status(status: int | None, level: str) -> str:
+    """The outcome an HTTP status says (CONTRACT.md): 401, 403 and 429 are `denied` (a control
+    refused), other 4xx `failure`, 5xx `error`; no status is `success` unless the level says
+    ERROR or worse. An act that knows better (a wrong password's 401 is a `failure`) says so."""
+    if status is None:
+        return "error" if level in ("ERROR", "CRITICAL") else "success"
+    if status >= 500:
+        return "error"
+    if status in (401, 403, 429):
+        return "denied"
+    return "failure" if status >= 400 else "success"
 
 
 def level_for_status(status: int) -> str:

@@ -33,9 +33,9 @@ FIELDS = (
     *(spec.name for spec in AUDIT_FIELDS if spec.api is not None),
     *(spec.name for spec in AUDIT_FIELDS if spec.api is None),
 )
-NUMBERS = ("id", "status")
+NUMBERS = ("id", "status", "actor_id", "token_id", "chain_version")
 # Written by the service in digits and hex only: no formula can hide in them.
-GENERATED = ("id", "created_at", "status", "event_id", "prev_hash", "hash")
+GENERATED = (*NUMBERS, "created_at", "event_id", "prev_hash", "hash")
 MEDIA_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 FETCH_ROWS = 2000
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV Injection";
@@ -86,6 +86,8 @@ def statement(filters: dict, viewer: User | None, dialect: str, fmt: str) -> sa.
     if fmt == "ndjson":
         columns = [_json_object(values, dialect)]
     else:
+        if dialect == "postgresql":  # jsonb's text, which `~` takes
+            values["details"] = sa.cast(values["details"], sa.Text)
         columns = [
             value if name in GENERATED else sa.func.nullif(_defused(_as_text(value), dialect), "")
             for name, value in values.items()
@@ -94,10 +96,15 @@ def statement(filters: dict, viewer: User | None, dialect: str, fmt: str) -> sa.
     return query.with_only_columns(Log.id, *columns)
 
 
+# Called after each chunk with the id of its last row and how many rows it holds.
+Progress = Callable[[int, int], None]
+
+
 def stream(
-    engine: sa.Engine, query: sa.Select, fmt: str, progress: Callable[[int], None] | None = None
+    engine: sa.Engine, query: sa.Select, fmt: str, progress: Progress | None = None
 ) -> Iterator[bytes]:
-    """The export of `query` as UTF-8 chunks, one per fetch; `progress(last_id)` after each.
+    """The export of `query` as UTF-8 chunks, one per fetch; `progress(last_id, rows)` before
+    each is handed on.
 
     The query runs before the first chunk, so a view that takes that chunk first (`started`)
     answers a database failure with an error status rather than a truncated 200. The
@@ -112,7 +119,7 @@ def stream(
 
 
 def _fetched(
-    engine: sa.Engine, query: sa.Select, fmt: str, progress: Callable[[int], None] | None
+    engine: sa.Engine, query: sa.Select, fmt: str, progress: Progress | None
 ) -> Iterator[bytes]:
     """`stream` on SQLite: the rows fetched a batch at a time, each batch made one chunk."""
     with (
@@ -122,15 +129,16 @@ def _fetched(
         yield (BOM + _csv_lines([FIELDS]) if fmt == "csv" else "").encode()
         for batch in result.partitions():
             if fmt == "ndjson":
-                yield "".join([row[1] + "\n" for row in batch]).encode()
+                chunk = "".join([row[1] + "\n" for row in batch]).encode()
             else:  # the csv module quotes in C, cheaper than PostgreSQL's string functions
-                yield _csv_lines([row[1:] for row in batch]).encode()
+                chunk = _csv_lines([row[1:] for row in batch]).encode()
             if progress is not None:
-                progress(batch[-1][0])
+                progress(batch[-1][0], len(batch))
+            yield chunk
 
 
 def _copied(
-    engine: sa.Engine, query: sa.Select, fmt: str, progress: Callable[[int], None] | None
+    engine: sa.Engine, query: sa.Select, fmt: str, progress: Progress | None
 ) -> Iterator[bytes]:
     """`stream` on PostgreSQL: the rows as COPY writes them, each one line ending in LF."""
     with autocommit_connection(engine) as connection:  # whose rollback ends the transaction
@@ -176,12 +184,12 @@ def begin_in_order(connection: psycopg.Connection, select: str) -> None:
         connection.execute("SET LOCAL enable_sort = off")
 
 
-def _joined(lines: list, fmt: str, progress: Callable[[int], None] | None) -> bytes:
+def _joined(lines: list, fmt: str, progress: Progress | None) -> bytes:
     """One chunk of COPY's lines; CSV's with RFC 4180's CRLF, not COPY's LF (only the last
     byte of each is its end: a LF before it is inside a quoted cell, and stays)."""
     if progress is not None:  # a line starts with the row's id: `123,` or `{"id":123,`
         start = 0 if fmt == "csv" else len('{"id":')
-        progress(int(bytes(lines[-1][start : start + 24]).partition(b",")[0]))
+        progress(int(bytes(lines[-1][start : start + 24]).partition(b",")[0]), len(lines))
     if fmt == "csv":
         return b"\r\n".join([line[:-1] for line in lines]) + b"\r\n"
     return b"".join(lines)
@@ -217,6 +225,8 @@ def _text_values(dialect: str) -> dict[str, sa.ColumnElement]:
         values["created_at"] = (
             sa.func.replace(_as_text(Log.created_at), " ", "T", type_=sa.Text) + "Z"
         )
+        # JSON text, which json() minifies and json_object() then embeds as an object.
+        values["details"] = sa.func.json(_as_text(Log.details), type_=sa.Text)
         digits = _as_text(Log.event_id)
         groups = [
             sa.func.lower(sa.func.substr(digits, start, length, type_=sa.Text), type_=sa.Text)

@@ -58,11 +58,12 @@ def visible_to(viewer: User | None) -> sa.ColumnElement[bool]:
 def matching(filters: dict, viewer: User | None) -> sa.Select:
     """The rows that `filters` (the parsed query parameters) select and `viewer` may see."""
     query = sa.select(Log).where(visible_to(viewer))
-    for name in ("user", "ip", "source", "event"):
+    for name in ("user", "ip", "source", "event", "target", "target_type"):
         if filters.get(name) is not None:
             query = query.where(getattr(Log, name) == filters[name])
-    if filters.get("level"):
-        query = query.where(Log.level.in_(filters["level"]))
+    for name in ("level", "outcome"):
+        if filters.get(name):
+            query = query.where(getattr(Log, name).in_(filters[name]))
     if filters.get("since") is not None:
         query = query.where(Log.created_at >= filters["since"])
     if filters.get("until") is not None:
@@ -96,24 +97,32 @@ def first_rows(
     """The first `limit` matching rows in order, after `after` (and meeting `ids`, a condition
     on their ids, when given).
 
-    For several levels, one ordered index range per level, merged: PostgreSQL cannot read
-    (level, created_at, id) in order for `level IN (...)`, and would otherwise scan the whole
-    time index for rare levels, or fetch and sort every row of them.
+    For several levels or outcomes, one ordered index range per value (per pair of values when
+    both are lists), merged: PostgreSQL cannot read (level, created_at, id) in order for
+    `level IN (...)`, and would otherwise scan the whole time index for rare levels, or fetch
+    and sort every row of them.
     """
 
-    def rows(level_filters: dict) -> sa.Select:
-        query = matching(level_filters, viewer)
+    def rows(arm_filters: dict) -> sa.Select:
+        query = matching(arm_filters, viewer)
         return query if ids is None else query.where(ids)
 
-    levels = list(dict.fromkeys(filters.get("level") or ()))
-    if len(levels) < 2:
+    arms = [{}]
+    for name in LIST_FILTERS:
+        values = list(dict.fromkeys(filters.get(name) or ()))
+        if len(values) > 1:
+            arms = [{**arm, name: [value]} for arm in arms for value in values]
+    if len(arms) < 2:
         return ordered(rows(filters), order, after).limit(limit)
-    arms = [
-        ordered(rows({**filters, "level": [level]}), order, after).limit(limit).subquery()
-        for level in levels
+    selects = [
+        ordered(rows({**filters, **arm}), order, after).limit(limit).subquery() for arm in arms
     ]
-    merged = so.aliased(Log, sa.union_all(*(sa.select(arm) for arm in arms)).subquery())
+    merged = so.aliased(Log, sa.union_all(*(sa.select(arm) for arm in selects)).subquery())
     return ordered(sa.select(merged), order, entity=merged).limit(limit)
+
+
+# The filters that take several values, each value one ordered index range (first_rows).
+LIST_FILTERS = ("level", "outcome")
 
 
 # `q`, newest first, searches the newest block of 2**ID_BLOCK_BITS ids first, and the older

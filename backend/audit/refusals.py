@@ -37,4 +37,6 @@ def rejection(event: AuditEvent, why: str, kept_in: str) -> AuditEvent:
         level="ERROR",
         track=f"the database refused event {event.event_id}"
         f" ({event.source}/{event.event}); set aside in {kept_in}: {why}",
+        outcome="error",
+        details={"reason": "refused_by_database", "event_id": str(event.event_id)},
     )

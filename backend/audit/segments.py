@@ -37,9 +37,12 @@ def worth_it(connection: sa.Connection, workers: int, rows: int) -> bool:
     return connection.dialect.name == "postgresql" and workers > 1 and rows >= MIN_ROWS
 
 
-def walk(connection, workers, first_id, head, prev_hash, signed, tree: TreeCheck, progress) -> int:
+def walk(
+    connection, workers, first_id, head, prev_hash, signed, tree: TreeCheck, progress, versions
+) -> int:
     """verification.walk over rows `first_id`..`head`, in `workers` processes; how many rows
-    (Broken: the first row any segment found broken; a tree's finding goes to `tree.broken`)."""
+    (Broken: the first row any segment found broken; a tree's finding goes to `tree.broken`;
+    `versions` gets where the chain's version changes)."""
     from backend.audit.verification import Broken  # the one walk's own exception
 
     bounds = _bounds(first_id, head, workers)
@@ -73,6 +76,7 @@ def walk(connection, workers, first_id, head, prev_hash, signed, tree: TreeCheck
     for (a, b), result in zip(bounds[:-1], results, strict=False):
         if "rows" in result and result["rows"] < b - a + 1:  # the next row was deleted
             broken.append((a + result["rows"], "missing: the row was deleted"))
+    broken += _join_versions(results, versions)
     if broken:
         raise Broken(*min(broken))
     beyond = connection.scalar(sa.select(sa.func.min(Log.id)).where(Log.id > head))
@@ -100,6 +104,24 @@ def _follow(pending, done, progress: Callable[[int], None]) -> None:
         now = done.value
         progress(now - shown)
         shown = now
+
+
+def _join_versions(results: list[dict], versions: list[list[int]]) -> list[tuple[int, str]]:
+    """The segments' version changes as one walk notes them; a version going down where two
+    segments meet is broken there."""
+    for result in results:
+        for version, first in result.get("versions", []):
+            if versions and version < versions[-1][0]:
+                return [
+                    (
+                        first,
+                        f"chain version {version} after version {versions[-1][0]}:"
+                        " versions only go up",
+                    )
+                ]
+            if not versions or version != versions[-1][0]:
+                versions.append([version, first])
+    return []
 
 
 def _join_trees(results: list[dict], starts: list, bounds: list, tree: TreeCheck) -> None:
@@ -133,15 +155,22 @@ def _segment(job: tuple) -> dict:
 
     url, snapshot, select, a, b, prev_hash, signed, roots, frontier = job
     tree = TreeCheck(roots, a - 1, list(frontier))
+    versions: list[list[int]] = []
     with psycopg.connect(url) as connection:
         connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         connection.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         try:
-            rows = walk(_batches(connection, select), a, b, prev_hash, signed, tree, _count)
+            batches = _batches(connection, select)
+            rows = walk(batches, a, b, prev_hash, signed, tree, _count, versions)
         except Broken as broken:
             return {"broken": (broken.row, broken.problem)}
     found = (tree.broken.row, tree.broken.problem) if tree.broken else None
-    return {"rows": rows, "frontier": merkle.pack(tree.frontier), "tree_broken": found}
+    return {
+        "rows": rows,
+        "frontier": merkle.pack(tree.frontier),
+        "tree_broken": found,
+        "versions": versions,
+    }
 
 
 def _rows_select(connection: sa.Connection, a: int, b: int) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from backend.audit.events import FIELDS, AuditEvent
 from backend.concurrency import OffTheLoop
+from backend.models import AUDIT_FIELDS
 
 logger = logging.getLogger(__name__)
 # A process's writes take turns already (group_commit.GroupCommit); /readyz counts the spool too.
@@ -47,15 +48,11 @@ def decode(line: bytes) -> AuditEvent:
     return AuditEvent(**{name: row[name] for name in FIELDS if name in row})
 
 
-# What each other field of an event may be in JSON.
+# What each other field of an event may be in JSON: its column's type, or null where it may be.
 _JSON_TYPES = {
-    name: (str,)
-    if name in ("source", "event", "level", "track")
-    else (int, type(None))
-    if name == "status"
-    else (str, type(None))
-    for name in FIELDS
-    if name not in ("created_at", "event_id")
+    spec.name: (spec.type.python_type, type(None)) if spec.nullable else (spec.type.python_type,)
+    for spec in AUDIT_FIELDS
+    if spec.name in FIELDS and spec.name not in ("created_at", "event_id")
 }
 
 

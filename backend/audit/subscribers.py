@@ -7,15 +7,21 @@ share one body, `record`: only the row's `source` tells them apart.
 """
 
 import logging
+import os
 
 from flask import got_request_exception
 from sqlalchemy.exc import SQLAlchemyError, StatementError
 
-from backend.audit.events import event_from_signal
+from backend.audit.events import (
+    TRACK_MAX,
+    AuditEvent,
+    outcome_for_status,
+    request_fields,
+)
 from backend.audit.group_commit import AuditUnavailable
 from backend.audit.writer import write
 from backend.extensions import token_auth
-from backend.signals import auth_log, main_log, v1_log
+from backend.signals import Target, auth_log, main_log, v1_log
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,74 @@ def record(source: str, **event) -> None:
     """Write what a signal of `source` announced (`backend.signals.announce`), with the
     request's context, as one row; AuditUnavailable if the trail cannot take it."""
     write(event_from_signal(source, **event))
+
+
+def event_from_signal(
+    source: str,
+    *,
+    event: str,
+    level: str = "INFO",
+    track: str = "",
+    user: str | None = None,
+    status: int | None = None,
+    actor_id: int | None = None,
+    outcome: str | None = None,
+    target: Target | None = None,
+    changes: dict | None = None,
+    reason: str | None = None,
+    details: dict | None = None,
+    request: tuple[dict, str] | None = None,
+) -> AuditEvent:
+    """The row of an announcement (`backend.signals.announce`), with who asked and how (nothing
+    outside a request): the request's bearer token names the actor's id and the token's.
+
+    `request`: the request_fields() of a request that is over, for an event announced after
+    its response began (the end of a streamed export)."""
+    context, note = request_fields() if request is None else request
+    context = dict(context)
+    caller, token_id = context.pop("caller", None), None
+    if caller is not None and user is not None and caller.username == user:
+        actor_id, token_id = actor_id or caller.id, caller.token_id
+    facts = dict(details or {})
+    if changes is not None:
+        facts["changes"] = changes
+    if reason is not None:
+        facts["reason"] = reason
+    target = target or Target(None)
+    return AuditEvent(
+        source=source,
+        event=event,
+        level=level,
+        track=track[: TRACK_MAX - len(note)] + note,
+        user=user or None,
+        status=status,
+        actor_id=actor_id,
+        token_id=token_id,
+        target_type=target.type,
+        target_id=None if target.id is None else str(target.id),
+        target=target.name,
+        outcome=outcome or outcome_for_status(status, level),
+        details=facts,
+        **context,
+    )
+
+
+def record_service(app, event: str, track: str) -> None:
+    """`service.start` or `service.stop` of this worker process (source `system`), logged
+    rather than raised when the trail cannot take it: a worker serves or stops either way."""
+    with app.app_context():
+        try:
+            write(
+                event_from_signal(
+                    "system",
+                    event=event,
+                    track=track,
+                    target=Target("service", os.getpid()),
+                    details={"pid": os.getpid()},
+                )
+            )
+        except AuditUnavailable:
+            logger.error("could not record %s", event)
 
 
 @got_request_exception.connect

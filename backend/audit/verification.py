@@ -5,6 +5,8 @@
 - a missing id: a row was deleted;
 - a `prev_hash` that is not the previous row's hash: rows were inserted, removed or moved;
 - a `hash` that does not match the row's content: a field was changed;
+- a chain version that is unknown, or lower than the row before it's (versions only go up: a
+  row passed off as an older version would escape the newer version's fields);
 - a row whose hash differs from a signed checkpoint (in the database, or in an anchor file
   kept elsewhere): the chain was recomputed by someone without AUDIT_SIGNING_KEY;
 - a checkpoint whose signature is wrong: forged without the key;
@@ -24,7 +26,7 @@ outside it.
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
 
@@ -45,6 +47,8 @@ class Verdict:
     signed_up_to: int | None
     broken_row: int | None = None
     problem: str | None = None
+    # Where each chain version begins: [[version, first row], ...] in row order.
+    versions: list[list[int]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -87,11 +91,27 @@ def verify(
         tree = TreeCheck.from_database(connection, first_id, own_key)
         if first_id and segments.worth_it(connection, workers, head - first_id + 1):
             verdict.rows = segments.walk(
-                connection, workers, first_id, head, prev_hash, signed, tree, progress
+                connection,
+                workers,
+                first_id,
+                head,
+                prev_hash,
+                signed,
+                tree,
+                progress,
+                verdict.versions,
             )
         else:
-            batches = _rows(connection)
-            verdict.rows = walk(batches, first_id, head, prev_hash, signed, tree, progress)
+            verdict.rows = walk(
+                _rows(connection),
+                first_id,
+                head,
+                prev_hash,
+                signed,
+                tree,
+                progress,
+                verdict.versions,
+            )
         expected_id = (first_id or 1) + verdict.rows
         verdict.last_id = expected_id - 1 if verdict.rows else None
         if head and verdict.last_id != head:
@@ -120,10 +140,11 @@ def walk(
     signed: dict,
     tree: TreeCheck,
     progress: Callable[[int], None],
+    versions: list[list[int]],
 ) -> int:
     """Check `batches` of rows, which must be rows `first_id`, `first_id + 1`... in order,
     each following `prev_hash` and then the one before; return how many (Broken: the first
-    that breaks a promise)."""
+    that breaks a promise). `versions` gets where the chain's version changes."""
     expected_id = first_id
     for batch in batches:
         for row in batch:
@@ -133,6 +154,7 @@ def walk(
                 raise Broken(
                     row["id"], f"beyond the chain's head (row {head}): inserted without the writer"
                 )
+            check_version(row, versions)
             _check_row(row, prev_hash, signed)
             tree.add(row["id"], row["hash"])
             prev_hash = row["hash"]
@@ -199,6 +221,20 @@ def _start(first_id: int | None, head: int, signed: dict, purges: set[int]) -> s
     return signed[first_id - 1]
 
 
+def check_version(row: dict, versions: list[list[int]]) -> None:
+    """Note where the chain's version changes; a version goes up only, to one this code knows."""
+    version = row.get("chain_version") or 1
+    if version not in chain.HASHED_FIELDS_OF:
+        raise Broken(row["id"], f"unknown chain version {version}")
+    if versions and version < versions[-1][0]:
+        raise Broken(
+            row["id"],
+            f"chain version {version} after version {versions[-1][0]}: versions only go up",
+        )
+    if not versions or version != versions[-1][0]:
+        versions.append([version, row["id"]])
+
+
 def _check_row(row: dict, prev_hash: str, signed: dict) -> None:
     if row["prev_hash"] != prev_hash:
         raise Broken(
@@ -261,8 +297,23 @@ def describe(verdict: Verdict) -> str:
             if verdict.rows and verdict.first_id > 1
             else "no signed checkpoint yet"
         )
-        return f"intact: {count} ({span}), {signed}"
+        return f"intact: {count} ({span}), {signed}{_versions(verdict)}"
     return f"BROKEN at row {verdict.broken_row}: {verdict.problem}"
+
+
+def _versions(verdict: Verdict) -> str:
+    """`; chain version 1 for rows 1-9, version 2 from row 10` when the version changes."""
+    if len(verdict.versions) < 2:
+        return ""
+    spans = []
+    for (version, first), following in zip(
+        verdict.versions, [*verdict.versions[1:], [None, verdict.last_id + 1]], strict=True
+    ):
+        last = following[1] - 1
+        spans.append(f"version {version} for row{'' if first == last else 's'} {first}")
+        if first != last:
+            spans[-1] += f"-{last}"
+    return "; chain " + ", ".join(spans)
 
 
 def caveat(verdict: Verdict) -> str | None:

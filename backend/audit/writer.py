@@ -60,10 +60,13 @@ class AuditWriter:
             if self.spool.pending():
                 return self._replay_then(events).ids
             return self._commit_each_that_fits(events, [])
-        except (SQLAlchemyError, psycopg.Error):
+        except (SQLAlchemyError, psycopg.Error) as error:
             logger.exception("audit write of %d events failed; spooling them", len(events))
+            why = refusals.reason(error)
         try:
-            self.spool.append(*events)
+            # The first event of an outage says that the trail went to the spool, and why.
+            first = [] if self.spool.pending() else [_spooling(why)]
+            self.spool.append(*first, *events)
         except OSError:
             logger.exception("audit spool failed too for %d events", len(events))
             raise AuditUnavailable() from None
@@ -76,12 +79,14 @@ class AuditWriter:
         with self.spool.draining() as drain:
             with self.engine.connect() as connection:
                 waiting = _not_yet_written(connection, drain.events)
-            ids = self._commit_each_that_fits([*waiting, *events], set_aside)
+            # Written with them: the spool has drained, and how many it held.
+            marker = [_replayed(len(waiting))] if waiting else []
+            ids = self._commit_each_that_fits([*waiting, *marker, *events], set_aside)
             drain.done()
         replayed = sum(row_id is not None for row_id in ids[: len(waiting)])
         if waiting:
             logger.warning("replayed %d spooled audit events", replayed)
-        return Replay(replayed, set_aside, ids[len(waiting) :])
+        return Replay(replayed, set_aside, ids[len(waiting) + len(marker) :])
 
     def _commit_each_that_fits(
         self, events: list[AuditEvent], set_aside: list[tuple[AuditEvent, str]]
@@ -167,6 +172,31 @@ class Replay:
     replayed: int  # spooled events now in the trail
     set_aside: list[tuple[AuditEvent, str]]  # refused by the database, and its reason
     ids: list[int | None]  # of the events written after the spool's
+
+
+def _spooling(why: str) -> AuditEvent:
+    """The first event of an outage, spooled before the events it kept."""
+    track = f"the database cannot take audit events; keeping them in the spool: {why}"
+    details = {"reason": "database_unavailable", "error": why}
+    return _trail_event("audit.spooling", "ERROR", track, details, outcome="error")
+
+
+def _replayed(count: int) -> AuditEvent:
+    """Written right after the events a replay took from the spool."""
+    track = f"the database is back: {count} spooled events replayed in order"
+    return _trail_event("audit.replayed", "WARNING", track, {"replayed": count})
+
+
+def _trail_event(event: str, level: str, track: str, details: dict, **more) -> AuditEvent:
+    return AuditEvent(
+        source="system",
+        event=event,
+        level=level,
+        track=track,
+        target_type="trail",
+        details=details,
+        **more,
+    )
 
 
 def _not_yet_written(connection: sa.Connection, events: list[AuditEvent]) -> list[AuditEvent]:

@@ -47,6 +47,12 @@ class PasswordCheck:
     locked: tuple[str, ...] = ()
 
     @property
+    def code(self) -> str:
+        """The machine-readable reason (`details.reason`): `unknown_user`, `invalid_password`,
+        `disabled`, `locked`."""
+        return self.outcome.name.lower()
+
+    @property
     def reason(self) -> str:
         """Why the password does not let the user in, for the row's `track`."""
         if self.outcome is Outcome.LOCKED:
@@ -72,9 +78,12 @@ def verify_password(username: str, password: str) -> User | None:
     return check.user
 
 
-def announce_refusal(check: PasswordCheck, signal, event: str, *, status: int, user: str) -> None:
+def announce_refusal(
+    check: PasswordCheck, signal, event: str, *, status: int, user: str, target=None
+) -> None:
     """Announce a password check that did not succeed: `<event>.locked` and LockedOut (429)
-    for a locked-out attempt, else `<event>.failure` with `status` (the caller then refuses)."""
+    for a locked-out attempt (`denied`), else `<event>.failure` with `status` (a `failure`:
+    the caller then refuses). `details.reason` says which check failed."""
     if check.outcome is Outcome.LOCKED:
         announce(
             signal,
@@ -83,10 +92,22 @@ def announce_refusal(check: PasswordCheck, signal, event: str, *, status: int, u
             status=LockedOut.code,
             track=check.reason,
             user=user,
+            outcome="denied",
+            reason=check.code,
+            target=target,
+            details={"retry_after": check.retry_after},
         )
         raise LockedOut(retry_after=check.retry_after)
     announce(
-        signal, f"{event}.failure", level="WARNING", status=status, track=check.reason, user=user
+        signal,
+        f"{event}.failure",
+        level="WARNING",
+        status=status,
+        track=check.reason,
+        user=user,
+        outcome="failure",
+        reason=check.code,
+        target=target,
     )
 
 

@@ -15,10 +15,11 @@ from backend.errors import LOCKED_OUT, TOO_LARGE, UNAUTHORIZED
 from backend.extensions import basic_auth, db, token_auth
 from backend.models import Token
 from backend.schemas import ErrorSchema, LoginSchema, MessageSchema, TokenSchema
-from backend.signals import announce, auth_log
+from backend.signals import Target, announce, announces, auth_log
 
 
 @bp.post("/login")
+@announces("login.success", "login.failure", "login.locked")
 @authenticate(basic_auth)
 @body(LoginSchema)
 @response(TokenSchema)
@@ -57,15 +58,25 @@ def login(credentials: dict):
             status=401,
             track="password changed or user disabled during the login",
             user=user.username,
+            actor_id=user.id,
+            outcome="failure",
+            reason="credentials_changed",
         )
         abort(basic_auth.auth_error_callback(401))  # the 401 of any failed login
     announce(
-        auth_log, "login.success", level="INFO", status=200, track="logged in", user=user.username
+        auth_log,
+        "login.success",
+        level="INFO",
+        status=200,
+        track="logged in",
+        user=user.username,
+        actor_id=user.id,
     )
     return {"token": token, "token_type": "Bearer", "expires_at": expires_at, "user": user}
 
 
 @bp.get("/logout")
+@announces("logout")
 @authenticate(token_auth, optional=True)  # a bad token is refused below, once recorded
 @response(MessageSchema)
 @other_responses({**UNAUTHORIZED, 503: (ErrorSchema, "The audit trail cannot record the logout")})
@@ -86,8 +97,19 @@ def logout():
         status=200,
         track="logged out",
         user=token_auth.current_user().username,
+        target=Target("token", g.caller.token_id),
     )
     return {"message": "logged out"}
+
+
+# `details.reason` of a refused logout, by what token_problem found.
+TOKEN_PROBLEMS = {
+    "unknown token": "unknown_token",
+    "revoked token": "revoked_token",
+    "expired token": "expired_token",
+    "disabled user": "disabled",
+    "token older than the password": "password_changed",
+}
 
 
 def refuse_logout() -> NoReturn:
@@ -97,5 +119,13 @@ def refuse_logout() -> NoReturn:
     token = getattr(token_auth.get_auth(), "token", None)
     if token:
         username, problem = token_problem(token)
-        announce(auth_log, "logout", level="WARNING", status=401, track=problem, user=username)
+        announce(
+            auth_log,
+            "logout",
+            level="WARNING",
+            status=401,
+            track=problem,
+            user=username,
+            reason=TOKEN_PROBLEMS.get(problem, "invalid_token"),
+        )
     abort(token_auth.auth_error_callback(401))

@@ -6,9 +6,31 @@ from backend.audit.events import level_for_status
 from backend.audit.group_commit import AuditUnavailable
 from backend.errors import error_response
 from backend.extensions import token_auth
-from backend.signals import announce, v1_log
+from backend.signals import Target, announce, v1_log
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+# The machine-readable reason of a refused /v1 request, by status, unless the view said better
+# (`note`). The client's answer stays what it is; only the trail tells these apart.
+REASONS = {
+    400: "invalid_parameter",  # `invalid_body` for a request with a body
+    401: "invalid_token",
+    403: "not_admin",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def note(*, target: Target | None = None, reason: str | None = None, **details) -> None:
+    """What this request's `api.request` row says beyond its status: the `target` acted on or
+    read, the `reason` of a refusal, and `details` (a read of the trail's `filters`)."""
+    g.audit_note = {"target": target, "reason": reason, "details": details}
 
 
 @bp.after_app_request
@@ -22,6 +44,12 @@ def record_api_request(response: Response) -> Response:
         return response
     user = caller()
     status = response.status_code
+    said = g.get("audit_note") or {}
+    reason = said.get("reason") or (REASONS.get(status) if status >= 400 else None)
+    if status == 401 and request.authorization is None:
+        reason = "no_token"
+    elif status == 400 and reason == REASONS[400] and request.content_length:
+        reason = "invalid_body"
     try:
         announce(
             v1_log,
@@ -30,6 +58,9 @@ def record_api_request(response: Response) -> Response:
             status=status,
             track=f"{request.method} {request.full_path.rstrip('?')} -> {status}",
             user=getattr(user, "username", None),
+            target=said.get("target"),
+            reason=reason,
+            details=said.get("details"),
         )
     except AuditUnavailable as error:
         return error_response(error.code, error.description)

@@ -11,23 +11,32 @@ So, in each worker process:
 - GuardedExport: the file leaves in pieces of at most PIECE bytes, and a client that keeps the
   server waiting EXPORT_STALL_TIMEOUT seconds to take one is cut off. Its socket is shut, so the
   server's blocked write fails and it closes the response, which closes the stream: the
-  connection and its transaction are released, and a `trail.export` row at WARNING says so.
+  connection and its transaction are released.
+
+Every export ends with a `trail.export` row written when its stream is closed: the rows sent
+(whole chunks the server took), its filters, and whether it was complete, the client left early
+(`failure`) or was cut off (`denied`, at WARNING).
 """
 
+import logging
 import socket
 import struct
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from flask import current_app, request
 from werkzeug.exceptions import TooManyRequests
 
 from backend.audit.events import request_fields
+from backend.audit.group_commit import AuditUnavailable
 from backend.models import User
-from backend.signals import announce, v1_log
+from backend.signals import Target, announce, v1_log
 from backend.v1 import bp
+
+logger = logging.getLogger(__name__)
 
 # How much the server is handed at a time: a client must take this much in
 # EXPORT_STALL_TIMEOUT seconds (64 KiB in 30 s: 2 KiB/s) not to count as reading nothing.
@@ -84,14 +93,19 @@ def _make_slots(state) -> None:
     )
 
 
-def guarded(user: User, open_export: Callable[[], Iterator[bytes]]) -> "GuardedExport":
-    """The chunks that `open_export()` makes, within the bounds: a slot of `user`'s taken
-    first (ExportsBusy, a 429, if none is free), and the client watched while it reads."""
+def guarded(
+    user: User, open_export: Callable[[Callable[[int, int], None]], Iterator[bytes]], details: dict
+) -> "GuardedExport":
+    """The chunks that `open_export(progress)` makes, within the bounds: a slot of `user`'s
+    taken first (ExportsBusy, a 429, if none is free), and the client watched while it reads.
+    `progress(last_id, rows)` is called before each chunk (audit.export.stream); `details`
+    (the filters, the format) go into the `trail.export` row."""
     give_back = current_app.extensions["export_slots"].take(user)
     chunks = None
+    counter = RowCounter()
     try:
-        chunks = open_export()
-        return GuardedExport(chunks, give_back, user.username)
+        chunks = open_export(counter.chunk)
+        return GuardedExport(chunks, give_back, user, counter, details)
     except BaseException:
         try:
             if chunks is not None:
@@ -101,16 +115,41 @@ def guarded(user: User, open_export: Callable[[], Iterator[bytes]]) -> "GuardedE
         raise
 
 
+class RowCounter:
+    """The rows of the chunk about to be sent, and of those the server has taken."""
+
+    def __init__(self):
+        self.next_chunk = 0
+        self.sent = 0
+
+    def chunk(self, last_id: int, rows: int) -> None:
+        self.next_chunk += rows
+
+    def taken(self) -> None:
+        self.sent += self.next_chunk
+        self.next_chunk = 0
+
+
 class GuardedExport:
     """A response body (WSGI calls `close` when it is done with it, read whole or not) that cuts
     off a client who keeps the server waiting EXPORT_STALL_TIMEOUT seconds for one piece."""
 
     _closed = True  # until __init__ has finished: nothing of a half-made one to release
 
-    def __init__(self, chunks: Iterator[bytes], give_back: Callable[[], None], username: str):
+    def __init__(
+        self,
+        chunks: Iterator[bytes],
+        give_back: Callable[[], None],
+        user: User,
+        counter: RowCounter,
+        details: dict,
+    ):
         self._chunks = chunks
         self._give_back = give_back
-        self._username = username
+        self._user = user
+        self._counter = counter
+        self._details = details
+        self._complete = False
         self._app = current_app._get_current_object()
         self._request = request_fields()  # the row, if any, is written once the request is over
         self._track = f"{request.method} {request.full_path.rstrip('?')}"
@@ -133,11 +172,13 @@ class GuardedExport:
                     return
                 self._watch.taken()
                 self._sent += len(piece)
+            self._counter.taken()
+        self._complete = True
 
     def close(self) -> None:
-        """Release the connection and the slot; record a cut-off (once, however often called)."""
-        if self._release() and self._watch.cut_off:
-            self._record_cut_off()
+        """Release the connection and the slot; record the export (once, however often called)."""
+        if self._release():
+            self._record()
 
     def __del__(self) -> None:
         # A response dropped unclosed (replaced by the 503 of an audit row that failed) must
@@ -157,19 +198,43 @@ class GuardedExport:
             self._give_back()
         return True
 
-    def _record_cut_off(self) -> None:
-        seconds = self._watch.seconds
-        with self._app.app_context():
+    def _record(self) -> None:
+        rows = self._counter.sent
+        sent = f"{rows} row{'' if rows == 1 else 's'} ({self._sent} bytes) sent"
+        if self._watch.cut_off:
+            seconds = self._watch.seconds
+            level, outcome, reason = "WARNING", "denied", "stalled"
+            track = f"{self._track} cut off: the client read nothing for {seconds} s; {sent}"
+        elif self._complete:
+            level, outcome, reason = "INFO", "success", None
+            track = f"{self._track} complete: {sent}"
+        else:
+            level, outcome, reason = "INFO", "failure", "client_left"
+            track = f"{self._track} ended early, the client left: {sent}"
+        with self._app.app_context(), _logged_if_unrecorded(track):
             announce(
                 v1_log,
                 "trail.export",
-                level="WARNING",
+                level=level,
                 status=200,
-                track=f"{self._track} cut off: the client read nothing for {seconds} s"
-                f" ({self._sent} bytes sent)",
-                user=self._username,
+                track=track,
+                user=self._user.username,
+                actor_id=self._user.id,
+                outcome=outcome,
+                reason=reason,
+                target=Target("trail"),
+                details={**self._details, "rows": rows, "bytes": self._sent},
                 request=self._request,
             )
+
+
+@contextmanager
+def _logged_if_unrecorded(track: str) -> Iterator[None]:
+    """The response is over: a trail that cannot take its row is logged, not raised."""
+    try:
+        yield
+    except AuditUnavailable:
+        logger.error("could not record trail.export: %s", track)
 
 
 class StallWatch:

@@ -1,6 +1,8 @@
 """/v1/logs: query the audit trail, page by page, one row, counts per hour or day, or all of it
 as a file."""
 
+from datetime import datetime
+
 from apifairy import arguments, authenticate, other_responses, response
 from flask import Response, request
 from marshmallow import RAISE
@@ -8,7 +10,7 @@ from werkzeug.exceptions import NotFound
 
 from backend.audit import export, listing
 from backend.audit.stats import InvalidRange, counts_per_bucket, window
-from backend.clock import utcnow
+from backend.clock import rfc3339, utcnow
 from backend.errors import BAD_PARAMETER, UNAUTHORIZED, ValidationFailed
 from backend.extensions import db, token_auth
 from backend.schemas import (
@@ -21,8 +23,22 @@ from backend.schemas import (
     LogStatsSchema,
     logs_as_json,
 )
+from backend.signals import Target
 from backend.urls import external_url
-from backend.v1 import bp, export_guard
+from backend.v1 import bp, export_guard, note
+
+
+def note_read(args: dict) -> dict:
+    """Put this read of the trail on its own record: its `filters` (the parsed query, times
+    in RFC 3339, without a page's cursor), on the target `trail`. Returns the filters."""
+    filters = {
+        name: rfc3339(value) if isinstance(value, datetime) else value
+        for name, value in args.items()
+        if name != "after"
+    }
+    note(target=Target("trail"), filters=filters)
+    return filters
+
 
 # Ids are 64-bit; a larger one names no row (and must not reach the database as a number).
 MAX_ID = 2**63 - 1
@@ -44,6 +60,7 @@ def logs(args: dict):
     Admins see every row, other users the rows whose `user` is themselves. Pages follow the
     `next` cursor (also sent as a `Link: <...>; rel="next"` header).
     """
+    note_read(args)
     after = None
     if "after" in args:
         try:
@@ -68,6 +85,7 @@ def logs(args: dict):
 @other_responses({**UNAUTHORIZED, 404: (ErrorSchema, "No such row, or not yours to see")})
 def log(log_id: int):
     """One row of the audit trail"""
+    note(target=Target("trail", log_id), filters={"id": log_id})
     row = listing.visible_row(log_id, token_auth.current_user()) if log_id <= MAX_ID else None
     if row is None:
         raise NotFound("No audit row with that id is visible to you.")
@@ -87,6 +105,7 @@ def stats(args: dict):
     the last 48 hours (or 90 days), whole buckets. Every bucket of the range is answered,
     oldest first, empty ones too; a range of more than 1000 buckets is a 400 naming `since`.
     """
+    note_read(args)
     bucket = args.pop("bucket")
     try:
         since, until = window(bucket, args.pop("since", None), args.pop("until", None), utcnow())
@@ -133,7 +152,9 @@ def export_logs(args: dict):
     user = token_auth.current_user()
     statement = export.statement(args, user, db.engine.dialect.name, fmt)
     chunks = export_guard.guarded(
-        user, lambda: export.started(export.stream(db.engine, statement, fmt))
+        user,
+        lambda progress: export.started(export.stream(db.engine, statement, fmt, progress)),
+        {"filters": note_read(args), "format": fmt},
     )
     return Response(
         chunks,

@@ -5,6 +5,7 @@ from apifairy import authenticate, body, other_responses, response
 from werkzeug.exceptions import Conflict, Forbidden, NotFound
 
 from backend import accounts
+from backend.audit.events import REDACTED
 from backend.auth.credentials import Outcome, announce_refusal, authenticate_password
 from backend.clock import rfc3339
 from backend.errors import ADMIN_ONLY, INVALID_FIELDS, LOCKED_OUT, UNAUTHORIZED
@@ -20,8 +21,8 @@ from backend.schemas import (
     UserStatusSchema,
     UserUpdateSchema,
 )
-from backend.signals import announce, v1_log
-from backend.v1 import bp
+from backend.signals import announce, announces, v1_log
+from backend.v1 import bp, note
 
 
 @bp.get("/me")
@@ -49,6 +50,7 @@ def list_users():
 
 
 @bp.post("/users")
+@announces("user.create")
 @authenticate(token_auth, role="admin")
 @body(NewUserSchema)
 @response(UserSchema, 201)
@@ -58,6 +60,7 @@ def new_user(fields: dict):
     try:
         user = accounts.create_user(fields["username"], fields["password"], fields["is_admin"])
     except accounts.UsernameTaken:
+        note(target=accounts.user_target(name=fields["username"]), reason="username_taken")
         raise Conflict(f"The username {fields['username']!r} is taken.") from None
     announce(
         v1_log,
@@ -66,11 +69,15 @@ def new_user(fields: dict):
         status=201,
         track=f"created {'admin' if user.is_admin else 'user'} {user.username}",
         user=token_auth.current_user().username,
+        target=accounts.user_target(user),
+        changes=accounts.creation_changes(user),
     )
+    note(target=accounts.user_target(user))
     return user
 
 
 @bp.patch("/users/<int:user_id>")
+@announces("user.disable", "user.enable", "token.revoke")
 @authenticate(token_auth, role="admin")
 @body(UserUpdateSchema)
 @response(UserStatusSchema)
@@ -93,8 +100,10 @@ def update_user(fields: dict, user_id: int):
     if user is None:
         raise NotFound("No user with that id.")
     admin = token_auth.current_user()
+    note(target=accounts.user_target(user))
     if fields["disabled"] and user.id == admin.id:
         # A valid request that a rule refuses: 403, not the 400 of a malformed one.
+        note(target=accounts.user_target(user), reason="self_disable")
         raise Forbidden("You cannot disable yourself.")
     disabled = fields["disabled"]
     if disabled != user.disabled:
@@ -108,11 +117,32 @@ def update_user(fields: dict, user_id: int):
             track=f"{action}d user {user.username}"
             + (f"; tokens revoked: {revoked}" if disabled else ""),
             user=admin.username,
+            target=accounts.user_target(user),
+            changes={"disabled": [not disabled, disabled]},
         )
+        announce_revoked(user, revoked, admin.username)
     return user
 
 
+def announce_revoked(user: User, revoked: int, by: str) -> None:
+    """`token.revoke`: the tokens of `user` that an act (a disable, a password change) revoked,
+    when there were any."""
+    if revoked:
+        announce(
+            v1_log,
+            "token.revoke",
+            level="INFO",
+            status=200,
+            track=f"revoked {revoked} token{'' if revoked == 1 else 's'} of {user.username}",
+            user=by,
+            target=accounts.user_target(user),
+            changes={"live_tokens": [revoked, 0]},
+            details={"revoked_tokens": revoked},
+        )
+
+
 @bp.put("/me/password")
+@announces("password.change", "token.revoke")
 @authenticate(token_auth)
 @body(PasswordChangeSchema)
 @response(MessageSchema)
@@ -133,8 +163,10 @@ def change_password(fields: dict):
     """
     username = token_auth.current_user().username
     check = authenticate_password(username, fields["current_password"])
+    target = accounts.user_target(token_auth.current_user())
     if check.outcome is not Outcome.SUCCESS:
-        announce_refusal(check, v1_log, "password.change", status=403, user=username)
+        note(target=target, reason=check.code)
+        announce_refusal(check, v1_log, "password.change", status=403, user=username, target=target)
         raise Forbidden("The current password is wrong.")
     revoked = accounts.change_password(check.user, fields["new_password"])
     announce(
@@ -144,5 +176,9 @@ def change_password(fields: dict):
         status=200,
         track=f"changed password; tokens revoked: {revoked}",
         user=username,
+        target=target,
+        changes={"password": [REDACTED, REDACTED]},
+        details={"revoked_tokens": revoked},
     )
+    announce_revoked(check.user, revoked, username)
     return {"message": "Password changed; log in again."}

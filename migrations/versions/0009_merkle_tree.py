@@ -7,7 +7,7 @@ before this migration cannot have its tree rebuilt (the purged rows' hashes are 
 migration stops with a message rather than build a tree no proof could match.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-05
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from backend.audit import merkle
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

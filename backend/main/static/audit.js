@@ -300,7 +300,8 @@
       const term = document.createElement("dt");
       term.textContent = name;
       const description = document.createElement("dd");
-      description.textContent = value === null ? "null" : String(value);
+      description.textContent =
+        value === null ? "null" : typeof value === "object" ? JSON.stringify(value) : String(value);
       description.dataset.field = name;
       fields.append(term, description);
     }
