@@ -1,8 +1,9 @@
 """Verifiable by anyone (issue 18): the Merkle tree over the trail, signed tree heads, and the
 public halves of their signing keys.
 
-The tree of an existing trail is built here, in id order, BATCH rows at a time (about 25 s a
-million rows on the bench machine, docs/benchmarks.md). A trail whose first rows were purged
+The tree of an existing trail is built here, in id order, BATCH rows at a time (each row's
+hash read once, about two tree hashes stored a row; its time per million rows is not yet
+measured). A trail whose first rows were purged
 before this migration cannot have its tree rebuilt (the purged rows' hashes are gone): the
 migration stops with a message rather than build a tree no proof could match.
 
