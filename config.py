@@ -85,6 +85,11 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         **export_bounds(environ, pool_size),
         "AUDIT_SIGNING_KEY": signing_key,
         "AUDIT_CHECKPOINT_EVERY": positive_int(environ, "AUDIT_CHECKPOINT_EVERY", 1000),
+        # The Ed25519 key of the signed tree heads (backend/audit/signing.py): made in the
+        # instance folder on first boot when unset.
+        "AUDIT_SIGNING_KEY_FILE": environ.get("AUDIT_SIGNING_KEY_FILE") or None,
+        # The log's name in its checkpoints (and its key's name): a schema-less URL.
+        "AUDIT_LOG_ORIGIN": environ.get("AUDIT_LOG_ORIGIN") or default_origin(environ),
         # Retention (flask audit purge): PCI DSS 10.5.1 keeps a year. Tests may purge anything.
         "AUDIT_MIN_RETENTION_DAYS": positive_int(
             environ, "AUDIT_MIN_RETENTION_DAYS", 365, minimum=0 if app_env == "testing" else 1
@@ -186,6 +191,13 @@ def public_url(raw: str | None) -> str | None:
     if parts.username is not None or parts.password is not None:
         raise ConfigError(f"PUBLIC_URL must carry no user name or password, not {raw!r}")
     return raw.rstrip("/")
+
+
+def default_origin(environ: Mapping[str, str]) -> str:
+    """The log's origin when AUDIT_LOG_ORIGIN is unset: PUBLIC_URL without its scheme, else
+    `localhost/audit-trail`."""
+    url = public_url(environ.get("PUBLIC_URL"))
+    return url.split("://", 1)[1] if url else "localhost/audit-trail"
 
 
 def trusted_hosts(raw: str | None) -> list[str] | None:

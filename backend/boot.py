@@ -21,6 +21,7 @@ from flask import Flask
 from flask_migrate import upgrade
 
 from backend import dispose_engines
+from backend.audit.signing import NEW_KEY_NOTICE
 from backend.extensions import db
 from config import APP_LOAD_ERROR, ConfigError
 
@@ -69,6 +70,9 @@ def prepare(app: Flask) -> None:
     with app.app_context(), one_boot_at_a_time():
         upgrade()
         app.cli.main(["users", "ensure-admin"], prog_name="flask", standalone_mode=False)
+    made = app.extensions["audit_writer"].signer.made
+    if made:  # the one-line notice of a key made on first boot
+        print(NEW_KEY_NOTICE % made, flush=True)
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from backend.accounts import (
     ensure_admin,
     user_target,
 )
-from backend.audit import anchors, export, refusals, retention, verification
+from backend.audit import anchors, export, offline, refusals, retention, segments, verification
 from backend.audit import follow as following
 from backend.audit.reads import reading_engine
 from backend.audit.subscribers import event_from_signal
@@ -175,11 +175,49 @@ def keep_private(path: Path, text: str) -> Path:
     "--anchor",
     "anchor_file",
     type=click.File("r"),
-    help="An anchor file from `flask audit anchor`, kept outside the database.",
+    help="An anchor file from `flask audit anchor -o`, kept outside the database.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
-def verify_command(anchor_file, as_json: bool) -> None:
-    """Check the whole trail's hash chain and signatures; exit 1 naming the first broken row."""
+@click.option(
+    "--file",
+    "export_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Check this NDJSON export offline instead: no database, no secret.",
+)
+@click.option(
+    "--keys",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --file: the public keys (GET /v1/logs/keys, or flask audit keys), saved.",
+)
+@click.option(
+    "--heads",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --file: the signed tree heads (flask audit heads); default EXPORT.heads.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --file: a signed checkpoint saved earlier, which the trail must extend.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=segments.default_workers,
+    show_default="one a core",
+    help="Processes that check segments of the trail at once (PostgreSQL).",
+)
+def verify_command(
+    anchor_file, as_json: bool, export_file, keys, heads, checkpoint, workers: int
+) -> None:
+    """Check the whole trail's hash chain and signatures; exit 1 naming the first broken row.
+
+    With --file and --keys, check an export offline (backend/audit/offline.py)."""
+    if export_file or keys or heads or checkpoint:
+        if not (export_file and keys):
+            raise click.UsageError("offline verification needs both --file and --keys")
+        line, code = offline.run(export_file, keys, heads, checkpoint)
+        click.echo(line)
+        sys.exit(code)
     kept = anchors.read_anchors(anchor_file) if anchor_file else []
     with verification.snapshot(db.engine) as connection:
         total = verification.row_count(connection)
@@ -190,6 +228,8 @@ def verify_command(anchor_file, as_json: bool) -> None:
                 kept,
                 progress=bar.update,
                 checkpoint_every=writer().checkpoint_every,
+                own_key=writer().signer.public,
+                workers=workers,
             )
     record_cli(
         "cli.audit.verify",
@@ -214,19 +254,23 @@ def verify_command(anchor_file, as_json: bool) -> None:
     "--output",
     "-o",
     type=click.File("w"),
-    default="-",
-    help="Where to write the checkpoints (default: standard output).",
+    help="Also write every HMAC checkpoint here, one JSON line each (for verify --anchor).",
 )
 def anchor_command(output) -> None:
-    """Sign the chain's head now and write every checkpoint, one JSON line each.
+    """Sign the trail's head now and print its signed checkpoint (a C2SP signed note).
 
-    Keep the file away from the database (and its backups): `flask audit verify --anchor FILE`
-    then detects a chain recomputed by someone who could write the database.
+    Keep what it prints away from the database: `flask audit verify --file EXPORT --keys KEYS
+    --checkpoint SAVED` later proves the trail extends it. With -o, the HMAC checkpoints too:
+    `flask audit verify --anchor FILE` then detects a chain recomputed by someone who could
+    write the database.
     """
+    writer().list_key()
     with writer().engine.begin() as connection:
         checkpoint = anchors.anchor(connection, writer().key)
-    with writer().engine.connect() as connection:
-        output.writelines(anchors.checkpoints_file(connection))
+        head = anchors.sign_tree_head(connection, writer().signer)
+    if output:
+        with writer().engine.connect() as connection:
+            output.writelines(anchors.checkpoints_file(connection))
     signed = checkpoint["log_id"] if checkpoint else None
     record_cli(
         "cli.audit.anchor",
@@ -234,6 +278,8 @@ def anchor_command(output) -> None:
         target=TRAIL,
         details={"signed_row": signed},
     )
+    if head:
+        click.echo(head["checkpoint"], nl=False)
     if checkpoint:
         click.echo(f"signed row {checkpoint['log_id']}", err=True)
 

@@ -234,6 +234,10 @@ class AuditChain(db.Model):
     last_hash: so.Mapped[str] = so.mapped_column(sa.String(64))
     last_created_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
     since_checkpoint: so.Mapped[int] = so.mapped_column()
+    # The Merkle tree's frontier (backend/audit/merkle.py, `pack`): its size is last_id.
+    tree_frontier: so.Mapped[str] = so.mapped_column(sa.Text, default="")
+    # When the last tree head was signed: one is due every few seconds while rows come.
+    tree_head_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
 
 
 class Checkpoint(db.Model):
@@ -251,6 +255,46 @@ class Checkpoint(db.Model):
     created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
     reason: so.Mapped[str] = so.mapped_column(sa.String(16))
     mac: so.Mapped[str] = so.mapped_column(sa.String(64))
+
+
+class TreeNode(db.Model):
+    """A perfect subtree of the Merkle tree over the trail, stored once complete (merkle.py):
+    proofs read these, never the rows. Append-only; a purge keeps them."""
+
+    __tablename__ = "audit_tree_node"
+
+    position: so.Mapped[int] = so.mapped_column(
+        sa.BigInteger, primary_key=True, autoincrement=False
+    )
+    hash: so.Mapped[str] = so.mapped_column(sa.String(64))
+
+
+class TreeHead(db.Model):
+    """A signed tree head: a C2SP checkpoint of the tree at `tree_size`, signed with the Ed25519
+    key `key_id` (whose private half never enters the database). Append-only."""
+
+    __tablename__ = "audit_tree_head"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    tree_size: so.Mapped[int] = so.mapped_column(sa.BigInteger, index=True)
+    root_hash: so.Mapped[str] = so.mapped_column(sa.String(64))
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
+    key_id: so.Mapped[str] = so.mapped_column(sa.String(8))
+    checkpoint: so.Mapped[str] = so.mapped_column(sa.Text)
+
+
+class SigningKey(db.Model):
+    """The public half of a tree-head signing key, listed by /v1/logs/keys; a key is retired
+    when another one starts signing (its heads still verify)."""
+
+    __tablename__ = "audit_signing_key"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    key_id: so.Mapped[str] = so.mapped_column(sa.String(8), unique=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(255))
+    public_key: so.Mapped[str] = so.mapped_column(sa.String(64))
+    created_at: so.Mapped[datetime] = so.mapped_column(UTCDateTime)
+    retired_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
 
 
 class PurgePermit(db.Model):

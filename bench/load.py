@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
+from backend.audit import merkle
 from backend.audit.chain import GENESIS, HASHED_FIELDS_OF, row_hash, sign
 from backend.audit.events import outcome_for_status
 from backend.models import CHAIN_VERSION
@@ -275,10 +276,11 @@ def load(
     seed: int = 1,
     progress=None,
     version: int = CHAIN_VERSION,
+    tree: bool = True,
 ) -> LoadReport:
     """Load `count` synthetic rows into the empty, migrated database at `url` (a libpq URL),
     as rows of chain `version` (1 into a database migrated to 0007, before the structured
-    record)."""
+    record); `tree`: build their Merkle tree too (False: a database before migration 0009)."""
     with psycopg.connect(url) as connection:
         _check_empty(connection)
         indexes = _indexes(connection)
@@ -303,14 +305,41 @@ def load(
         copied = time.perf_counter()
 
     _rebuild(url, indexes)
+    if tree:  # after the primary key is back: the hashes are read in its order
+        build_tree(url)
     rebuilt = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute("VACUUM (ANALYZE) audit_log")
         connection.execute("VACUUM (ANALYZE) audit_checkpoint")
+        if tree:
+            connection.execute("VACUUM (ANALYZE) audit_tree_node")
         if _indexes(connection) != indexes:
             raise RuntimeError("the rebuilt indexes differ from the migration's")
     done = time.perf_counter()
     return LoadReport(count, copied - started, rebuilt - copied, done - rebuilt)
+
+
+def build_tree(url: str) -> None:
+    """The Merkle tree of the loaded rows (backend/audit/merkle.py): their hashes read in id
+    order on one connection, the tree's nodes streamed to COPY on another, and the frontier
+    stored in the chain's head, as the live writer leaves them."""
+    frontier: list[bytes] = []
+    size = 0
+    with psycopg.connect(url) as reader, psycopg.connect(url) as writer:
+        with (
+            reader.cursor(name="hashes") as hashes,
+            writer.cursor().copy("COPY audit_tree_node (position, hash) FROM STDIN") as copy,
+        ):
+            hashes.itersize = BATCH * 4
+            hashes.execute("SELECT hash FROM audit_log ORDER BY id")
+            while batch := hashes.fetchmany(BATCH * 4):
+                leaves = [merkle.leaf_hash(row_hash) for (row_hash,) in batch]
+                size, completed = merkle.append(frontier, size, leaves)
+                copy.write("".join(f"{at}\t{node.hex()}\n" for at, node in completed))
+        writer.execute(
+            "UPDATE audit_chain SET tree_frontier = %s WHERE id = 1", (merkle.pack(frontier),)
+        )
+        writer.commit()
 
 
 def _check_empty(connection: psycopg.Connection) -> None:

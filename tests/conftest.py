@@ -128,11 +128,15 @@ def empty_postgresql(url: str) -> None:
         connection.execute(sa.text("INSERT INTO audit_purge_permit (id) VALUES (1)"))
         connection.execute(sa.text("DELETE FROM audit_log"))
         connection.execute(sa.text("DELETE FROM audit_checkpoint"))
+        connection.execute(sa.text("DELETE FROM audit_tree_node"))
+        connection.execute(sa.text("DELETE FROM audit_tree_head"))
+        connection.execute(sa.text("DELETE FROM audit_signing_key"))
         connection.execute(sa.text("DELETE FROM audit_purge_permit"))
         connection.execute(
             sa.text(
                 f"UPDATE audit_chain SET last_id = 0, last_hash = '{GENESIS}',"
-                " last_created_at = NULL, since_checkpoint = 0"
+                " last_created_at = NULL, since_checkpoint = 0, tree_frontier = '',"
+                " tree_head_at = NULL"
             )
         )
         connection.execute(

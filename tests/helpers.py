@@ -15,13 +15,13 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
 import config
-from backend.audit import writer
+from backend.audit import merkle, writer
 from backend.audit.chain import row_hash
 from backend.audit.events import AuditEvent
 from backend.auth import credentials
 from backend.clock import moved, utcnow
 from backend.extensions import db, token_auth
-from backend.models import AuditChain, Log, User
+from backend.models import AuditChain, Log, PurgePermit, TreeHead, TreeNode, User
 from backend.roles import owner_engine
 from tests.conftest import ALICE, basic, bearer
 
@@ -299,6 +299,33 @@ def recompute_chain(connection: sa.Connection, row_id: int, **changes) -> None:
             .values(prev_hash=row["prev_hash"], hash=row["hash"], **changed)
         )
     connection.execute(sa.update(AuditChain).where(AuditChain.id == 1).values(last_hash=prev_hash))
+    rewrite_tree(connection)
+
+
+def rewrite_tree(connection: sa.Connection) -> None:
+    """What the same person does to the Merkle tree after changing rows: rebuild it over the
+    rows as they are now (keeping the stored hashes of rows purged before), and drop every
+    signed tree head, none of which they can sign again without the private key."""
+    rows = stored_rows(connection)
+    first = rows[0]["id"] if rows else 1
+    keep = [merkle.position(level, index) for level, index in merkle.perfect_subtrees(0, first - 1)]
+    stored = dict(connection.execute(sa.select(TreeNode.position, TreeNode.hash)).all())
+    connection.execute(sa.insert(PurgePermit).values(id=1))
+    connection.execute(sa.delete(TreeHead))
+    connection.execute(sa.delete(TreeNode).where(TreeNode.position.not_in(keep)))
+    connection.execute(sa.delete(PurgePermit))
+    frontier = [bytes.fromhex(stored[at]) for at in keep]
+    leaves = [merkle.leaf_hash(row["hash"]) for row in rows]
+    size, completed = merkle.append(frontier, first - 1, leaves)
+    if completed:
+        connection.execute(
+            sa.insert(TreeNode), [{"position": at, "hash": node.hex()} for at, node in completed]
+        )
+    connection.execute(
+        sa.update(AuditChain)
+        .where(AuditChain.id == 1)
+        .values(tree_frontier=merkle.pack(frontier), tree_head_at=None)
+    )
 
 
 # --- the append-only tables -------------------------------------------------------------------

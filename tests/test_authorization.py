@@ -93,6 +93,27 @@ MATRIX = [
     Route("GET", "/v1/sinks", (401, 403, 403, 200)),
     # 404 for everyone while METRICS_TOKEN is unset (tests/test_metrics.py for the token).
     Route("GET", "/metrics", (404, 404, 404, 404)),
+    # The Merkle tree: the keys are public (CONTRACT.md), a row's proof follows the row's rule.
+    Route("GET", "/v1/logs/keys", (200, 200, 200, 200)),
+    Route("GET", "/v1/logs/tree-head", (401, 200, 200, 200)),
+    Route(
+        "GET",
+        "/v1/logs/<int:log_id>/proof",
+        (401, 200, 404, 200),
+        path="/v1/logs/{row}/proof",
+    ),
+    Route(
+        "GET",
+        "/v1/logs/<int:log_id>/proof",
+        (401, 404, 404, 404),
+        path=f"/v1/logs/{MISSING}/proof",
+    ),
+    Route(
+        "GET",
+        "/v1/logs/consistency",
+        (401, 200, 200, 200),
+        path="/v1/logs/consistency?first=1&second=2",
+    ),
 ]
 
 

@@ -53,9 +53,12 @@ def engine_config() -> schemathesis.Config:
                 {
                     # Rules JSON Schema cannot state, so valid-looking data may get a 400
                     # there: `until` after `since`, at most 1000 buckets, `after` a cursor
-                    # this service signed (each 400 names its field; see test_logs.py and
-                    # test_stats.py).
-                    "include-path-regex": "^/v1/logs(/export|/stats|/stream)?$",
+                    # this service signed, tree sizes within the tree and `first` at most
+                    # `second` (each 400 names its field; see test_logs.py, test_stats.py and
+                    # test_tree.py).
+                    "include-path-regex": (
+                        "^/v1/logs(/export|/stats|/stream|/consistency|/\\{log_id\\}/proof)?$"
+                    ),
                     "checks": {
                         "positive_data_acceptance": {"expected-statuses": VALID_DATA_MAY_GET_400}
                     },

@@ -1,15 +1,16 @@
-"""Signing the chain's head on demand (`flask audit anchor`), and the anchor file of every
-checkpoint that `flask audit verify --anchor` checks the trail against, kept outside the
-database."""
+"""Signing the chain's head on demand (`flask audit anchor`): an HMAC checkpoint and a signed
+tree head; and the anchor file of every HMAC checkpoint that `flask audit verify --anchor`
+checks the trail against, kept outside the database."""
 
 import json
 from collections.abc import Iterable, Iterator
 
 import sqlalchemy as sa
 
-from backend.audit import chain
+from backend.audit import chain, merkle
+from backend.audit.signing import TreeSigner
 from backend.clock import rfc3339, utcnow
-from backend.models import Checkpoint
+from backend.models import AuditChain, Checkpoint, TreeHead
 
 
 def anchor(connection: sa.Connection, key: bytes) -> dict | None:
@@ -20,6 +21,19 @@ def anchor(connection: sa.Connection, key: bytes) -> dict | None:
     checkpoint = chain.sign(key, head.last_id, head.last_hash, utcnow(), "anchor")
     connection.execute(sa.insert(Checkpoint), checkpoint)
     return checkpoint
+
+
+def sign_tree_head(connection: sa.Connection, signer: TreeSigner) -> dict | None:
+    """Sign the Merkle tree's head now (in the caller's transaction, under the chain's lock);
+    return the tree head (None on an empty trail)."""
+    head = chain.lock_head(connection)
+    if not head.last_id:
+        return None
+    now = utcnow()
+    signed = signer.head(head.last_id, merkle.root(merkle.unpack(head.tree_frontier)), now)
+    connection.execute(sa.insert(TreeHead), signed)
+    connection.execute(sa.update(AuditChain).where(AuditChain.id == 1).values(tree_head_at=now))
+    return signed
 
 
 def checkpoints_file(connection: sa.Connection) -> Iterator[str]:

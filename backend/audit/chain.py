@@ -14,21 +14,38 @@ A chain alone can be recomputed by anyone who can write the table, so every so m
 the writer also stores a checkpoint: the head's id and hash, signed
 with HMAC-SHA-256 under AUDIT_SIGNING_KEY, which the database never sees.
 (AUDIT_CHECKPOINT_EVERY rows, default 1000.)
+
+The rows are also the leaves of a Merkle tree (merkle.py), grown in the same transaction;
+with each periodic checkpoint, and every few seconds while rows come, the head of that tree
+is signed with an Ed25519 key (signing.py) whose public half anyone may hold.
 """
 
 import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, NamedTuple
 
 import psycopg
 import sqlalchemy as sa
 from psycopg.rows import dict_row
 
+from backend.audit import merkle
 from backend.audit.events import AuditEvent
 from backend.clock import rfc3339
-from backend.models import AUDIT_FIELDS, CHAIN_VERSION, AuditChain, Checkpoint, Log
+from backend.models import (
+    AUDIT_FIELDS,
+    CHAIN_VERSION,
+    AuditChain,
+    Checkpoint,
+    Log,
+    TreeHead,
+    TreeNode,
+)
+
+if TYPE_CHECKING:
+    from backend.audit.signing import TreeSigner
 
 GENESIS = "0" * 64
 # The fields a row's hash covers under each chain version, in this order (models.AUDIT_FIELDS,
@@ -70,18 +87,23 @@ def append(
     events: Sequence[AuditEvent],
     key: bytes,
     checkpoint_every: int = 1000,
+    signer: "TreeSigner | None" = None,
 ) -> list[int]:
     """Append `events` to the chain inside the caller's transaction.
 
     Locks the chain's head row for the rest of the transaction, so concurrent writers (other
-    threads, workers or machines) queue here and the chain stays linear. Returns the new ids.
+    threads, workers or machines) queue here and the chain stays linear. The Merkle tree's
+    new nodes, and the tree heads `signer` signs, go in the same transaction. Returns the new
+    ids.
     """
-    rows, checkpoints, head = link(lock_head(connection)._asdict(), events, key, checkpoint_every)
-    connection.execute(sa.insert(Log), rows)
-    if checkpoints:
-        connection.execute(sa.insert(Checkpoint), checkpoints)
-    connection.execute(sa.update(AuditChain).where(AuditChain.id == 1).values(**head))
-    return [row["id"] for row in rows]
+    linked = link(lock_head(connection)._asdict(), events, key, checkpoint_every, signer)
+    connection.execute(sa.insert(Log), linked.rows)
+    connection.execute(sa.insert(TreeNode), linked.nodes)
+    for table, values in ((Checkpoint, linked.checkpoints), (TreeHead, linked.heads)):
+        if values:
+            connection.execute(sa.insert(table), values)
+    connection.execute(sa.update(AuditChain).where(AuditChain.id == 1).values(**linked.head))
+    return [row["id"] for row in linked.rows]
 
 
 def append_and_commit(
@@ -89,6 +111,7 @@ def append_and_commit(
     events: Sequence[AuditEvent],
     key: bytes,
     checkpoint_every: int = 1000,
+    signer: "TreeSigner | None" = None,
 ) -> list[int]:
     """`append` and COMMIT on a psycopg (PostgreSQL) connection in autocommit mode
     (db_types.autocommit_connection), in two round trips and two
@@ -98,30 +121,55 @@ def append_and_commit(
     flush, where `append` through SQLAlchemy takes six round trips, and psycopg's pipeline mode
     one write and one poll per statement. If a statement fails, the server skips the rest of
     the string, COMMIT included; the caller's connection manager rolls the transaction back.
+    The tree's new nodes are computed here from the frontier the head carries, and travel in
+    the same string.
     """
     cursor = psycopg.ClientCursor(connection, row_factory=dict_row)
     cursor.execute(_PG_BEGIN_LOCK_HEAD)
     cursor.nextset()
-    rows, checkpoints, head = link(cursor.fetchone(), events, key, checkpoint_every)
+    linked = link(cursor.fetchone(), events, key, checkpoint_every, signer)
     # The rows travel as one JSON array: one literal to quote, however many rows and columns.
-    statements, params = [_PG_INSERT_LOG], [json.dumps(rows, default=str)]
-    if checkpoints:
-        statements.append(_PG_INSERT_CHECKPOINT)
-        params.append(json.dumps(checkpoints, default=str))
+    statements, params = [], []
+    for statement, values in (
+        (_PG_INSERT_LOG, linked.rows),
+        (_PG_INSERT_NODE, linked.nodes),
+        (_PG_INSERT_CHECKPOINT, linked.checkpoints),
+        (_PG_INSERT_HEAD, linked.heads),
+    ):
+        if values:
+            statements.append(statement)
+            params.append(json.dumps(values, default=str))
     cursor.execute(
         ";".join([*statements, _PG_UPDATE_HEAD, "COMMIT"]),
-        [*params, *(head[name] for name in HEAD_COLUMNS)],
+        [*params, *(linked.head[name] for name in HEAD_COLUMNS)],
     )
-    return [row["id"] for row in rows]
+    return [row["id"] for row in linked.rows]
+
+
+class Linked(NamedTuple):
+    """What appending a batch writes: rows, HMAC checkpoints, tree nodes and heads, the head."""
+
+    rows: list[dict]
+    checkpoints: list[dict]
+    nodes: list[dict]
+    heads: list[dict]
+    head: dict
 
 
 def link(
-    head: dict, events: Sequence[AuditEvent], key: bytes, checkpoint_every: int
-) -> tuple[list[dict], list[dict], dict]:
-    """The rows of `events` chained on to `head`, the checkpoints they call for, the new head."""
+    head: dict,
+    events: Sequence[AuditEvent],
+    key: bytes,
+    checkpoint_every: int,
+    signer: "TreeSigner | None" = None,
+) -> Linked:
+    """The rows of `events` chained on to `head` and added to its Merkle tree, the checkpoints
+    and signed tree heads they call for (a head with each periodic checkpoint, and one at the
+    batch's end when the last is HEAD_EVERY old), the new head."""
     last_id, prev_hash = head["last_id"], head["last_hash"]
     last_created_at, since_checkpoint = head["last_created_at"], head["since_checkpoint"]
-    rows, checkpoints = [], []
+    frontier, head_at = merkle.unpack(head["tree_frontier"]), head["tree_head_at"]
+    rows, checkpoints, nodes, heads = [], [], [], []
     for event in events:
         row = event.as_row()
         last_id += 1
@@ -134,20 +182,38 @@ def link(
         row["hash"] = prev_hash = row_hash(row, prev_hash)
         last_created_at = row["created_at"]
         rows.append(row)
+        _, completed = merkle.append(frontier, last_id - 1, [merkle.leaf_hash(row["hash"])])
+        nodes += [{"position": at, "hash": node.hex()} for at, node in completed]
         since_checkpoint += 1
         if since_checkpoint >= checkpoint_every:
             checkpoints.append(sign(key, row["id"], row["hash"], row["created_at"], "periodic"))
             since_checkpoint = 0
-    return (
+            if signer:
+                heads.append(signer.head(last_id, merkle.root(frontier), last_created_at))
+    if signer and rows and not heads and _head_due(head_at, last_created_at):
+        heads.append(signer.head(last_id, merkle.root(frontier), last_created_at))
+    return Linked(
         rows,
         checkpoints,
+        nodes,
+        heads,
         {
             "last_id": last_id,
             "last_hash": prev_hash,
             "last_created_at": last_created_at,
             "since_checkpoint": since_checkpoint,
+            "tree_frontier": merkle.pack(frontier),
+            "tree_head_at": heads[-1]["created_at"] if heads else head_at,
         },
     )
+
+
+# Seconds between two signed tree heads while rows are written, at most.
+HEAD_EVERY = timedelta(seconds=5)
+
+
+def _head_due(head_at: datetime | None, now: datetime) -> bool:
+    return head_at is None or now - head_at >= HEAD_EVERY
 
 
 def lock_head(connection: sa.Connection):
@@ -158,6 +224,8 @@ def lock_head(connection: sa.Connection):
             AuditChain.last_hash,
             AuditChain.last_created_at,
             AuditChain.since_checkpoint,
+            AuditChain.tree_frontier,
+            AuditChain.tree_head_at,
         )
         .where(AuditChain.id == 1)
         .with_for_update()
@@ -184,7 +252,14 @@ def existing_event_ids(connection: sa.Connection, event_ids: Iterable) -> set:
 
 
 # The statements of `append_and_commit`, in psycopg's parameter style.
-HEAD_COLUMNS = ("last_id", "last_hash", "last_created_at", "since_checkpoint")
+HEAD_COLUMNS = (
+    "last_id",
+    "last_hash",
+    "last_created_at",
+    "since_checkpoint",
+    "tree_frontier",
+    "tree_head_at",
+)
 LOG_COLUMNS = tuple(spec.name for spec in AUDIT_FIELDS)
 CHECKPOINT_COLUMNS = ("log_id", "log_hash", "created_at", "reason", "mac")
 _PG_BEGIN_LOCK_HEAD = (
@@ -205,3 +280,7 @@ def _pg_insert_json(table: str, columns: Sequence[str]) -> str:
 
 _PG_INSERT_LOG = _pg_insert_json("audit_log", LOG_COLUMNS)
 _PG_INSERT_CHECKPOINT = _pg_insert_json("audit_checkpoint", CHECKPOINT_COLUMNS)
+_PG_INSERT_NODE = _pg_insert_json("audit_tree_node", ("position", "hash"))
+_PG_INSERT_HEAD = _pg_insert_json(
+    "audit_tree_head", ("tree_size", "root_hash", "created_at", "key_id", "checkpoint")
+)

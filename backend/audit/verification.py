@@ -12,7 +12,9 @@
 - a checkpoint whose signature is wrong: forged without the key;
 - a row beyond the chain's head: inserted without the writer (which moves the head with it);
 - a periodic checkpoint missing where the head's count or the spacing of the others puts one
-  (backend/audit/cadence.py): deleted, with the chain recomputed after it, or with the tail.
+  (backend/audit/cadence.py): deleted, with the chain recomputed after it, or with the tail;
+- a signed tree head that is forged, contradicts another, or that the rows do not hash to
+  (backend/audit/tree_check.py).
 
 It reads one snapshot (`snapshot`): rows and checkpoints committed while it walks are not
 mistaken for tampering.
@@ -28,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
 
-from backend.audit import cadence, chain
+from backend.audit import cadence, chain, segments
+from backend.audit.tree_check import TreeBroken, TreeCheck
 from backend.concurrency import pause
 from backend.models import AuditChain, Checkpoint, Log
 
@@ -68,35 +71,48 @@ def verify(
     anchors: Iterable[dict] = (),
     progress: Callable[[int], None] = lambda n: None,
     checkpoint_every: int | None = None,
+    own_key=None,
+    workers: int = 1,
 ) -> Verdict:
     """Walk the whole trail and return the verdict (never raises for a broken trail).
-    `checkpoint_every`: AUDIT_CHECKPOINT_EVERY, how far apart periodic checkpoints are due."""
-    head, since = connection.execute(
-        sa.select(AuditChain.last_id, AuditChain.since_checkpoint).where(AuditChain.id == 1)
+    `checkpoint_every`: AUDIT_CHECKPOINT_EVERY, how far apart periodic checkpoints are due;
+    `own_key`: the service's tree-head key (notes.VerifierKey), trusted besides those listed;
+    `workers`: processes that walk segments of the trail at once (PostgreSQL, segments.py)."""
+    head, since, frontier = connection.execute(
+        sa.select(AuditChain.last_id, AuditChain.since_checkpoint, AuditChain.tree_frontier).where(
+            AuditChain.id == 1
+        )
     ).one()
     first_id = connection.scalar(sa.select(sa.func.min(Log.id)))
     verdict = Verdict(intact=True, rows=0, first_id=first_id, last_id=None, signed_up_to=None)
     try:
         signed, purges = _signed_positions(connection, key, anchors)
         prev_hash = _start(first_id, head, signed, purges)
-        expected_id = first_id
-        for batch in _rows(connection):
-            for row in batch:
-                if row["id"] != expected_id:
-                    raise Broken(expected_id, "missing: the row was deleted")
-                if row["id"] > head:
-                    raise Broken(
-                        row["id"],
-                        f"beyond the chain's head (row {head}): inserted without the writer",
-                    )
-                _check_version(row, verdict.versions)
-                _check_row(row, prev_hash, signed)
-                prev_hash = row["hash"]
-                expected_id += 1
-                verdict.rows += 1
-                if verdict.rows % PAUSE_EVERY == 0:
-                    pause()
-            progress(len(batch))
+        tree = TreeCheck.from_database(connection, first_id, own_key)
+        if first_id and segments.worth_it(connection, workers, head - first_id + 1):
+            verdict.rows = segments.walk(
+                connection,
+                workers,
+                first_id,
+                head,
+                prev_hash,
+                signed,
+                tree,
+                progress,
+                verdict.versions,
+            )
+        else:
+            verdict.rows = walk(
+                _rows(connection),
+                first_id,
+                head,
+                prev_hash,
+                signed,
+                tree,
+                progress,
+                verdict.versions,
+            )
+        expected_id = (first_id or 1) + verdict.rows
         verdict.last_id = expected_id - 1 if verdict.rows else None
         if head and verdict.last_id != head:
             after = verdict.last_id or 0
@@ -109,10 +125,44 @@ def verify(
         missing = cadence.missing_checkpoint(_periodic(connection), head, since, checkpoint_every)
         if missing:
             raise Broken(*missing)
+        tree.finish(frontier)
         verdict.signed_up_to = max((i for i in signed if first_id and i >= first_id), default=None)
-    except Broken as broken:
+    except (Broken, TreeBroken) as broken:
         verdict.intact, verdict.broken_row, verdict.problem = False, broken.row, broken.problem
     return verdict
+
+
+def walk(
+    batches: Iterable[list[dict]],
+    first_id: int | None,
+    head: int,
+    prev_hash: str,
+    signed: dict,
+    tree: TreeCheck,
+    progress: Callable[[int], None],
+    versions: list[list[int]],
+) -> int:
+    """Check `batches` of rows, which must be rows `first_id`, `first_id + 1`... in order,
+    each following `prev_hash` and then the one before; return how many (Broken: the first
+    that breaks a promise). `versions` gets where the chain's version changes."""
+    expected_id = first_id
+    for batch in batches:
+        for row in batch:
+            if row["id"] != expected_id:
+                raise Broken(expected_id, "missing: the row was deleted")
+            if row["id"] > head:
+                raise Broken(
+                    row["id"], f"beyond the chain's head (row {head}): inserted without the writer"
+                )
+            check_version(row, versions)
+            _check_row(row, prev_hash, signed)
+            tree.add(row["id"], row["hash"])
+            prev_hash = row["hash"]
+            expected_id += 1
+            if (expected_id - first_id) % PAUSE_EVERY == 0:
+                pause()
+        progress(len(batch))
+    return expected_id - first_id if first_id else 0
 
 
 def _signed_positions(
@@ -171,7 +221,7 @@ def _start(first_id: int | None, head: int, signed: dict, purges: set[int]) -> s
     return signed[first_id - 1]
 
 
-def _check_version(row: dict, versions: list[list[int]]) -> None:
+def check_version(row: dict, versions: list[list[int]]) -> None:
     """Note where the chain's version changes; a version goes up only, to one this code knows."""
     version = row.get("chain_version") or 1
     if version not in chain.HASHED_FIELDS_OF:
@@ -279,6 +329,6 @@ def caveat(verdict: Verdict) -> str | None:
         else f"rows {first}-{verdict.last_id}, after the last signed checkpoint, are"
     )
     return (
-        f"note: {rows} only as safe as the database: keep an anchor outside it (flask audit"
-        " anchor); a later release adds public-key signed tree heads"
+        f"note: {rows} only as safe as the database: keep a signed checkpoint outside it"
+        " (flask audit anchor)"
     )

@@ -26,9 +26,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from backend import metrics
 from backend.audit import chain, refusals
+from backend.audit import chain, refusals, signing
 from backend.audit.events import AuditEvent
 from backend.audit.group_commit import AuditUnavailable, GroupCommit
 from backend.audit.spool import Spool
+from backend.clock import utcnow
 from backend.db_types import autocommit_connection, discard_closed_connections, sqlite_pragmas
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class AuditWriter:
         self.engine = _writer_engine(url)
         self.key = app.config["AUDIT_SIGNING_KEY"].encode()
         self.checkpoint_every = app.config["AUDIT_CHECKPOINT_EVERY"]
+        self.signer = signing.signer_for(app)
+        self._key_listed = False
         self.spool = Spool(app.config["AUDIT_SPOOL_PATH"])
 
         self.group = GroupCommit(self.write_batch)
@@ -138,15 +142,25 @@ class AuditWriter:
         return why
 
     def _append_and_commit(self, events: list[AuditEvent]) -> list[int]:
+        self.list_key()
         if self.engine.dialect.name != "postgresql":
             with self.engine.begin() as connection:
                 return self._append(connection, events)
         # PostgreSQL: two round trips on the driver's connection (chain.append_and_commit).
         with autocommit_connection(self.engine) as connection:
-            return chain.append_and_commit(connection, events, self.key, self.checkpoint_every)
+            return chain.append_and_commit(
+                connection, events, self.key, self.checkpoint_every, self.signer
+            )
 
     def _append(self, connection: sa.Connection, events: list[AuditEvent]) -> list[int]:
-        return chain.append(connection, events, self.key, self.checkpoint_every)
+        return chain.append(connection, events, self.key, self.checkpoint_every, self.signer)
+
+    def list_key(self) -> None:
+        """List the tree-head key's public half before its first head (once a process)."""
+        if not self._key_listed:
+            with self.engine.begin() as connection:
+                signing.register(connection, self.signer, utcnow())
+            self._key_listed = True
 
     def replay(self) -> "Replay":
         """Write every spooled event (`flask audit replay`): how many were written, and which

@@ -81,4 +81,4 @@ def caller():
     return user
 
 
-from backend.v1 import integrity, logs, sinks, stream, users  # noqa: E402,F401  (registers the routes)
+from backend.v1 import integrity, logs, sinks, stream, tree, users  # noqa: E402,F401  (registers the routes)

@@ -24,7 +24,10 @@ def verify():
     """
     with verification.snapshot(db.engine) as connection:
         verdict = verification.verify(
-            connection, writer().key, checkpoint_every=writer().checkpoint_every
+            connection,
+            writer().key,
+            checkpoint_every=writer().checkpoint_every,
+            own_key=writer().signer.public,
         )
     note(target=Target("trail"), filters={}, intact=verdict.intact, broken_row=verdict.broken_row)
     return verdict.as_dict()

@@ -1,0 +1,204 @@
+"""The Merkle tree over the trail (RFC 9162, section 2.1): hashing, appending, proofs.
+
+Leaf `i` is row `i + 1`; its data is the 32 bytes of the row's `hash`. Every *perfect* subtree
+(2**level leaves, starting at a multiple of 2**level) is stored once it is complete, under its
+place in the tree's in-order layout (`position`): the leaves at even positions, the nodes
+above them at odd ones. Any subtree D[a:b] the RFC's algorithms ask for splits into at most
+2 log2(n) perfect ones, so an inclusion or consistency proof at any size reads a few dozen
+stored hashes, never a row. Rows purged later leave their hashes here: proofs still work.
+
+The chain's head keeps the *frontier*: the roots of the perfect subtrees that make up the
+whole tree (one per set bit of its size, largest first). Appending a leaf needs only it, and
+the root of the tree at any moment is the frontier folded from the right.
+
+Pure Python with no app settings and no database: the offline verifier uses it too.
+"""
+
+import hashlib
+from collections.abc import Callable, Iterable
+
+EMPTY_ROOT = hashlib.sha256(b"").hexdigest()
+
+NodeGetter = Callable[[int, int], bytes]  # (level, index) -> the perfect subtree's hash
+
+
+def leaf_hash(row_hash: str) -> bytes:
+    """RFC 9162's leaf hash of a row: SHA-256(0x00 || the 32 bytes of its `hash`)."""
+    return hashlib.sha256(b"\x00" + bytes.fromhex(row_hash)).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    """RFC 9162's interior node hash: SHA-256(0x01 || left || right)."""
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def position(level: int, index: int) -> int:
+    """Where the perfect subtree `index` of 2**level leaves sits in the in-order layout."""
+    return (index << (level + 1)) + (1 << level) - 1
+
+
+def append(frontier: list[bytes], size: int, leaves: Iterable[bytes]) -> tuple[int, list]:
+    """Append leaf hashes to a tree of `size` leaves whose frontier is `frontier` (changed in
+    place); return the new size and the perfect subtrees completed, as (position, hash)."""
+    completed = []
+    for leaf in leaves:
+        node, level, index = leaf, 0, size
+        completed.append((position(0, index), node))
+        # Each trailing 1 bit of the old size is a perfect subtree that the new leaf completes.
+        while index & 1:
+            node = node_hash(frontier.pop(), node)
+            level, index = level + 1, index >> 1
+            completed.append((position(level, index), node))
+        frontier.append(node)
+        size += 1
+    return size, completed
+
+
+def root(frontier: list[bytes]) -> str:
+    """The tree's root hash (hex) from its frontier; SHA-256 of nothing for an empty tree."""
+    if not frontier:
+        return EMPTY_ROOT
+    node = frontier[-1]
+    for left in reversed(frontier[:-1]):
+        node = node_hash(left, node)
+    return node.hex()
+
+
+def pack(frontier: list[bytes]) -> str:
+    """The frontier as the head stores it: the hashes' hex, one after another."""
+    return "".join(node.hex() for node in frontier)
+
+
+def unpack(text: str | None) -> list[bytes]:
+    """The frontier of `pack`."""
+    text = text or ""
+    return [bytes.fromhex(text[i : i + 64]) for i in range(0, len(text), 64)]
+
+
+def perfect_subtrees(start: int, end: int) -> list[tuple[int, int]]:
+    """The perfect subtrees, as (level, index), that make up leaves [start, end), left first."""
+    parts = []
+    while start < end:
+        level = (start & -start).bit_length() - 1 if start else (end - start).bit_length() - 1
+        while start + (1 << level) > end:
+            level -= 1
+        parts.append((level, start >> level))
+        start += 1 << level
+    return parts
+
+
+def subtree_hash(node: NodeGetter, start: int, end: int) -> bytes:
+    """MTH(D[start:end]) from the stored perfect subtrees (RFC 9162's split is always at a
+    power of two, so the parts fold from the right exactly as the RFC hashes)."""
+    parts = [node(level, index) for level, index in perfect_subtrees(start, end)]
+    result = parts[-1]
+    for left in reversed(parts[:-1]):
+        result = node_hash(left, result)
+    return result
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than n (n > 1)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def inclusion_path(node: NodeGetter, m: int, n: int, start: int = 0) -> list[bytes]:
+    """PATH(m, D[start:start+n]) of RFC 9162, section 2.1.3.1."""
+    if n <= 1:
+        return []
+    k = _split(n)
+    if m < k:
+        return [*inclusion_path(node, m, k, start), subtree_hash(node, start + k, start + n)]
+    return [*inclusion_path(node, m - k, n - k, start + k), subtree_hash(node, start, start + k)]
+
+
+def consistency_path(
+    node: NodeGetter, m: int, n: int, start: int = 0, whole: bool = True
+) -> list[bytes]:
+    """SUBPROOF(m, D[start:start+n], whole) of RFC 9162, section 2.1.4.1 (PROOF: whole)."""
+    if m == n:
+        return [] if whole else [subtree_hash(node, start, start + n)]
+    k = _split(n)
+    if m <= k:
+        return [
+            *consistency_path(node, m, k, start, whole),
+            subtree_hash(node, start + k, start + n),
+        ]
+    return [
+        *consistency_path(node, m - k, n - k, start + k, False),
+        subtree_hash(node, start, start + k),
+    ]
+
+
+def with_stored_nodes(
+    proof: Callable[[NodeGetter], list[bytes]],
+    fetch: Callable[[list[int]], dict[int, bytes]],
+    also: Iterable[int] = (),
+) -> tuple[list[str], dict[int, bytes]]:
+    """Run `proof` over the stored tree: once to learn which subtrees it needs, then once more
+    with them fetched in one go (`fetch`: positions -> {position: hash}), with the positions
+    `also` in the same query. The proof's hashes, and what was fetched."""
+    needed: set[int] = set(also)
+
+    def record(level: int, index: int) -> bytes:
+        needed.add(position(level, index))
+        return bytes(32)
+
+    proof(record)
+    stored = fetch(sorted(needed))
+    path = proof(lambda level, index: stored[position(level, index)])
+    return [part.hex() for part in path], stored
+
+
+# -- verification (RFC 9162, sections 2.1.3.2 and 2.1.4.2) ----------------------------------
+
+
+def verify_inclusion(
+    leaf_index: int, tree_size: int, leaf: bytes, path: list[bytes], root_hash: bytes
+) -> bool:
+    """Whether `path` proves leaf `leaf_index` (hash `leaf`) in the tree of `root_hash`."""
+    if leaf_index >= tree_size:
+        return False
+    fn, sn, r = leaf_index, tree_size - 1, leaf
+    for p in path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = node_hash(r, p)
+        fn, sn = fn >> 1, sn >> 1
+    return sn == 0 and r == root_hash
+
+
+def verify_consistency(
+    first: int, second: int, first_hash: bytes, second_hash: bytes, path: list[bytes]
+) -> bool:
+    """Whether `path` proves the tree of `second_hash` extends the one of `first_hash`."""
+    if first > second:
+        return False
+    if first == second:
+        return not path and first_hash == second_hash
+    if first == 0:
+        return not path
+    if not path:
+        return False
+    if first & (first - 1) == 0:  # a power of two: first_hash opens the path
+        path = [first_hash, *path]
+    fn, sn = first - 1, second - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            while not fn & 1 and fn:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = node_hash(sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    return fr == first_hash and sr == second_hash and sn == 0

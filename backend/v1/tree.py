@@ -1,0 +1,117 @@
+"""/v1/logs/keys, /v1/logs/tree-head, /v1/logs/<id>/proof, /v1/logs/consistency: what anyone
+holding the public keys needs to check the trail without trusting the operator (RFC 9162)."""
+
+import sqlalchemy as sa
+from apifairy import arguments, authenticate, other_responses, response
+from marshmallow import RAISE
+from werkzeug.exceptions import NotFound
+
+from backend.audit import anchors, listing, proofs, signing
+from backend.audit.writer import writer
+from backend.errors import BAD_PARAMETER, UNAUTHORIZED, ValidationFailed
+from backend.extensions import db, token_auth
+from backend.schemas import ErrorSchema
+from backend.tree_schemas import (
+    ConsistencyProofSchema,
+    ConsistencyQuerySchema,
+    InclusionProofSchema,
+    KeyListSchema,
+    ProofQuerySchema,
+    TreeHeadSchema,
+)
+from backend.v1 import bp
+from backend.v1.logs import MAX_ID
+
+NO_HEAD = {404: (ErrorSchema, "No tree head has been signed yet")}
+
+
+@bp.get("/logs/keys")
+@response(KeyListSchema)
+def keys():
+    """The public keys of the signed tree heads (public)
+
+    Every key that has signed a tree head, retired ones too (`retired_at` set), so that older
+    heads still verify. Save this document: it is the `KEYS.json` of the offline verifier.
+    """
+    writer().list_key()  # listed before its first head, so a fresh service answers it too
+    with db.engine.connect() as connection:
+        return {"keys": signing.listed_keys(connection)}
+
+
+@bp.get("/logs/tree-head")
+@authenticate(token_auth)
+@response(TreeHeadSchema)
+@other_responses({**UNAUTHORIZED, **NO_HEAD})
+def tree_head():
+    """The latest signed tree head
+
+    Signed every `AUDIT_CHECKPOINT_EVERY` rows, and every few seconds while rows are written.
+    """
+    return signing.head_as_json(_latest_head())
+
+
+@bp.get("/logs/<int:log_id>/proof")
+@authenticate(token_auth)
+@arguments(ProofQuerySchema, unknown=RAISE)
+@response(InclusionProofSchema)
+@other_responses(
+    {**UNAUTHORIZED, **BAD_PARAMETER, 404: (ErrorSchema, "No such row, or not yours to see")}
+)
+def proof(args: dict, log_id: int):
+    """The inclusion proof of one row (RFC 9162, 2.1.3)
+
+    Leaf index `id - 1` in the tree of `tree_size` leaves (default: the latest signed tree
+    head's size; a head is signed at once when the row is newer). Its leaf hash is
+    SHA-256(0x00 || the row's `hash` as 32 bytes).
+    """
+    row = listing.visible_row(log_id, token_auth.current_user()) if log_id <= MAX_ID else None
+    if row is None:
+        raise NotFound("No audit row with that id is visible to you.")
+    size = args.get("tree_size")
+    with db.engine.connect() as connection:
+        try:
+            if size is None:
+                size = _head_covering(connection, log_id).tree_size
+                return proofs.inclusion(connection, log_id - 1, size, signed=True)
+            return proofs.inclusion(connection, log_id - 1, size)
+        except proofs.BadSize as error:
+            raise ValidationFailed({error.field: [str(error)]}) from None
+
+
+@bp.get("/logs/consistency")
+@authenticate(token_auth)
+@arguments(ConsistencyQuerySchema, unknown=RAISE)
+@response(ConsistencyProofSchema)
+@other_responses({**UNAUTHORIZED, **BAD_PARAMETER})
+def consistency(args: dict):
+    """The consistency proof between two tree sizes (RFC 9162, 2.1.4)
+
+    Proves that the tree of `second` leaves extends the tree of `first` leaves, across purges
+    too (a purge keeps the tree's stored hashes).
+    """
+    with db.engine.connect() as connection:
+        try:
+            return proofs.consistency(connection, args["first"], args["second"])
+        except proofs.BadSize as error:
+            raise ValidationFailed({error.field: [str(error)]}) from None
+
+
+def _head_covering(connection: sa.Connection, log_id: int):
+    """The latest signed head, signed now when the row is newer than it (heads come every few
+    seconds): at most one signature per batch of new rows, however many proofs are asked."""
+    head = signing.latest_head(connection)
+    if head is not None and head.tree_size >= log_id:
+        return head
+    writer().list_key()
+    with writer().engine.begin() as signer:
+        anchors.sign_tree_head(signer, writer().signer)
+    connection.rollback()  # a new snapshot, which has the head just signed
+    return signing.latest_head(connection)
+
+
+def _latest_head():
+    with db.engine.connect() as connection:
+        head = signing.latest_head(connection)
+    if head is None:
+        raise NotFound("No tree head has been signed yet.")
+    return head

@@ -1,0 +1,138 @@
+"""Benchmark: checking the trail at N rows on PostgreSQL, and its Merkle proofs over HTTP.
+
+    .venv/bin/python -m bench.verify [--rows 1000000] [--requests 500] [--url URL] [--reuse]
+
+Creates the database of URL (as bench/query.py does: dropped first, migrated, N synthetic rows
+loaded by bench/load.py, their tree built), then prints:
+- `flask audit verify` on the database: wall time, rows/s, and the CPU and peak memory that
+  /usr/bin/time reports;
+- the p50 and p95 latency of GET /v1/logs/<id>/proof (random rows, at the latest signed
+  head) and GET /v1/logs/consistency (random sizes), over HTTP to gunicorn;
+- the offline verifier (`python -m backend.audit.offline`) on an NDJSON export of the trail.
+Results go to bench/results/verify-N.txt too.
+"""
+
+import argparse
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import database
+from bench.query import (
+    ADMIN,
+    DEFAULT_URL,
+    RESULTS,
+    ROOT,
+    Report,
+    _load,
+    ensure_users,
+    percentile,
+    prepare,
+    serve,
+)
+
+BIN = Path(sys.executable).parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=500, help="timed requests per route")
+    parser.add_argument("--url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL))
+    parser.add_argument("--reuse", action="store_true", help="keep the loaded database")
+    parser.add_argument("--default-costs", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-offline", action="store_true", help="no export, no offline run")
+    options = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report = Report(RESULTS / f"verify-{options.rows}.txt")
+    report.line(f"rows: {options.rows:,}  cpus: {os.cpu_count()}  load average: {_load()}")
+    instance = tempfile.mkdtemp(prefix="audit-bench-verify-")
+    settings = database.bench_settings(options.url, instance)
+    environment = {**os.environ, **database.bench_environ(options.url, instance)}
+    try:
+        if not options.reuse:
+            prepare(options, settings, report)
+        ensure_users(settings)
+        verify_rate(environment, options.rows, report)
+        with serve(options.url, instance) as server:
+            proof_latency(server, options, report)
+        if not options.skip_offline:
+            offline_rate(environment, Path(instance), options.rows, report)
+    finally:
+        shutil.rmtree(instance, ignore_errors=True)
+    report.line(f"load average after: {_load()}")
+
+
+def timed_command(command: list, environment: dict, stdout=subprocess.DEVNULL) -> tuple:
+    """Run `command` under /usr/bin/time; (wall seconds, CPU %, peak RSS in MB, last line)."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        ["/usr/bin/time", "-f", "TIME %e %P %M", *map(str, command)],
+        cwd=ROOT,
+        env=environment,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wall = time.perf_counter() - started
+    match = re.search(r"TIME (\S+) (\S+)% (\d+)", done.stderr)
+    if done.returncode != 0 or not match:
+        raise RuntimeError(f"{command} failed: {done.stderr[-2000:]}")
+    return wall, match[2], int(match[3]) // 1024, done.stderr
+
+
+def verify_rate(environment: dict, rows: int, report: Report) -> None:
+    wall, cpu, peak, _ = timed_command([BIN / "flask", "audit", "verify"], environment)
+    report.line(
+        f"flask audit verify (database): {rows:,} rows in {wall:.1f} s = {rows / wall:,.0f}"
+        f" rows/s  (CPU {cpu}%, peak RSS {peak} MB)"
+    )
+
+
+def proof_latency(server, options, report: Report) -> None:
+    token = server.token(*ADMIN)
+    bearer = {"Authorization": f"Bearer {token}"}
+    status, body, _ = server.request("GET", "/v1/logs/tree-head", bearer)
+    size = int(re.search(rb'"tree_size": ?(\d+)', body)[1])
+    rng = random.Random(7)
+    routes = {
+        "GET /v1/logs/<id>/proof": lambda: f"/v1/logs/{rng.randint(1, size)}/proof",
+        "GET /v1/logs/consistency": lambda: (
+            f"/v1/logs/consistency?first={rng.randint(1, size)}&second={size}"
+        ),
+    }
+    for name, path in routes.items():
+        timings = []
+        for _ in range(options.requests):
+            started = time.perf_counter()
+            status, _, _ = server.request("GET", path(), bearer)
+            timings.append(time.perf_counter() - started)  # seconds, as percentile() takes
+            assert status == 200, status
+        report.line(
+            f"{name} at {size:,} rows: p50 {percentile(timings, 50):.1f} ms,"
+            f" p95 {percentile(timings, 95):.1f} ms ({options.requests} requests)"
+        )
+
+
+def offline_rate(environment: dict, instance: Path, rows: int, report: Report) -> None:
+    export, keys = instance / "trail.ndjson", instance / "keys.json"
+    with export.open("w") as out:
+        subprocess.run([BIN / "flask", "audit", "export"], cwd=ROOT, env=environment, stdout=out)
+    with keys.open("w") as out:
+        subprocess.run([BIN / "flask", "audit", "keys"], cwd=ROOT, env=environment, stdout=out)
+    command = [sys.executable, "-m", "backend.audit.offline", "--file", export, "--keys", keys]
+    wall, cpu, peak, _ = timed_command(command, environment)
+    report.line(
+        f"offline verifier (python -m backend.audit.offline): {rows:,} rows in {wall:.1f} s"
+        f" = {rows / wall:,.0f} rows/s  (CPU {cpu}%, peak RSS {peak} MB)"
+    )
+
+
+if __name__ == "__main__":
+    main()
