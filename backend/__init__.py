@@ -142,8 +142,10 @@ def register_blueprints(app: Flask) -> None:
 
 
 def register_commands(app: Flask) -> None:
-    from backend import user_commands  # noqa: F401  (adds list, set-password, ... to users)
-    from backend import cli_tree  # noqa: F401  (adds `flask audit keys` and `heads`)
+    from backend import (
+        cli_tree,  # noqa: F401  (adds `flask audit keys` and `heads`)
+        user_commands,  # noqa: F401  (adds list, set-password, ... to users)
+    )
     from backend.cli import audit, users
 
     app.cli.add_command(users)

@@ -25,7 +25,6 @@ from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend import metrics
-from backend.audit import chain, refusals
 from backend.audit import chain, refusals, signing
 from backend.audit.events import AuditEvent
 from backend.audit.group_commit import AuditUnavailable, GroupCommit
