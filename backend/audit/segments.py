@@ -13,6 +13,7 @@ import json
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
+from contextlib import closing
 
 import psycopg
 import sqlalchemy as sa
@@ -160,8 +161,10 @@ def _segment(job: tuple) -> dict:
         connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         connection.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         try:
-            batches = _batches(connection, select)
-            rows = walk(batches, a, b, prev_hash, signed, tree, _count, versions)
+            # Closed before the transaction ends: a COPY left half read (the walk stopped at a
+            # broken row) is cancelled, or the COMMIT waits on it for ever.
+            with closing(_batches(connection, select)) as batches:
+                rows = walk(batches, a, b, prev_hash, signed, tree, _count, versions)
         except Broken as broken:
             return {"broken": (broken.row, broken.problem)}
     found = (tree.broken.row, tree.broken.problem) if tree.broken else None
