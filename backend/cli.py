@@ -231,21 +231,24 @@ def verify_command(
                 own_key=writer().signer.public,
                 workers=workers,
             )
-    record_cli(
-        "cli.audit.verify",
-        track=f"verified the trail: {verification.describe(verdict)}",
-        level="INFO" if verdict.intact else "CRITICAL",
-        target=TRAIL,
-        details={
-            "filters": {"anchor": anchor_file.name if anchor_file else None},
-            "intact": verdict.intact,
-            "rows": verdict.rows,
-            "broken_row": verdict.broken_row,
-        },
-    )
     click.echo(json.dumps(verdict.as_dict()) if as_json else verification.describe(verdict))
     if caveat := verification.caveat(verdict):
         click.echo(caveat, err=True)
+    try:  # after the verdict: a trail broken enough may refuse even this row
+        record_cli(
+            "cli.audit.verify",
+            track=f"verified the trail: {verification.describe(verdict)}",
+            level="INFO" if verdict.intact else "CRITICAL",
+            target=TRAIL,
+            details={
+                "filters": {"anchor": anchor_file.name if anchor_file else None},
+                "intact": verdict.intact,
+                "rows": verdict.rows,
+                "broken_row": verdict.broken_row,
+            },
+        )
+    except Exception as error:  # noqa: BLE001  (the verdict stands whatever the writer says)
+        click.echo(f"note: this run could not be recorded in the trail: {error!r}", err=True)
     sys.exit(0 if verdict.intact else 1)
 
 

@@ -29,6 +29,9 @@ COMMANDS = [
     ("audit export", ()),
     ("audit purge", ("--before", "2020-01-01", "--yes")),
     ("audit replay", ()),
+    ("audit keys", ()),
+    ("audit heads", ()),
+    ("audit tail", ()),
     ("audit hold add", ("case-1", "--reason", "litigation")),
     ("audit hold list", ()),
     ("audit hold release", ("case-1",)),
@@ -69,7 +72,9 @@ def leaf_commands(group, path: str = "") -> set[str]:
 def test_the_table_names_every_command_of_the_service(tmp_path):
     app = create_app(make_settings(f"sqlite:///{tmp_path / 'a.db'}", tmp_path))
     ours = {name for name in leaf_commands(app.cli) if not name.startswith("db ")}
-    assert ours == {name for name, _ in NEED_SCHEMA}
+    # `audit relay` reads AUDIT_SINKS_FILE first, and without one says so in one line
+    # (tests/test_relay_config.py); with sinks, the database's state is its next check.
+    assert ours - {"audit relay"} == {name for name, _ in NEED_SCHEMA}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command[0])
