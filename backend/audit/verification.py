@@ -89,29 +89,11 @@ def verify(
         signed, purges = _signed_positions(connection, key, anchors)
         prev_hash = _start(first_id, head, signed, purges)
         tree = TreeCheck.from_database(connection, first_id, own_key)
+        walked = (first_id, head, prev_hash, signed, tree, progress, verdict.versions)
         if first_id and segments.worth_it(connection, workers, head - first_id + 1):
-            verdict.rows = segments.walk(
-                connection,
-                workers,
-                first_id,
-                head,
-                prev_hash,
-                signed,
-                tree,
-                progress,
-                verdict.versions,
-            )
+            verdict.rows = segments.walk(connection, workers, *walked)
         else:
-            verdict.rows = walk(
-                _rows(connection),
-                first_id,
-                head,
-                prev_hash,
-                signed,
-                tree,
-                progress,
-                verdict.versions,
-            )
+            verdict.rows = walk(_rows(connection), *walked)
         expected_id = (first_id or 1) + verdict.rows
         verdict.last_id = expected_id - 1 if verdict.rows else None
         if head and verdict.last_id != head:
