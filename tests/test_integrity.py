@@ -28,6 +28,7 @@ from tests.helpers import (
     flask_audit,
     make_trail,
     recompute_chain,
+    spooled,
     stored_rows,
     tampering,
     verify_line,
@@ -152,6 +153,27 @@ def test_a_row_inserted_in_the_middle_is_named(app, client, runner):
         connection.execute(sa.update(AuditChain).values(last_id=7))
     # The forged row 4 follows row 3 perfectly; the break shows at the row it displaced.
     assert_broken(runner, "BROKEN at row 5: does not follow the row before it")
+
+
+def test_a_head_moved_by_hand_spools_the_next_events_and_verify_still_names_the_break(
+    app, client, runner
+):
+    """The head's Merkle frontier no longer fits its size: no row can be appended after it, and
+    the requests are answered while their events wait in the spool."""
+    make_trail(client, 6)
+    with tampering(app) as connection:
+        connection.execute(sa.update(AuditChain).values(last_id=7))
+    assert client.get("/").status_code == 200
+    spooling, index = spooled(app)
+    assert (spooling["event"], index["event"]) == ("audit.spooling", "index.view")
+    assert spooling["details"]["reason"] == "broken_head"
+    assert (
+        "its Merkle frontier holds 2 subtrees where a tree of 7 leaves has 3"
+        in (spooling["details"]["error"])
+    )
+    assert_broken(
+        runner, "BROKEN at row 7: missing: the chain's head is row 7, the table ends at row 6"
+    )
 
 
 def test_a_row_appended_with_a_wrong_prev_hash_is_named(app, client, runner):

@@ -57,6 +57,12 @@ HASHED_FIELDS_OF = {
 HASHED_FIELDS = HASHED_FIELDS_OF[CHAIN_VERSION]
 
 
+class BrokenHead(Exception):
+    """The chain's head cannot be appended to: its Merkle frontier does not fit its size (the
+    head was changed by hand). Like a database that refuses every row, an outage: the writer
+    spools, and `flask audit verify` names what is wrong."""
+
+
 def row_hash(row: dict, prev_hash: str) -> str:
     """SHA-256 over the canonical JSON of the hashed fields of the row's chain version (1 when
     the row names none), then the previous hash. `details` is canonical with sorted keys."""
@@ -169,6 +175,11 @@ def link(
     last_id, prev_hash = head["last_id"], head["last_hash"]
     last_created_at, since_checkpoint = head["last_created_at"], head["since_checkpoint"]
     frontier, head_at = merkle.unpack(head["tree_frontier"]), head["tree_head_at"]
+    if len(frontier) != last_id.bit_count():  # a tree of n leaves has a subtree per 1 bit of n
+        raise BrokenHead(
+            f"the chain's head is at row {last_id}, but its Merkle frontier holds"
+            f" {len(frontier)} subtrees where a tree of {last_id} leaves has {last_id.bit_count()}"
+        )
     rows, checkpoints, nodes, heads = [], [], [], []
     for event in events:
         row = event.as_row()

@@ -67,12 +67,12 @@ class AuditWriter:
                 ids = self._commit_each_that_fits(events, [])
             metrics.record_written(events, ids, started)
             return ids
-        except (SQLAlchemyError, psycopg.Error) as error:
+        except (SQLAlchemyError, psycopg.Error, chain.BrokenHead) as error:
             logger.exception("audit write of %d events failed; spooling them", len(events))
-            why = refusals.reason(error)
+            failure = error
         try:
             # The first event of an outage says that the trail went to the spool, and why.
-            first = [] if self.spool.pending() else [_spooling(why, events[0].created_at)]
+            first = [] if self.spool.pending() else [_spooling(failure, events[0].created_at)]
             self.spool.append(*first, *events)
         except OSError:
             logger.exception("audit spool failed too for %d events", len(events))
@@ -182,11 +182,13 @@ class Replay:
     ids: list[int | None]  # of the events written after the spool's
 
 
-def _spooling(why: str, at: datetime) -> AuditEvent:
+def _spooling(failure: BaseException, at: datetime) -> AuditEvent:
     """The first event of an outage, spooled before the events it kept, and dated as the first
     of them (`at`): later, it would move their times on when the chain replays them."""
+    why = refusals.reason(failure)
     track = f"the database cannot take audit events; keeping them in the spool: {why}"
-    details = {"reason": "database_unavailable", "error": why}
+    reason = "broken_head" if isinstance(failure, chain.BrokenHead) else "database_unavailable"
+    details = {"reason": reason, "error": why}
     return _trail_event("audit.spooling", "ERROR", track, details, outcome="error", created_at=at)
 
 
