@@ -2,8 +2,8 @@
 public halves of their signing keys.
 
 The tree of an existing trail is built here, in id order, BATCH rows at a time (each row's
-hash read once, about two tree hashes stored a row; its time per million rows is not yet
-measured). A trail whose first rows were purged
+hash read once, about two tree hashes stored a row: 484 s for 10M rows, 203 MB at most, on
+the 2-core development machine, docs/benchmarks.md). A trail whose first rows were purged
 before this migration cannot have its tree rebuilt (the purged rows' hashes are gone): the
 migration stops with a message rather than build a tree no proof could match.
 
