@@ -23,6 +23,7 @@ class Batch:
 
     rows: list[tuple[int, str]]
     up_to: int
+    newest: int  # the newest committed row id when the batch was read
 
 
 def read_batch(
@@ -31,7 +32,7 @@ def read_batch(
     """At most `limit` rows after `after_id` that match `filters` (row field -> values)."""
     newest = newest_id(connection)
     if newest <= after_id:
-        return Batch([], after_id)
+        return Batch([], after_id, newest)
     query = sa.select(Log.id, json_line(connection.dialect.name)).where(
         Log.id > after_id, Log.id <= newest
     )
@@ -39,4 +40,4 @@ def read_batch(
         query = query.where(Log.__table__.columns[column].in_(values))
     rows = [tuple(row) for row in connection.execute(query.order_by(Log.id).limit(limit))]
     # A full batch ends at its last row; a short one has read every match up to `newest`.
-    return Batch(rows, rows[-1][0] if len(rows) == limit else newest)
+    return Batch(rows, rows[-1][0] if len(rows) == limit else newest, newest)
