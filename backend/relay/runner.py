@@ -20,7 +20,7 @@ from backend.relay import cursors
 from backend.relay.config import SinkConfig
 from backend.relay.records import RelayRecorder
 from backend.relay.sinks import Sink, SinkError, open_sink
-from backend.relay.source import read_batch
+from backend.relay.source import BatchReader
 
 # How often an idle relay looks for new rows, and says it is alive (GET /v1/sinks).
 POLL_SECONDS = 0.2
@@ -67,6 +67,7 @@ class SinkRelay:
         self.backoff = backoff
         self.poll = poll
         self.sink = sink_factory(config)
+        self.reader = BatchReader(engine, config.filters, config.batch_size, self.sink.fields)
         self.lock = cursors.SinkLock(engine, config.name)
         self.delivered = 0
         self.recorded_at = 0.0  # time.monotonic() of the last write of the cursor's row
@@ -84,6 +85,7 @@ class SinkRelay:
                     return
                 self.stop.wait(wait)
         finally:
+            self.reader.close()
             self.sink.close()
             self.lock.release()
 
@@ -111,10 +113,7 @@ class SinkRelay:
 
     def _deliver_one_batch(self) -> bool:
         """Deliver the next batch and move the cursor; whether the batch was full."""
-        with self.engine.connect() as connection:
-            batch = read_batch(
-                connection, self.delivered, self.config.filters, self.config.batch_size
-            )
+        batch = self.reader.read(self.delivered)
         if batch.rows:
             self.sink.deliver(batch.rows)
             self.outage.delivered(behind=batch.newest - self.delivered)
