@@ -5,6 +5,8 @@ through the app's writer and relayed like every other row; `--once` writes none.
 import os
 
 from backend.audit.writer import writer
+from backend.extensions import db
+from backend.relay.cursors import SinkLock
 from tests.conftest import Api
 from tests.helpers import audit_table_unavailable, write
 from tests.relaying import file_rows, relay_once, relaying, wait_for, write_sinks
@@ -144,3 +146,18 @@ def test_a_relay_row_the_trail_cannot_take_is_spooled_not_lost(relay_app, sinks_
         "relay.stop",
         "audit.replayed",
     ]
+
+
+def test_a_hot_spares_stop_claims_no_sink_another_relay_delivers(relay_app, sinks_file, tmp_path):
+    write_sinks(sinks_file, {"name": "archive", "kind": "file", "path": str(tmp_path / "t")})
+    with relay_app.app_context():
+        other = SinkLock(db.engine, "archive")
+        assert other.acquire()
+    try:
+        with relaying(relay_app):
+            pass
+    finally:
+        other.release()
+
+    [stop] = rows_of(relay_app, "relay.stop")
+    assert stop.details == {"pid": os.getpid(), "delivered": {}}

@@ -37,7 +37,8 @@ class RelayRecorder:
         )
 
     def stopped(self, delivered: dict[str, int]) -> None:
-        """The relay process stops (SIGTERM, SIGINT); `delivered`: each sink's last row id."""
+        """The relay process stops (SIGTERM, SIGINT); `delivered`: the last row id of each sink
+        it delivered (a hot spare's sinks are another relay's)."""
         cursors = ", ".join(f"{name} at {row_id}" for name, row_id in delivered.items())
         self._write(
             "relay.stop",

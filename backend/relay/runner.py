@@ -72,6 +72,7 @@ class SinkRelay:
         self.delivered = 0
         self.recorded_at = 0.0  # time.monotonic() of the last write of the cursor's row
         self.caught_up = False
+        self.delivering = False  # whether this relay has held the sink's lock (not a spare)
         self.outage = SinkOutage(config, recorder)
 
     def run(self, once: bool = False) -> None:
@@ -107,6 +108,7 @@ class SinkRelay:
     def _take_lock(self) -> bool:
         if not self.lock.acquire():
             return False
+        self.delivering = True
         with self.engine.connect() as connection:
             self.delivered = cursors.delivered_id(connection, self.config.name)
         return True
@@ -200,5 +202,5 @@ def relay(
     for thread in threads:
         thread.join()
     if recorder is not None:
-        recorder.stopped({r.config.name: r.delivered for r in relays})
+        recorder.stopped({r.config.name: r.delivered for r in relays if r.delivering})
     return [r.config.name for r in relays if once and not r.caught_up]
