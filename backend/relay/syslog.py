@@ -12,6 +12,7 @@ for an end the receiver sent (a stopped rsyslog closes it): a batch is never wri
 connection that is known to be gone.
 """
 
+import functools
 import select
 import socket
 import ssl
@@ -24,6 +25,7 @@ SD_ID = "audit@32473"
 HOSTNAME = (socket.gethostname() or "-")[:255]
 
 
+@functools.lru_cache(maxsize=4096)  # a trail has a few hundred event names: one pass each
 def header_name(value: str | None, limit: int) -> str:
     """A header field: printable US-ASCII without spaces, at most `limit` characters, `-` if
     empty (RFC 5424 6.2)."""
