@@ -12,6 +12,7 @@ PostgreSQL, building the messages, sending them.
 import argparse
 import json
 import multiprocessing
+import multiprocessing.queues
 import socket
 import tempfile
 import threading
@@ -28,9 +29,9 @@ from bench import database, load
 from bench.serving import free_port
 
 
-def webhook_receiver(port: int, lags: multiprocessing.Queue | None = None) -> None:
+def webhook_receiver(port: int, lags: multiprocessing.queues.Queue | None = None) -> None:
     """A receiver that reads each POST and answers 200 (in its own process); with `lags`, it
-    puts there each batch's end-to-end lags in seconds (now minus each row's `created_at`)."""
+    puts there each batch's rows as (id, `created_at` as a timestamp, seconds from then to now)."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -39,7 +40,8 @@ def webhook_receiver(port: int, lags: multiprocessing.Queue | None = None) -> No
             body = self.rfile.read(int(self.headers["Content-Length"]))
             if lags is not None:
                 now = time.time()
-                lags.put([now - _timestamp(row["created_at"]) for row in json.loads(body)])
+                rows = [(row["id"], _timestamp(row["created_at"])) for row in json.loads(body)]
+                lags.put([(row_id, stamp, now - stamp) for row_id, stamp in rows])
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()

@@ -13,13 +13,16 @@ ratio, and the lag's p50, p99 and maximum over the rows of the loaded runs.
 import argparse
 import multiprocessing
 import os
+import queue
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from bench.database import bench_settings, migrate, recreate, with_database
+import psycopg
+
+from bench.database import bench_settings, libpq_url, migrate, recreate, with_database
 from bench.relay import webhook_receiver
 from bench.serving import free_port
 from bench.throughput import (
@@ -34,18 +37,31 @@ from bench.throughput import (
 )
 
 PORT = 8311
-CATCH_UP = 3.0  # seconds for a started relay to deliver the rows before the run
+DEADLINE = 60.0  # seconds to wait for the rows of a run to reach the receiver
 
 
-def drained(lags: multiprocessing.Queue) -> list[float]:
-    """Every lag the receiver has put so far."""
-    found = []
-    while not lags.empty():
-        found += lags.get()
+def arrived(lags: multiprocessing.Queue, newest: int, since: float) -> list[float]:
+    """The lags of the rows created from `since` (a timestamp), once the receiver has had every
+    row up to id `newest` (or after DEADLINE seconds: then the late rows' lags are missing)."""
+    found, last, give_up = [], 0, time.monotonic() + DEADLINE
+    while last < newest and time.monotonic() < give_up:
+        try:
+            batch = lags.get(timeout=1)
+        except queue.Empty:
+            continue
+        last = max(last, *(row_id for row_id, _, _ in batch))
+        found += [lag for _, created, lag in batch if created >= since]
+    if last < newest:
+        print(f"  rows up to {last} of {newest} arrived within {DEADLINE:.0f} s", flush=True)
     return found
 
 
-def loaded_round(environment: dict, token: str, lags, options, tmp: Path) -> tuple[dict, list]:
+def newest_id(url: str) -> int:
+    with psycopg.connect(libpq_url(url)) as connection:
+        return connection.execute("SELECT coalesce(max(id), 0) FROM audit_log").fetchone()[0]
+
+
+def loaded_round(url, environment: dict, token: str, lags, options, tmp: Path) -> tuple:
     """One wrk run with the relay delivering: its figures, and the lags of its rows."""
     relay = subprocess.Popen(
         [BIN / "flask", "audit", "relay"],
@@ -55,11 +71,12 @@ def loaded_round(environment: dict, token: str, lags, options, tmp: Path) -> tup
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(CATCH_UP)
-        drained(lags)  # the backlog of earlier runs is not this run's lag
+        # Only this run's rows: the relay starts on the rows of the run without it, whose
+        # wait for a relay that was not there is no lag of the relay's.
+        arrived(lags, newest_id(url), since=time.time())
+        started = time.time()
         result = wrk(PORT, "/v1/me", {"Authorization": f"Bearer {token}"}, options, tmp)
-        time.sleep(CATCH_UP)  # the last rows of the run arrive
-        return result, drained(lags)
+        return result, arrived(lags, newest_id(url), since=started)
     finally:
         relay.terminate()
         relay.wait(timeout=30)
@@ -69,7 +86,7 @@ def main() -> None:
     options = parse_args()
     url = with_database(options.database_url, options.database)
     recreate(url)
-    lags: multiprocessing.Queue = multiprocessing.Queue()
+    lags = multiprocessing.Queue()
     receiver_port = free_port()
     receiver = multiprocessing.Process(
         target=webhook_receiver, args=(receiver_port, lags), daemon=True
@@ -90,7 +107,7 @@ def main() -> None:
             for number in range(1, options.rounds + 1):
                 headers = {"Authorization": f"Bearer {token}"}
                 plain.append(wrk(PORT, "/v1/me", headers, options, Path(tmp)))
-                result, round_lags = loaded_round(environment, token, lags, options, Path(tmp))
+                result, round_lags = loaded_round(url, environment, token, lags, options, Path(tmp))
                 relayed.append(result)
                 all_lags += round_lags
                 print(
