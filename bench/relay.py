@@ -10,11 +10,14 @@ PostgreSQL, building the messages, sending them.
 """
 
 import argparse
+import json
 import multiprocessing
+import multiprocessing.queues
 import socket
 import tempfile
 import threading
 import time
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,14 +29,19 @@ from bench import database, load
 from bench.serving import free_port
 
 
-def webhook_receiver(port: int) -> None:
-    """A receiver that reads each POST and answers 200 (in its own process)."""
+def webhook_receiver(port: int, lags: multiprocessing.queues.Queue | None = None) -> None:
+    """A receiver that reads each POST and answers 200 (in its own process); with `lags`, it
+    puts there each batch's rows as (id, `created_at` as a timestamp, seconds from then to now)."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if lags is not None:
+                now = time.time()
+                rows = [(row["id"], _timestamp(row["created_at"])) for row in json.loads(body)]
+                lags.put([(row_id, stamp, now - stamp) for row_id, stamp in rows])
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -42,6 +50,10 @@ def webhook_receiver(port: int) -> None:
             pass
 
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+
+
+def _timestamp(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339).timestamp()
 
 
 def syslog_receiver(port: int) -> None:

@@ -108,6 +108,12 @@ def main() -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    load_arguments(parser)
+    return parser.parse_args()
+
+
+def load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a wrk load on this service (bench/relay_lag.py runs the same load)."""
     parser.add_argument(
         "--database-url",
         default=os.environ.get(
@@ -119,7 +125,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, each server")
-    return parser.parse_args()
 
 
 def _our_environment(url: str, instance_path: str, options) -> dict:

@@ -4,11 +4,27 @@ fails, hangs or answers slowly on purpose, and what a sink received."""
 import hashlib
 import hmac
 import json
+import subprocess
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
+import config
+from backend.audit.events import AuditEvent
+from backend.audit.writer import writer
+from backend.extensions import db
+from backend.relay.command import configured_sinks
+from backend.relay.records import RelayRecorder
+from backend.relay.runner import relay
 from tests.helpers import flask_audit
+from tests.serving import BIN
+
+DEADLINE = 60.0  # seconds a relay test waits for what it expects
 
 
 def toml_value(value) -> str:
@@ -32,6 +48,17 @@ def write_sinks(path: Path, *sinks: dict) -> Path:
     return path
 
 
+def backlog(app, count: int) -> None:
+    """`count` rows, written as the service writes them, a few group commits at a time."""
+    with app.app_context():
+        for start in range(0, count, 500):
+            events = [
+                AuditEvent(source="app", event="test.event", level="INFO", track=f"row {n}")
+                for n in range(start, min(count, start + 500))
+            ]
+            assert None not in writer().write_batch(events)
+
+
 def relay_once(app, *options: str):
     """`flask audit relay --once`: deliver what is there; the click result."""
     return flask_audit(app.test_cli_runner(), "relay", "--once", "--poll", "0.05", *options)
@@ -40,6 +67,54 @@ def relay_once(app, *options: str):
 def file_rows(path: Path) -> list[dict]:
     """The rows a file sink wrote, in file order."""
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def wait_for(condition, what: str, deadline: float = DEADLINE) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `deadline` seconds."""
+    give_up = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > give_up:
+            pytest.fail(f"not within {deadline:.0f} s: {what}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def relaying(app, backoff_cap: float = 0.2) -> Iterator[None]:
+    """The long-running relay of `app`'s sinks file (its own rows included) on a thread, until
+    the block ends: then stopped as SIGTERM stops it, its batch finished."""
+    with app.app_context():
+        sinks, engine = configured_sinks(), db.engine
+    stop = threading.Event()
+    options = {"poll": 0.05, "backoff_cap": backoff_cap, "recorder": RelayRecorder(app)}
+    thread = threading.Thread(target=relay, args=(engine, sinks, stop), kwargs=options)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=DEADLINE)
+        assert not thread.is_alive(), "the relay did not stop"
+
+
+def start_relay(environment: dict, log, *options: str) -> subprocess.Popen:
+    """`flask audit relay` as a process of its own (stderr to `log`)."""
+    return subprocess.Popen(
+        [BIN / "flask", "audit", "relay", "--poll", "0.05", *options],
+        cwd=config.ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+
+
+def assert_in_order_with_one_batch_again(ids: list[int], expected: list[int], batch: int) -> None:
+    """Every expected id arrived, in order, but that a restart may have gone back over the one
+    batch it had not recorded (at most `batch` ids twice, once)."""
+    assert sorted(set(ids)) == expected
+    assert 0 <= len(ids) - len(expected) <= batch
+    restart = next((i for i in range(1, len(ids)) if ids[i] <= ids[i - 1]), len(ids))
+    assert ids[:restart] == expected[:restart]
+    assert ids[restart:] == expected[len(expected) - (len(ids) - restart) :]
 
 
 class Receiver:

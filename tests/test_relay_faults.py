@@ -4,16 +4,17 @@ while then 200 is in tests/test_relay.py, rsyslog stopped and started in test_re
 
 import json
 import signal
-import subprocess
 import time
 
 import pytest
 
-import config
-from backend.audit.events import AuditEvent
-from backend.audit.writer import writer
-from tests.relaying import write_sinks
-from tests.serving import BIN, server_environment
+from tests.relaying import (
+    assert_in_order_with_one_batch_again,
+    backlog,
+    start_relay,
+    write_sinks,
+)
+from tests.serving import server_environment
 
 pytestmark = [pytest.mark.faults]
 
@@ -22,15 +23,15 @@ BATCH = 100
 DEADLINE = 60.0
 
 
-def backlog(app, count: int) -> None:
-    """`count` rows, written as the service writes them, a few group commits at a time."""
-    with app.app_context():
-        for start in range(0, count, 500):
-            events = [
-                AuditEvent(source="app", event="test.event", level="INFO", track=f"row {n}")
-                for n in range(start, min(count, start + 500))
-            ]
-            assert None not in writer().write_batch(events)
+def backlog_sink(out) -> dict:
+    """A file sink of the backlog's rows (the relay's own rows, relay.start..., go elsewhere)."""
+    return {
+        "name": "archive",
+        "kind": "file",
+        "path": str(out),
+        "batch_size": BATCH,
+        "events": ["test.event"],
+    }
 
 
 def delivered_ids(path) -> list[int]:
@@ -42,23 +43,11 @@ def delivered_ids(path) -> list[int]:
     return [json.loads(line)["id"] for line in complete]
 
 
-def start_relay(environment: dict, log) -> subprocess.Popen:
-    return subprocess.Popen(
-        [BIN / "flask", "audit", "relay", "--poll", "0.05"],
-        cwd=config.ROOT,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-
-
 def test_a_relay_killed_mid_delivery_resends_at_most_one_batch_and_leaves_no_gap(
     relay_app, database_url, sinks_file, tmp_path
 ):
     out = tmp_path / "trail.ndjson"
-    write_sinks(
-        sinks_file, {"name": "archive", "kind": "file", "path": str(out), "batch_size": BATCH}
-    )
+    write_sinks(sinks_file, backlog_sink(out))
     backlog(relay_app, ROWS)
     environment = server_environment(database_url, tmp_path) | {"AUDIT_SINKS_FILE": str(sinks_file)}
     with (tmp_path / "relay.log").open("ab") as log:
@@ -80,23 +69,14 @@ def test_a_relay_killed_mid_delivery_resends_at_most_one_batch_and_leaves_no_gap
             relay.wait(timeout=10)
 
     assert out.read_bytes().endswith(b"\n"), "a torn last line was left in the file"
-    ids = delivered_ids(out)
-    assert sorted(set(ids)) == list(range(1, ROWS + 1))
-    repeated = len(ids) - ROWS
-    assert 0 <= repeated <= BATCH
-    # In order, except that the restart went back over the batch it had not recorded.
-    restart = next((i for i in range(1, len(ids)) if ids[i] <= ids[i - 1]), len(ids))
-    assert ids[:restart] == list(range(1, restart + 1))
-    assert ids[restart:] == list(range(ROWS - (len(ids) - restart) + 1, ROWS + 1))
+    assert_in_order_with_one_batch_again(delivered_ids(out), list(range(1, ROWS + 1)), BATCH)
 
 
 def test_a_relay_stopped_with_sigterm_finishes_its_batch_and_resends_nothing(
     relay_app, database_url, sinks_file, tmp_path
 ):
     out = tmp_path / "trail.ndjson"
-    write_sinks(
-        sinks_file, {"name": "archive", "kind": "file", "path": str(out), "batch_size": BATCH}
-    )
+    write_sinks(sinks_file, backlog_sink(out))
     backlog(relay_app, 1000)
     environment = server_environment(database_url, tmp_path) | {"AUDIT_SINKS_FILE": str(sinks_file)}
     with (tmp_path / "relay.log").open("ab") as log:

@@ -3,7 +3,7 @@ TLS, parsed by rsyslog's own parser; every row once, in id order."""
 
 import json
 
-from backend.relay.syslog import message
+from backend.relay.syslog import FIELDS, message
 from tests.helpers import write
 from tests.relaying import relay_once, write_sinks
 from tests.rsyslog import rsyslog
@@ -84,18 +84,17 @@ def test_rows_reach_rsyslog_after_it_comes_back(relay_app, sinks_file, tmp_path)
 
 
 def test_message_has_octet_count_priority_and_header():
-    line = json.dumps(
-        {
-            "id": 7,
-            "created_at": "2026-11-21T10:00:00.123456Z",
-            "event_id": "e",
-            "event": "login failure",
-            "level": "WARNING",
-            "hash": "ab",
-        }
-    )
-
-    framed = message(line, facility=13)
+    row = {
+        "id": 7,
+        "created_at": "2026-11-21T10:00:00.123456Z",
+        "event_id": "e",
+        "event": "login failure",
+        "level": "WARNING",
+        "hash": "ab",
+    }
+    line = json.dumps(row)
+    # As the relay reads it: the id, the JSON line, and the header's fields beside it.
+    framed = message((7, line, *(row[name] for name in FIELDS)), facility=13)
 
     count, _, text = framed.partition(b" ")
     assert int(count) == len(text)

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.conftest import bearer
+from tests.conftest import Api, bearer
 from tests.helpers import assert_error, write
 from tests.streaming import EventReader, rows_of
 
@@ -124,3 +124,53 @@ def test_bad_positions_and_filters_are_400_naming_them(client, users, query, hea
 
 def test_stream_needs_a_token(client):
     assert_error(client.get("/v1/logs/stream"), 401)
+
+
+# -- the stream's end, a read of the trail on its own record ---------------------------------
+
+
+def stream_rows(app):
+    return Api(app, None).rows(event="trail.stream")
+
+
+@pytest.mark.settings(STREAM_HEARTBEAT_SECONDS="0.2", STREAM_POLL_SECONDS="0.05")
+def test_a_stream_the_client_closes_leaves_a_row_with_the_rows_sent(app, client, users):
+    ids = [write(app, track=f"r{n}") for n in range(3)]
+    with streaming(client, users["admin"], "?after_id=0&event=test.event") as events:
+        events.next_events(3)
+        events.next_comment()  # the server went on: it took the rows
+
+    [row] = stream_rows(app)
+    assert (row.source, row.user, row.level, row.outcome) == ("v1", "admin", "INFO", "success")
+    assert (row.target_type, row.status) == ("trail", 200)
+    assert row.details == {
+        "filters": {"event": "test.event"},
+        "rows": 3,
+        "after_id": 0,
+        "last_id": ids[-1],
+        "ended": "client_left",
+    }
+    assert row.track == (
+        "GET /v1/logs/stream?after_id=0&event=test.event ended, the client left: 3 rows sent"
+    )
+
+
+@pytest.mark.settings(STREAM_HEARTBEAT_SECONDS="0.2", STREAM_POLL_SECONDS="0.05")
+def test_a_stream_its_revoked_token_ended_leaves_a_denied_row(app, client, users):
+    token = users["alice"]
+    with streaming(client, token) as events:
+        events.next_comment()
+        assert client.get("/logout", headers=bearer(token)).status_code == 200
+        with pytest.raises(StopIteration):
+            events.next_comment()
+
+    [row] = stream_rows(app)
+    assert (row.user, row.level, row.outcome) == ("alice", "WARNING", "denied")
+    assert (row.details["reason"], row.details["ended"]) == ("token_invalid", "token_invalid")
+
+
+def test_a_stream_refused_for_a_bad_position_leaves_no_stream_row(app, client, users):
+    refused = client.get("/v1/logs/stream?after_id=x", headers=bearer(users["admin"]))
+
+    assert_error(refused, 400, {"after_id"})
+    assert stream_rows(app) == []

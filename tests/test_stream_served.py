@@ -6,6 +6,7 @@ import urllib.request
 
 import pytest
 
+from tests.relaying import wait_for
 from tests.serving import ADMIN, serving
 from tests.streaming import EventReader, rows_of
 
@@ -43,3 +44,33 @@ def test_more_streams_than_connections_all_follow_the_trail(database_url, tmp_pa
 
     assert {row["event"] for row in received} == {"login.success"}
     assert len({row["id"] for row in received}) == 1
+
+
+@pytest.mark.serving
+def test_a_stream_its_client_leaves_is_recorded_with_the_rows_sent(database_url, tmp_path):
+    settings = {"GUNICORN_WORKERS": "1", "STREAM_HEARTBEAT_SECONDS": "1"}
+    with serving(database_url, tmp_path, **settings) as (client, _):
+        token = client.post("/login", basic=ADMIN).body["token"]
+        response, events = open_stream(client, token)
+        try:
+            events.next_comment()
+            assert client.post("/login", basic=ADMIN).status == 200
+            [row] = rows_of(events.next_events(1))
+        finally:
+            response.close()  # the worker finds the client gone at the next heartbeat
+
+        def recorded():
+            return client.get("/v1/logs?event=trail.stream", token=token).body["items"]
+
+        wait_for(lambda: recorded() != [], "the trail.stream row")
+        [recorded_row] = recorded()
+
+    assert (recorded_row["user"], recorded_row["outcome"]) == (ADMIN[0], "success")
+    details = recorded_row["details"]
+    assert details.pop("after_id") < row["id"]  # the newest row when the stream began
+    assert details == {
+        "filters": {"event": "login.success"},
+        "rows": 1,
+        "last_id": row["id"],
+        "ended": "client_left",
+    }

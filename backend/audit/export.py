@@ -112,6 +112,13 @@ def json_line(dialect: str) -> sa.ColumnElement[str]:
     return _json_object(_text_values(dialect), dialect)
 
 
+def text_fields(dialect: str, names: tuple[str, ...]) -> list[sa.ColumnElement[str]]:
+    """Fields of a row as json_line writes them (`created_at` in RFC 3339...): the syslog
+    sink's header, read beside the line rather than parsed back out of it."""
+    values = _text_values(dialect)
+    return [values[name] for name in names]
+
+
 # Called after each chunk with the id of its last row and how many rows it holds.
 Progress = Callable[[int, int], None]
 

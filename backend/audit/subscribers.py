@@ -100,22 +100,18 @@ def event_from_signal(
     )
 
 
-def record_service(app, event: str, track: str) -> None:
-    """`service.start` or `service.stop` of this worker process (source `system`), logged
-    rather than raised when the trail cannot take it: a worker serves or stops either way."""
+def record_service(app, event: str, track: str, **facts) -> None:
+    """A row of the service itself (source `system`): by default `service.start` or
+    `service.stop` of this worker process; `facts` are announce()'s (`level`, `outcome`,
+    `target`, `details`...) for the relay's rows. Logged rather than raised when the trail
+    cannot take it: a worker serves or stops, and the relay delivers, either way."""
+    facts.setdefault("target", Target("service", os.getpid()))
+    facts.setdefault("details", {"pid": os.getpid()})
     with app.app_context():
         try:
-            write(
-                event_from_signal(
-                    "system",
-                    event=event,
-                    track=track,
-                    target=Target("service", os.getpid()),
-                    details={"pid": os.getpid()},
-                )
-            )
+            write(event_from_signal("system", event=event, track=track, **facts))
         except AuditUnavailable:
-            logger.error("could not record %s", event)
+            logger.error("could not record %s: %s", event, track)
 
 
 @got_request_exception.connect

@@ -9,6 +9,7 @@ from flask.cli import with_appcontext
 
 from backend.extensions import db
 from backend.relay.config import SinksFileError, load_sinks
+from backend.relay.records import RelayRecorder
 from backend.relay.runner import POLL_SECONDS, relay
 
 
@@ -38,7 +39,8 @@ def configured_sinks():
 def relay_command(once: bool, poll: float, max_backoff: float) -> None:
     """Deliver the trail to the sinks of AUDIT_SINKS_FILE, at least once and in id order.
 
-    Runs until SIGTERM or SIGINT. With --once, until every sink has caught up (exit 1 when
+    Runs until SIGTERM or SIGINT, writing its own rows (relay.start, relay.stop, sink.failing,
+    sink.recovered). With --once, without them, until every sink has caught up (exit 1 when
     one fails five times in a row, or is another relay's, naming it). A second
     relay started at the same time waits as a hot spare: each sink is delivered by one relay.
     """
@@ -54,6 +56,11 @@ def relay_command(once: bool, poll: float, max_backoff: float) -> None:
             signal.signal(number, lambda *_: stop.set())
     names = ", ".join(f"{sink.name} ({sink.kind})" for sink in sinks)
     click.echo(f"relaying to {names}", err=True)
-    behind = relay(db.engine, sinks, stop, once=once, poll=poll, backoff_cap=max_backoff)
+    # The long-running relay is part of the service and writes its own rows; --once is a
+    # delivery run by hand, told by its exit status.
+    recorder = None if once else RelayRecorder(current_app._get_current_object())
+    behind = relay(
+        db.engine, sinks, stop, once=once, poll=poll, backoff_cap=max_backoff, recorder=recorder
+    )
     if behind:
         raise click.ClickException(f"not caught up: {', '.join(behind)}")

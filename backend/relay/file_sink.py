@@ -23,9 +23,11 @@ class FileSink:
         self.keep = keep
         self._fd: int | None = None
 
-    def deliver(self, rows: list[tuple[int, str]]) -> None:
+    fields = ()
+
+    def deliver(self, rows: list[tuple]) -> None:
         """Append the rows, one JSON object a line, and fsync."""
-        data = "".join([line + "\n" for _, line in rows]).encode()
+        data = "".join([row[1] + "\n" for row in rows]).encode()
         try:
             if self._fd is None:
                 self._fd = self._open()

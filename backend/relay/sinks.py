@@ -12,8 +12,12 @@ class SinkError(Exception):
 class Sink(Protocol):
     """A destination: `deliver` returns only once the sink has every row of the batch."""
 
-    def deliver(self, rows: list[tuple[int, str]]) -> None:
-        """Send rows (id, JSON text) in order; raise SinkError when they were not taken."""
+    # Fields of the row the sink needs beside its JSON text (read as text by the database).
+    fields: tuple[str, ...]
+
+    def deliver(self, rows: list[tuple]) -> None:
+        """Send rows (id, JSON text, *fields) in order; raise SinkError when they were not
+        taken."""
 
     def close(self) -> None:
         """Let go of connections and files."""

@@ -31,9 +31,11 @@ class WebhookSink:
         self.timeout = timeout
         self._session: requests.Session | None = None
 
-    def deliver(self, rows: list[tuple[int, str]]) -> None:
+    fields = ()
+
+    def deliver(self, rows: list[tuple]) -> None:
         """POST the batch; SinkError unless the answer is a 2xx."""
-        body = ("[" + ",".join([line for _, line in rows]) + "]").encode()
+        body = ("[" + ",".join([row[1] for row in rows]) + "]").encode()
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",

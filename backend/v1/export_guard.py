@@ -13,9 +13,10 @@ So, in each worker process:
   server's blocked write fails and it closes the response, which closes the stream: the
   connection and its transaction are released.
 
-Every export ends with a `trail.export` row written when its stream is closed: the rows sent
-(whole chunks the server took), its filters, and whether it was complete, the client left early
-(`failure`) or was cut off (`denied`, at WARNING).
+Every export ends with a `trail.export` row written when its stream is closed (ReadEnd, which
+the live stream's `trail.stream` row uses too): the rows sent (whole chunks the server took),
+its filters, and whether it was complete, the client left early (`failure`) or was cut off
+(`denied`, at WARNING).
 """
 
 import logging
@@ -25,7 +26,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from flask import current_app, request
 from werkzeug.exceptions import TooManyRequests
@@ -146,16 +146,13 @@ class GuardedExport:
     ):
         self._chunks = chunks
         self._give_back = give_back
-        self._user = user
         self._counter = counter
         self._details = details
         self._complete = False
-        self._app = current_app._get_current_object()
-        self._request = request_fields()  # the row, if any, is written once the request is over
-        self._track = f"{request.method} {request.full_path.rstrip('?')}"
+        self._end = ReadEnd("trail.export", user)
         environ = request.environ
         self._watch = StallWatch(
-            self._app.config["EXPORT_STALL_TIMEOUT"],
+            current_app.config["EXPORT_STALL_TIMEOUT"],
             environ.get("gunicorn.socket") or environ.get("werkzeug.socket"),
         )
         self._sent = 0
@@ -204,37 +201,48 @@ class GuardedExport:
         if self._watch.cut_off:
             seconds = self._watch.seconds
             level, outcome, reason = "WARNING", "denied", "stalled"
-            track = f"{self._track} cut off: the client read nothing for {seconds} s; {sent}"
+            what = f"cut off: the client read nothing for {seconds} s; {sent}"
         elif self._complete:
             level, outcome, reason = "INFO", "success", None
-            track = f"{self._track} complete: {sent}"
+            what = f"complete: {sent}"
         else:
             level, outcome, reason = "INFO", "failure", "client_left"
-            track = f"{self._track} ended early, the client left: {sent}"
-        with self._app.app_context(), _logged_if_unrecorded(track):
-            announce(
-                v1_log,
-                "trail.export",
-                level=level,
-                status=200,
-                track=track,
-                user=self._user.username,
-                actor_id=self._user.id,
-                outcome=outcome,
-                reason=reason,
-                target=Target("trail"),
-                details={**self._details, "rows": rows, "bytes": self._sent},
-                request=self._request,
-            )
+            what = f"ended early, the client left: {sent}"
+        details = {**self._details, "rows": rows, "bytes": self._sent}
+        self._end.record(what, level=level, outcome=outcome, reason=reason, details=details)
 
 
-@contextmanager
-def _logged_if_unrecorded(track: str) -> Iterator[None]:
-    """The response is over: a trail that cannot take its row is logged, not raised."""
-    try:
-        yield
-    except AuditUnavailable:
-        logger.error("could not record trail.export: %s", track)
+class ReadEnd:
+    """The row that a streamed read of the trail (an export, a live stream) writes when its
+    response is over: the request's fields are taken now, while the request is there."""
+
+    def __init__(self, event: str, user: User):
+        self.event = event
+        self.user = user
+        self.app = current_app._get_current_object()
+        self.request = request_fields()
+        self.track = f"{request.method} {request.full_path.rstrip('?')}"
+
+    def record(self, what: str, **facts) -> None:
+        """Write the row (`facts`: announce()'s level, outcome, reason, details), its track
+        the request and `what`; logged, not raised, when the trail cannot take it (the
+        response is over either way)."""
+        track = f"{self.track} {what}"
+        with self.app.app_context():
+            try:
+                announce(
+                    v1_log,
+                    self.event,
+                    status=200,
+                    track=track,
+                    user=self.user.username,
+                    actor_id=self.user.id,
+                    target=Target("trail"),
+                    request=self.request,
+                    **facts,
+                )
+            except AuditUnavailable:
+                logger.error("could not record %s: %s", self.event, track)
 
 
 class StallWatch:

@@ -10,6 +10,10 @@ hold no connection; a comment line goes out at least every STREAM_HEARTBEAT_SECO
 and load balancers close a silent connection), and then the token is checked again, so a
 revoked token ends its streams. A worker serves at most STREAMS_PER_WORKER streams: one more
 is a 503 with `Retry-After`.
+
+A stream is a read of the trail: when it ends, a `trail.stream` row says how (the client left,
+its token stopped being valid, an error), the rows it sent and its filters, written by
+export_guard.ReadEnd as an export's `trail.export` row is.
 """
 
 import threading
@@ -27,6 +31,8 @@ from backend.errors import BAD_PARAMETER, UNAUTHORIZED, ValidationFailed
 from backend.extensions import db, token_auth
 from backend.schemas import ErrorSchema, LogStreamQuerySchema
 from backend.v1 import bp
+from backend.v1.export_guard import ReadEnd
+from backend.v1.logs import note_read
 
 BATCH = 500
 RETRY_AFTER = 5  # seconds, for a client refused a stream
@@ -66,15 +72,54 @@ def stream_logs(args: dict):
         if after_id is None:
             with db.engine.connect() as connection:
                 after_id = follow.newest_id(connection)
-        events = _events(args, token_auth.current_user(), token_auth.get_auth().token, after_id)
+        viewer = token_auth.current_user()
+        sent = StreamSent(viewer, note_read(args), after_id)
+        events = _events(args, viewer, token_auth.get_auth().token, sent)
     except BaseException:
         slot.release()
         raise
     return Response(
-        stream_with_context(_released(events, slot)),
+        stream_with_context(_released(events, slot, sent)),
         content_type="text/event-stream; charset=utf-8",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+class StreamSent:
+    """What a stream has sent, for its `trail.stream` row: the rows (each counted once the
+    server has taken it), from where to where, and why it ended."""
+
+    def __init__(self, viewer, filters: dict, after_id: int):
+        self.end = ReadEnd("trail.stream", viewer)
+        self.filters = filters
+        self.first_after = after_id
+        self.last_id = after_id
+        self.rows = 0
+        self.ended = "client_left"  # a stream has no end of its own: its client closes it
+
+    def taken(self, rows: list[tuple[int, str]]) -> None:
+        """The server took these rows (the generator was resumed after yielding them)."""
+        self.rows += len(rows)
+        self.last_id = rows[-1][0]
+
+    def record(self) -> None:
+        """Write the `trail.stream` row."""
+        sent = f"{self.rows} row{'' if self.rows == 1 else 's'} sent"
+        level, outcome, reason, why = {
+            "client_left": ("INFO", "success", None, "the client left"),
+            "token_invalid": ("WARNING", "denied", "token_invalid", "its token is no longer valid"),
+            "error": ("ERROR", "error", None, "an error"),
+        }[self.ended]
+        details = {
+            "filters": self.filters,
+            "rows": self.rows,
+            "after_id": self.first_after,
+            "last_id": self.last_id,
+            "ended": self.ended,
+        }
+        self.end.record(
+            f"ended, {why}: {sent}", level=level, outcome=outcome, reason=reason, details=details
+        )
 
 
 def _worker_slots() -> threading.BoundedSemaphore:
@@ -85,18 +130,25 @@ def _worker_slots() -> threading.BoundedSemaphore:
     return _slots[key]
 
 
-def _released(events: Iterator[str], slot: threading.BoundedSemaphore) -> Iterator[str]:
+def _released(
+    events: Iterator[str], slot: threading.BoundedSemaphore, sent: StreamSent
+) -> Iterator[str]:
     try:
         yield from events
+    except Exception:
+        sent.ended = "error"
+        raise
     finally:  # the client left (the server closes the generator), or the token died
         slot.release()
+        sent.record()
 
 
-def _events(filters: dict, viewer, token: str, after_id: int) -> Iterator[str]:
+def _events(filters: dict, viewer, token: str, sent: StreamSent) -> Iterator[str]:
     """The stream's text: a first comment at once, then rows and heartbeats."""
     config = current_app.config
     poll, heartbeat = config["STREAM_POLL_SECONDS"], config["STREAM_HEARTBEAT_SECONDS"]
     engine = db.engine
+    after_id = sent.last_id
     yield ": stream of the audit trail\nretry: 2000\n\n"
     quiet_since = time.monotonic()
     while True:
@@ -104,9 +156,11 @@ def _events(filters: dict, viewer, token: str, after_id: int) -> Iterator[str]:
         if rows:
             after_id = rows[-1][0]
             yield "".join(f"id: {row_id}\nevent: log\ndata: {line}\n\n" for row_id, line in rows)
+            sent.taken(rows)
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since >= heartbeat:
             if verify_token(token) is None:
+                sent.ended = "token_invalid"
                 return
             yield ": heartbeat\n\n"
             quiet_since = time.monotonic()
