@@ -97,7 +97,8 @@ def append(
     new nodes, and the tree heads `signer` signs, go in the same transaction. Returns the new
     ids.
     """
-    linked = link(lock_head(connection)._asdict(), events, key, checkpoint_every, signer)
+    rows = [event.as_row() for event in events]  # before the lock: see `link`
+    linked = link(lock_head(connection)._asdict(), rows, key, checkpoint_every, signer)
     connection.execute(sa.insert(Log), linked.rows)
     connection.execute(sa.insert(TreeNode), linked.nodes)
     for table, values in ((Checkpoint, linked.checkpoints), (TreeHead, linked.heads)):
@@ -127,10 +128,11 @@ def append_and_commit(
     the frontier the head carries, and travel in the same string.
     """
     _prepare(connection)
+    rows = [event.as_row() for event in events]  # before the lock: see `link`
     cursor = psycopg.ClientCursor(connection, row_factory=dict_row)
     cursor.execute(_PG_BEGIN_LOCK_HEAD)
     cursor.nextset()
-    linked = link(cursor.fetchone(), events, key, checkpoint_every, signer)
+    linked = link(cursor.fetchone(), rows, key, checkpoint_every, signer)
     # The rows travel as one JSON array: one literal to quote, however many rows and columns.
     statements, params = [], []
     for statement, values in (
@@ -161,20 +163,24 @@ class Linked(NamedTuple):
 
 def link(
     head: dict,
-    events: Sequence[AuditEvent],
+    rows: list[dict],
     key: bytes,
     checkpoint_every: int,
     signer: "TreeSigner | None" = None,
 ) -> Linked:
-    """The rows of `events` chained on to `head` and added to its Merkle tree, the checkpoints
-    and signed tree heads they call for (a head with each periodic checkpoint, and one at the
-    batch's end when the last is HEAD_EVERY old), the new head."""
+    """`rows` (the events' `as_row()`, given their ids, chain version and hashes here, in
+    place) chained on to `head` and added to its Merkle tree, the checkpoints and signed tree
+    heads they call for (a head with each periodic checkpoint, and one at the batch's end when
+    the last is HEAD_EVERY old), the new head.
+
+    It runs while the chain's head is locked, which every writer waits for: the rows are made
+    before (their `details` made safe, their strings storable), so that only what needs the
+    head (the ids, the hashes, the tree) is done under the lock."""
     last_id, prev_hash = head["last_id"], head["last_hash"]
     last_created_at, since_checkpoint = head["last_created_at"], head["since_checkpoint"]
     frontier, head_at = merkle.unpack(head["tree_frontier"]), head["tree_head_at"]
-    rows, checkpoints, nodes, heads = [], [], [], []
-    for event in events:
-        row = event.as_row()
+    checkpoints, nodes, heads = [], [], []
+    for row in rows:
         last_id += 1
         row["id"] = last_id
         row["chain_version"] = CHAIN_VERSION
@@ -184,7 +190,6 @@ def link(
         row["prev_hash"] = prev_hash
         row["hash"] = prev_hash = row_hash(row, prev_hash)
         last_created_at = row["created_at"]
-        rows.append(row)
         _, completed = merkle.append(frontier, last_id - 1, [merkle.leaf_hash(row["hash"])])
         nodes += [{"position": at, "hash": node.hex()} for at, node in completed]
         since_checkpoint += 1
