@@ -58,11 +58,23 @@ HASHED_FIELDS_OF = {
 HASHED_FIELDS = HASHED_FIELDS_OF[CHAIN_VERSION]
 
 
+# The hashed fields that only the chain's head decides (`link`): the row's id, and its time
+# when the writer's clock is behind the head's. They come first, so the canonical JSON of the
+# rest is made before the lock (`unlinked`).
+LINKED = ("id", "created_at")
+assert HASHED_FIELDS[: len(LINKED)] == LINKED and len(HASHED_FIELDS) > len(LINKED)
+
+
 def row_hash(row: dict, prev_hash: str) -> str:
     """SHA-256 over the canonical JSON of the hashed fields of the row's chain version (1 when
     the row names none), then the previous hash. `details` is canonical with sorted keys."""
+    values = _hashed_values(row, HASHED_FIELDS_OF[row.get("chain_version") or 1])
+    return _digest(_canonical(values), prev_hash)
+
+
+def _hashed_values(row: dict, names: Iterable[str]) -> list:
     values = []
-    for name in HASHED_FIELDS_OF[row.get("chain_version") or 1]:
+    for name in names:
         value = row[name]
         if isinstance(value, datetime):
             value = rfc3339(value)
@@ -71,7 +83,14 @@ def row_hash(row: dict, prev_hash: str) -> str:
         elif name == "details" and isinstance(value, str):  # as a CSV cell or SQLite's text
             value = json.loads(value)
         values.append(value)
-    canonical = json.dumps(values, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return values
+
+
+def _canonical(values: list) -> str:
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _digest(canonical: str, prev_hash: str) -> str:
     return hashlib.sha256(canonical.encode() + prev_hash.encode()).hexdigest()
 
 
@@ -97,7 +116,7 @@ def append(
     new nodes, and the tree heads `signer` signs, go in the same transaction. Returns the new
     ids.
     """
-    rows = [event.as_row() for event in events]  # before the lock: see `link`
+    rows = unlinked(events)  # before the lock: see `link`
     linked = link(lock_head(connection)._asdict(), rows, key, checkpoint_every, signer)
     connection.execute(sa.insert(Log), linked.rows)
     connection.execute(sa.insert(TreeNode), linked.nodes)
@@ -128,15 +147,23 @@ def append_and_commit(
     the frontier the head carries, and travel in the same string.
     """
     _prepare(connection)
-    rows = [event.as_row() for event in events]  # before the lock: see `link`
+    rows = unlinked(events)  # before the lock: see `link`
+    # The rows travel as one JSON array: one literal to quote, however many rows and columns.
+    # Each row's JSON object but for what `link` sets is made before the lock too.
+    texts = [_json_without(row, SET_BY_LINK) for row, _ in rows]
     cursor = psycopg.ClientCursor(connection, row_factory=dict_row)
     cursor.execute(_PG_BEGIN_LOCK_HEAD)
     cursor.nextset()
     linked = link(cursor.fetchone(), rows, key, checkpoint_every, signer)
-    # The rows travel as one JSON array: one literal to quote, however many rows and columns.
     statements, params = [], []
+    if linked.rows:
+        statements.append(_PG_INSERT_LOG)
+        objects = (
+            f"{text},{_json_of(row, SET_BY_LINK)[1:]}"
+            for text, row in zip(texts, linked.rows, strict=True)
+        )
+        params.append(f"[{','.join(objects)}]")
     for statement, values in (
-        (_PG_INSERT_LOG, linked.rows),
         (_PG_INSERT_NODE, linked.nodes),
         (_PG_INSERT_CHECKPOINT, linked.checkpoints),
         (_PG_INSERT_HEAD, linked.heads),
@@ -151,6 +178,39 @@ def append_and_commit(
     return [row["id"] for row in linked.rows]
 
 
+# The columns of a row that `link` sets (created_at: only when the clock ran behind).
+SET_BY_LINK = ("id", "created_at", "prev_hash", "hash")
+
+
+def _json_of(row: dict, names: Sequence[str]) -> str:
+    return json.dumps({name: row[name] for name in names}, default=str)
+
+
+def _json_without(row: dict, names: Sequence[str]) -> str:
+    """The JSON object of `row` but for `names`, without its closing brace."""
+    return json.dumps({k: v for k, v in row.items() if k not in names}, default=str)[:-1]
+
+
+class Unlinked(NamedTuple):
+    """A row made before the chain's lock, and `hashed`: the canonical JSON of its hashed
+    values after LINKED, which the head does not change (`row_hash`'s, without brackets)."""
+
+    row: dict
+    hashed: str
+
+
+def unlinked(events: Sequence[AuditEvent]) -> list[Unlinked]:
+    """The rows of `events`, as far as they can be made without the chain's head."""
+    made = []
+    for event in events:
+        row = event.as_row()
+        row["chain_version"] = CHAIN_VERSION
+        made.append(
+            Unlinked(row, _canonical(_hashed_values(row, HASHED_FIELDS[len(LINKED) :]))[1:-1])
+        )
+    return made
+
+
 class Linked(NamedTuple):
     """What appending a batch writes: rows, HMAC checkpoints, tree nodes and heads, the head."""
 
@@ -163,32 +223,33 @@ class Linked(NamedTuple):
 
 def link(
     head: dict,
-    rows: list[dict],
+    rows: list[Unlinked],
     key: bytes,
     checkpoint_every: int,
     signer: "TreeSigner | None" = None,
 ) -> Linked:
-    """`rows` (the events' `as_row()`, given their ids, chain version and hashes here, in
-    place) chained on to `head` and added to its Merkle tree, the checkpoints and signed tree
-    heads they call for (a head with each periodic checkpoint, and one at the batch's end when
-    the last is HEAD_EVERY old), the new head.
+    """`rows` (`unlinked`, given their ids and hashes here, in place) chained on to `head` and
+    added to its Merkle tree, the checkpoints and signed tree heads they call for (a head with
+    each periodic checkpoint, and one at the batch's end when the last is HEAD_EVERY old), the
+    new head.
 
     It runs while the chain's head is locked, which every writer waits for: the rows are made
-    before (their `details` made safe, their strings storable), so that only what needs the
-    head (the ids, the hashes, the tree) is done under the lock."""
+    before (their `details` made safe, their strings storable, the canonical JSON of what the
+    head does not change), so that only what needs the head (the ids, the hashes, the tree) is
+    done under the lock. Each hash is `row_hash`'s (tests/test_integrity.py)."""
     last_id, prev_hash = head["last_id"], head["last_hash"]
     last_created_at, since_checkpoint = head["last_created_at"], head["since_checkpoint"]
     frontier, head_at = merkle.unpack(head["tree_frontier"]), head["tree_head_at"]
     checkpoints, nodes, heads = [], [], []
-    for row in rows:
+    for row, hashed in rows:
         last_id += 1
         row["id"] = last_id
-        row["chain_version"] = CHAIN_VERSION
         # Time never runs backwards along the chain, so (created_at, id) order is id order.
         if last_created_at is not None and row["created_at"] < last_created_at:
             row["created_at"] = last_created_at
         row["prev_hash"] = prev_hash
-        row["hash"] = prev_hash = row_hash(row, prev_hash)
+        canonical = f"{_canonical(_hashed_values(row, LINKED))[:-1]},{hashed}]"
+        row["hash"] = prev_hash = _digest(canonical, prev_hash)
         last_created_at = row["created_at"]
         _, completed = merkle.append(frontier, last_id - 1, [merkle.leaf_hash(row["hash"])])
         nodes += [{"position": at, "hash": node.hex()} for at, node in completed]
@@ -201,7 +262,7 @@ def link(
     if signer and rows and not heads and _head_due(head_at, last_created_at):
         heads.append(signer.head(last_id, merkle.root(frontier), last_created_at))
     return Linked(
-        rows,
+        [row for row, _ in rows],
         checkpoints,
         nodes,
         heads,
