@@ -58,18 +58,18 @@ HASHED_FIELDS_OF = {
 HASHED_FIELDS = HASHED_FIELDS_OF[CHAIN_VERSION]
 
 
-# The hashed fields that only the chain's head decides (`link`): the row's id, and its time
-# when the writer's clock is behind the head's. They come first, so the canonical JSON of the
-# rest is made before the lock (`unlinked`).
-LINKED = ("id", "created_at")
-assert HASHED_FIELDS[: len(LINKED)] == LINKED and len(HASHED_FIELDS) > len(LINKED)
-
-
 def row_hash(row: dict, prev_hash: str) -> str:
     """SHA-256 over the canonical JSON of the hashed fields of the row's chain version (1 when
     the row names none), then the previous hash. `details` is canonical with sorted keys."""
     values = _hashed_values(row, HASHED_FIELDS_OF[row.get("chain_version") or 1])
     return _digest(_canonical(values), prev_hash)
+
+
+# The hashed fields that only the chain's head decides (`link`): the row's id, and its time
+# when the writer's clock is behind the head's. They come first, so the canonical JSON of the
+# rest is made before the lock (`unlinked`).
+LINKED = ("id", "created_at")
+assert HASHED_FIELDS[: len(LINKED)] == LINKED and len(HASHED_FIELDS) > len(LINKED)
 
 
 def _hashed_values(row: dict, names: Iterable[str]) -> list:
@@ -227,15 +227,15 @@ class Linked(NamedTuple):
 
 def link(
     head: dict,
-    rows: list[Unlinked],
+    made: list[Unlinked],
     key: bytes,
     checkpoint_every: int,
     signer: "TreeSigner | None" = None,
 ) -> Linked:
-    """`rows` (`unlinked`, given their ids and hashes here, in place) chained on to `head` and
-    added to its Merkle tree, the checkpoints and signed tree heads they call for (a head with
-    each periodic checkpoint, and one at the batch's end when the last is HEAD_EVERY old), the
-    new head.
+    """The rows `made` by `unlinked` (given their ids and hashes here, in place) chained on to
+    `head` and added to its Merkle tree, the checkpoints and signed tree heads they call for
+    (a head with each periodic checkpoint, and one at the batch's end when the last is
+    HEAD_EVERY old), the new head.
 
     It runs while the chain's head is locked, which every writer waits for: the rows are made
     before (their `details` made safe, their strings storable, the canonical JSON of what the
@@ -244,8 +244,8 @@ def link(
     last_id, prev_hash = head["last_id"], head["last_hash"]
     last_created_at, since_checkpoint = head["last_created_at"], head["since_checkpoint"]
     frontier, head_at = merkle.unpack(head["tree_frontier"]), head["tree_head_at"]
-    checkpoints, nodes, heads = [], [], []
-    for row, hashed in rows:
+    rows, checkpoints, nodes, heads = [], [], [], []
+    for row, hashed in made:
         last_id += 1
         row["id"] = last_id
         # Time never runs backwards along the chain, so (created_at, id) order is id order.
@@ -255,6 +255,7 @@ def link(
         canonical = f"{_canonical(_hashed_values(row, LINKED))[:-1]},{hashed}]"
         row["hash"] = prev_hash = _digest(canonical, prev_hash)
         last_created_at = row["created_at"]
+        rows.append(row)
         _, completed = merkle.append(frontier, last_id - 1, [merkle.leaf_hash(row["hash"])])
         nodes += [{"position": at, "hash": node.hex()} for at, node in completed]
         since_checkpoint += 1
@@ -266,7 +267,7 @@ def link(
     if signer and rows and not heads and _head_due(head_at, last_created_at):
         heads.append(signer.head(last_id, merkle.root(frontier), last_created_at))
     return Linked(
-        [row for row, _ in rows],
+        rows,
         checkpoints,
         nodes,
         heads,
