@@ -1,6 +1,7 @@
 """What auditing costs: this service's audited GET /v1/me against the seed-style peer's.
 
     python -m bench.throughput [--rounds 3] [--duration 10] [--connections 16]
+                               [--database-url URL] [--database-prefix audit_bench]
 
 Serves, side by side on one PostgreSQL and with the same number of gunicorn workers:
 - this service (its production gunicorn settings), audited and durable
@@ -59,8 +60,8 @@ GEVENT_FLOOR = "peer GET /v1/me (AUDIT=0, gevent)"
 def main() -> None:
     options = parse_args()
     url = options.database_url
-    ours_url = with_database(url, "audit_bench_ours")
-    peer_url = with_database(url, "audit_bench_peer")
+    ours_url = with_database(url, f"{options.database_prefix}_ours")
+    peer_url = with_database(url, f"{options.database_prefix}_peer")
     for database in (ours_url, peer_url):
         recreate(database)
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp, ExitStack() as stack:
@@ -119,7 +120,13 @@ def load_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(
             "BENCH_DATABASE_URL", "postgresql://audit:audit@127.0.0.1:5432/postgres"
         ),
-        help="a PostgreSQL URL whose role may create databases (two are made: audit_bench_*)",
+        help="a PostgreSQL URL whose role may create databases (two are made: PREFIX_ours and"
+        " PREFIX_peer)",
+    )
+    parser.add_argument(
+        "--database-prefix",
+        default="audit_bench",
+        help="the start of the two databases' names, so that two runs on one server keep apart",
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per run")

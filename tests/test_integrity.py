@@ -17,7 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 import config
-from backend.audit.chain import checkpoint_mac, row_hash
+from backend.audit import merkle
+from backend.audit.chain import checkpoint_mac, link, row_hash, unlinked
+from backend.audit.events import AuditEvent
 from backend.clock import utcnow
 from backend.extensions import db
 from backend.models import AuditChain, Checkpoint, Log
@@ -57,6 +59,43 @@ def forged_row(connection: sa.Connection, row_id: int, prev_hash: str) -> dict:
 
 def hash_of(connection: sa.Connection, row_id: int) -> str:
     return connection.scalar(sa.select(Log.hash).where(Log.id == row_id))
+
+
+# -- the hashes made under the chain's lock --------------------------------------------------
+
+
+def test_link_hashes_every_row_as_row_hash_recomputes_it():
+    """`link` hashes from canonical JSON made before the chain's lock (`unlinked`); each hash
+    is the one `row_hash` (verify's) recomputes from the whole row: nested details with keys
+    out of order, text beyond ASCII, and a time moved up to the head's."""
+    head_time = utcnow() + timedelta(seconds=5)  # the writer's clock is behind the head's
+    events = [
+        AuditEvent(
+            source="v1",
+            event="user.create",
+            level="INFO",
+            track="créé ✓",
+            user="zoë",
+            target_type="user",
+            target_id="7",
+            target="zoë",
+            details={"z": 1, "a": {"y": [1.5, None, "é"], "b": True}, "changes": {}},
+        ),
+        AuditEvent(source="app", event="request.exception", level="ERROR", track="boom"),
+    ]
+    head = {
+        "last_id": 41,
+        "last_hash": "ab" * 32,
+        "last_created_at": head_time,
+        "since_checkpoint": 0,
+        "tree_frontier": merkle.pack([bytes(32)] * 3),  # 41 leaves: 32 + 8 + 1
+        "tree_head_at": None,
+    }
+    rows = link(head, unlinked(events), b"key", 1000).rows
+    assert [row["id"] for row in rows] == [42, 43]
+    assert [row["created_at"] for row in rows] == [head_time, head_time]
+    assert [row["prev_hash"] for row in rows] == [head["last_hash"], rows[0]["hash"]]
+    assert [row["hash"] for row in rows] == [row_hash(row, row["prev_hash"]) for row in rows]
 
 
 # -- an untouched trail -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ is signed with an Ed25519 key (signing.py) whose public half anyone may hold.
 import hashlib
 import hmac
 import json
+import weakref
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple
@@ -66,8 +67,20 @@ class BrokenHead(Exception):
 def row_hash(row: dict, prev_hash: str) -> str:
     """SHA-256 over the canonical JSON of the hashed fields of the row's chain version (1 when
     the row names none), then the previous hash. `details` is canonical with sorted keys."""
+    values = _hashed_values(row, HASHED_FIELDS_OF[row.get("chain_version") or 1])
+    return _digest(_canonical(values), prev_hash)
+
+
+# The hashed fields that only the chain's head decides (`link`): the row's id, and its time
+# when the writer's clock is behind the head's. They come first, so the canonical JSON of the
+# rest is made before the lock (`unlinked`).
+LINKED = ("id", "created_at")
+assert HASHED_FIELDS[: len(LINKED)] == LINKED and len(HASHED_FIELDS) > len(LINKED)
+
+
+def _hashed_values(row: dict, names: Iterable[str]) -> list:
     values = []
-    for name in HASHED_FIELDS_OF[row.get("chain_version") or 1]:
+    for name in names:
         value = row[name]
         if isinstance(value, datetime):
             value = rfc3339(value)
@@ -76,7 +89,14 @@ def row_hash(row: dict, prev_hash: str) -> str:
         elif name == "details" and isinstance(value, str):  # as a CSV cell or SQLite's text
             value = json.loads(value)
         values.append(value)
-    canonical = json.dumps(values, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return values
+
+
+def _canonical(values: list) -> str:
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _digest(canonical: str, prev_hash: str) -> str:
     return hashlib.sha256(canonical.encode() + prev_hash.encode()).hexdigest()
 
 
@@ -102,7 +122,8 @@ def append(
     new nodes, and the tree heads `signer` signs, go in the same transaction. Returns the new
     ids.
     """
-    linked = link(lock_head(connection)._asdict(), events, key, checkpoint_every, signer)
+    rows = unlinked(events)  # before the lock: see `link`
+    linked = link(lock_head(connection)._asdict(), rows, key, checkpoint_every, signer)
     connection.execute(sa.insert(Log), linked.rows)
     connection.execute(sa.insert(TreeNode), linked.nodes)
     for table, values in ((Checkpoint, linked.checkpoints), (TreeHead, linked.heads)):
@@ -121,23 +142,38 @@ def append_and_commit(
 ) -> list[int]:
     """`append` and COMMIT on a psycopg (PostgreSQL) connection in autocommit mode
     (db_types.autocommit_connection), in two round trips and two
-    messages: `BEGIN; SELECT ... FOR UPDATE` of the head, then the INSERTs, the head's UPDATE
-    and `COMMIT` as one string (bound on the client: the simple query protocol runs several
-    statements in one message). The chain's lock is held for one round trip and the commit's
-    flush, where `append` through SQLAlchemy takes six round trips, and psycopg's pipeline mode
-    one write and one poll per statement. If a statement fails, the server skips the rest of
-    the string, COMMIT included; the caller's connection manager rolls the transaction back.
-    The tree's new nodes are computed here from the frontier the head carries, and travel in
-    the same string.
+    messages: `BEGIN; EXECUTE` of the head's `SELECT ... FOR UPDATE`, then the INSERTs, the
+    head's UPDATE and `COMMIT` as one string (bound on the client: the simple query protocol
+    runs several statements in one message). The chain's lock is held for one round trip and
+    the commit's flush, where `append` through SQLAlchemy takes six round trips, and psycopg's
+    pipeline mode one write and one poll per statement. The statements are prepared on the
+    server once a connection (`_prepare`), so the batch's string only EXECUTEs them. If a
+    statement fails, the server skips the rest of the string, COMMIT included; the caller's
+    connection manager rolls the transaction back. The tree's new nodes are computed here from
+    the frontier the head carries, and travel in the same string.
     """
-    cursor = psycopg.ClientCursor(connection, row_factory=dict_row)
-    cursor.execute(_PG_BEGIN_LOCK_HEAD)
-    cursor.nextset()
-    linked = link(cursor.fetchone(), events, key, checkpoint_every, signer)
+    _prepare(connection)
+    rows = unlinked(events)  # before the lock: see `link`
     # The rows travel as one JSON array: one literal to quote, however many rows and columns.
+    # Each row's JSON object but for what `link` sets is made before the lock too.
+    texts = [_json_without(row, SET_BY_LINK) for row, _ in rows]
+    cursor = psycopg.ClientCursor(connection, row_factory=dict_row)
+    try:
+        cursor.execute(_PG_BEGIN_LOCK_HEAD)
+    except psycopg.errors.InvalidSqlStatementName:
+        _forget(connection)  # its session lost them (DISCARD ALL, DEALLOCATE)
+        raise
+    cursor.nextset()
+    linked = link(cursor.fetchone(), rows, key, checkpoint_every, signer)
     statements, params = [], []
+    if linked.rows:
+        statements.append(_PG_INSERT_LOG)
+        objects = (
+            f"{text},{_json_of(row, SET_BY_LINK)[1:]}"
+            for text, row in zip(texts, linked.rows, strict=True)
+        )
+        params.append(f"[{','.join(objects)}]")
     for statement, values in (
-        (_PG_INSERT_LOG, linked.rows),
         (_PG_INSERT_NODE, linked.nodes),
         (_PG_INSERT_CHECKPOINT, linked.checkpoints),
         (_PG_INSERT_HEAD, linked.heads),
@@ -152,6 +188,39 @@ def append_and_commit(
     return [row["id"] for row in linked.rows]
 
 
+# The columns of a row that `link` sets (created_at: only when the clock ran behind).
+SET_BY_LINK = ("id", "created_at", "prev_hash", "hash")
+
+
+def _json_of(row: dict, names: Sequence[str]) -> str:
+    return json.dumps({name: row[name] for name in names}, default=str)
+
+
+def _json_without(row: dict, names: Sequence[str]) -> str:
+    """The JSON object of `row` but for `names`, without its closing brace."""
+    return json.dumps({k: v for k, v in row.items() if k not in names}, default=str)[:-1]
+
+
+class Unlinked(NamedTuple):
+    """A row made before the chain's lock, and `hashed`: the canonical JSON of its hashed
+    values after LINKED, which the head does not change (`row_hash`'s, without brackets)."""
+
+    row: dict
+    hashed: str
+
+
+def unlinked(events: Sequence[AuditEvent]) -> list[Unlinked]:
+    """The rows of `events`, as far as they can be made without the chain's head."""
+    made = []
+    for event in events:
+        row = event.as_row()
+        row["chain_version"] = CHAIN_VERSION
+        made.append(
+            Unlinked(row, _canonical(_hashed_values(row, HASHED_FIELDS[len(LINKED) :]))[1:-1])
+        )
+    return made
+
+
 class Linked(NamedTuple):
     """What appending a batch writes: rows, HMAC checkpoints, tree nodes and heads, the head."""
 
@@ -164,14 +233,20 @@ class Linked(NamedTuple):
 
 def link(
     head: dict,
-    events: Sequence[AuditEvent],
+    made: list[Unlinked],
     key: bytes,
     checkpoint_every: int,
     signer: "TreeSigner | None" = None,
 ) -> Linked:
-    """The rows of `events` chained on to `head` and added to its Merkle tree, the checkpoints
-    and signed tree heads they call for (a head with each periodic checkpoint, and one at the
-    batch's end when the last is HEAD_EVERY old), the new head."""
+    """The rows `made` by `unlinked` (given their ids and hashes here, in place) chained on to
+    `head` and added to its Merkle tree, the checkpoints and signed tree heads they call for
+    (a head with each periodic checkpoint, and one at the batch's end when the last is
+    HEAD_EVERY old), the new head.
+
+    It runs while the chain's head is locked, which every writer waits for: the rows are made
+    before (their `details` made safe, their strings storable, the canonical JSON of what the
+    head does not change), so that only what needs the head (the ids, the hashes, the tree) is
+    done under the lock. Each hash is `row_hash`'s (tests/test_integrity.py)."""
     last_id, prev_hash = head["last_id"], head["last_hash"]
     last_created_at, since_checkpoint = head["last_created_at"], head["since_checkpoint"]
     frontier, head_at = merkle.unpack(head["tree_frontier"]), head["tree_head_at"]
@@ -181,16 +256,15 @@ def link(
             f" {len(frontier)} subtrees where a tree of {last_id} leaves has {last_id.bit_count()}"
         )
     rows, checkpoints, nodes, heads = [], [], [], []
-    for event in events:
-        row = event.as_row()
+    for row, hashed in made:
         last_id += 1
         row["id"] = last_id
-        row["chain_version"] = CHAIN_VERSION
         # Time never runs backwards along the chain, so (created_at, id) order is id order.
         if last_created_at is not None and row["created_at"] < last_created_at:
             row["created_at"] = last_created_at
         row["prev_hash"] = prev_hash
-        row["hash"] = prev_hash = row_hash(row, prev_hash)
+        canonical = f"{_canonical(_hashed_values(row, LINKED))[:-1]},{hashed}]"
+        row["hash"] = prev_hash = _digest(canonical, prev_hash)
         last_created_at = row["created_at"]
         rows.append(row)
         _, completed = merkle.append(frontier, last_id - 1, [merkle.leaf_hash(row["hash"])])
@@ -262,7 +336,9 @@ def existing_event_ids(connection: sa.Connection, event_ids: Iterable) -> set:
     return set(connection.scalars(sa.select(Log.event_id).where(Log.event_id.in_(event_ids))))
 
 
-# The statements of `append_and_commit`, in psycopg's parameter style.
+# The statements of `append_and_commit`. Each is prepared on the server once a connection
+# (`_prepare`): parsing and planning them took a fifth of the server's time of a batch of
+# four rows, all of it inside the chain's lock (docs/benchmarks.md, "Tuning decisions").
 HEAD_COLUMNS = (
     "last_id",
     "last_hash",
@@ -271,27 +347,83 @@ HEAD_COLUMNS = (
     "tree_frontier",
     "tree_head_at",
 )
+HEAD_TYPES = ("bigint", "varchar", "timestamptz", "integer", "text", "timestamptz")
 LOG_COLUMNS = tuple(spec.name for spec in AUDIT_FIELDS)
 CHECKPOINT_COLUMNS = ("log_id", "log_hash", "created_at", "reason", "mac")
-_PG_BEGIN_LOCK_HEAD = (
-    f"BEGIN; SELECT {', '.join(HEAD_COLUMNS)} FROM audit_chain WHERE id = 1 FOR UPDATE"
-)
-_PG_UPDATE_HEAD = (
-    "UPDATE audit_chain SET " + ", ".join(f"{name} = %s" for name in HEAD_COLUMNS) + " WHERE id = 1"
-)
 
 
 def _pg_insert_json(table: str, columns: Sequence[str]) -> str:
     names = ", ".join(f'"{name}"' for name in columns)
     return (
         f"INSERT INTO {table} ({names}) SELECT {names}"
-        f" FROM json_populate_recordset(NULL::{table}, %s)"
+        f" FROM json_populate_recordset(NULL::{table}, $1)"
     )
 
 
-_PG_INSERT_LOG = _pg_insert_json("audit_log", LOG_COLUMNS)
-_PG_INSERT_CHECKPOINT = _pg_insert_json("audit_checkpoint", CHECKPOINT_COLUMNS)
-_PG_INSERT_NODE = _pg_insert_json("audit_tree_node", ("position", "hash"))
-_PG_INSERT_HEAD = _pg_insert_json(
-    "audit_tree_head", ("tree_size", "root_hash", "created_at", "key_id", "checkpoint")
+# name: (parameter types, statement); `_PG_STATEMENTS` EXECUTEs them by name.
+_PG_PREPARED = {
+    "audit_lock_head": (
+        (),
+        f"SELECT {', '.join(HEAD_COLUMNS)} FROM audit_chain WHERE id = 1 FOR UPDATE",
+    ),
+    "audit_insert_log": (("json",), _pg_insert_json("audit_log", LOG_COLUMNS)),
+    "audit_insert_checkpoint": (
+        ("json",),
+        _pg_insert_json("audit_checkpoint", CHECKPOINT_COLUMNS),
+    ),
+    "audit_insert_node": (("json",), _pg_insert_json("audit_tree_node", ("position", "hash"))),
+    "audit_insert_head": (
+        ("json",),
+        _pg_insert_json(
+            "audit_tree_head", ("tree_size", "root_hash", "created_at", "key_id", "checkpoint")
+        ),
+    ),
+    "audit_update_head": (
+        HEAD_TYPES,
+        "UPDATE audit_chain SET "
+        + ", ".join(f"{name} = ${number}" for number, name in enumerate(HEAD_COLUMNS, 1))
+        + " WHERE id = 1",
+    ),
+}
+_PG_PREPARE = ";".join(
+    f"PREPARE {name}{'(' + ', '.join(types) + ')' if types else ''} AS {statement}"
+    for name, (types, statement) in _PG_PREPARED.items()
 )
+
+
+def _pg_execute(name: str) -> str:
+    """EXECUTE of a prepared statement, its parameters bound on the client."""
+    count = len(_PG_PREPARED[name][0])
+    return f"EXECUTE {name}({', '.join(['%s'] * count)})" if count else f"EXECUTE {name}"
+
+
+_PG_BEGIN_LOCK_HEAD = "BEGIN; " + _pg_execute("audit_lock_head")
+_PG_INSERT_LOG = _pg_execute("audit_insert_log")
+_PG_INSERT_CHECKPOINT = _pg_execute("audit_insert_checkpoint")
+_PG_INSERT_NODE = _pg_execute("audit_insert_node")
+_PG_INSERT_HEAD = _pg_execute("audit_insert_head")
+_PG_UPDATE_HEAD = _pg_execute("audit_update_head")
+
+# The connections whose session holds the prepared statements (a session's own state: a new
+# connection, or one made again after a restart, prepares them anew).
+_PREPARED: "weakref.WeakSet[psycopg.Connection]" = weakref.WeakSet()
+
+
+def _prepare(connection: psycopg.Connection) -> None:
+    """Prepare the append's statements on `connection`'s session, unless done already."""
+    if connection in _PREPARED:
+        return
+    try:
+        psycopg.ClientCursor(connection).execute(_PG_PREPARE)
+    except psycopg.Error:
+        # A PREPARE outlives the string that failed after it (an unmigrated database).
+        _forget(connection)
+        raise
+    _PREPARED.add(connection)
+
+
+def _forget(connection: psycopg.Connection) -> None:
+    """Close `connection`: it leaves the pool (db_types.autocommit_connection), and the next
+    write, on a new connection, prepares the statements anew (this batch is spooled)."""
+    _PREPARED.discard(connection)
+    connection.close()
