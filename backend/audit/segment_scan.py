@@ -154,27 +154,27 @@ def _before(column):
 
 def row_hash_sql() -> sa.ColumnElement[str]:
     """chain.row_hash in SQL: SHA-256 of the canonical JSON of the version's fields, then
-    `prev_hash` (NULL where SQL cannot say: then Python does)."""
+    `prev_hash`. Where SQL cannot say, the text holds a raw \\x01, which no canonical JSON
+    does (both escape control characters): the hash then never matches, and Python decides."""
     values = export.text_values("postgresql")
     hashes = {}
     for version, names in chain.HASHED_FIELDS_OF.items():
-        canonical = sa.literal_column("'['", sa.Text)
-        for n, name in enumerate(names):
-            canonical += sa.literal_column("','" if n else "''", sa.Text) + _json(name, values)
-        canonical += sa.literal_column("']'", sa.Text) + Log.prev_hash
-        hashes[version] = sa.func.encode(
-            sa.func.sha256(sa.func.convert_to(canonical, "UTF8")), "hex"
-        )
+        # concat_ws: one allocation for the whole text, where a chain of || copies it at each
+        # step (every part is coalesced: concat_ws would skip a NULL).
+        fields = [_json(name, values) for name in names]
+        canonical = sa.func.concat("[", sa.func.concat_ws(",", *fields), "]", Log.prev_hash)
+        digest = sa.func.sha256(sa.func.convert_to(canonical, "UTF8"))
+        hashes[version] = sa.func.encode(digest, "hex")
     return sa.case(hashes, value=VERSION)
 
 
 def _json(name: str, values: dict) -> sa.ColumnElement[str]:
-    """A field as json.dumps writes it in the canonical array (NULL: SQL cannot say)."""
+    """A field as json.dumps writes it in the canonical array (\\x01 where SQL cannot say)."""
     if name == "details":
         return sa.literal_column(
             f"CASE WHEN audit_log.details IS NULL THEN 'null'"
             f" WHEN audit_log.details = '{{}}'::jsonb THEN '{{}}'"
-            f" ELSE {canonical_json('audit_log.details', SQL_DEPTH)} END",
+            f" ELSE coalesce({canonical_json('audit_log.details', SQL_DEPTH)}, E'\\x01') END",
             sa.Text,
         )
     return sa.func.coalesce(sa.cast(sa.func.to_json(values[name]), sa.Text), "null")
