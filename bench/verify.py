@@ -1,6 +1,7 @@
 """Benchmark: checking the trail at N rows on PostgreSQL, and its Merkle proofs over HTTP.
 
     .venv/bin/python -m bench.verify [--rows 1000000] [--requests 500] [--url URL] [--reuse]
+        [--skip-offline] [--purge-before DATE]
 
 Creates the database of URL (as bench/query.py does: dropped first, migrated, N synthetic rows
 loaded by bench/load.py, their tree built), then prints:
@@ -8,7 +9,9 @@ loaded by bench/load.py, their tree built), then prints:
   /usr/bin/time reports;
 - the p50 and p95 latency of GET /v1/logs/<id>/proof (random rows, at the latest signed
   head) and GET /v1/logs/consistency (random sizes), over HTTP to gunicorn;
-- the offline verifier (`python -m backend.audit.offline`) on an NDJSON export of the trail.
+- the offline verifier (`python -m backend.audit.offline`) on an NDJSON export of the trail
+  and its heads file (with --purge-before, after `flask audit purge`: the export then starts
+  after a purge, and the verifier from the purged rows' stored tree hashes).
 Results go to bench/results/verify-N.txt too.
 """
 
@@ -48,6 +51,12 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the loaded database")
     parser.add_argument("--default-costs", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-offline", action="store_true", help="no export, no offline run")
+    parser.add_argument(
+        "--purge-before",
+        metavar="DATE",
+        help="before the offline run, `flask audit purge --before DATE` (the loaded rows span"
+        " 2025): the export then starts after a purge",
+    )
     options = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = Report(RESULTS / f"verify-{options.rows}.txt")
@@ -63,14 +72,17 @@ def main() -> None:
         with serve(options.url, instance) as server:
             proof_latency(server, options, report)
         if not options.skip_offline:
-            offline_rate(environment, Path(instance), options.rows, report)
+            if options.purge_before:
+                purge(environment, options.purge_before, report)
+            offline_rate(environment, Path(instance), report)
     finally:
         shutil.rmtree(instance, ignore_errors=True)
     report.line(f"load average after: {_load()}")
 
 
 def timed_command(command: list, environment: dict, stdout=subprocess.DEVNULL) -> tuple:
-    """Run `command` under /usr/bin/time; (wall seconds, CPU %, peak RSS in MB, last line)."""
+    """Run `command` under /usr/bin/time; (wall seconds, CPU %, peak RSS in MB, its standard
+    output when `stdout` is PIPE)."""
     started = time.perf_counter()
     done = subprocess.run(
         ["/usr/bin/time", "-f", "TIME %e %P %M", *map(str, command)],
@@ -84,7 +96,7 @@ def timed_command(command: list, environment: dict, stdout=subprocess.DEVNULL) -
     match = re.search(r"TIME (\S+) (\S+)% (\d+)", done.stderr)
     if done.returncode != 0 or not match:
         raise RuntimeError(f"{command} failed: {done.stderr[-2000:]}")
-    return wall, match[2], int(match[3]) // 1024, done.stderr
+    return wall, match[2], int(match[3]) // 1024, done.stdout
 
 
 def verify_rate(environment: dict, rows: int, report: Report) -> None:
@@ -120,17 +132,27 @@ def proof_latency(server, options, report: Report) -> None:
         )
 
 
-def offline_rate(environment: dict, instance: Path, rows: int, report: Report) -> None:
+def purge(environment: dict, before: str, report: Report) -> None:
+    """`flask audit purge --before DATE --yes`, the minimum retention lowered to allow it."""
+    environment = {**environment, "AUDIT_MIN_RETENTION_DAYS": "1"}
+    command = [BIN / "flask", "audit", "purge", "--before", before, "--yes"]
+    wall, _, _, _ = timed_command(command, environment)
+    report.line(f"flask audit purge --before {before}: {wall:.1f} s")
+
+
+def offline_rate(environment: dict, instance: Path, report: Report) -> None:
+    """The offline verifier on an NDJSON export, its heads file beside it (with the purged
+    rows' tree hashes after a purge)."""
     export, keys = instance / "trail.ndjson", instance / "keys.json"
-    with export.open("w") as out:
-        subprocess.run([BIN / "flask", "audit", "export"], cwd=ROOT, env=environment, stdout=out)
-    with keys.open("w") as out:
-        subprocess.run([BIN / "flask", "audit", "keys"], cwd=ROOT, env=environment, stdout=out)
+    for path, command in ((export, "export"), (keys, "keys"), (Path(f"{export}.heads"), "heads")):
+        with path.open("w") as out:
+            subprocess.run([BIN / "flask", "audit", command], cwd=ROOT, env=environment, stdout=out)
     command = [sys.executable, "-m", "backend.audit.offline", "--file", export, "--keys", keys]
-    wall, cpu, peak, _ = timed_command(command, environment)
+    wall, cpu, peak, verdict = timed_command(command, environment, stdout=subprocess.PIPE)
+    rows = int(verdict.split()[1])  # `intact: N rows ...`
     report.line(
         f"offline verifier (python -m backend.audit.offline): {rows:,} rows in {wall:.1f} s"
-        f" = {rows / wall:,.0f} rows/s  (CPU {cpu}%, peak RSS {peak} MB)"
+        f" = {rows / wall:,.0f} rows/s  (CPU {cpu}%, peak RSS {peak} MB): {verdict.strip()}"
     )
 
 

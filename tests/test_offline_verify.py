@@ -5,6 +5,7 @@ the signed heads, no database and no secret. Tamper tests on both databases."""
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,7 +17,14 @@ import config
 from backend.audit import merkle
 from backend.audit.chain import row_hash
 from backend.models import AuditChain, TreeNode
-from tests.helpers import flask_audit, make_trail, stored_rows, tampering
+from tests.helpers import (
+    aged_trail,
+    flask_audit,
+    make_trail,
+    purge,
+    stored_rows,
+    tampering,
+)
 
 KEY_FILE = "audit-tree-key.pem"
 
@@ -242,3 +250,40 @@ def truncate_to(app, keep: int) -> None:
                 tree_head_at=None,
             )
         )
+
+
+def purged_and_saved(api, runner, tmp_path) -> tuple[dict, int]:
+    """A trail purged of its oldest rows, its head signed after the purge, saved; how many
+    rows the purge removed."""
+    aged_trail(api.client, old=4, new=3)
+    result = purge(runner, "--yes")
+    assert result.exit_code == 0, result.output
+    make_trail(api.client, 2)
+    assert flask_audit(runner, "anchor").exit_code == 0  # a head over every row left
+    files = saved(runner, tmp_path)
+    purged = json.loads(files["heads"].read_text().splitlines()[0])["purged"]
+    return files, purged
+
+
+def test_an_export_after_a_purge_verifies_from_the_tree_of_the_purged_rows(api, runner, tmp_path):
+    files, purged = purged_and_saved(api, runner, tmp_path)
+    first = export_lines(files)[0]["id"]
+    assert first == purged + 1 > 4
+    code, line = offline(runner, files)
+    assert code == 0, line
+    rows = len(export_lines(files))
+    heads = r"[1-9]\d* signed tree heads? matched \(the largest of size \d+\)"
+    assert re.fullmatch(f"intact: {rows} rows after the purge of rows 1-{purged}, {heads}", line), (
+        line
+    )
+
+
+def test_purged_rows_tree_hashes_that_no_signed_head_vouches_for_are_named(api, runner, tmp_path):
+    files, purged = purged_and_saved(api, runner, tmp_path)
+    lines = files["heads"].read_text().splitlines()
+    start = json.loads(lines[0])
+    start["frontier"][0] = "00" * 32
+    files["heads"].write_text("\n".join([json.dumps(start), *lines[1:]]) + "\n")
+    code, line = offline(runner, files)
+    assert code == 1
+    assert "do not hash to the signed tree head" in line, line

@@ -3,6 +3,8 @@ anyone"), on both databases, checked with the independent RFC 9162 code of tests
 
 import base64
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from backend.extensions import db
 from backend.models import AuditChain, PurgePermit, TreeHead, TreeNode
 from tests import rfc9162
 from tests.conftest import ADMIN
@@ -322,3 +325,38 @@ def recompute_chain_keeping_the_tree(connection, row_id: int, **changes) -> None
     connection.execute(sa.insert(TreeNode), [dict(row._mapping) for row in stored])
     connection.execute(sa.insert(TreeHead), [dict(head) for head in heads])
     connection.execute(sa.update(AuditChain).values(tree_frontier=frontier))
+
+
+@contextmanager
+def tree_reads(app) -> Iterator[list[str]]:
+    """The statements that read the tree's stored hashes (audit_tree_node) while the block
+    runs, on the request engine."""
+    seen: list[str] = []
+
+    def record(connection, cursor, statement, *args) -> None:
+        if "audit_tree_node" in statement:
+            seen.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_proof_reads_every_stored_hash_it_needs_in_one_query(app, api, users):
+    make_trail(api.client, 37)  # a path of six levels
+    with tree_reads(app) as seen:
+        proof = api.get("/v1/logs/5/proof?tree_size=37", users["admin"]).get_json()
+    assert len(proof["audit_path"]) == 6
+    assert len(seen) == 1, seen
+
+
+def test_a_consistency_proof_reads_every_stored_hash_it_needs_in_one_query(app, api, users):
+    make_trail(api.client, 37)
+    with tree_reads(app) as seen:
+        body = api.get("/v1/logs/consistency?first=5&second=37", users["admin"]).get_json()
+    assert len(body["consistency_path"]) >= 4
+    assert len(seen) == 1, seen

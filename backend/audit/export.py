@@ -93,7 +93,7 @@ SORT_AT_MOST = 100_000
 def statement(filters: dict, viewer: User | None, dialect: str, fmt: str) -> sa.Select:
     """The export's query: the rows `filters` select and `viewer` may see (None: every row,
     for the operator), oldest first, as (id, NDJSON line) or (id, *CSV cells)."""
-    values = _text_values(dialect)
+    values = text_values(dialect)
     if fmt == "ndjson" or fmt in FROM_NDJSON:
         columns = [_json_object(values, dialect)]
     else:
@@ -109,7 +109,7 @@ def statement(filters: dict, viewer: User | None, dialect: str, fmt: str) -> sa.
 
 def json_line(dialect: str) -> sa.ColumnElement[str]:
     """A row as the NDJSON export writes it (without its line end): the relay's messages."""
-    return _json_object(_text_values(dialect), dialect)
+    return _json_object(text_values(dialect), dialect)
 
 
 def text_fields(dialect: str, names: tuple[str, ...]) -> list[sa.ColumnElement[str]]:
@@ -236,7 +236,7 @@ def started(chunks: Iterator[bytes]) -> Iterator[bytes]:
     return rest()
 
 
-def _text_values(dialect: str) -> dict[str, sa.ColumnElement]:
+def text_values(dialect: str) -> dict[str, sa.ColumnElement]:
     """FIELDS as the database should hand them over: `created_at` in the API's RFC 3339 form
     and `event_id` in canonical UUID form, as text; the rest as stored."""
     values = {name: getattr(Log, name) for name in FIELDS}

@@ -54,6 +54,32 @@ def append(frontier: list[bytes], size: int, leaves: Iterable[bytes]) -> tuple[i
     return size, completed
 
 
+def extend(frontier: list[bytes], size: int, leaves: bytes) -> int:
+    """`append` for many leaf hashes at once, given as one string of 32-byte hashes, when only
+    the frontier is wanted (verify): each perfect subtree they fill is hashed level by level,
+    a list comprehension a level, without `append`'s bookkeeping a leaf. The new size."""
+    count, offset = len(leaves) // 32, 0
+    for level, index in perfect_subtrees(size, size + count):
+        width = 32 << level
+        node = perfect_root(leaves[offset : offset + width])
+        offset += width
+        while index & 1:  # as in `append`: each set bit below is a subtree this one completes
+            node = node_hash(frontier.pop(), node)
+            index >>= 1
+        frontier.append(node)
+    return size + count
+
+
+def perfect_root(leaves: bytes) -> bytes:
+    """The hash of a perfect subtree (2**k leaves) from its leaf hashes, one string."""
+    nodes = leaves
+    while len(nodes) > 32:
+        nodes = b"".join(
+            [hashlib.sha256(b"\x01" + nodes[i : i + 64]).digest() for i in range(0, len(nodes), 64)]
+        )
+    return nodes
+
+
 def root(frontier: list[bytes]) -> str:
     """The tree's root hash (hex) from its frontier; SHA-256 of nothing for an empty tree."""
     if not frontier:

@@ -75,10 +75,32 @@ def open_head(note: str, keys: list[notes.VerifierKey], where: str) -> notes.Che
         ) from None
 
 
-def verify_rows(rows: Iterable[dict], heads: Heads) -> int:
-    """Walk the rows; return how many. Broken names the first one that breaks a promise."""
-    frontier: list[bytes] = []
-    size, prev_hash = 0, GENESIS
+@dataclass
+class Start:
+    """Where the rows start: after row `purged` (0: at row 1), following `last_hash`, on the
+    tree of the purged rows (`frontier`: its stored hashes, `flask audit heads` prints them
+    after a purge). Not trusted: a signed head beyond `purged` proves it, or the verdict says
+    no head did."""
+
+    purged: int = 0
+    last_hash: str = GENESIS
+    frontier: list[bytes] = field(default_factory=list)
+
+    @classmethod
+    def from_line(cls, line: dict) -> "Start":
+        """The start that a heads file's purge line describes."""
+        return cls(line["purged"], line["last_hash"], [bytes.fromhex(h) for h in line["frontier"]])
+
+
+def verify_rows(rows: Iterable[dict], heads: Heads, start: Start | None = None) -> int:
+    """Walk the rows; return the tree's size at the end. Broken names the first one that
+    breaks a promise."""
+    start = start or Start()
+    frontier, size, prev_hash = list(start.frontier), start.purged, start.last_hash
+    if size and heads.roots.get(size, merkle.root(frontier)) != merkle.root(frontier):
+        raise Broken(
+            size, f"the purged rows' tree hashes do not hash to the signed tree head of size {size}"
+        )
     for row in rows:
         expected = size + 1
         if row["id"] != expected:
@@ -107,6 +129,7 @@ def verify_export(
     keys: list[notes.VerifierKey],
     head_notes: Iterable[tuple[str, str]],
     saved: str | None = None,
+    start: Start | None = None,
 ) -> str:
     """Check an export; return the verdict line for an intact one, raise Broken otherwise.
     `head_notes`: (signed note, where it came from)."""
@@ -117,43 +140,54 @@ def verify_export(
     saved_head = open_head(saved, keys, "the saved checkpoint") if saved else None
     if saved_head:
         heads.add(saved_head, "the saved checkpoint")
-    size = verify_rows(rows, heads)
+    start = start or Start()
+    size = verify_rows(rows, heads, start)
+    if saved_head and saved_head.tree_size < start.purged:
+        raise Broken(
+            start.purged,
+            f"the saved checkpoint of size {saved_head.tree_size} is older than the purge of"
+            f" rows 1-{start.purged}: check it against a consistency proof instead",
+        )
     if saved_head and saved_head.tree_size > size:
         raise Broken(
             size + 1,
             f"missing: the saved checkpoint covers {saved_head.tree_size} rows, the export"
             f" ends at row {size}: the trail was truncated",
         )
-    checked = sorted(s for s in heads.roots if s <= size)
+    checked = sorted(s for s in heads.roots if start.purged <= s <= size)
+    after = f" after the purge of rows 1-{start.purged}" if start.purged else ""
     return (
-        f"intact: {size} rows, {len(checked)} signed tree head{'s' if len(checked) != 1 else ''}"
+        f"intact: {size - start.purged} rows{after},"
+        f" {len(checked)} signed tree head{'s' if len(checked) != 1 else ''}"
         f" matched{f' (the largest of size {checked[-1]})' if checked else ''}"
         + (f", extends the saved checkpoint of size {saved_head.tree_size}" if saved_head else "")
     )
 
 
-def heads_beside(export: Path, heads: Path | None) -> list[tuple[str, str]]:
+def heads_beside(export: Path, heads: Path | None) -> tuple[list[tuple[str, str]], Start]:
     """The signed notes of the heads file (NDJSON of tree heads, as `flask audit heads`
-    writes), `--heads` or the one beside the export."""
+    writes), `--heads` or the one beside the export; and where the rows start (its purge
+    line, if any)."""
     path = heads or export.with_name(export.name + ".heads")
     if not path.exists():
-        return []
-    return [
-        (json.loads(line)["checkpoint"], path.name)
-        for line in path.read_text().splitlines()
-        if line.strip()
-    ]
+        return [], Start()
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    notes_found = [(line["checkpoint"], path.name) for line in lines if "checkpoint" in line]
+    purges = [Start.from_line(line) for line in lines if "purged" in line]
+    return notes_found, purges[-1] if purges else Start()
 
 
 def run(export: Path, keys: Path, heads: Path | None = None, checkpoint: Path | None = None):
     """The verdict line and the exit code (0 intact, 1 broken)."""
     try:
+        head_notes, start = heads_beside(export, heads)
         with export.open(encoding="utf-8") as lines:
             verdict = verify_export(
                 lines,
                 read_keys(keys.read_text()),
-                heads_beside(export, heads),
+                head_notes,
                 checkpoint.read_text() if checkpoint else None,
+                start,
             )
     except Broken as broken:
         return str(broken), 1

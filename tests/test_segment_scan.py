@@ -1,0 +1,223 @@
+"""The fast pass of `flask audit verify --workers N` (backend/audit/segment_scan.py): PostgreSQL
+hashes each row itself, and Python's chain.row_hash and merkle.append stay the independent
+check of what it computes. Whatever the pass finds wrong, verify names the row one walk names."""
+
+import random
+
+import pytest
+import sqlalchemy as sa
+
+from backend.audit import chain, merkle, segment_scan, segments
+from backend.extensions import db
+from backend.models import AuditChain, Log
+from tests.conftest import postgresql_only
+from tests.helpers import (
+    CHECKPOINT_EVERY_3,
+    make_trail,
+    stored_rows,
+    tampering,
+    verify_line,
+    write,
+)
+
+# What a row's hashed fields can hold that JSON writes with care: quotes, backslashes, control
+# characters, characters beyond ASCII and the BMP, and details nested and mixed.
+AWKWARD_TRACK = 'a "quote", a \\ backslash, \n\t\r\b\f \x01\x1f\x7f, é, ü, 😀, \u2028 and }{'
+AWKWARD_DETAILS = {
+    "zeta": 1,
+    "Alpha": [1, 2.5, True, False, None, 'x"y', [], {}],
+    "é": {"b": ["d", {"e": -3}], "ä": "no NUL, a no-break space: \u00a0"},
+    "a": {"changes": {"password": ["[redacted]", "[redacted]"]}},
+    "": "an empty key",
+}
+# Nested deeper than SQL_DEPTH: left to Python.
+DEEP_DETAILS = {"a": {"b": {"c": {"d": {"e": [1]}}}}}
+# A number PostgreSQL writes as 0.0000001 where Python writes 1e-07.
+TINY_DETAILS = {"tiny": 1e-07}
+
+
+def test_extending_the_tree_at_once_grows_the_frontier_leaf_by_leaf_append_grows():
+    rng = random.Random(18)
+    for start, count in [(0, 1), (0, 64), (1, 1), (5, 27), (8, 8), (1000, 3001), (1023, 2)]:
+        leaves = [rng.randbytes(32) for _ in range(start + count)]
+        one_by_one, at_once = [], []
+        merkle.append(one_by_one, 0, leaves)
+        merkle.append(at_once, 0, leaves[:start])
+        size = merkle.extend(at_once, start, b"".join(leaves[start:]))
+        assert (size, at_once) == (start + count, one_by_one)
+
+
+def awkward_trail(app) -> None:
+    write(app, track=AWKWARD_TRACK, user="Zoë 😀", details=AWKWARD_DETAILS, target="t\x02")
+    write(app, track="deep", details=DEEP_DETAILS)
+    write(app, track="tiny", details=TINY_DETAILS)
+    write(app, track="plain", status=404, actor_id=7, token_id=9, outcome="failure")
+
+
+def sql_hashes(app) -> dict[int, str]:
+    with app.app_context(), db.engine.connect() as connection:
+        query = sa.select(Log.id, segment_scan.row_hash_sql()).order_by(Log.id)
+        return dict(connection.execute(query).all())
+
+
+@postgresql_only
+def test_postgresql_hashes_awkward_rows_as_python_does(app):
+    awkward_trail(app)
+    with app.app_context(), db.engine.connect() as connection:
+        rows = stored_rows(connection)
+    python = {row["id"]: chain.row_hash(row, row["prev_hash"]) for row in rows}
+    assert python == {row["id"]: row["hash"] for row in rows}  # the stored hashes are right
+    in_sql = sql_hashes(app)
+    deep, tiny = rows[1]["id"], rows[2]["id"]
+    assert in_sql.pop(deep) != python.pop(deep)  # too deep for SQL: Python hashes it
+    assert in_sql.pop(tiny) != python.pop(tiny)  # 0.0000001 is not 1e-07: Python hashes it
+    assert in_sql == python
+
+
+def scan_everything(app, signed=None, roots=None) -> dict | None:
+    """The fast pass over every row, from the genesis hash and an empty tree."""
+    with app.app_context(), db.engine.connect() as connection:
+        head = connection.scalar(sa.select(AuditChain.last_id))
+        select = segment_scan.select(connection, 1, head, chain.GENESIS)
+        return segment_scan.scan(
+            connection.connection.driver_connection,
+            select,
+            (1, head),
+            signed or {},
+            roots or {},
+            [],
+            lambda rows: None,
+        )
+
+
+@postgresql_only
+def test_the_fast_pass_finds_awkward_rows_intact_with_the_tree_append_makes(app, client):
+    make_trail(client, 3)
+    awkward_trail(app)
+    with app.app_context(), db.engine.connect() as connection:
+        rows = stored_rows(connection)
+        stored = connection.scalar(sa.select(AuditChain.tree_frontier))
+    frontier = []
+    merkle.append(frontier, 0, [merkle.leaf_hash(row["hash"]) for row in rows])
+    found = scan_everything(app)
+    assert found == {
+        "rows": len(rows),
+        "frontier": merkle.pack(frontier),
+        "tree_broken": None,
+        "versions": [[2, 1]],
+    }
+    assert found["frontier"] == stored
+
+
+@postgresql_only
+def test_the_fast_pass_checks_the_signed_roots_and_checkpoints_inside_its_rows(app, client):
+    make_trail(client, 6)
+    with app.app_context(), db.engine.connect() as connection:
+        rows = stored_rows(connection)
+    frontier = []
+    merkle.append(frontier, 0, [merkle.leaf_hash(row["hash"]) for row in rows[:4]])
+    good_root, good_hash = merkle.root(frontier), rows[2]["hash"]
+    assert scan_everything(app, {3: good_hash}, {4: good_root}) is not None
+    assert scan_everything(app, {3: good_hash}, {4: "0" * 64}) is None
+    assert scan_everything(app, {3: "0" * 64}, {4: good_root}) is None
+
+
+TAMPERINGS = {
+    "a changed row": "UPDATE audit_log SET track = 'edited' WHERE id = 5",
+    "a broken link": "UPDATE audit_log SET prev_hash = repeat('0', 64) WHERE id = 5",
+    "a version gone down": "UPDATE audit_log SET chain_version = 1 WHERE id = 5",
+    "a deleted row": "DELETE FROM audit_log WHERE id = 5",
+}
+
+
+@postgresql_only
+@pytest.mark.parametrize("change", TAMPERINGS.values(), ids=TAMPERINGS.keys())
+def test_the_fast_pass_looks_closer_at_a_tampered_trail(app, client, change):
+    make_trail(client, 8)
+    with tampering(app) as connection:
+        connection.execute(sa.text("INSERT INTO audit_purge_permit (id) VALUES (1)"))
+        connection.execute(sa.text(change))
+        connection.execute(sa.text("DELETE FROM audit_purge_permit"))
+    assert scan_everything(app) is None
+
+
+# -- the verdict, one walk and segments alike -----------------------------------------------
+
+
+@pytest.fixture
+def segments_for_a_small_trail(monkeypatch):
+    monkeypatch.setattr(segments, "MIN_ROWS", 1)
+
+
+def both_ways(runner) -> tuple[tuple[int, str], tuple[int, str]]:
+    """The verdict of one walk, and of three processes (the fast pass first)."""
+    return verify_line(runner, "--workers", "1"), verify_line(runner, "--workers", "3")
+
+
+@postgresql_only
+def test_segments_find_awkward_rows_intact(app, client, runner, segments_for_a_small_trail):
+    make_trail(client, 5)
+    awkward_trail(app)
+    single, parallel = both_ways(runner)
+    assert single == (0, "intact: 9 rows (rows 1-9), no signed checkpoint yet")
+    assert parallel == (0, "intact: 10 rows (rows 1-10), no signed checkpoint yet")
+
+
+@postgresql_only
+def test_segments_name_a_broken_link_where_one_walk_does(
+    app, client, runner, segments_for_a_small_trail
+):
+    make_trail(client, 12)
+    with tampering(app) as connection:
+        connection.execute(sa.text(TAMPERINGS["a broken link"]))
+    single, parallel = both_ways(runner)
+    assert parallel == single
+    assert single[1].startswith("BROKEN at row 5: does not follow the row before it"), single
+
+
+@postgresql_only
+def test_segments_name_a_changed_awkward_row_where_one_walk_does(
+    app, client, runner, segments_for_a_small_trail
+):
+    make_trail(client, 6)
+    awkward_trail(app)
+    make_trail(client, 3)
+    with tampering(app) as connection:
+        connection.execute(
+            sa.text("UPDATE audit_log SET details = details || '{\"zeta\": 2}' WHERE id = 7")
+        )
+    single, parallel = both_ways(runner)
+    altered = "BROKEN at row 7: altered: its hash does not match its content"
+    assert parallel == single == (1, altered)
+
+
+@postgresql_only
+@CHECKPOINT_EVERY_3
+def test_segments_name_a_checkpoint_with_a_bad_signature_where_one_walk_does(
+    app, client, runner, segments_for_a_small_trail
+):
+    make_trail(client, 9)
+    with tampering(app) as connection:
+        connection.execute(
+            sa.text("UPDATE audit_checkpoint SET mac = repeat('0', 64) WHERE log_id = 6")
+        )
+    single, parallel = both_ways(runner)
+    assert parallel == single
+    assert single[1].startswith("BROKEN at row 6: the checkpoint for this row is not signed"), (
+        single
+    )
+
+
+@postgresql_only
+def test_segments_name_a_wrong_tree_hash_in_the_head_where_one_walk_does(
+    app, client, runner, segments_for_a_small_trail
+):
+    make_trail(client, 12)
+    with tampering(app) as connection:
+        connection.execute(sa.update(AuditChain).values(tree_frontier=sa.func.repeat("0", 64 * 2)))
+    single, parallel = both_ways(runner)
+    # The first walk's own row (cli.audit.verify) is appended on that wrong tree: the second
+    # names the head's row too, one further.
+    problem = "the Merkle tree kept in the chain's head does not match the rows"
+    assert single == (1, f"BROKEN at row 12: {problem}")
+    assert parallel == (1, f"BROKEN at row 13: {problem}")
