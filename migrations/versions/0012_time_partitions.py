@@ -69,8 +69,6 @@ def upgrade():
         return
     _append_only_function(table="COALESCE(TG_ARGV[0], TG_TABLE_NAME)")
     _replace_table("PARTITION BY RANGE (created_at)", _make_partitions, "(id, created_at)")
-    # The planner's statistics of the new table (autovacuum never analyzes a partitioned parent).
-    op.execute("ANALYZE audit_log")
 
 
 def _make_partitions(bind) -> None:
@@ -105,6 +103,9 @@ def _replace_table(partitioning: str, make_partitions, primary_key: str) -> None
     for name, columns in INDEXES.items():
         how = columns if columns.startswith("USING") else f"({columns})"
         op.execute(f"CREATE INDEX {name}__new ON {NEW} {how}")
+    # The planner's statistics, before the new table takes the name (autovacuum never analyzes
+    # a partitioned parent); renaming keeps them.
+    op.execute(f"ANALYZE {NEW}")
     op.execute("DROP TABLE audit_log")
     op.execute(f"ALTER TABLE {NEW} RENAME TO audit_log")
     op.execute(f"ALTER TABLE audit_log RENAME CONSTRAINT {NEW}_pkey TO audit_log_pkey")
@@ -137,4 +138,3 @@ def downgrade():
     _replace_table("", lambda bind: None, "(id)")
     op.execute(f"ALTER TABLE audit_log SET ({ANALYZE_EVERY})")
     _append_only_function(table="TG_TABLE_NAME")
-    op.execute("ANALYZE audit_log")
