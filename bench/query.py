@@ -1,7 +1,7 @@
 """Benchmark: the audit log's queries and its export at N rows, on PostgreSQL, over HTTP.
 
     .venv/bin/python -m bench.query [--rows 1000000] [--requests 200] [--url URL] [--reuse]
-                                    [--months 12]
+                                    [--months 12] [--exports ndjson,csv,ocsf]
 
 Creates the database of URL (dropping it first; default `audit_bench` on the local server, as
 the `audit` role, which needs CREATEDB), migrates it, loads N synthetic rows (bench/load.py:
@@ -78,6 +78,12 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the loaded database")
     parser.add_argument(
         "--months", type=int, default=12, help="months the rows span (a partition each)"
+    )
+    parser.add_argument(
+        "--exports",
+        type=lambda text: [fmt for fmt in text.split(",") if fmt],
+        default=["ndjson", "csv", "ocsf"],
+        help="export formats to measure, comma separated ('' for none)",
     )
     parser.add_argument(
         "--default-costs",
@@ -238,7 +244,7 @@ def measure(server: Server, options, report: "Report") -> None:
         f"{percentile(deep, 95) / percentile(first, 95):.2f}"
     )
     report.line("")
-    for fmt in ("ndjson", "csv", "ocsf"):
+    for fmt in options.exports:
         rows, seconds, size, peak = export_rate(server, admin, fmt)
         report.line(
             f"export {fmt:6}: {rows:,} rows, {size / 1e6:,.0f} MB in {seconds:.1f} s = "

@@ -3,7 +3,9 @@
 `flask audit purge --before DATE` deletes the oldest rows, a batch a transaction, each batch
 first signing a purge checkpoint of its last row, so the trail verifies after every batch: a
 purge killed half way (SIGKILL, a database restart) leaves a shorter but verifiable trail, and
-running it again deletes the rest.
+running it again deletes the rest. On the partitioned trail (PostgreSQL, migration 0012) a
+month entirely before the date is detached and dropped whole instead (`purge_step`), after the
+same signed checkpoint; rows are deleted only in the boundary month and the default partition.
 
 Before anything is deleted, `refusal` checks the date (not in the future, not later than
 AUDIT_MIN_RETENTION_DAYS ago) and the legal holds (while any stands, nothing goes). Each
