@@ -94,6 +94,9 @@ def settings(environ: Mapping[str, str] | None = None) -> dict:
         "AUDIT_MIN_RETENTION_DAYS": positive_int(
             environ, "AUDIT_MIN_RETENTION_DAYS", 365, minimum=0 if app_env == "testing" else 1
         ),
+        # `flask audit maintain` (and the boot) makes the trail's monthly partitions this many
+        # months ahead of the current one (PostgreSQL; backend/audit/partitions.py).
+        "AUDIT_PARTITIONS_AHEAD": positive_int(environ, "AUDIT_PARTITIONS_AHEAD", 3),
         "AUDIT_SPOOL_PATH": environ.get("AUDIT_SPOOL_PATH")
         or str(instance_path / "audit-spool.jsonl"),
         "TOKEN_TTL": positive_int(environ, "TOKEN_TTL", 3600),

@@ -143,6 +143,7 @@ def register_blueprints(app: Flask) -> None:
 
 def register_commands(app: Flask) -> None:
     from backend import (
+        cli_partitions,  # noqa: F401  (adds `flask audit maintain`)
         cli_tree,  # noqa: F401  (adds `flask audit keys` and `heads`)
         user_commands,  # noqa: F401  (adds list, set-password, ... to users)
     )

@@ -66,9 +66,16 @@ def main(gunicorn_options: list[str]) -> int:
 
 
 def prepare(app: Flask) -> None:
-    """`flask db upgrade`, then `flask users ensure-admin`, one boot at a time."""
+    """`flask db upgrade`, `flask audit maintain`, then `flask users ensure-admin`, one boot at
+    a time."""
     with app.app_context(), one_boot_at_a_time():
         upgrade()
+        try:
+            app.cli.main(["audit", "maintain"], prog_name="flask", standalone_mode=False)
+        except click.ClickException as error:
+            # Not fatal: rows of a month not made yet go to the default partition, and the
+            # next run (cron, the next boot) makes it.
+            error.show()
         app.cli.main(["users", "ensure-admin"], prog_name="flask", standalone_mode=False)
     made = app.extensions["audit_writer"].signer.made
     if made:  # the one-line notice of a key made on first boot

@@ -343,19 +343,20 @@ def purge_command(before: str, dry_run: bool, yes: bool, batch: int) -> None:
     _record_purge(f"{asked}: deleting {plan.describe()}", "WARNING")
     deleted = 0
     with click.progressbar(length=plan.rows, label="purging", file=sys.stderr) as bar:
-        while batch_deleted := _purge_batch(plan.last_id, batch, deleted):
-            deleted += batch_deleted
-            bar.update(batch_deleted)
+        while (taken := _purge_step(plan, batch, deleted)) is not None:
+            deleted += taken
+            bar.update(taken)
     click.echo(f"purged {deleted} rows (up to row {plan.last_id})")
 
 
-def _purge_batch(up_to: int, batch: int, deleted: int) -> int:
-    """One transaction of the purge; a legal hold placed meanwhile stops it (the trigger)."""
+def _purge_step(plan: retention.PurgePlan, batch: int, deleted: int) -> int | None:
+    """One transaction of the purge (a month's partition or a batch of rows); a legal hold
+    placed meanwhile stops it (the trigger, or the check under the holds' lock)."""
     try:
         with owner_engine().begin() as connection:
-            return retention.purge_batch(connection, writer().key, up_to, batch)
-    except sa.exc.DBAPIError as error:  # the driver's message, not the SQL and its parameters
-        reason = refusals.reason(error)
+            return retention.purge_step(connection, writer().key, plan, batch)
+    except (sa.exc.DBAPIError, retention.HoldError) as error:
+        reason = refusals.reason(error)  # the driver's message, not the SQL and its parameters
         track = f"purge stopped after {deleted} rows: {reason}"
         _record_purge(track, "WARNING", "error", "stopped")
         raise click.ClickException(f"purge stopped after {deleted} rows: {reason}") from None

@@ -125,9 +125,14 @@ def _unicode_lower(value):
 
 def on_this_database(obj, name, type_, reflected, compare_to) -> bool:
     """Alembic's `include_object`: leave out what `ddl_if(dialect=...)` keeps off this database
-    (the PostgreSQL-only trigram index), which alembic would otherwise compare on SQLite too."""
+    (the PostgreSQL-only trigram index), which alembic would otherwise compare on SQLite too;
+    and the trail's partitions (backend/audit/partitions.py), which are the table's storage,
+    not tables of the models."""
+    from backend.audit.partitions import is_partition
     from backend.extensions import db
 
+    if type_ == "table" and reflected and is_partition(name):
+        return False
     condition = getattr(obj, "_ddl_if", None)
     if condition is None or condition.dialect is None:
         return True

@@ -150,8 +150,9 @@ AUDIT_FIELDS = (
         column={"primary_key": True, "autoincrement": False},
     ),
     AuditField("created_at", UTCDateTime(), default_factory=utcnow, api={"required": True}),
-    # Names the event across retries: a replay from the spool never writes it twice.
-    AuditField("event_id", sa.Uuid(), default_factory=uuid.uuid4, column={"unique": True}),
+    # Names the event across retries: a replay from the spool never writes it twice. Unique
+    # (with created_at on PostgreSQL: Log's unique keys).
+    AuditField("event_id", sa.Uuid(), default_factory=uuid.uuid4),
     AuditField("source", sa.String(8), api={"required": True, "metadata": {"enum": list(SOURCES)}}),
     AuditField(
         "event", sa.String(64), api={"required": True, "metadata": {"example": "login.failure"}}
@@ -195,12 +196,25 @@ class Log(db.Model):
     `created_at` never decreases along them. Every query of the trail orders by
     (created_at, id), so each filterable column leads an index that ends in that order: a
     filter plus a cursor is one index range scan. The columns are AUDIT_FIELDS.
+
+    On PostgreSQL the table is partitioned by month on `created_at` (migration 0012,
+    backend/audit/partitions.py), and a partitioned table's unique keys must include that
+    column: its primary key is (id, created_at) and `event_id` is unique with `created_at`.
+    Ids are unique all the same (the writer gives each out once, under the chain's lock), so
+    the mapping keeps `id` alone as the row's identity, which is SQLite's INTEGER PRIMARY KEY.
     """
 
     __table__ = sa.Table(
         "audit_log",
         db.metadata,
         *(spec.as_column() for spec in AUDIT_FIELDS),
+        # What keeps a replayed event single is the writer's look-up of its event id under the
+        # chain's lock (chain.existing_event_ids), which sees every partition; the key refuses a
+        # second copy carrying the same created_at (a replay keeps its event's) as well.
+        sa.UniqueConstraint("event_id", name="uq_audit_log_event_id").ddl_if(dialect="sqlite"),
+        sa.UniqueConstraint("event_id", "created_at", name="uq_audit_log_event_id").ddl_if(
+            dialect="postgresql"
+        ),
         sa.Index("ix_audit_log_created_at_id", "created_at", "id"),
         *(
             sa.Index(f"ix_audit_log_{column}_created_at_id", column, "created_at", "id")

@@ -22,13 +22,15 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from backend.audit import merkle
+from backend.audit import merkle, partitions
 from backend.audit.chain import GENESIS, HASHED_FIELDS_OF, row_hash, sign
 from backend.audit.events import outcome_for_status
 from backend.models import CHAIN_VERSION
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 SPAN = timedelta(days=365)
+# The trail ends where a year from START does; `months` longer ones start earlier.
+END = START + SPAN
 USERS = 1000
 SERVICE_ACCOUNT = "svc-batch"
 AGENTS = (
@@ -113,15 +115,25 @@ class LoadReport:
         return self.copy_seconds + self.index_seconds + self.vacuum_seconds
 
 
-def synthetic_rows(count: int, seed: int = 1, version: int = CHAIN_VERSION) -> Iterator[dict]:
-    """`count` rows in id order, as dicts of the hashed fields of chain `version` (1: as the
-    rows written before migration 0008); `created_at` and `event_id` are already text (RFC
-    3339 with Z and microseconds; the canonical UUID), as COPY and `row_hash` both take them."""
+def first_moment(months: int) -> datetime:
+    """Where a trail of `months` months begins (it ends at END)."""
+    start = partitions.add_months(END.date(), -months)
+    return datetime(start.year, start.month, 1, tzinfo=UTC)
+
+
+def synthetic_rows(
+    count: int, seed: int = 1, version: int = CHAIN_VERSION, months: int = 12
+) -> Iterator[dict]:
+    """`count` rows in id order over `months` months, as dicts of the hashed fields of chain
+    `version` (1: as the rows written before migration 0008); `created_at` and `event_id` are
+    already text (RFC 3339 with Z and microseconds; the canonical UUID), as COPY and
+    `row_hash` both take them."""
     rng = random.Random(seed)
     kinds = [_Kind(*kind) for kind in KINDS]
     weights = [kind.weight for kind in kinds]
-    mean_gap = SPAN / timedelta(microseconds=1) / max(count, 1)
-    moment = int(START.timestamp() * 1_000_000)
+    start = first_moment(months)
+    mean_gap = (END - start) / timedelta(microseconds=1) / max(count, 1)
+    moment = int(start.timestamp() * 1_000_000)
     day, day_text = None, ""
     row_id = 0
     while row_id < count:
@@ -277,12 +289,16 @@ def load(
     progress=None,
     version: int = CHAIN_VERSION,
     tree: bool = True,
+    months: int = 12,
 ) -> LoadReport:
-    """Load `count` synthetic rows into the empty, migrated database at `url` (a libpq URL),
-    as rows of chain `version` (1 into a database migrated to 0007, before the structured
-    record); `tree`: build their Merkle tree too (False: a database before migration 0009)."""
+    """Load `count` synthetic rows spread over `months` months into the empty, migrated
+    database at `url` (a libpq URL), as rows of chain `version` (1 into a database migrated to
+    0007, before the structured record); `tree`: build their Merkle tree too (False: a
+    database before migration 0009). A partitioned trail (migration 0012) gets a partition a
+    month first, as `flask audit maintain` would have made them."""
     with psycopg.connect(url) as connection:
         _check_empty(connection)
+        _make_partitions(connection, months)
         indexes = _indexes(connection)
         _drop(connection, indexes)
         connection.commit()
@@ -294,7 +310,7 @@ def load(
             names = (*HASHED_FIELDS_OF[version], "prev_hash", "hash")
             columns = ", ".join(f'"{name}"' for name in names)
             with cursor.copy(f"COPY audit_log ({columns}) FROM STDIN") as copy:
-                rows = synthetic_rows(count, seed, version)
+                rows = synthetic_rows(count, seed, version, months)
                 for chunk in chained(rows, checkpoint_every, key, checkpoints, head):
                     copy.write(chunk)
                     if progress is not None:
@@ -349,6 +365,21 @@ def _check_empty(connection: psycopg.Connection) -> None:
         raise RuntimeError("the bench loads into an empty, freshly migrated database only")
 
 
+def _make_partitions(connection: psycopg.Connection, months: int) -> None:
+    kind = connection.execute(
+        "SELECT relkind FROM pg_class WHERE oid = to_regclass('audit_log')"
+    ).fetchone()
+    if kind != ("p",):
+        return
+    start = first_moment(months).date()
+    for count in range(months):
+        partition = partitions.month_partition(partitions.add_months(start, count))
+        if connection.execute("SELECT to_regclass(%s)", (partition.name,)).fetchone()[0]:
+            continue
+        for statement in partitions.partition_statements(partition):
+            connection.execute(statement)
+
+
 def _indexes(connection: psycopg.Connection) -> dict[str, tuple[str | None, str]]:
     """audit_log's indexes: name -> (constraint definition or None, index definition)."""
     return {
@@ -374,8 +405,12 @@ def _drop(connection: psycopg.Connection, indexes: dict) -> None:
 def _rebuild(url: str, indexes: dict) -> None:
     """Recreate the indexes from their definitions, two connections at a time (two cores);
     the biggest first, so the others fill in beside it."""
+    # A partitioned table's index reads back as `ON ONLY audit_log`, which would make the
+    # parent's index alone (invalid, with none on the partitions): built on all of them.
     statements = [
-        f'ALTER TABLE audit_log ADD CONSTRAINT "{name}" {constraint}' if constraint else index
+        f'ALTER TABLE audit_log ADD CONSTRAINT "{name}" {constraint}'
+        if constraint
+        else index.replace(" ON ONLY ", " ON ", 1)
         for name, (constraint, index) in indexes.items()
     ]
     statements.sort(key=lambda sql: " gin " not in sql.lower())

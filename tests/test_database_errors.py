@@ -35,6 +35,7 @@ COMMANDS = [
     ("audit hold add", ("case-1", "--reason", "litigation")),
     ("audit hold list", ()),
     ("audit hold release", ("case-1",)),
+    ("audit maintain", ()),
 ]
 # Commands that need a migrated database (`db upgrade` is the cure, not a victim).
 NEED_SCHEMA = [command for command in COMMANDS if not command[0].startswith("db ")]

@@ -40,14 +40,21 @@ def test_upgrade_at_the_latest_migration_changes_nothing(app, api, runner):
 
 
 @postgresql_only
-def test_the_audit_table_is_analyzed_every_100000_changes(api):
+def test_each_partition_of_the_audit_table_is_analyzed_every_100000_changes(api):
     """The planner must know how many rows the newest block of ids holds (backend/audit/
-    query.py): autovacuum's default would analyze the table after a tenth of it changed."""
+    query.py): autovacuum's default would analyze a table after a tenth of it changed. A
+    partitioned table takes no autovacuum settings: each partition (the default one too)
+    carries them (migration 0012)."""
     with api.app.app_context(), db.engine.connect() as connection:
         options = connection.exec_driver_sql(
-            "SELECT reloptions FROM pg_class WHERE relname = 'audit_log'"
-        ).scalar()
-    assert sorted(options) == [
-        "autovacuum_analyze_scale_factor=0",
-        "autovacuum_analyze_threshold=100000",
-    ]
+            "SELECT relname, reloptions FROM pg_class"
+            " JOIN pg_inherits ON pg_inherits.inhrelid = pg_class.oid"
+            " WHERE pg_inherits.inhparent = 'audit_log'::regclass"
+        ).all()
+    assert "audit_log_default" in {name for name, _ in options}
+    assert len(options) >= 5  # the default, this month and the three after it
+    for _, partition_options in options:
+        assert sorted(partition_options) == [
+            "autovacuum_analyze_scale_factor=0",
+            "autovacuum_analyze_threshold=100000",
+        ]

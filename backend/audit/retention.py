@@ -3,7 +3,9 @@
 `flask audit purge --before DATE` deletes the oldest rows, a batch a transaction, each batch
 first signing a purge checkpoint of its last row, so the trail verifies after every batch: a
 purge killed half way (SIGKILL, a database restart) leaves a shorter but verifiable trail, and
-running it again deletes the rest.
+running it again deletes the rest. On the partitioned trail (PostgreSQL, migration 0012) a
+month entirely before the date is detached and dropped whole instead (`purge_step`), after the
+same signed checkpoint; rows are deleted only in the boundary month and the default partition.
 
 Before anything is deleted, `refusal` checks the date (not in the future, not later than
 AUDIT_MIN_RETENTION_DAYS ago) and the legal holds (while any stands, nothing goes). Each
@@ -20,7 +22,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from backend.audit import chain
+from backend.audit import chain, partitions
 from backend.clock import rfc3339, utcnow
 from backend.models import Checkpoint, Hold, Log, PurgePermit
 
@@ -95,6 +97,63 @@ def purge_batch(connection: sa.Connection, key: bytes, up_to: int, batch: int = 
     deleted = connection.execute(sa.delete(Log).where(Log.id <= last)).rowcount
     connection.execute(sa.delete(PurgePermit))
     return deleted
+
+
+# -- whole partitions (PostgreSQL) --------------------------------------------------------------
+
+# How long dropping a month waits for its locks: DETACH takes the trail's ACCESS EXCLUSIVE lock
+# for a moment, and appends queue behind it while it waits (the writer gives up after 5 s).
+DETACH_LOCK_TIMEOUT = "2s"
+
+
+def purge_step(connection: sa.Connection, key: bytes, plan: PurgePlan, batch: int) -> int | None:
+    """One transaction of a purge: the oldest month's partition dropped whole when it lies
+    entirely before the cut-off and holds the oldest rows, else a batch of the oldest rows
+    deleted (the boundary month, the default partition, SQLite). The rows it took, or None
+    when nothing is left to take."""
+    if partitions.is_partitioned(connection):
+        dropped = drop_oldest_partition(connection, key, plan)
+        if dropped is not None:
+            return dropped
+    deleted = purge_batch(connection, key, plan.last_id, batch)
+    return deleted or None
+
+
+def drop_oldest_partition(connection: sa.Connection, key: bytes, plan: PurgePlan) -> int | None:
+    """Detach and drop the oldest month's partition if it ends by the cut-off and its rows are
+    the oldest of the trail (ids are in time order, so they are the first ids left); first a
+    signed purge checkpoint of its last row, as purge_batch writes. The rows dropped, or None.
+
+    DROP is not DELETE: the triggers that refuse a DELETE under a legal hold do not fire. So
+    the holds are locked against `hold add` (SHARE ROW EXCLUSIVE conflicts with its INSERT)
+    until this transaction ends, and checked under that lock."""
+    oldest = next(iter(partitions.month_partitions(connection)), None)
+    if oldest is None or oldest.end > plan.before:
+        return None
+    span = connection.execute(
+        sa.text(f"SELECT min(id), max(id) FROM {oldest.name}")  # the partition's ids
+    ).one()
+    first = connection.scalar(sa.select(sa.func.min(Log.id)))
+    if span[0] is not None and (span[0] != first or span[1] > plan.last_id):
+        return None  # older rows elsewhere (the default partition) go first, by rows
+    connection.exec_driver_sql("LOCK TABLE audit_hold IN SHARE ROW EXCLUSIVE MODE")
+    standing = [hold.name for hold in standing_holds(connection)]
+    if standing:
+        raise HoldError(
+            f"legal hold{'s' if len(standing) > 1 else ''} standing: {', '.join(standing)};"
+            f" {oldest.name} not dropped"
+        )
+    if span[0] is not None:
+        row = connection.execute(sa.select(Log.hash, Log.created_at).where(Log.id == span[1]))
+        row = row.one()
+        connection.execute(
+            sa.insert(Checkpoint), chain.sign(key, span[1], row.hash, row.created_at, "purge")
+        )
+    connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{DETACH_LOCK_TIMEOUT}'")
+    connection.exec_driver_sql(f"ALTER TABLE audit_log DETACH PARTITION {oldest.name}")
+    connection.exec_driver_sql(f"DROP TABLE {oldest.name}")
+    # Ids within a month are consecutive (gapless, in time order): no count of the rows.
+    return 0 if span[0] is None else span[1] - span[0] + 1
 
 
 # -- legal holds ------------------------------------------------------------------------------
