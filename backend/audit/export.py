@@ -115,7 +115,7 @@ def json_line(dialect: str) -> sa.ColumnElement[str]:
 def text_fields(dialect: str, names: tuple[str, ...]) -> list[sa.ColumnElement[str]]:
     """Fields of a row as json_line writes them (`created_at` in RFC 3339...): the syslog
     sink's header, read beside the line rather than parsed back out of it."""
-    values = _text_values(dialect)
+    values = text_values(dialect)
     return [values[name] for name in names]
 
 
