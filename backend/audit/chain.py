@@ -75,7 +75,10 @@ def row_hash(row: dict, prev_hash: str) -> str:
 # when the writer's clock is behind the head's. They come first, so the canonical JSON of the
 # rest is made before the lock (`unlinked`).
 LINKED = ("id", "created_at")
-assert HASHED_FIELDS[: len(LINKED)] == LINKED and len(HASHED_FIELDS) > len(LINKED)
+assert all(
+    fields[: len(LINKED)] == LINKED and len(fields) > len(LINKED)
+    for fields in HASHED_FIELDS_OF.values()
+)
 
 
 def _hashed_values(row: dict, names: Iterable[str]) -> list:
@@ -215,9 +218,8 @@ def unlinked(events: Sequence[AuditEvent]) -> list[Unlinked]:
     for event in events:
         row = event.as_row()
         row["chain_version"] = CHAIN_VERSION
-        made.append(
-            Unlinked(row, _canonical(_hashed_values(row, HASHED_FIELDS[len(LINKED) :]))[1:-1])
-        )
+        after_linked = HASHED_FIELDS_OF[CHAIN_VERSION][len(LINKED) :]  # the version's own
+        made.append(Unlinked(row, _canonical(_hashed_values(row, after_linked))[1:-1]))
     return made
 
 
