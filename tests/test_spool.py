@@ -327,27 +327,6 @@ def test_a_writer_connection_that_could_not_prepare_the_append_is_not_used_again
 
 
 @postgresql_only
-def test_a_writer_connection_whose_session_lost_the_prepared_append_is_replaced(app, api, client):
-    """A session can lose its prepared statements (DISCARD ALL, from a pooler or a person): the
-    write on it is spooled and its connection dropped, and the next write, on a new one,
-    replays the spool before its own event."""
-    [first] = make_trail(client, 1)  # the writer's one connection has prepared the append
-    with app.app_context():
-        pooled = writer().engine.raw_connection()
-        try:
-            pooled.driver_connection.autocommit = True
-            pooled.driver_connection.execute("DEALLOCATE ALL")
-            pooled.driver_connection.autocommit = False
-        finally:
-            pooled.close()
-    [lost] = make_trail(client, 1)
-    assert spooled_requests(app) == [lost]
-    [later] = make_trail(client, 1)
-    assert [row.request_id for row in api.rows(event="index.view")] == [first, lost, later]
-    assert spooled(app) == []
-
-
-@postgresql_only
 def test_an_append_returns_only_once_the_wal_holding_it_is_flushed(app):
     """Durable before the response: when a write returns, PostgreSQL's WAL is flushed past
     everything it held when the write began (so past the append's commit). Checked because a

@@ -161,11 +161,7 @@ def append_and_commit(
     # Each row's JSON object but for what `link` sets is made before the lock too.
     texts = [_json_without(row, SET_BY_LINK) for row, _ in rows]
     cursor = psycopg.ClientCursor(connection, row_factory=dict_row)
-    try:
-        cursor.execute(_PG_BEGIN_LOCK_HEAD)
-    except psycopg.errors.InvalidSqlStatementName:
-        _forget(connection)  # its session lost them (DISCARD ALL, DEALLOCATE)
-        raise
+    cursor.execute(_PG_BEGIN_LOCK_HEAD)
     cursor.nextset()
     linked = link(cursor.fetchone(), rows, key, checkpoint_every, signer)
     statements, params = [], []
@@ -418,14 +414,9 @@ def _prepare(connection: psycopg.Connection) -> None:
     try:
         psycopg.ClientCursor(connection).execute(_PG_PREPARE)
     except psycopg.Error:
-        # A PREPARE outlives the string that failed after it (an unmigrated database).
-        _forget(connection)
+        # A PREPARE outlives the string that failed after it (an unmigrated database): closed,
+        # the connection leaves the pool (db_types.autocommit_connection), and a new one
+        # prepares them all.
+        connection.close()
         raise
     _PREPARED.add(connection)
-
-
-def _forget(connection: psycopg.Connection) -> None:
-    """Close `connection`: it leaves the pool (db_types.autocommit_connection), and the next
-    write, on a new connection, prepares the statements anew (this batch is spooled)."""
-    _PREPARED.discard(connection)
-    connection.close()
