@@ -311,22 +311,6 @@ def test_the_per_request_connections_go_back_to_the_pool_as_they_came(app, api, 
 
 
 @postgresql_only
-def test_a_writer_connection_that_could_not_prepare_the_append_is_not_used_again(app, api, client):
-    """The append's statements are prepared once a connection (backend.audit.chain): a PREPARE
-    that fails on a new connection (the audit table away) leaves those before it in the
-    session, so that connection is dropped, and the next write, on a new one, replays the
-    spool before its own event."""
-    with app.app_context():
-        writer().forget_connections()  # the next write prepares on a new connection
-    with audit_table_unavailable(app):
-        [failed] = make_trail(client, 1)
-    assert spooled_requests(app) == [failed]
-    [later] = make_trail(client, 1)
-    assert [row.request_id for row in api.rows(event="index.view")] == [failed, later]
-    assert spooled(app) == []
-
-
-@postgresql_only
 def test_an_append_returns_only_once_the_wal_holding_it_is_flushed(app):
     """Durable before the response: when a write returns, PostgreSQL's WAL is flushed past
     everything it held when the write began (so past the append's commit). Checked because a

@@ -23,7 +23,6 @@ is signed with an Ed25519 key (signing.py) whose public half anyone may hold.
 import hashlib
 import hmac
 import json
-import weakref
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple
@@ -145,17 +144,15 @@ def append_and_commit(
 ) -> list[int]:
     """`append` and COMMIT on a psycopg (PostgreSQL) connection in autocommit mode
     (db_types.autocommit_connection), in two round trips and two
-    messages: `BEGIN; EXECUTE` of the head's `SELECT ... FOR UPDATE`, then the INSERTs, the
-    head's UPDATE and `COMMIT` as one string (bound on the client: the simple query protocol
-    runs several statements in one message). The chain's lock is held for one round trip and
-    the commit's flush, where `append` through SQLAlchemy takes six round trips, and psycopg's
-    pipeline mode one write and one poll per statement. The statements are prepared on the
-    server once a connection (`_prepare`), so the batch's string only EXECUTEs them. If a
-    statement fails, the server skips the rest of the string, COMMIT included; the caller's
-    connection manager rolls the transaction back. The tree's new nodes are computed here from
-    the frontier the head carries, and travel in the same string.
+    messages: `BEGIN; SELECT ... FOR UPDATE` of the head, then the INSERTs, the head's UPDATE
+    and `COMMIT` as one string (bound on the client: the simple query protocol runs several
+    statements in one message). The chain's lock is held for one round trip and the commit's
+    flush, where `append` through SQLAlchemy takes six round trips, and psycopg's pipeline mode
+    one write and one poll per statement. If a statement fails, the server skips the rest of
+    the string, COMMIT included; the caller's connection manager rolls the transaction back.
+    The tree's new nodes are computed here from the frontier the head carries, and travel in
+    the same string.
     """
-    _prepare(connection)
     rows = unlinked(events)  # before the lock: see `link`
     # The rows travel as one JSON array: one literal to quote, however many rows and columns.
     # Each row's JSON object but for what `link` sets is made before the lock too.
@@ -334,9 +331,7 @@ def existing_event_ids(connection: sa.Connection, event_ids: Iterable) -> set:
     return set(connection.scalars(sa.select(Log.event_id).where(Log.event_id.in_(event_ids))))
 
 
-# The statements of `append_and_commit`. Each is prepared on the server once a connection
-# (`_prepare`): parsing and planning them took a fifth of the server's time of a batch of
-# four rows, all of it inside the chain's lock (docs/benchmarks.md, "Tuning decisions").
+# The statements of `append_and_commit`, in psycopg's parameter style.
 HEAD_COLUMNS = (
     "last_id",
     "last_hash",
@@ -345,78 +340,27 @@ HEAD_COLUMNS = (
     "tree_frontier",
     "tree_head_at",
 )
-HEAD_TYPES = ("bigint", "varchar", "timestamptz", "integer", "text", "timestamptz")
 LOG_COLUMNS = tuple(spec.name for spec in AUDIT_FIELDS)
 CHECKPOINT_COLUMNS = ("log_id", "log_hash", "created_at", "reason", "mac")
+_PG_BEGIN_LOCK_HEAD = (
+    f"BEGIN; SELECT {', '.join(HEAD_COLUMNS)} FROM audit_chain WHERE id = 1 FOR UPDATE"
+)
+_PG_UPDATE_HEAD = (
+    "UPDATE audit_chain SET " + ", ".join(f"{name} = %s" for name in HEAD_COLUMNS) + " WHERE id = 1"
+)
 
 
 def _pg_insert_json(table: str, columns: Sequence[str]) -> str:
     names = ", ".join(f'"{name}"' for name in columns)
     return (
         f"INSERT INTO {table} ({names}) SELECT {names}"
-        f" FROM json_populate_recordset(NULL::{table}, $1)"
+        f" FROM json_populate_recordset(NULL::{table}, %s)"
     )
 
 
-# name: (parameter types, statement); `_PG_STATEMENTS` EXECUTEs them by name.
-_PG_PREPARED = {
-    "audit_lock_head": (
-        (),
-        f"SELECT {', '.join(HEAD_COLUMNS)} FROM audit_chain WHERE id = 1 FOR UPDATE",
-    ),
-    "audit_insert_log": (("json",), _pg_insert_json("audit_log", LOG_COLUMNS)),
-    "audit_insert_checkpoint": (
-        ("json",),
-        _pg_insert_json("audit_checkpoint", CHECKPOINT_COLUMNS),
-    ),
-    "audit_insert_node": (("json",), _pg_insert_json("audit_tree_node", ("position", "hash"))),
-    "audit_insert_head": (
-        ("json",),
-        _pg_insert_json(
-            "audit_tree_head", ("tree_size", "root_hash", "created_at", "key_id", "checkpoint")
-        ),
-    ),
-    "audit_update_head": (
-        HEAD_TYPES,
-        "UPDATE audit_chain SET "
-        + ", ".join(f"{name} = ${number}" for number, name in enumerate(HEAD_COLUMNS, 1))
-        + " WHERE id = 1",
-    ),
-}
-_PG_PREPARE = ";".join(
-    f"PREPARE {name}{'(' + ', '.join(types) + ')' if types else ''} AS {statement}"
-    for name, (types, statement) in _PG_PREPARED.items()
+_PG_INSERT_LOG = _pg_insert_json("audit_log", LOG_COLUMNS)
+_PG_INSERT_CHECKPOINT = _pg_insert_json("audit_checkpoint", CHECKPOINT_COLUMNS)
+_PG_INSERT_NODE = _pg_insert_json("audit_tree_node", ("position", "hash"))
+_PG_INSERT_HEAD = _pg_insert_json(
+    "audit_tree_head", ("tree_size", "root_hash", "created_at", "key_id", "checkpoint")
 )
-
-
-def _pg_execute(name: str) -> str:
-    """EXECUTE of a prepared statement, its parameters bound on the client."""
-    count = len(_PG_PREPARED[name][0])
-    return f"EXECUTE {name}({', '.join(['%s'] * count)})" if count else f"EXECUTE {name}"
-
-
-_PG_BEGIN_LOCK_HEAD = "BEGIN; " + _pg_execute("audit_lock_head")
-_PG_INSERT_LOG = _pg_execute("audit_insert_log")
-_PG_INSERT_CHECKPOINT = _pg_execute("audit_insert_checkpoint")
-_PG_INSERT_NODE = _pg_execute("audit_insert_node")
-_PG_INSERT_HEAD = _pg_execute("audit_insert_head")
-_PG_UPDATE_HEAD = _pg_execute("audit_update_head")
-
-# The connections whose session holds the prepared statements (a session's own state: a new
-# connection, or one made again after a restart, prepares them anew).
-_PREPARED: "weakref.WeakSet[psycopg.Connection]" = weakref.WeakSet()
-
-
-def _prepare(connection: psycopg.Connection) -> None:
-    """Prepare the append's statements on `connection`'s session, unless done already."""
-    if connection in _PREPARED:
-        return
-    try:
-        psycopg.ClientCursor(connection).execute(_PG_PREPARE)
-    except psycopg.Error:
-        # A PREPARE outlives the string that failed after it (an unmigrated database): closed,
-        # the connection leaves the pool (db_types.autocommit_connection), and a new one
-        # prepares them all.
-        connection.close()
-        raise
-    _PREPARED.add(connection)
