@@ -25,6 +25,7 @@ import sqlalchemy as sa
 PARENT = "audit_log"
 DEFAULT = "audit_log_default"
 PARTITION_NAME = re.compile(r"^audit_log_(p\d{4}_\d{2}|default)$")
+PARTITION_IN_TEXT = re.compile(r"\baudit_log_(?:p\d{4}_\d{2}|default)\b")
 # Any 64-bit number, the same in every copy of the service: "audit_pm" in ASCII.
 MAINTAIN_LOCK = 0x6175_6469_745F_706D
 # Each partition's own autovacuum settings (a partitioned parent takes none): migration 0006's
@@ -74,6 +75,13 @@ def month_partition(month: date) -> Partition:
 def is_partition(name: str) -> bool:
     """Whether a table name is one of the trail's partitions (the default one too)."""
     return bool(PARTITION_NAME.match(name))
+
+
+def naming_the_trail(message: str) -> str:
+    """A database message with the partition it names (`new row for relation
+    "audit_log_p2026_12" violates ...`) put back as the trail, `audit_log`: a partition is the
+    table's storage, not what an operator or a test knows the table by."""
+    return PARTITION_IN_TEXT.sub("audit_log", message)
 
 
 def is_partitioned(connection: sa.Connection) -> bool:

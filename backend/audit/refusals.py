@@ -11,6 +11,7 @@ the event aside in the spool's `.rejected` file (spool.py) for a person; every o
 import psycopg
 import sqlalchemy as sa
 
+from backend.audit import partitions
 from backend.audit.events import AuditEvent
 
 # What the database says when it refuses an event's content; anything else of the driver's
@@ -25,7 +26,7 @@ def reason(error: BaseException) -> str:
     cause = getattr(error, "orig", None) or error
     diag = getattr(cause, "diag", None)  # psycopg: the server's primary message alone
     message = (diag.message_primary if diag is not None else None) or str(cause)
-    lines = message.strip().splitlines()
+    lines = partitions.naming_the_trail(message).strip().splitlines()
     return (lines[0] if lines else type(cause).__name__)[:REASON_MAX]
 
 
