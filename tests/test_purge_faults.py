@@ -33,6 +33,13 @@ from tests.serving import BIN, flask
 pytestmark = pytest.mark.faults
 
 OLD_ROWS = 3000
+# The old rows and the purge's date fall in one month, over a year ago: on a trail partitioned
+# by month (migration 0012) that month is the purge's boundary, deleted row by row, which is
+# what can be cut off in its middle (a whole month before the date is dropped at once: see
+# tests/test_purge_partitions.py). Which months have a partition of their own depends on the
+# tests run before; the boundary month is deleted by rows either way.
+OLD_AT = (utcnow() - timedelta(days=400)).replace(day=2, hour=12, minute=0, second=0)
+PURGE_BEFORE = (OLD_AT + timedelta(days=2)).date().isoformat()
 DEADLINE = 60.0  # seconds for anything to happen; a bound, never a wait
 
 
@@ -48,8 +55,8 @@ def environment(database_url: str, instance_path) -> dict:
 
 
 def old_trail(app, count: int) -> None:
-    """`count` rows 400 days old, then one row now, through the writer (one transaction)."""
-    with app.app_context(), moved(timedelta(days=-400)):
+    """`count` rows of OLD_AT, then one row now, through the writer (one transaction)."""
+    with app.app_context(), moved(OLD_AT - utcnow()):
         writer().write_batch(
             [
                 AuditEvent(source="app", event="test.old", level="INFO", track=f"old {n}")
@@ -63,9 +70,8 @@ def old_trail(app, count: int) -> None:
 
 
 def start_purge(env: dict) -> subprocess.Popen:
-    before = (utcnow() - timedelta(days=390)).date().isoformat()
     return subprocess.Popen(
-        [BIN / "flask", "audit", "purge", "--before", before, "--yes", "--batch", "1"],
+        [BIN / "flask", "audit", "purge", "--before", PURGE_BEFORE, "--yes", "--batch", "1"],
         cwd=config.ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -105,7 +111,7 @@ def assert_purge_finishes(env: dict, engine: sa.Engine) -> None:
         "audit",
         "purge",
         "--before",
-        (utcnow() - timedelta(days=390)).date().isoformat(),
+        PURGE_BEFORE,
         "--yes",
     )
     assert again.returncode == 0, again.stdout + again.stderr
