@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from backend.audit import listing
-from backend.clock import rfc3339
+from backend.clock import moved, rfc3339
 from tests.conftest import ADMIN, ALICE, basic
 from tests.helpers import (
     FIRST_RELEASE_FIELDS,
@@ -342,6 +342,23 @@ def test_q_pages_join_the_newest_block_and_the_older_rows_in_order(
     expected = [row.id for row in reversed(api.rows()) if "needle" in row.track and keep(row)]
     assert expected and set(expected) <= set(needles)
     pages = walk(api, token, q="NEEDLE", limit=2, **params)
+    assert [row_id for page in pages for row_id in ids(page)] == expected
+
+
+def test_q_pages_across_months_see_each_needle_once_in_order(api, monkeypatch):
+    """The newest block's search is bounded in time by the block's first row (on PostgreSQL
+    the months before it are pruned): over rows written across three months, with blocks of
+    4 ids and pages of 2, the walk is the plain listing's."""
+    monkeypatch.setattr(listing, "ID_BLOCK_BITS", 2)
+    api.create_user(*ADMIN, is_admin=True)
+    token = api.login(*ADMIN)
+    for days_ago in (70, 40, 0):
+        with moved(timedelta(days=-days_ago)):
+            for n in range(7):
+                write(api.app, track="a needle" if n % 3 == 0 else "hay")
+    expected = [row.id for row in reversed(api.rows()) if "needle" in row.track]
+    assert len(expected) == 9
+    pages = walk(api, token, q="NEEDLE", limit=2)
     assert [row_id for page in pages for row_id in ids(page)] == expected
 
 

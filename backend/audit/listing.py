@@ -154,13 +154,25 @@ def id_block(column) -> sa.ColumnElement[int]:
     )
 
 
-def in_block(block: int) -> sa.ColumnElement[bool]:
-    return id_block(Log.id) == sa.literal(block, sa.BigInteger)
+def in_block(block: int, starts_at: datetime | None = None) -> sa.ColumnElement[bool]:
+    """The rows of `block`; `starts_at`, the time of its first row, bounds them in time too:
+    on a trail partitioned by month the months before it are pruned from the plan (without
+    it, each month's time index is read whole to find it holds no row of the block)."""
+    inside = id_block(Log.id) == sa.literal(block, sa.BigInteger)
+    return inside if starts_at is None else sa.and_(inside, Log.created_at >= starts_at)
 
 
-def before_block(block: int) -> sa.ColumnElement[bool]:
+def before_block(block: int, starts_at: datetime | None = None) -> sa.ColumnElement[bool]:
     # `id < block << ID_BLOCK_BITS`, as the index reads it: the older blocks' matches alone.
-    return id_block(Log.id) < sa.literal(block, sa.BigInteger)
+    older = id_block(Log.id) < sa.literal(block, sa.BigInteger)
+    return older if starts_at is None else sa.and_(older, Log.created_at <= starts_at)
+
+
+def block_start(connection: sa.Connection, block: int) -> datetime | None:
+    """The time of the first row of `block` (time never runs backwards along the ids)."""
+    return connection.scalar(
+        sa.select(Log.created_at).where(Log.id >= block << ID_BLOCK_BITS).order_by(Log.id).limit(1)
+    )
 
 
 def search_block(connection: sa.Connection, after: Cursor | None) -> int:
@@ -185,8 +197,9 @@ def page(
         # In the first block there is nothing to split, and its key would only cost its reading
         # (figures: docs/benchmarks.md, "Tuning decisions").
         if filters.get("q") and order == "desc" and (block := search_block(connection, after)):
+            starts_at = block_start(connection, block)
             rows = connection.execute(
-                first_rows(filters, viewer, order, limit + 1, after, ids=in_block(block))
+                first_rows(filters, viewer, order, limit + 1, after, ids=in_block(block, starts_at))
             ).all()
             if len(rows) <= limit:
                 rows += connection.execute(
@@ -196,7 +209,7 @@ def page(
                         order,
                         limit + 1 - len(rows),
                         after,
-                        ids=before_block(block),
+                        ids=before_block(block, starts_at),
                     )
                 ).all()
         else:
