@@ -87,7 +87,11 @@ def test_a_quiet_stream_sends_heartbeat_comments(client, users):
 
 @pytest.mark.settings(STREAM_HEARTBEAT_SECONDS="0.2", STREAM_POLL_SECONDS="0.05")
 def test_a_revoked_token_ends_its_stream_at_the_next_heartbeat(client, users):
-    token = users["alice"]
+    stream_then_revoke(client, users["alice"])
+
+
+def stream_then_revoke(client, token: str) -> None:
+    """Open a stream with `token`, revoke it (GET /logout), and see the stream end."""
     with streaming(client, token) as events:
         events.next_comment()
         assert client.get("/logout", headers=bearer(token)).status_code == 200
@@ -157,12 +161,7 @@ def test_a_stream_the_client_closes_leaves_a_row_with_the_rows_sent(app, client,
 
 @pytest.mark.settings(STREAM_HEARTBEAT_SECONDS="0.2", STREAM_POLL_SECONDS="0.05")
 def test_a_stream_its_revoked_token_ended_leaves_a_denied_row(app, client, users):
-    token = users["alice"]
-    with streaming(client, token) as events:
-        events.next_comment()
-        assert client.get("/logout", headers=bearer(token)).status_code == 200
-        with pytest.raises(StopIteration):
-            events.next_comment()
+    stream_then_revoke(client, users["alice"])
 
     [row] = stream_rows(app)
     assert (row.user, row.level, row.outcome) == ("alice", "WARNING", "denied")
