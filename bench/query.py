@@ -303,7 +303,12 @@ def explain(url: str, params: dict, as_member: bool, plans: Path, name: str) -> 
         ids = None
         newest = connection.execute("SELECT max(id) FROM audit_log").fetchone()[0] or 0
         if filters.get("q") and newest >> listing.ID_BLOCK_BITS:  # as listing.page: its first
-            ids = listing.in_block(newest >> listing.ID_BLOCK_BITS)  # part, the newest block
+            block = newest >> listing.ID_BLOCK_BITS  # part, the newest block from its first row
+            (starts_at,) = connection.execute(
+                "SELECT created_at FROM audit_log WHERE id >= %s ORDER BY id LIMIT 1",
+                (block << listing.ID_BLOCK_BITS,),
+            ).fetchone()
+            ids = listing.in_block(block, starts_at)
         statement = listing.first_rows(
             filters, viewer, filters["order"], filters["limit"] + 1, ids=ids
         )
