@@ -12,7 +12,9 @@ as production does; DATABASE_ADMIN_URL gives them the owner.
 import os
 import shutil
 from base64 import b64encode
+from collections.abc import Iterator
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
@@ -23,6 +25,9 @@ from backend import create_app, dispose_engines
 from backend.audit.chain import GENESIS
 from backend.extensions import db
 from backend.models import Log
+
+if TYPE_CHECKING:
+    from tests.pgcluster import PrivateCluster
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 TEST_DATABASE_APP_URL = os.environ.get("TEST_DATABASE_APP_URL")
@@ -274,3 +279,13 @@ def wsgi_header(text: str) -> str:
     """A header value as a WSGI server puts it in the environ (PEP 3333): the bytes the client
     sent, here `text` in UTF-8, decoded as Latin-1."""
     return text.encode("utf-8").decode("latin-1")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator["PrivateCluster"]:
+    """A private PostgreSQL cluster (tests/pgcluster.py) for the module that asks for it: its
+    tests may stop or restart it without touching the shared server."""
+    from tests.pgcluster import private_cluster  # pgcluster -> serving -> this module
+
+    with private_cluster() as cluster:
+        yield cluster

@@ -14,13 +14,7 @@ from backend import create_app, dispose_engines
 from backend.accounts import create_user
 from tests.conftest import ALICE, Api, basic, bearer, make_settings, migrate_to_head
 from tests.helpers import assert_error
-from tests.pgcluster import PrivateCluster, private_cluster
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PrivateCluster]:
-    with private_cluster() as cluster:
-        yield cluster
+from tests.pgcluster import PrivateCluster
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,6 @@ import pytest
 
 from backend.audit.events import AuditEvent
 from backend.audit.spool import Spool
-from tests.pgcluster import private_cluster
 from tests.serving import (
     BIN,
     Client,
@@ -97,13 +96,6 @@ def gunicorn_command(port: int) -> list[str]:
         str(GRACEFUL_TIMEOUT),
         "wsgi:app",
     ]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A private PostgreSQL cluster for this module: the tests may restart it."""
-    with private_cluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture(scope="module")

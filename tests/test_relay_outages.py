@@ -8,7 +8,6 @@ import config
 from backend import create_app, dispose_engines
 from tests.conftest import Api, make_settings, migrate_to_head
 from tests.helpers import audit_table_unavailable, make_trail
-from tests.pgcluster import private_cluster
 from tests.relaying import (
     assert_in_order_with_one_batch_again,
     backlog,
@@ -25,13 +24,6 @@ pytestmark = [pytest.mark.faults]
 ROWS = 3000
 MORE = 300
 BATCH = 30
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """A private PostgreSQL cluster for this module: the tests restart it."""
-    with private_cluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture(scope="module")
