@@ -33,8 +33,8 @@ from bench.query import (
     RESULTS,
     ROOT,
     Report,
-    _load,
     ensure_users,
+    load_average,
     percentile,
     prepare,
     serve,
@@ -60,7 +60,7 @@ def main() -> None:
     options = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = Report(RESULTS / f"verify-{options.rows}.txt")
-    report.line(f"rows: {options.rows:,}  cpus: {os.cpu_count()}  load average: {_load()}")
+    report.line(f"rows: {options.rows:,}  cpus: {os.cpu_count()}  load average: {load_average()}")
     instance = tempfile.mkdtemp(prefix="audit-bench-verify-")
     settings = database.bench_settings(options.url, instance)
     environment = {**os.environ, **database.bench_environ(options.url, instance)}
@@ -77,7 +77,7 @@ def main() -> None:
             offline_rate(environment, Path(instance), report)
     finally:
         shutil.rmtree(instance, ignore_errors=True)
-    report.line(f"load average after: {_load()}")
+    report.line(f"load average after: {load_average()}")
 
 
 def timed_command(command: list, environment: dict, stdout=subprocess.DEVNULL) -> tuple:
