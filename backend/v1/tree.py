@@ -64,8 +64,7 @@ def proof(args: dict, log_id: int):
     head's size; a head is signed at once when the row is newer). Its leaf hash is
     SHA-256(0x00 || the row's `hash` as 32 bytes).
     """
-    row = listing.visible_row(log_id, token_auth.current_user()) if log_id <= MAX_ID else None
-    if row is None:
+    if log_id > MAX_ID or not listing.is_visible(log_id, token_auth.current_user()):
         raise NotFound("No audit row with that id is visible to you.")
     size = args.get("tree_size")
     with db.engine.connect() as connection:
