@@ -174,21 +174,32 @@ def _json(name: str, values: dict) -> sa.ColumnElement[str]:
         return sa.literal_column(
             f"CASE WHEN audit_log.details IS NULL THEN 'null'"
             f" WHEN audit_log.details = '{{}}'::jsonb THEN '{{}}'"
-            f" ELSE coalesce({canonical_json('audit_log.details', SQL_DEPTH)}, E'\\x01') END",
+            f" ELSE {canonical_json('audit_log.details', SQL_DEPTH)} END",
             sa.Text,
         )
+    if isinstance(Log.__table__.c[name].type, sa.Integer):
+        # An integer's text is its JSON: no escaping to look for (to_json's cost, every row).
+        return sa.func.coalesce(sa.cast(values[name], sa.Text), "null")
+    if name in UNESCAPED:
+        return sa.func.coalesce('"' + values[name] + '"', "null")
     return sa.func.coalesce(sa.cast(sa.func.to_json(values[name]), sa.Text), "null")
+
+
+# Text that cannot hold a character JSON escapes: a UUID's canonical form, and the RFC 3339
+# time export.text_values makes (digits, `-`, `:`, `.`, `T` and `Z`).
+UNESCAPED = ("event_id", "created_at")
 
 
 def canonical_json(value: str, depth: int) -> str:
     """SQL for the jsonb `value` as json.dumps(sort_keys=True, separators=(",", ":"),
-    ensure_ascii=False) writes it, or NULL when it has objects or arrays more than `depth`
+    ensure_ascii=False) writes it, or a text holding a raw \\x01 (which no canonical JSON
+    holds: both escape control characters) when it has objects or arrays more than `depth`
     deep. Keys sort by code point (COLLATE "C" on UTF-8), as Python's do; strings escape alike
     (to_json and jsonb's text both use PostgreSQL's escape_json: the same escapes, lowercase
-    \\u00xx); a NULL inside makes the whole NULL, never a shorter text."""
+    \\u00xx)."""
     if depth == 0:
         nested = f"jsonb_typeof({value}) IN ('object', 'array')"
-        return f"CASE WHEN {nested} THEN NULL ELSE {value}::text END"
+        return f"CASE WHEN {nested} THEN E'\\x01' ELSE {value}::text END"
     key, item, at = f"k{depth}", f"v{depth}", f"n{depth}"
     inner = canonical_json(item, depth - 1)
     members = _joined(
@@ -207,12 +218,8 @@ def canonical_json(value: str, depth: int) -> str:
 
 
 def _joined(element: str, order: str, source: str, brackets: str) -> str:
-    """SQL: the `element`s of `source` in `order`, comma separated inside `brackets`; NULL when
-    any is NULL (string_agg would skip it)."""
+    """SQL: the `element`s of `source` in `order`, comma separated inside `brackets`. A NULL
+    element (none should be) becomes \\x01, never a shorter text (string_agg skips NULLs)."""
     opening, closing = brackets
-    return (
-        f"(SELECT CASE WHEN count(*) = 0 THEN '{brackets}'"
-        f" WHEN every(e IS NOT NULL)"
-        f" THEN '{opening}' || string_agg(e, ',' ORDER BY o) || '{closing}'"
-        f" END FROM (SELECT {order} AS o, {element} AS e FROM {source}) AS parts)"
-    )
+    parts = f"string_agg(coalesce({element}, E'\\x01'), ',' ORDER BY {order})"
+    return f"(SELECT '{opening}' || coalesce({parts}, '') || '{closing}' FROM {source})"
