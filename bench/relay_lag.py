@@ -74,12 +74,20 @@ def loaded_round(url, environment: dict, token: str, lags, options, tmp: Path) -
         # Only this run's rows: the relay starts on the rows of the run without it, whose
         # wait for a relay that was not there is no lag of the relay's.
         arrived(lags, newest_id(url), since=time.time())
-        started = time.time()
+        started, cpu = time.time(), cpu_seconds(relay.pid)  # its start-up is behind it
         result = wrk(PORT, "/v1/me", {"Authorization": f"Bearer {token}"}, options, tmp)
-        return result, arrived(lags, newest_id(url), since=started)
+        round_lags = arrived(lags, newest_id(url), since=started)
+        result["relay_cpu"], result["rows"] = cpu_seconds(relay.pid) - cpu, len(round_lags)
+        return result, round_lags
     finally:
         relay.terminate()
         relay.wait(timeout=30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -112,7 +120,8 @@ def main() -> None:
                 all_lags += round_lags
                 print(
                     f"round {number}: without relay {plain[-1]['rps']:7.0f} req/s,"
-                    f" with relay {result['rps']:7.0f} req/s, {len(round_lags):,} rows relayed",
+                    f" with relay {result['rps']:7.0f} req/s, {len(round_lags):,} rows relayed,"
+                    f" the relay's CPU {result['relay_cpu']:.2f} s",
                     flush=True,
                 )
     receiver.terminate()
@@ -131,6 +140,17 @@ def report(plain: list, relayed: list, lags: list[float], options) -> None:
     print(f"GET /v1/me without the relay: {without:8.0f} req/s")
     print(f"GET /v1/me with the relay:    {with_relay:8.0f} req/s")
     print(f"ratio with/without: {with_relay / without:.3f} (target: within 0.03 of 1)")
+    # Each round's two runs are back to back, so their ratio is free of the drifts between
+    # rounds (another process waking up on the shared CPUs slows both runs of its round).
+    paired = statistics.median(r["rps"] / p["rps"] for p, r in zip(plain, relayed, strict=True))
+    print(f"median of the rounds' own ratios: {paired:.3f}")
+    rows = sum(run["rows"] for run in relayed)
+    cpu = sum(run["relay_cpu"] for run in relayed)
+    print(
+        f"the relay's own CPU: {cpu:.2f} s for {rows:,} rows ="
+        f" {cpu / rows * 1e6:.0f} us a row, {cpu / (options.rounds * options.duration) * 100:.1f}%"
+        f" of one CPU while loaded"
+    )
     print(
         f"end-to-end lag over {len(lags):,} rows: p50 {cuts[49] * 1000:.0f} ms,"
         f" p99 {cuts[98] * 1000:.0f} ms, max {max(lags, default=0) * 1000:.0f} ms"
