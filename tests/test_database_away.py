@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import sqlalchemy as sa
 
 import config
 from backend import create_app, dispose_engines
@@ -15,6 +16,7 @@ from backend.accounts import create_user
 from tests.conftest import ALICE, Api, basic, bearer, make_settings, migrate_to_head
 from tests.helpers import assert_error
 from tests.pgcluster import PrivateCluster
+from tests.streaming import EventReader
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +77,34 @@ def test_a_request_the_database_was_away_for_leaves_a_request_exception_row(app,
     [row] = Api(app, client).rows(request_id=refused.headers["X-Request-ID"])
     assert (row.event, row.level, row.status) == ("request.exception", "ERROR", 503)
     assert row.track.startswith("sqlalchemy.exc.OperationalError: connection failed")
+
+
+def test_a_stream_the_database_goes_away_under_ends_and_leaves_an_error_row(
+    database, tmp_path, cluster
+):
+    """The live tail polls the database: when it is gone the stream ends (the client's
+    EventSource reconnects with Last-Event-ID), and its `trail.stream` row says an error ended
+    it, spooled and replayed once the database is back."""
+    settings = make_settings(
+        database, tmp_path, STREAM_POLL_SECONDS="0.05", STREAM_HEARTBEAT_SECONDS="0.1"
+    )
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        token = client.post("/login", headers=basic(*ALICE)).get_json()["token"]
+        response = client.get("/v1/logs/stream", headers=bearer(token))
+        assert response.status_code == 200
+        assert EventReader(response.response).next_comment() == "stream of the audit trail"
+        with database_stopped(cluster), pytest.raises(sa.exc.DBAPIError):
+            # The stream's next poll finds no database; a stream that went on instead would
+            # send heartbeats, and this loop end without the error.
+            for _ in zip(range(50), response.response, strict=False):
+                pass
+        response.close()
+        assert client.get("/v1/me", headers=bearer(token)).status_code == 200  # replays
+        [row] = Api(app, client).rows(event="trail.stream")
+        assert (row.user, row.level, row.outcome) == ("alice", "ERROR", "error")
+        assert (row.details["ended"], row.details["rows"]) == ("error", 0)
+        assert row.track.endswith("ended, an error: 0 rows sent")
+    finally:
+        dispose_engines(app)
