@@ -146,10 +146,10 @@ def report(plain: list, relayed: list, lags: list[float], options) -> None:
     print(f"median of the rounds' own ratios: {paired:.3f}")
     rows = sum(run["rows"] for run in relayed)
     cpu = sum(run["relay_cpu"] for run in relayed)
+    share = cpu / (options.rounds * options.duration)
     print(
         f"the relay's own CPU: {cpu:.2f} s for {rows:,} rows ="
-        f" {cpu / rows * 1e6:.0f} us a row, {cpu / (options.rounds * options.duration) * 100:.1f}%"
-        f" of one CPU while loaded"
+        f" {cpu / max(rows, 1) * 1e6:.0f} us a row, {share:.1%} of one CPU while loaded"
     )
     print(
         f"end-to-end lag over {len(lags):,} rows: p50 {cuts[49] * 1000:.0f} ms,"
