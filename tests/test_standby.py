@@ -8,6 +8,7 @@ the primary then is on the primary only, so where a read went shows in what it r
 import json
 
 import pytest
+import sqlalchemy as sa
 from flask_migrate import upgrade
 
 import config
@@ -18,6 +19,7 @@ from tests.helpers import ATTACKER, WRONG, assert_locked, attempt, write
 from tests.pgcluster import private_cluster, standby_of
 from tests.serving import ADMIN as SERVING_ADMIN
 from tests.serving import serving
+from tests.streaming import EventReader, rows_of
 
 APP_ROLE = ("audit_app", "audit-app-secret")
 
@@ -195,6 +197,67 @@ def test_reads_fall_back_to_the_primary_while_the_standby_is_down(trail, monkeyp
     monkeypatch.setattr(trail_reads, "RETRY_AFTER", 0.0)  # try the standby again at once
     ready = api.client.get("/readyz").get_json()
     assert (ready["reads"], ready["standby"]) == ("standby", "up")
+
+
+def on_standby(app) -> list[str]:
+    """The statements the app runs on the standby from now on (as the driver is handed them)."""
+    statements: list[str] = []
+
+    def note(connection, cursor, statement, *rest):
+        statements.append(statement)
+
+    sa.event.listen(app.extensions["audit_reads"].engine, "before_cursor_execute", note)
+    return statements
+
+
+def test_proofs_are_read_on_the_standby(trail, primary_only):
+    api, token, primary, standby = trail
+    ids = [write(api.app, track=f"to prove {n}") for n in range(3)]
+    signed = api.get(f"/v1/logs/{ids[-1]}/proof", token)  # signs a head covering the rows
+    assert signed.status_code == 200, signed.get_json()
+    size = signed.get_json()["tree_size"]
+    standby.catch_up(primary)
+    statements = on_standby(api.app)
+
+    inclusion = api.get(f"/v1/logs/{ids[0]}/proof", token, query_string={"tree_size": size})
+    consistency = api.get("/v1/logs/consistency", token, query_string={"first": 2, "second": size})
+
+    assert [s for s in statements if "audit_tree_node" in s] != []
+    bearer_token = {"Authorization": f"Bearer {token}"}
+    for answer, path, params in (
+        (inclusion, f"/v1/logs/{ids[0]}/proof", {"tree_size": size}),
+        (consistency, "/v1/logs/consistency", {"first": 2, "second": size}),
+    ):  # the primary's answer is the same
+        assert answer.status_code == 200, answer.get_json()
+        expected = primary_only.get(path, headers=bearer_token, query_string=params)
+        assert answer.get_json() == expected.get_json()
+
+
+def test_a_proof_of_a_row_the_standby_has_not_replayed_comes_from_the_primary(trail):
+    api, token, primary, standby = trail
+    newest = lagging(api, primary, standby, 1)[0]
+    statements = on_standby(api.app)
+    response = api.get(f"/v1/logs/{newest}/proof", token)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["tree_size"] >= newest  # a head signed for it, on the primary
+    assert [s for s in statements if "audit_tree_node" in s] == []
+
+
+def test_a_stream_catches_up_on_the_standby_then_follows_the_primary(trail):
+    api, token, primary, standby = trail
+    replayed = [write(api.app, track=f"before the stream {n}") for n in range(3)]
+    unreplayed = lagging(api, primary, standby, 2)
+    statements = on_standby(api.app)
+    response = api.client.get(
+        "/v1/logs/stream?after_id=0&event=test.event", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        events = EventReader(response.response).next_events(5)
+    finally:
+        response.close()
+    # Every row once, in order: the replayed ones from the standby, the rest from the primary.
+    assert [row["id"] for row in rows_of(events)] == replayed + unreplayed
+    assert [s for s in statements if "audit_log.id >" in s] != []
 
 
 def test_readyz_says_reads_go_to_the_standby(trail):

@@ -1,8 +1,9 @@
 """Where reads of the trail go: a PostgreSQL hot standby (DATABASE_REPLICA_URL) while it
 answers, else the primary.
 
-Lists, one row, stats and exports read through `reading_engine`; writes (the audit writer has
-its own engine), logins, lockouts, tokens and users never do, and a standby would refuse them.
+Lists, one row, stats, exports, proofs and a stream's catch-up read through `reading_engine`;
+writes (the audit writer has its own engine), logins, lockouts, tokens and users never do, and
+a standby would refuse them.
 
 A standby lags, but never out of order. Ids are given out under the chain's lock, which is
 held until the commit, so rows commit in id order; a standby replays the commits in the order

@@ -26,6 +26,7 @@ from marshmallow import RAISE
 from werkzeug.exceptions import ServiceUnavailable
 
 from backend.audit import follow
+from backend.audit.reads import reading_engine
 from backend.auth.credentials import verify_token
 from backend.errors import BAD_PARAMETER, UNAUTHORIZED, ValidationFailed
 from backend.extensions import db, token_auth
@@ -147,12 +148,18 @@ def _events(filters: dict, viewer, token: str, sent: StreamSent) -> Iterator[str
     """The stream's text: a first comment at once, then rows and heartbeats."""
     config = current_app.config
     poll, heartbeat = config["STREAM_POLL_SECONDS"], config["STREAM_HEARTBEAT_SECONDS"]
-    engine = db.engine
     after_id = sent.last_id
     yield ": stream of the audit trail\nretry: 2000\n\n"
     quiet_since = time.monotonic()
+    catching_up = True
     while True:
+        # The rows behind the client's position are read on the standby when there is one
+        # that holds that position (reads.py: it shows every row up to some id, so a short
+        # batch there skips nothing); once a batch comes short, the stream is live, on the
+        # primary.
+        engine = reading_engine(up_to_id=after_id) if catching_up else db.engine
         rows = follow.rows_after(engine, filters, viewer, after_id, BATCH)
+        catching_up = len(rows) == BATCH
         if rows:
             after_id = rows[-1][0]
             yield "".join(f"id: {row_id}\nevent: log\ndata: {line}\n\n" for row_id, line in rows)

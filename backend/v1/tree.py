@@ -7,6 +7,7 @@ from marshmallow import RAISE
 from werkzeug.exceptions import NotFound
 
 from backend.audit import anchors, listing, proofs, signing
+from backend.audit.reads import reading_engine
 from backend.audit.writer import writer
 from backend.errors import BAD_PARAMETER, UNAUTHORIZED, ValidationFailed
 from backend.extensions import db, token_auth
@@ -67,14 +68,21 @@ def proof(args: dict, log_id: int):
     if log_id > MAX_ID or not listing.is_visible(log_id, token_auth.current_user()):
         raise NotFound("No audit row with that id is visible to you.")
     size = args.get("tree_size")
-    with db.engine.connect() as connection:
-        try:
-            if size is None:
-                size = _head_covering(connection, log_id).tree_size
-                return proofs.inclusion(connection, log_id - 1, size, signed=True)
-            return proofs.inclusion(connection, log_id - 1, size)
-        except proofs.BadSize as error:
-            raise ValidationFailed({error.field: [str(error)]}) from None
+    try:
+        # On the standby when there is one that holds the tree of that size (reads.py).
+        with _reading(reading_engine(up_to_id=size or log_id)) as connection:
+            if size is not None:
+                return proofs.inclusion(connection, log_id - 1, size)
+            head = signing.latest_head(connection)
+            if head is not None and head.tree_size >= log_id:
+                return proofs.inclusion(connection, log_id - 1, head.tree_size, signed=True)
+        # No signed head covers the row yet: one is signed now, on the primary, which then
+        # holds it (a standby may not have replayed it yet).
+        with _reading(db.engine) as connection:
+            size = _head_covering(connection, log_id).tree_size
+            return proofs.inclusion(connection, log_id - 1, size, signed=True)
+    except proofs.BadSize as error:
+        raise ValidationFailed({error.field: [str(error)]}) from None
 
 
 @bp.get("/logs/consistency")
@@ -88,11 +96,18 @@ def consistency(args: dict):
     Proves that the tree of `second` leaves extends the tree of `first` leaves, across purges
     too (a purge keeps the tree's stored hashes).
     """
-    with db.engine.connect() as connection:
+    with _reading(reading_engine(up_to_id=args["second"])) as connection:
         try:
             return proofs.consistency(connection, args["first"], args["second"])
         except proofs.BadSize as error:
             raise ValidationFailed({error.field: [str(error)]}) from None
+
+
+def _reading(engine: sa.Engine) -> sa.Connection:
+    """A connection for a proof's reads, in autocommit: no BEGIN and ROLLBACK round trips, and
+    nothing a proof reads changes once written (stored nodes and signed heads are append-only),
+    so one snapshot for all its statements is not needed."""
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _head_covering(connection: sa.Connection, log_id: int):
