@@ -2,6 +2,7 @@
 hashes each, whatever the tree's size, and no row read."""
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from backend.audit import merkle
 from backend.models import AuditChain, TreeNode
@@ -22,11 +23,16 @@ def tree_size(connection: sa.Connection) -> int:
 
 def stored_nodes(connection: sa.Connection):
     """A `fetch(positions) -> {position: hash}` over `audit_tree_node`."""
+    postgresql = connection.dialect.name == "postgresql"
 
     def fetch(positions: list[int]) -> dict[int, bytes]:
-        rows = connection.execute(
-            sa.select(TreeNode.position, TreeNode.hash).where(TreeNode.position.in_(positions))
-        )
+        if postgresql:
+            # One array parameter: the same statement whatever the count, so the driver
+            # prepares it once a connection (IN is a new statement, planned again, per count).
+            wanted = TreeNode.position == sa.any_(sa.literal(positions, ARRAY(sa.BigInteger)))
+        else:
+            wanted = TreeNode.position.in_(positions)
+        rows = connection.execute(sa.select(TreeNode.position, TreeNode.hash).where(wanted))
         return {position: bytes.fromhex(value) for position, value in rows}
 
     return fetch
