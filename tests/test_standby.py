@@ -223,6 +223,8 @@ def test_proofs_are_read_on_the_standby(trail, primary_only):
     consistency = api.get("/v1/logs/consistency", token, query_string={"first": 2, "second": size})
 
     assert [s for s in statements if "audit_tree_node" in s] != []
+    # One look a request at whether the standby holds the rows (the proof's visibility too).
+    assert len([s for s in statements if "max(audit_log.id)" in s]) == 2
     bearer_token = {"Authorization": f"Bearer {token}"}
     for answer, path, params in (
         (inclusion, f"/v1/logs/{ids[0]}/proof", {"tree_size": size}),

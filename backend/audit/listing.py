@@ -227,14 +227,17 @@ def visible_row(log_id: int, viewer: User) -> sa.Row | None:
     return _visible(sa.select(Log), log_id, viewer)
 
 
-def is_visible(log_id: int, viewer: User) -> bool:
+def is_visible(log_id: int, viewer: User, engine: sa.Engine | None = None) -> bool:
     """Whether `viewer` may see the row with this id, reading no more of it than visibility
-    needs (an admin's answer comes from the primary key's index alone)."""
-    return _visible(sa.select(Log.id), log_id, viewer) is not None
+    needs (an admin's answer comes from the primary key's index alone); on `engine` when the
+    caller has chosen where it reads (one that holds the row)."""
+    return _visible(sa.select(Log.id), log_id, viewer, engine) is not None
 
 
-def _visible(query: sa.Select, log_id: int, viewer: User) -> sa.Row | None:
-    engine = reading_engine(up_to_id=log_id)
+def _visible(
+    query: sa.Select, log_id: int, viewer: User, engine: sa.Engine | None = None
+) -> sa.Row | None:
+    engine = engine or reading_engine(up_to_id=log_id)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         return connection.execute(query.where(Log.id == log_id, visible_to(viewer))).first()
 

@@ -65,12 +65,14 @@ def proof(args: dict, log_id: int):
     head's size; a head is signed at once when the row is newer). Its leaf hash is
     SHA-256(0x00 || the row's `hash` as 32 bytes).
     """
-    if log_id > MAX_ID or not listing.is_visible(log_id, token_auth.current_user()):
-        raise NotFound("No audit row with that id is visible to you.")
     size = args.get("tree_size")
+    # On the standby when there is one that holds the row and the tree of that size (reads.py):
+    # one look at the standby for the row's visibility and its proof.
+    engine = reading_engine(up_to_id=max(log_id, size or 0)) if log_id <= MAX_ID else None
+    if engine is None or not listing.is_visible(log_id, token_auth.current_user(), engine):
+        raise NotFound("No audit row with that id is visible to you.")
     try:
-        # On the standby when there is one that holds the tree of that size (reads.py).
-        with _reading(reading_engine(up_to_id=size or log_id)) as connection:
+        with _reading(engine) as connection:
             if size is not None:
                 return proofs.inclusion(connection, log_id - 1, size)
             head = signing.latest_head(connection)
