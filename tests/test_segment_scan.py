@@ -21,19 +21,25 @@ from tests.helpers import (
 )
 
 # What a row's hashed fields can hold that JSON writes with care: quotes, backslashes, control
-# characters, characters beyond ASCII and the BMP, and details nested and mixed.
+# characters, characters beyond ASCII and the BMP, and details nested and mixed, with keys that
+# jsonb orders as json.dumps does (by length, then code point: "", "a", "b", "é").
 AWKWARD_TRACK = 'a "quote", a \\ backslash, \n\t\r\b\f \x01\x1f\x7f, é, ü, 😀, \u2028 and }{'
 AWKWARD_DETAILS = {
-    "zeta": 1,
-    "Alpha": [1, 2.5, True, False, None, 'x"y', [], {}],
-    "é": {"b": ["d", {"e": -3}], "ä": "no NUL, a no-break space: \u00a0"},
+    "b": [1, 2.5, True, False, None, 'x"y', [], {}],
+    "é": {"b": ["d", {"e": -3}], "ä": "no NUL; a no-break space:\u00a0,\\ and \x1f"},
     "a": {"changes": {"password": ["[redacted]", "[redacted]"]}},
     "": "an empty key",
 }
-# Nested deeper than SQL_DEPTH: left to Python.
-DEEP_DETAILS = {"a": {"b": {"c": {"d": {"e": [1]}}}}}
-# A number PostgreSQL writes as 0.0000001 where Python writes 1e-07.
-TINY_DETAILS = {"tiny": 1e-07}
+# Nested as deep as anything: SQL needs no walk of it.
+DEEP_DETAILS = {"a": {"b": {"c": {"d": {"e": [1, {"f": [{}]}]}}}}}
+# What SQL leaves to Python: keys jsonb orders otherwise ("zeta" before "Alpha", shorter
+# first), a string with the ", " and ": " jsonb puts between members, and a number PostgreSQL
+# writes as 0.0000001 where Python writes 1e-07.
+PYTHON_DETAILS = {
+    "unordered": {"zeta": 1, "Alpha": 2},
+    "spaced": {"a": "x, y: z"},
+    "tiny": {"tiny": 1e-07},
+}
 
 
 def test_extending_the_tree_at_once_grows_the_frontier_leaf_by_leaf_append_grows():
@@ -50,7 +56,8 @@ def test_extending_the_tree_at_once_grows_the_frontier_leaf_by_leaf_append_grows
 def awkward_trail(app) -> None:
     write(app, track=AWKWARD_TRACK, user="Zoë 😀", details=AWKWARD_DETAILS, target="t\x02")
     write(app, track="deep", details=DEEP_DETAILS)
-    write(app, track="tiny", details=TINY_DETAILS)
+    for track, details in PYTHON_DETAILS.items():
+        write(app, track=track, details=details)
     write(app, track="plain", status=404, actor_id=7, token_id=9, outcome="failure")
 
 
@@ -68,10 +75,30 @@ def test_postgresql_hashes_awkward_rows_as_python_does(app):
     python = {row["id"]: chain.row_hash(row, row["prev_hash"]) for row in rows}
     assert python == {row["id"]: row["hash"] for row in rows}  # the stored hashes are right
     in_sql = sql_hashes(app)
-    deep, tiny = rows[1]["id"], rows[2]["id"]
-    assert in_sql.pop(deep) != python.pop(deep)  # too deep for SQL: Python hashes it
-    assert in_sql.pop(tiny) != python.pop(tiny)  # 0.0000001 is not 1e-07: Python hashes it
+    for row in rows:  # what SQL leaves to Python, it never hashes as Python does
+        if row["track"] in PYTHON_DETAILS:
+            assert in_sql.pop(row["id"]) != python.pop(row["id"]), row["details"]
+    assert len(in_sql) == 3  # the awkward row, the deep one, the plain one
     assert in_sql == python
+
+
+@postgresql_only
+@pytest.mark.parametrize("character", ['"', "\\", "\x01", "\n", "\x1f", "\x7f", "\u2028", "é"])
+def test_postgresql_writes_each_character_of_a_text_field_as_python_does(app, character):
+    """SQL writes text fields between quotes as they are unless one holds what JSON escapes
+    (segment_scan.ESCAPED), then as to_json does: each way, the hash Python makes."""
+    for field in ("track", "user_agent", "target"):
+        write(app, **{field: f"a{character}b"})
+    with app.app_context(), db.engine.connect() as connection:
+        rows = stored_rows(connection)
+    assert sql_hashes(app) == {row["id"]: row["hash"] for row in rows}
+
+
+@pytest.fixture(params=[segment_scan.BATCH, 3], ids=["one batch", "batches of 3"])
+def batches(request, monkeypatch):
+    """The pass as it runs (every row of a small trail in one COPY line), and with 3 rows a
+    line: links, signed roots and missing rows where lines meet."""
+    monkeypatch.setattr(segment_scan, "BATCH", request.param)
 
 
 def scan_everything(app, signed=None, roots=None) -> dict | None:
@@ -91,7 +118,7 @@ def scan_everything(app, signed=None, roots=None) -> dict | None:
 
 
 @postgresql_only
-def test_the_fast_pass_finds_awkward_rows_intact_with_the_tree_append_makes(app, client):
+def test_the_fast_pass_finds_awkward_rows_intact_with_the_tree_append_makes(app, client, batches):
     make_trail(client, 3)
     awkward_trail(app)
     with app.app_context(), db.engine.connect() as connection:
@@ -110,7 +137,9 @@ def test_the_fast_pass_finds_awkward_rows_intact_with_the_tree_append_makes(app,
 
 
 @postgresql_only
-def test_the_fast_pass_checks_the_signed_roots_and_checkpoints_inside_its_rows(app, client):
+def test_the_fast_pass_checks_the_signed_roots_and_checkpoints_inside_its_rows(
+    app, client, batches
+):
     make_trail(client, 6)
     with app.app_context(), db.engine.connect() as connection:
         rows = stored_rows(connection)
@@ -122,17 +151,33 @@ def test_the_fast_pass_checks_the_signed_roots_and_checkpoints_inside_its_rows(a
     assert scan_everything(app, {3: "0" * 64}, {4: good_root}) is None
 
 
+@postgresql_only
+def test_the_fast_pass_sees_a_space_put_in_a_details_string(app, client):
+    """Without its spaces, the jsonb text of {"note": "a, b: c"} is the canonical JSON of
+    {"note": "a,b:c"}: the changed row must not pass for the row hashed."""
+    write(app, track="commas", details={"note": "a,b:c"})
+    make_trail(client, 2)
+    assert scan_everything(app) is not None
+    with tampering(app) as connection:
+        connection.execute(
+            sa.text("""UPDATE audit_log SET details = '{"note": "a, b: c"}' WHERE id = 1""")
+        )
+    assert scan_everything(app) is None
+
+
 TAMPERINGS = {
     "a changed row": "UPDATE audit_log SET track = 'edited' WHERE id = 5",
     "a broken link": "UPDATE audit_log SET prev_hash = repeat('0', 64) WHERE id = 5",
     "a version gone down": "UPDATE audit_log SET chain_version = 1 WHERE id = 5",
     "a deleted row": "DELETE FROM audit_log WHERE id = 5",
+    "three rows deleted": "DELETE FROM audit_log WHERE id BETWEEN 4 AND 6",
+    "the last row deleted": "DELETE FROM audit_log WHERE id = 8",
 }
 
 
 @postgresql_only
 @pytest.mark.parametrize("change", TAMPERINGS.values(), ids=TAMPERINGS.keys())
-def test_the_fast_pass_looks_closer_at_a_tampered_trail(app, client, change):
+def test_the_fast_pass_looks_closer_at_a_tampered_trail(app, client, batches, change):
     make_trail(client, 8)
     with tampering(app) as connection:
         connection.execute(sa.text("INSERT INTO audit_purge_permit (id) VALUES (1)"))
@@ -159,8 +204,8 @@ def test_segments_find_awkward_rows_intact(app, client, runner, segments_for_a_s
     make_trail(client, 5)
     awkward_trail(app)
     single, parallel = both_ways(runner)
-    assert single == (0, "intact: 9 rows (rows 1-9), no signed checkpoint yet")
-    assert parallel == (0, "intact: 10 rows (rows 1-10), no signed checkpoint yet")
+    assert single == (0, "intact: 11 rows (rows 1-11), no signed checkpoint yet")
+    assert parallel == (0, "intact: 12 rows (rows 1-12), no signed checkpoint yet")
 
 
 @postgresql_only

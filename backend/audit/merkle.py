@@ -27,6 +27,14 @@ def leaf_hash(row_hash: str) -> bytes:
     return hashlib.sha256(b"\x00" + bytes.fromhex(row_hash)).digest()
 
 
+def leaf_hashes(row_hashes: bytes) -> bytes:
+    """leaf_hash of many rows at once: their hashes' 32-byte strings joined, and so the result."""
+    sha256 = hashlib.sha256
+    return b"".join(
+        [sha256(b"\x00" + row_hashes[i : i + 32]).digest() for i in range(0, len(row_hashes), 32)]
+    )
+
+
 def node_hash(left: bytes, right: bytes) -> bytes:
     """RFC 9162's interior node hash: SHA-256(0x01 || left || right)."""
     return hashlib.sha256(b"\x01" + left + right).digest()

@@ -2,18 +2,20 @@
 
 The database computes every row's hash (its built-in `sha256`, over the canonical JSON that
 chain.row_hash builds, written in SQL here), compares it and the row's link to the row before,
-and sends one line a row: the row's Merkle leaf hash, nothing else. Python folds the leaves
-into the tree (merkle.extend) and checks the signed tree heads and checkpoints in the segment.
-A segment of intact rows costs Python a few string joins and one SHA-256 a row.
+and makes a line a row: the row's hash once confirmed, nothing else; it sends them BATCH rows
+to a COPY line. Python makes their Merkle leaves, folds them into the tree (merkle.extend)
+and checks the signed tree heads and checkpoints in the segment. A segment of intact rows
+costs Python about two SHA-256 a row.
 
 Python stays the judge of what a hash covers: a row whose hash SQL does not confirm (a number
-in `details` that PostgreSQL writes otherwise than Python, JSON nested deeper than SQL_DEPTH,
-or a row really altered) comes as its export line, and chain.row_hash decides. Anything else
-wrong (a link, a missing id, a version, a head, a checkpoint) ends the pass with None, and the
-segment is walked again row by row (verification.walk), which names the broken row as one walk
-names it. So the pass only ever says "intact" or "look closer".
+in `details` that PostgreSQL writes otherwise than Python, an object in `details` whose keys
+jsonb orders otherwise than json.dumps, see DETAILS, or a row really altered) comes as its
+export line, and chain.row_hash decides. Anything else wrong (a link, a missing id, a
+version, a head, a checkpoint) ends the pass with None, and the segment is walked again row by
+row (verification.walk), which names the broken row as one walk names it. So the pass only
+ever says "intact" or "look closer".
 
-Each line is `[v<version> ]<leaf hex>`, `[v<version> ]h<export line>`, or `x`: the version is
+Each row's line is `[v<version> ]<hash>`, `[v<version> ]h<export line>`, or `x`: the version is
 given where it changes, as `verification.check_version` notes it.
 """
 
@@ -27,17 +29,31 @@ import sqlalchemy as sa
 from backend.audit import chain, export, merkle
 from backend.models import Log
 
-# `details` nested deeper than this (objects and arrays) is hashed by Python, not in SQL.
-SQL_DEPTH = 4
-# Leaves folded into the tree at once.
+# Rows a COPY line: PostgreSQL joins their lines into one, since psycopg takes about 3 µs to
+# read a COPY line whatever its length (before, most of Python's time a row).
 BATCH = 8192
-LEAF_LINE = 65  # 64 hex digits and the line end
+# Between the lines of a batch: a character no line holds (JSON escapes control characters).
+SEPARATOR = b"\x1e"
+HASH = 64  # the line of a row whose hash SQL confirms: the hash's 64 hex digits
 
 
 def select(connection: sa.Connection, a: int, b: int, prev_hash: str) -> str:
-    """The pass's query over rows a..b, which must follow `prev_hash`, as SQL for COPY."""
-    query = sa.select(Log.id, _line(a, prev_hash)).where(Log.id.between(a, b)).order_by(Log.id)
-    return export.copy_select(connection.connection.driver_connection, query, connection.dialect)
+    """The pass's query over rows a..b, which must follow `prev_hash`, as SQL for COPY: a line
+    per BATCH rows from `lo`, `<lo> <how many lines are not a hash> <the lines>` (SEPARATOR
+    between them). Each batch reads the row before it too, for the link, without its line."""
+    line = _line(a, prev_hash).compile(
+        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    # The batches in the order generate_series makes them: an ORDER BY would sort them after
+    # computing them all. scan checks each line's `lo`.
+    query = (
+        f"SELECT lo || ' ' || (SELECT count(*) FILTER (WHERE length(line) <> {HASH})"
+        f" || ' ' || string_agg(line, E'\\x{SEPARATOR.hex()}' ORDER BY id)"
+        f" FROM (SELECT audit_log.id, {line} AS line FROM audit_log"
+        f" WHERE audit_log.id BETWEEN greatest(lo - 1, {a:d}) AND least(lo + {BATCH - 1}, {b:d})"
+        f") AS batch WHERE id >= lo) FROM generate_series({a:d}, {b:d}, {BATCH}) AS lo"
+    )
+    return psycopg.ClientCursor(connection.connection.driver_connection).mogrify(query, line.params)
 
 
 def scan(
@@ -53,29 +69,28 @@ def scan(
     1..a-1); the segment's result as segments.py reports it, or None to look closer."""
     a, b = bounds
     stops = sorted({*(size for size in roots if a <= size < b), b})
-    size, versions, pending = a - 1, [], []
-    want = min(stops[0] - size, BATCH)
+    size, versions = a - 1, []
     options = export.COPY_OPTIONS["ndjson"]
     with connection.cursor().copy(f"COPY ({select}) TO STDOUT ({options})") as copy:
-        for line in copy:
-            if len(line) != LEAF_LINE:
-                line = _special(bytes(line), size + len(pending) + 1, versions)
-                if line is None:
-                    _drain(copy)
-                    return None
-            pending.append(line)
-            if len(pending) == want:
-                size = merkle.extend(frontier, size, _leaves(pending))
-                progress(len(pending))
-                pending.clear()
+        for lo, line in zip(range(a, b + 1, BATCH), copy, strict=False):
+            count = min(BATCH, b - lo + 1)
+            hashes = _batch(bytes(line), lo, count, versions)
+            leaves = merkle.leaf_hashes(hashes) if hashes is not None else None
+            while leaves:  # folded up to each signed root in the batch, which is checked
+                take = min(stops[0] - size, len(leaves) // 32)
+                size = merkle.extend(frontier, size, leaves[: 32 * take])
+                leaves = leaves[32 * take :]
                 if size == stops[0]:
                     if roots.get(size, merkle.root(frontier)) != merkle.root(frontier):
-                        _drain(copy)
-                        return None
+                        leaves = None
+                        break
                     stops.pop(0)
-                # Past b (no stop left) nothing more comes; the COPY is read to its end.
-                want = min(stops[0] - size, BATCH) if stops else 0
-    if size != b or pending or not _checkpoints_agree(connection, signed):
+            if leaves is None:
+                _drain(copy)
+                return None
+            progress(count)
+        _drain(copy)  # its end, which zip leaves unread
+    if size != b or not _checkpoints_agree(connection, signed):
         return None  # a missing row (or, impossibly, one too many): the walk names it
     return {
         "rows": b - a + 1,
@@ -85,8 +100,33 @@ def scan(
     }
 
 
+def _batch(line: bytes, lo: int, count: int, versions: list[list[int]]) -> bytes | None:
+    """The hashes (32 bytes each) of the `count` rows from `lo` in a line of the query, or
+    None to look closer (a row missing or one too many, a line `x`, a hash Python does not
+    confirm)."""
+    fields = line.rstrip(b"\n").split(b" ", 2)
+    if len(fields) != 3 or fields[0] != b"%d" % lo:
+        return None  # no row at all in the batch (a NULL line), or lines out of order
+    _, special, text = fields
+    if special == b"0":  # every line a hash: `count` of them, or a row is missing
+        if len(text) != (HASH + 1) * count - 1:
+            return None
+        return binascii.unhexlify(text.replace(SEPARATOR, b""))
+    lines = text.split(SEPARATOR)
+    if len(lines) != count:
+        return None
+    hashes = []
+    for row_id, one in enumerate(lines, lo):
+        confirmed = one if len(one) == HASH else _special(one, row_id, versions)
+        if confirmed is None:
+            return None
+        hashes.append(confirmed)
+    return binascii.unhexlify(b"".join(hashes))
+
+
 def _special(line: bytes, row_id: int, versions: list[list[int]]) -> bytes | None:
-    """The leaf line of a row that comes with more than its leaf, or None to look closer."""
+    """The hash of a row whose line is more than its hash, once confirmed, or None to look
+    closer."""
     if line.startswith(b"v"):
         version, _, line = line.partition(b" ")
         versions.append([int(version[1:]), row_id])
@@ -94,8 +134,8 @@ def _special(line: bytes, row_id: int, versions: list[list[int]]) -> bytes | Non
         row = json.loads(line[1:])
         if row["id"] != row_id or chain.row_hash(row, row["prev_hash"]) != row["hash"]:
             return None
-        return merkle.leaf_hash(row["hash"]).hex().encode() + b"\n"
-    return line if len(line) == LEAF_LINE else None  # `x`: a link, an id or a version
+        return row["hash"].encode()
+    return line if len(line) == HASH else None  # `x`: a link, an id or a version
 
 
 def _drain(copy) -> None:
@@ -103,10 +143,6 @@ def _drain(copy) -> None:
     that looks closer: cancelling it would abort the transaction."""
     for _ in copy:
         pass
-
-
-def _leaves(lines: list) -> bytes:
-    return binascii.unhexlify(b"".join(lines).replace(b"\n", b""))
 
 
 def _checkpoints_agree(connection: psycopg.Connection, signed: dict[int, str]) -> bool:
@@ -127,7 +163,7 @@ VERSION = sa.func.coalesce(Log.chain_version, 1)
 
 def _line(a: int, prev_hash: str) -> sa.ColumnElement[str]:
     """The line of a row: `x` when its id, link or version is wrong; else where its version
-    changes, then its leaf hash when SQL confirms its hash, else `h` and its export line."""
+    changes, then its hash when SQL confirms it, else `h` and its export line."""
     broken = sa.or_(
         Log.id.is_distinct_from(sa.func.coalesce(_before(Log.id) + 1, a)),
         Log.prev_hash.is_distinct_from(sa.func.coalesce(_before(Log.hash), prev_hash)),
@@ -138,11 +174,8 @@ def _line(a: int, prev_hash: str) -> sa.ColumnElement[str]:
         (VERSION.is_distinct_from(_before(VERSION)), "v" + sa.cast(VERSION, sa.Text) + " "),
         else_="",
     )
-    leaf = sa.literal_column(
-        "encode(sha256('\\x00'::bytea || decode(audit_log.hash, 'hex')), 'hex')", sa.Text
-    )
     checked = sa.case(
-        (row_hash_sql() == Log.hash, leaf), else_="h" + export.json_line("postgresql")
+        (row_hash_sql() == Log.hash, Log.hash), else_="h" + export.json_line("postgresql")
     )
     return sa.case((broken, "x"), else_=version + checked)
 
@@ -159,28 +192,44 @@ def row_hash_sql() -> sa.ColumnElement[str]:
     values = export.text_values("postgresql")
     hashes = {}
     for version, names in chain.HASHED_FIELDS_OF.items():
-        # concat_ws: one allocation for the whole text, where a chain of || copies it at each
-        # step (every part is coalesced: concat_ws would skip a NULL).
-        fields = [_json(name, values) for name in names]
-        canonical = sa.func.concat("[", sa.func.concat_ws(",", *fields), "]", Log.prev_hash)
+        texts = [values[name] for name in names if _escaped(name)]
+        canonical = sa.case(
+            (sa.func.concat(*texts).op("~")(ESCAPED), _canonical(names, values, to_json=True)),
+            else_=_canonical(names, values, to_json=False),
+        )
         digest = sa.func.sha256(sa.func.convert_to(canonical, "UTF8"))
         hashes[version] = sa.func.encode(digest, "hex")
     return sa.case(hashes, value=VERSION)
 
 
-def _json(name: str, values: dict) -> sa.ColumnElement[str]:
+# What JSON escapes in a string (NUL aside, which text cannot hold), as a regular expression.
+ESCAPED = '[\\x01-\\x1f"\\\\]'
+
+
+def _canonical(names: tuple[str, ...], values: dict, to_json: bool) -> sa.ColumnElement[str]:
+    """The canonical JSON array of the fields `names`, then `prev_hash`. Without to_json, the
+    text fields are written between quotes as they are, which is their JSON when they hold
+    nothing ESCAPED: to_json's cost is in finding each value's type, not in escaping."""
+    # concat_ws: one allocation for the whole text, where a chain of || copies it at each step
+    # (every part is coalesced: concat_ws would skip a NULL).
+    fields = [_json(name, values, to_json) for name in names]
+    return sa.func.concat("[", sa.func.concat_ws(",", *fields), "]", Log.prev_hash)
+
+
+def _escaped(name: str) -> bool:
+    """Whether the field is text that may hold what JSON escapes."""
+    integer = isinstance(Log.__table__.c[name].type, sa.Integer)
+    return not integer and name != "details" and name not in UNESCAPED
+
+
+def _json(name: str, values: dict, to_json: bool) -> sa.ColumnElement[str]:
     """A field as json.dumps writes it in the canonical array (\\x01 where SQL cannot say)."""
     if name == "details":
-        return sa.literal_column(
-            f"CASE WHEN audit_log.details IS NULL THEN 'null'"
-            f" WHEN audit_log.details = '{{}}'::jsonb THEN '{{}}'"
-            f" ELSE {canonical_json('audit_log.details', SQL_DEPTH)} END",
-            sa.Text,
-        )
+        return sa.literal_column(DETAILS, sa.Text)
     if isinstance(Log.__table__.c[name].type, sa.Integer):
         # An integer's text is its JSON: no escaping to look for (to_json's cost, every row).
         return sa.func.coalesce(sa.cast(values[name], sa.Text), "null")
-    if name in UNESCAPED:
+    if name in UNESCAPED or not to_json:
         return sa.func.coalesce('"' + values[name] + '"', "null")
     return sa.func.coalesce(sa.cast(sa.func.to_json(values[name]), sa.Text), "null")
 
@@ -190,36 +239,17 @@ def _json(name: str, values: dict) -> sa.ColumnElement[str]:
 UNESCAPED = ("event_id", "created_at")
 
 
-def canonical_json(value: str, depth: int) -> str:
-    """SQL for the jsonb `value` as json.dumps(sort_keys=True, separators=(",", ":"),
-    ensure_ascii=False) writes it, or a text holding a raw \\x01 (which no canonical JSON
-    holds: both escape control characters) when it has objects or arrays more than `depth`
-    deep. Keys sort by code point (COLLATE "C" on UTF-8), as Python's do; strings escape alike
-    (to_json and jsonb's text both use PostgreSQL's escape_json: the same escapes, lowercase
-    \\u00xx)."""
-    if depth == 0:
-        nested = f"jsonb_typeof({value}) IN ('object', 'array')"
-        return f"CASE WHEN {nested} THEN E'\\x01' ELSE {value}::text END"
-    key, item, at = f"k{depth}", f"v{depth}", f"n{depth}"
-    inner = canonical_json(item, depth - 1)
-    members = _joined(
-        f"to_json({key})::text || ':' || {inner}",
-        f'{key} COLLATE "C"',
-        f"jsonb_each({value}) AS o{depth}({key}, {item})",
-        "{}",
-    )
-    elements = _joined(
-        inner, at, f"jsonb_array_elements({value}) WITH ORDINALITY AS a{depth}({item}, {at})", "[]"
-    )
-    return (
-        f"CASE jsonb_typeof({value}) WHEN 'object' THEN {members}"
-        f" WHEN 'array' THEN {elements} ELSE {value}::text END"
-    )
-
-
-def _joined(element: str, order: str, source: str, brackets: str) -> str:
-    """SQL: the `element`s of `source` in `order`, comma separated inside `brackets`. A NULL
-    element (none should be) becomes \\x01, never a shorter text (string_agg skips NULLs)."""
-    opening, closing = brackets
-    parts = f"string_agg(coalesce({element}, E'\\x01'), ',' ORDER BY {order})"
-    return f"(SELECT '{opening}' || coalesce({parts}, '') || '{closing}' FROM {source})"
+# `details` as jsonb writes it (jsonb's text: its keys in jsonb's order, a space after each `,`
+# and `:` between members and elements), without those spaces. That is json.dumps's canonical
+# text when every object's keys are in the same order by length as by code point (jsonb puts
+# shorter keys first): one key, keys of one length, `"a"` before `"id"`; otherwise the hash does
+# not match and Python decides. The two replaces also take ", " and ": " out of strings, which
+# would make the text of another value: the text is used only when it reads back as the very
+# value stored (strings compare exactly), else it is \x01.
+_COMPACT = "replace(replace(audit_log.details::text, ', ', ','), ': ', ':')"
+DETAILS = (
+    "CASE WHEN audit_log.details IS NULL THEN 'null'"
+    " WHEN audit_log.details = '{}'::jsonb THEN '{}'"
+    f" WHEN ({_COMPACT})::jsonb = audit_log.details THEN {_COMPACT}"
+    " ELSE E'\\x01' END"
+)
