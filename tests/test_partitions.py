@@ -234,7 +234,7 @@ def test_downgrade_and_upgrade_again_keep_every_row_and_its_chain(app, client, r
     assert (table_kind(app), trail_rows(app)) == ("r", before)
     with app.app_context():
         upgrade()
-    assert schema_version(app) == ["0012"]
+    assert schema_version(app) == ["0013"]
     assert table_kind(app) == "p"
     assert trail_rows(app)[: len(before)] == before  # verify's own rows follow
     # The month of the oldest rows, which only the default partition held, has its own now.

@@ -143,15 +143,16 @@ def append_and_commit(
     signer: "TreeSigner | None" = None,
 ) -> list[int]:
     """`append` and COMMIT on a psycopg (PostgreSQL) connection in autocommit mode
-    (db_types.autocommit_connection), in two round trips and two
-    messages: `BEGIN; SELECT ... FOR UPDATE` of the head, then the INSERTs, the head's UPDATE
-    and `COMMIT` as one string (bound on the client: the simple query protocol runs several
-    statements in one message). The chain's lock is held for one round trip and the commit's
-    flush, where `append` through SQLAlchemy takes six round trips, and psycopg's pipeline mode
-    one write and one poll per statement. If a statement fails, the server skips the rest of
-    the string, COMMIT included; the caller's connection manager rolls the transaction back.
-    The tree's new nodes are computed here from the frontier the head carries, and travel in
-    the same string.
+    (db_types.autocommit_connection), in two round trips and two messages: `BEGIN; SELECT
+    ... FOR UPDATE` of the head, then `SELECT audit_append(...); COMMIT` (bound on the client:
+    the simple query protocol runs several statements in one message). audit_append
+    (migration 0013) makes the INSERTs and the head's UPDATE with plans PostgreSQL keeps in
+    each connection, where a string of statements was parsed and planned each time, the head
+    locked meanwhile. The chain's lock is held for one round trip and the commit's flush
+    (`append` through SQLAlchemy takes six round trips, psycopg's pipeline mode one write and
+    one poll per statement). If the function fails, the server skips the COMMIT; the caller's
+    connection manager rolls the transaction back. The tree's new nodes are computed here from
+    the frontier the head carries, and travel in the same message.
     """
     rows = unlinked(events)  # before the lock: see `link`
     # The rows travel as one JSON array: one literal to quote, however many rows and columns.
@@ -161,25 +162,14 @@ def append_and_commit(
     cursor.execute(_PG_BEGIN_LOCK_HEAD)
     cursor.nextset()
     linked = link(cursor.fetchone(), rows, key, checkpoint_every, signer)
-    statements, params = [], []
-    if linked.rows:
-        statements.append(_PG_INSERT_LOG)
-        objects = (
-            f"{text},{_json_of(row, SET_BY_LINK)[1:]}"
-            for text, row in zip(texts, linked.rows, strict=True)
-        )
-        params.append(f"[{','.join(objects)}]")
-    for statement, values in (
-        (_PG_INSERT_NODE, linked.nodes),
-        (_PG_INSERT_CHECKPOINT, linked.checkpoints),
-        (_PG_INSERT_HEAD, linked.heads),
-    ):
-        if values:
-            statements.append(statement)
-            params.append(json.dumps(values, default=str))
+    objects = (
+        f"{text},{_json_of(row, SET_BY_LINK)[1:]}"
+        for text, row in zip(texts, linked.rows, strict=True)
+    )
+    others = (linked.nodes, linked.checkpoints, linked.heads, linked.head)
     cursor.execute(
-        ";".join([*statements, _PG_UPDATE_HEAD, "COMMIT"]),
-        [*params, *(linked.head[name] for name in HEAD_COLUMNS)],
+        "SELECT audit_append(%s, %s, %s, %s, %s); COMMIT",
+        [f"[{','.join(objects)}]", *(json.dumps(v, default=str) if v else None for v in others)],
     )
     return [row["id"] for row in linked.rows]
 
@@ -331,7 +321,7 @@ def existing_event_ids(connection: sa.Connection, event_ids: Iterable) -> set:
     return set(connection.scalars(sa.select(Log.event_id).where(Log.event_id.in_(event_ids))))
 
 
-# The statements of `append_and_commit`, in psycopg's parameter style.
+# The head `append_and_commit` locks; audit_append (migration 0013) writes it back.
 HEAD_COLUMNS = (
     "last_id",
     "last_hash",
@@ -340,27 +330,6 @@ HEAD_COLUMNS = (
     "tree_frontier",
     "tree_head_at",
 )
-LOG_COLUMNS = tuple(spec.name for spec in AUDIT_FIELDS)
-CHECKPOINT_COLUMNS = ("log_id", "log_hash", "created_at", "reason", "mac")
 _PG_BEGIN_LOCK_HEAD = (
     f"BEGIN; SELECT {', '.join(HEAD_COLUMNS)} FROM audit_chain WHERE id = 1 FOR UPDATE"
-)
-_PG_UPDATE_HEAD = (
-    "UPDATE audit_chain SET " + ", ".join(f"{name} = %s" for name in HEAD_COLUMNS) + " WHERE id = 1"
-)
-
-
-def _pg_insert_json(table: str, columns: Sequence[str]) -> str:
-    names = ", ".join(f'"{name}"' for name in columns)
-    return (
-        f"INSERT INTO {table} ({names}) SELECT {names}"
-        f" FROM json_populate_recordset(NULL::{table}, %s)"
-    )
-
-
-_PG_INSERT_LOG = _pg_insert_json("audit_log", LOG_COLUMNS)
-_PG_INSERT_CHECKPOINT = _pg_insert_json("audit_checkpoint", CHECKPOINT_COLUMNS)
-_PG_INSERT_NODE = _pg_insert_json("audit_tree_node", ("position", "hash"))
-_PG_INSERT_HEAD = _pg_insert_json(
-    "audit_tree_head", ("tree_size", "root_hash", "created_at", "key_id", "checkpoint")
 )
