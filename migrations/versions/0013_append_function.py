@@ -1,11 +1,12 @@
 """The writer's append as one server-side function, `audit_append`, on PostgreSQL (issue 17's
 request path); SQLite keeps its statements.
 
-The writer locks the chain's head, links a batch in Python, then sent its INSERTs and the
-head's UPDATE as one string of statements, which PostgreSQL parsed and planned each time
-while the head stayed locked. PL/pgSQL keeps the plans of a function's statements in each
-connection, so the second round trip is now one `SELECT audit_append(...)`: about a tenth of
-the server's CPU an appended row, and that much less time the head is locked. Unlike a
+The writer locks the chain's head and links a batch in Python. Before this migration it then
+sent its INSERTs and the head's UPDATE as one string of statements, which PostgreSQL parsed
+and planned at every batch while the head stayed locked. PL/pgSQL keeps the plans of a
+function's statements in each connection, so the second round trip is now one `SELECT
+audit_append(...)`: a sixth less of the server's CPU an appended row, spent while the head is
+locked (docs/benchmarks.md). Unlike a
 prepared statement, a function is no state of the session: a pooler in transaction mode
 (PgBouncer's `pool_mode = transaction`) may hand each transaction to any connection.
 
