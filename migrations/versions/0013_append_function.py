@@ -6,9 +6,9 @@ sent its INSERTs and the head's UPDATE as one string of statements, which Postgr
 and planned at every batch while the head stayed locked. PL/pgSQL keeps the plans of a
 function's statements in each connection, so the second round trip is now one `SELECT
 audit_append(...)`: a sixth less of the server's CPU an appended row, spent while the head is
-locked (docs/benchmarks.md). Unlike a
-prepared statement, a function is no state of the session: a pooler in transaction mode
-(PgBouncer's `pool_mode = transaction`) may hand each transaction to any connection.
+locked (docs/benchmarks.md). Unlike a prepared statement, a function is no state of the
+session: a pooler in transaction mode (PgBouncer's `pool_mode = transaction`) may hand each
+transaction to any connection.
 
 The rows go in as `audit_log`'s own row type (`SELECT *` of `json_populate_recordset`): a
 column a later migration adds is inserted as soon as the writer sends it, with no new
