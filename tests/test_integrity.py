@@ -34,6 +34,7 @@ from tests.helpers import (
     stored_rows,
     tampering,
     verify_line,
+    write,
 )
 
 
@@ -158,6 +159,22 @@ def test_a_changed_time_is_named(app, client, runner):
             sa.update(Log).where(Log.id == 2).values(created_at=utcnow() - timedelta(days=1))
         )
     assert_broken(runner, "BROKEN at row 2: altered")
+
+
+def test_details_swapped_for_a_json_string_of_themselves_are_named(app, client, runner):
+    """The object `{"reason": ...}` and a string holding its JSON are two values: a row whose
+    details became the JSON text of what was written must not pass for it."""
+    make_trail(client, 2)
+    write(app, details={"reason": "unknown_user"})
+    make_trail(client, 2)
+    with tampering(app) as connection:
+        quoted = (
+            "to_jsonb(details::text)"
+            if connection.dialect.name == "postgresql"
+            else ("json_quote(details)")
+        )
+        connection.exec_driver_sql(f"UPDATE audit_log SET details = {quoted} WHERE id = 3")
+    assert_broken(runner, "BROKEN at row 3: altered")
 
 
 @pytest.mark.parametrize(

@@ -237,6 +237,24 @@ def test_segments_name_a_changed_awkward_row_where_one_walk_does(
 
 
 @postgresql_only
+def test_segments_name_a_row_moved_before_year_one(app, client, runner, segments_for_a_small_trail):
+    """to_char writes the year 2026 BC as 2026: without its era, a row moved back 4,051 years
+    hashed as it was written, and the pass and the segments' walk both said intact."""
+    make_trail(client, 6)
+    with tampering(app) as connection:
+        connection.execute(
+            sa.text(
+                "UPDATE audit_log SET created_at ="
+                " ((created_at AT TIME ZONE 'UTC')::text || '+00 BC')::timestamptz WHERE id = 4"
+            )
+        )
+        moved = connection.scalar(sa.text("SELECT created_at::text FROM audit_log WHERE id = 4"))
+    assert moved.endswith(" BC")
+    altered = "BROKEN at row 4: altered: its hash does not match its content"
+    assert verify_line(runner, "--workers", "3") == (1, altered)
+
+
+@postgresql_only
 @CHECKPOINT_EVERY_3
 def test_segments_name_a_checkpoint_with_a_bad_signature_where_one_walk_does(
     app, client, runner, segments_for_a_small_trail

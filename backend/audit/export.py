@@ -19,7 +19,7 @@ import sys
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from datetime import datetime
+from datetime import UTC, datetime
 
 import psycopg
 import sqlalchemy as sa
@@ -236,13 +236,24 @@ def started(chunks: Iterator[bytes]) -> Iterator[bytes]:
     return rest()
 
 
+YEAR_ONE = datetime(1, 1, 1, tzinfo=UTC)
+
+
 def text_values(dialect: str) -> dict[str, sa.ColumnElement]:
     """FIELDS as the database should hand them over: `created_at` in the API's RFC 3339 form
     and `event_id` in canonical UUID form, as text; the rest as stored."""
     values = {name: getattr(Log, name) for name in FIELDS}
     if dialect == "postgresql":
-        values["created_at"] = sa.func.to_char(
-            sa.func.timezone("UTC", Log.created_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"', type_=sa.Text
+        # A time before year 1 (which no writer makes: Python's datetime has no era) keeps its
+        # era, or 0001 BC would read as 0001 AD, and a row moved there would hash as before.
+        era = sa.case((Log.created_at < YEAR_ONE, " BC"), else_="")
+        values["created_at"] = (
+            sa.func.to_char(
+                sa.func.timezone("UTC", Log.created_at),
+                'YYYY-MM-DD"T"HH24:MI:SS.US"Z"',
+                type_=sa.Text,
+            )
+            + era
         )
         values["event_id"] = sa.cast(Log.event_id, sa.Text)
     else:

@@ -235,7 +235,7 @@ def _json(name: str, values: dict, to_json: bool) -> sa.ColumnElement[str]:
 
 
 # Text that cannot hold a character JSON escapes: a UUID's canonical form, and the RFC 3339
-# time export.text_values makes (digits, `-`, `:`, `.`, `T` and `Z`).
+# time export.text_values makes (digits, `-`, `:`, `.`, `T` and `Z`; ` BC` before year 1).
 UNESCAPED = ("event_id", "created_at")
 
 
