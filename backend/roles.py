@@ -35,6 +35,10 @@ APP_PRIVILEGES = {
     "audit_sink_cursor": "SELECT, INSERT, UPDATE",
     "alembic_version": "SELECT",  # /readyz compares it with the latest migration
 }
+# The functions the app's role calls, granted by name: where the owner took EXECUTE from
+# PUBLIC (as some hardening guides advise), the writer could not append. Each runs with its
+# caller's rights, so it lets the role do nothing APP_PRIVILEGES does not.
+APP_FUNCTIONS = ("audit_append(json, json, json, json, json)",)  # migration 0013
 
 
 def add_owner_bind(app: Flask) -> None:
@@ -77,6 +81,11 @@ def grant_app_privileges(connection: sa.Connection, role: str) -> None:
         f"GRANT {privileges} ON {schema}.{quote(table)} TO {role}"
         for table, privileges in APP_PRIVILEGES.items()
         if table in existing
+    ]
+    statements += [
+        f"GRANT EXECUTE ON FUNCTION {schema}.{function} TO {role}"
+        for function in APP_FUNCTIONS
+        if connection.scalar(sa.text("SELECT to_regprocedure(:name)"), {"name": function})
     ]
     for statement in statements:
         connection.exec_driver_sql(statement)

@@ -102,6 +102,21 @@ def test_an_upgrade_takes_back_a_privilege_granted_by_hand(app, trail):
     assert_permission_denied(app, "DELETE FROM audit_log WHERE id = 1")
 
 
+def test_the_apps_role_appends_where_functions_are_not_everyones(app, client):
+    """Where the owner took EXECUTE on functions from PUBLIC, each upgrade grants the app's
+    role the writer's own (audit_append), or every event would go to the spool."""
+    with app.app_context(), owner_engine().begin() as connection:
+        connection.execute(
+            sa.text(
+                "REVOKE EXECUTE ON FUNCTION audit_append(json, json, json, json, json) FROM PUBLIC"
+            )
+        )
+    with app.app_context():
+        upgrade()
+    make_trail(client, 2)
+    assert [row.id for row in table_rows(app, "audit_log")] == [1, 2]
+
+
 def test_purge_deletes_as_the_owner_what_the_apps_role_may_not(app, client, runner):
     aged_trail(client, old=2, new=1)
     assert_permission_denied(app, PERMIT, "DELETE FROM audit_log WHERE id = 1")
