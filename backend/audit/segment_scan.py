@@ -226,12 +226,15 @@ def _json(name: str, values: dict, to_json: bool) -> sa.ColumnElement[str]:
     """A field as json.dumps writes it in the canonical array (\\x01 where SQL cannot say)."""
     if name == "details":
         return sa.literal_column(DETAILS, sa.Text)
+    value = values[name]
     if isinstance(Log.__table__.c[name].type, sa.Integer):
         # An integer's text is its JSON: no escaping to look for (to_json's cost, every row).
-        return sa.func.coalesce(sa.cast(values[name], sa.Text), "null")
-    if name in UNESCAPED or not to_json:
-        return sa.func.coalesce('"' + values[name] + '"', "null")
-    return sa.func.coalesce(sa.cast(sa.func.to_json(values[name]), sa.Text), "null")
+        text = sa.cast(value, sa.Text)
+    elif to_json and _escaped(name):
+        text = sa.cast(sa.func.to_json(value), sa.Text)
+    else:  # UNESCAPED, or text that holds nothing ESCAPED
+        text = '"' + value + '"'
+    return sa.func.coalesce(text, "null")
 
 
 # Text that cannot hold a character JSON escapes: a UUID's canonical form, and the RFC 3339
