@@ -20,6 +20,7 @@ import config
 from backend.audit import merkle
 from backend.audit.chain import checkpoint_mac, link, row_hash, unlinked
 from backend.audit.events import AuditEvent
+from backend.audit.writer import writer
 from backend.clock import utcnow
 from backend.extensions import db
 from backend.models import AuditChain, Checkpoint, Log
@@ -446,6 +447,48 @@ def test_concurrent_writes_verify(concurrent_trail, runner):
         0,
         f"intact: {rows} rows (rows 1-{rows}), signed up to row {rows - rows % 3}",
     )
+
+
+def head_is_locked(app) -> bool:
+    """Whether another connection would wait for the chain's head (asked without waiting)."""
+    url = app.config["SQLALCHEMY_DATABASE_URI"]
+    engine = sa.create_engine(url, connect_args={"timeout": 0} if "sqlite" in url else {})
+    try:
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                connection.execute(sa.text("SELECT 1 FROM audit_chain FOR UPDATE NOWAIT"))
+            connection.rollback()
+        return False
+    except sa.exc.OperationalError:  # SQLite's "database is locked", PostgreSQL's 55P03
+        return True
+    finally:
+        engine.dispose()
+
+
+def test_events_taken_in_once_the_head_is_locked_follow_the_batch_and_verify(app, api, runner):
+    """The group commit's `more` (group_commit.py): events that queued while a batch waited
+    for the chain's lock are written after it, in the same transaction."""
+    joining = [
+        AuditEvent(source="app", event="test.event", level="INFO", track=name)
+        for name in ("b", "c")
+    ]
+    locked_when_asked = []
+
+    def more():
+        locked_when_asked.append(head_is_locked(app))
+        return joining
+
+    with app.app_context():
+        assert head_is_locked(app) is False
+        ids = writer().write_batch(
+            [AuditEvent(source="app", event="test.event", level="INFO", track="a")], more
+        )
+    assert locked_when_asked == [True]
+    assert ids == [1, 2, 3]
+    assert [(row.id, row.track) for row in api.rows()] == [(1, "a"), (2, "b"), (3, "c")]
+    assert verify_line(runner) == (0, "intact: 3 rows (rows 1-3), no signed checkpoint yet")
 
 
 @pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="1")

@@ -136,6 +136,33 @@ def test_the_good_events_of_a_batch_with_a_refused_one_are_all_written_in_order(
     assert [e["event_id"] for e in set_aside(app)] == [str(batch[2].event_id)]
 
 
+def test_events_that_join_a_batch_with_a_refused_one_are_written_in_order_too(app, api, refusing):
+    """Events taken into the batch once the chain is locked (group_commit.py): the batch is
+    halved around the refused one with them in it."""
+    batch = [event("one"), event("two")]
+    joining = [event(REFUSED), event("four")]
+    with app.app_context():
+        ids = writer().write_batch(batch, more=lambda: joining)
+    assert tracks(api)[:2] + tracks(api)[3:] == ["one", "two", "four"]
+    assert tracks(api)[2].startswith(f"the database refused event {joining[0].event_id} ")
+    assert ids == [1, 2, None, 4]
+    assert [e["event_id"] for e in set_aside(app)] == [str(joining[0].event_id)]
+
+
+def test_events_that_joined_a_batch_the_database_cannot_take_are_spooled_with_it(app):
+    """Refusing even the record of a refusal, the database is down (below): the events taken
+    into the batch once the chain was locked are spooled with it, in order."""
+    joining = [event("two"), event("three")]
+    with database_refusing(app, "{row}source = 'app' OR {row}event = 'audit.rejected'"):
+        with app.app_context():
+            ids = writer().write_batch([event("one")], more=lambda: joining)
+    assert ids == [None, None, None]
+    events = spooled(app)
+    assert [e["event"] for e in events] == ["audit.spooling"] + ["test.event"] * 3
+    assert [e["track"] for e in events[1:]] == ["one", "two", "three"]
+    assert not rejected_file(app).exists()
+
+
 def test_when_the_database_refuses_even_the_record_of_a_refusal_the_events_are_spooled(
     app, api, client
 ):

@@ -23,7 +23,7 @@ is signed with an Ed25519 key (signing.py) whose public half anyone may hold.
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -61,6 +61,11 @@ class BrokenHead(Exception):
     """The chain's head cannot be appended to: its Merkle frontier does not fit its size (the
     head was changed by hand). Like a database that refuses every row, an outage: the writer
     spools, and `flask audit verify` names what is wrong."""
+
+
+# The events that queued for the chain while a batch waited for its lock, taken into the
+# batch once the lock is held (`append`, `append_and_commit`; group_commit.py gives them).
+More = Callable[[], list[AuditEvent]]
 
 
 def row_hash(row: dict, prev_hash: str) -> str:
@@ -116,8 +121,11 @@ def append(
     key: bytes,
     checkpoint_every: int = 1000,
     signer: "TreeSigner | None" = None,
+    more: More | None = None,
 ) -> list[int]:
-    """Append `events` to the chain inside the caller's transaction.
+    """Append `events` to the chain inside the caller's transaction, and after them the events
+    `more()` gives once the head is locked (those that queued meanwhile: group_commit.py; their
+    rows are made under the lock, the only rows that are).
 
     Locks the chain's head row for the rest of the transaction, so concurrent writers (other
     threads, workers or machines) queue here and the chain stays linear. The Merkle tree's
@@ -125,7 +133,9 @@ def append(
     ids.
     """
     rows = unlinked(events)  # before the lock: see `link`
-    linked = link(lock_head(connection)._asdict(), rows, key, checkpoint_every, signer)
+    head = lock_head(connection)._asdict()
+    rows += unlinked(more()) if more else []
+    linked = link(head, rows, key, checkpoint_every, signer)
     connection.execute(sa.insert(Log), linked.rows)
     connection.execute(sa.insert(TreeNode), linked.nodes)
     for table, values in ((Checkpoint, linked.checkpoints), (TreeHead, linked.heads)):
@@ -141,6 +151,7 @@ def append_and_commit(
     key: bytes,
     checkpoint_every: int = 1000,
     signer: "TreeSigner | None" = None,
+    more: More | None = None,
 ) -> list[int]:
     """`append` and COMMIT on a psycopg (PostgreSQL) connection in autocommit mode
     (db_types.autocommit_connection), in two round trips and two messages: `BEGIN; SELECT
@@ -161,7 +172,11 @@ def append_and_commit(
     cursor = psycopg.ClientCursor(connection, row_factory=dict_row)
     cursor.execute(_PG_BEGIN_LOCK_HEAD)
     cursor.nextset()
-    linked = link(cursor.fetchone(), rows, key, checkpoint_every, signer)
+    head = cursor.fetchone()
+    if more and (joined := unlinked(more())):
+        rows += joined
+        texts += [_json_without(row, SET_BY_LINK) for row, _ in joined]
+    linked = link(head, rows, key, checkpoint_every, signer)
     objects = (
         f"{text},{_json_of(row, SET_BY_LINK)[1:]}"
         for text, row in zip(texts, linked.rows, strict=True)

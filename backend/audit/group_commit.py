@@ -1,6 +1,7 @@
 """Group commit: the events of a process's concurrent requests are appended in one
 transaction (one chain lock, one commit, one disk flush for the lot, instead of one each);
-each request still returns only once its own event is durable."""
+each request still returns only once its own event is durable. Events that join the line
+while a transaction waits for the chain's lock ride in it too."""
 
 import logging
 import threading
@@ -28,9 +29,12 @@ class GroupCommit:
 
     A lone request writes its own event with no switch; under load, one transaction carries
     the events of all the process's concurrent requests (greenlets in a gevent worker, threads
-    under the development server and in tests). A request waits at most WAIT seconds for a
-    turn that has not come, then fails closed (503); once its event is in a batch being
-    written it waits for the outcome, which the database's timeouts bound.
+    under the development server and in tests), those that queued while it waited for the
+    chain's lock (another worker's transaction) included: `write_batch(events, more)` calls
+    `more()` once it holds the lock, for the events queued behind `events` since, and answers
+    for them too. A request waits at most WAIT seconds for a turn that has not come, then
+    fails closed (503); once its event is in a batch being written it waits for the outcome,
+    which the database's timeouts bound.
     """
 
     MAX_BATCH = 500
@@ -65,21 +69,37 @@ class GroupCommit:
         return slot.outcome()
 
     def _lead(self) -> None:
-        """Write the waiting events at the front of the line, then wake the next front."""
+        """Write the waiting events at the front of the line, and those that join it before
+        the write holds the chain's lock; then wake the next front."""
         with self._mutex:
-            batch = list(islice(self._line, self.MAX_BATCH))
-            for slot in batch:
-                slot.taken = True
+            batch = self._take([])
+        written = False
+
+        def more() -> list[AuditEvent]:
+            with self._mutex:
+                # Once the batch is answered, the slots behind it are the next batch's.
+                return [] if written else [slot.event for slot in self._take(batch)]
+
         try:
-            results = self._write_batch([slot.event for slot in batch])
+            results = self._write_batch([slot.event for slot in batch], more)
         except BaseException as error:  # these requests fail (503, or 500 for a bug)
             results = [error] * len(batch)
         with self._mutex:
+            written = True
             for slot, result in zip(batch, results, strict=True):
                 self._line.popleft()
                 slot.finish(result)
             if self._line:
                 self._line[0].wake()
+
+    def _take(self, batch: list["_Slot"]) -> list["_Slot"]:
+        """Add the slots queued behind `batch` (the front of the line) to it, up to MAX_BATCH;
+        return those added. Under the mutex."""
+        joined = list(islice(self._line, len(batch), self.MAX_BATCH))
+        for slot in joined:
+            slot.taken = True
+        batch.extend(joined)
+        return joined
 
 
 class _Slot:

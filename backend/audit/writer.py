@@ -56,15 +56,19 @@ class AuditWriter:
         Concurrent callers of the process share one transaction (see GroupCommit)."""
         return self.group.submit(event)
 
-    def write_batch(self, events: list[AuditEvent]) -> list[int | None]:
-        """Make `events` durable together, in order: their row ids, or None each if spooled
-        (or set aside: refused by the database, and recorded as such)."""
+    def write_batch(
+        self, events: list[AuditEvent], more: chain.More | None = None
+    ) -> list[int | None]:
+        """Make `events` durable together, in order, and after them the events `more()` gives
+        once the chain's head is locked (group_commit.py): their row ids, or None each if
+        spooled (or set aside: refused by the database, and recorded as such)."""
         started = time.perf_counter()
+        events = list(events)
         try:
             if self.spool.pending():
                 ids = self._replay_then(events).ids
             else:
-                ids = self._commit_each_that_fits(events, [])
+                ids = self._commit_each_that_fits(events, [], _joining(events, more))
             metrics.record_written(events, ids, started)
             return ids
         except (SQLAlchemyError, psycopg.Error, chain.BrokenHead) as error:
@@ -97,16 +101,20 @@ class AuditWriter:
         return Replay(replayed, set_aside, ids[len(waiting) + len(marker) :])
 
     def _commit_each_that_fits(
-        self, events: list[AuditEvent], set_aside: list[tuple[AuditEvent, str]]
+        self,
+        events: list[AuditEvent],
+        set_aside: list[tuple[AuditEvent, str]],
+        more: chain.More | None = None,
     ) -> list[int | None]:
-        """Append and commit `events` in order, in one transaction unless the database refuses
-        one for its content: then the batch is halved until that event stands alone, every
-        other is committed, and it is set aside (added to `set_aside` with the database's
-        reason). The ids, None for an event set aside."""
+        """Append and commit `events` in order (with what `more` adds to them, see
+        `_joining`), in one transaction unless the database refuses one for its content: then
+        the batch is halved until that event stands alone, every other is committed, and it is
+        set aside (added to `set_aside` with the database's reason). The ids, None for an event
+        set aside."""
         if not events:
             return []
         try:
-            return self._append_and_commit(events)
+            return self._append_and_commit(events, more)
         except refusals.REFUSALS as error:
             if len(events) == 1:
                 set_aside.append((events[0], self._set_aside(events[0], error)))
@@ -140,19 +148,17 @@ class AuditWriter:
             raise AuditUnavailable() from None
         return why
 
-    def _append_and_commit(self, events: list[AuditEvent]) -> list[int]:
+    def _append_and_commit(
+        self, events: list[AuditEvent], more: chain.More | None = None
+    ) -> list[int]:
         self.list_key()
+        signing = (self.key, self.checkpoint_every, self.signer)
         if self.engine.dialect.name != "postgresql":
             with self.engine.begin() as connection:
-                return self._append(connection, events)
+                return chain.append(connection, events, *signing, more=more)
         # PostgreSQL: two round trips on the driver's connection (chain.append_and_commit).
         with autocommit_connection(self.engine) as connection:
-            return chain.append_and_commit(
-                connection, events, self.key, self.checkpoint_every, self.signer
-            )
-
-    def _append(self, connection: sa.Connection, events: list[AuditEvent]) -> list[int]:
-        return chain.append(connection, events, self.key, self.checkpoint_every, self.signer)
+            return chain.append_and_commit(connection, events, *signing, more=more)
 
     def list_key(self) -> None:
         """List the tree-head key's public half before its first head (once a process)."""
@@ -171,6 +177,20 @@ class AuditWriter:
         worker's are its parent's too) and start an empty group-commit line."""
         self.engine.dispose(close=close)
         self.group = GroupCommit(self.write_batch)
+
+
+def _joining(events: list[AuditEvent], more: chain.More | None) -> chain.More | None:
+    """`more`, adding what it gives to `events`: a batch that fails or is halved afterwards
+    (spooled, refused) goes on with them in it."""
+    if more is None:
+        return None
+
+    def joined() -> list[AuditEvent]:
+        extra = more()
+        events.extend(extra)
+        return extra
+
+    return joined
 
 
 @dataclass
