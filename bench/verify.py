@@ -1,7 +1,7 @@
 """Benchmark: checking the trail at N rows on PostgreSQL, and its Merkle proofs over HTTP.
 
     .venv/bin/python -m bench.verify [--rows 1000000] [--requests 500] [--url URL] [--reuse]
-        [--skip-offline] [--purge-before DATE]
+        [--skip-offline] [--months 12] [--purge-before DATE]
 
 Creates the database of URL (as bench/query.py does: dropped first, migrated, N synthetic rows
 loaded by bench/load.py, their tree built), then prints:
@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the loaded database")
     parser.add_argument("--default-costs", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-offline", action="store_true", help="no export, no offline run")
+    parser.add_argument(
+        "--months", type=int, default=12, help="months the rows span (a partition each)"
+    )
     parser.add_argument(
         "--purge-before",
         metavar="DATE",
