@@ -210,6 +210,13 @@ def test_another_users_row_has_no_proof(api, users):
     assert_error(api.get(f"/v1/logs/{alices_login}/proof", users["bob"]), 404)
 
 
+def test_a_users_own_row_has_a_proof(api, users):
+    bobs_login = api.rows(event="login.success", user="bob")[0].id
+    response = api.get(f"/v1/logs/{bobs_login}/proof", users["bob"])
+    assert response.status_code == 200
+    assert response.json["leaf_index"] == bobs_login - 1
+
+
 @pytest.mark.settings(AUDIT_LOG_ORIGIN="audit.example.com/trail")
 def test_the_checkpoints_origin_is_the_configured_one(api, users):
     head, _ = signed_head(api, users["admin"])

@@ -7,6 +7,7 @@ page 10,000 costs what page 1 costs, and rows written while a client pages shift
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from flask import current_app
@@ -52,7 +53,16 @@ def _serializer() -> URLSafeSerializer:
 def visible_to(viewer: User | None) -> sa.ColumnElement[bool]:
     """Admins see every row; anyone else only the rows about themselves. No viewer is the
     operator at the command line, who sees every row too."""
-    return sa.true() if viewer is None or viewer.is_admin else Log.user == viewer.username
+    return sa.true() if sees_every_row(viewer) else rows_about(viewer.username)
+
+
+def sees_every_row(viewer: User | None) -> bool:
+    return viewer is None or viewer.is_admin
+
+
+def rows_about(username: str | sa.BindParameter) -> sa.ColumnElement[bool]:
+    """The rows that a viewer who does not see every row sees: those about `username`."""
+    return Log.user == username
 
 
 def matching(filters: dict, viewer: User | None) -> sa.Select:
@@ -220,26 +230,47 @@ def page(
     return rows, Cursor(order, rows[-1].created_at, rows[-1].id)
 
 
+class _ById(NamedTuple):
+    """A query of the row with id `:log_id`, made once: for a viewer who sees every row, and
+    for one who sees the rows about `:username` (`visible_to`). Made per request, a statement
+    costs more than its answer (0.3 to 0.6 ms on a 2-core machine, against 0.5 ms)."""
+
+    every: sa.Select
+    own: sa.Select
+
+    @classmethod
+    def of(cls, *columns) -> "_ById":
+        query = sa.select(*columns).where(Log.id == sa.bindparam("log_id"))
+        return cls(query, query.where(rows_about(sa.bindparam("username"))))
+
+
+_ROW, _ROW_ID = _ById.of(Log), _ById.of(Log.id)
+
+
 def visible_row(log_id: int, viewer: User) -> sa.Row | None:
     """The row with this id, if `viewer` may see it (from a standby only once it holds the
     row: a row just written is never a 404 for lag). A plain result row read in autocommit,
     as `page` reads them: an ORM session's transaction and object cost more than the query."""
-    return _visible(sa.select(Log), log_id, viewer)
+    return _visible(_ROW, log_id, viewer)
 
 
 def is_visible(log_id: int, viewer: User, engine: sa.Engine | None = None) -> bool:
     """Whether `viewer` may see the row with this id, reading no more of it than visibility
     needs (an admin's answer comes from the primary key's index alone); on `engine` when the
     caller has chosen where it reads (one that holds the row)."""
-    return _visible(sa.select(Log.id), log_id, viewer, engine) is not None
+    return _visible(_ROW_ID, log_id, viewer, engine) is not None
 
 
 def _visible(
-    query: sa.Select, log_id: int, viewer: User, engine: sa.Engine | None = None
+    query: _ById, log_id: int, viewer: User, engine: sa.Engine | None = None
 ) -> sa.Row | None:
     engine = engine or reading_engine(up_to_id=log_id)
+    if sees_every_row(viewer):
+        statement, values = query.every, {"log_id": log_id}
+    else:
+        statement, values = query.own, {"log_id": log_id, "username": viewer.username}
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        return connection.execute(query.where(Log.id == log_id, visible_to(viewer))).first()
+        return connection.execute(statement, values).first()
 
 
 def _escape_like(text: str) -> str:

@@ -16,23 +16,31 @@ class BadSize(ValueError):
         self.field = field
 
 
+# The statements of a proof, made once (made per call, a statement costs more than its
+# answer: 0.3 to 0.6 ms each on a 2-core machine).
+_TREE_SIZE = sa.select(AuditChain.last_id).where(AuditChain.id == 1)
+_NODES = sa.select(TreeNode.position, TreeNode.hash)
+_NODES_BY_POSITION = {
+    # One array parameter: the same statement whatever the count, so the driver prepares it
+    # once a connection (IN is a new statement, planned again, per count).
+    "postgresql": _NODES.where(
+        TreeNode.position == sa.any_(sa.bindparam("positions", type_=ARRAY(sa.BigInteger)))
+    ),
+    "sqlite": _NODES.where(TreeNode.position.in_(sa.bindparam("positions", expanding=True))),
+}
+
+
 def tree_size(connection: sa.Connection) -> int:
     """How many leaves the tree has now (the chain's head: ids are gapless from 1)."""
-    return connection.scalar(sa.select(AuditChain.last_id).where(AuditChain.id == 1)) or 0
+    return connection.scalar(_TREE_SIZE) or 0
 
 
 def stored_nodes(connection: sa.Connection):
     """A `fetch(positions) -> {position: hash}` over `audit_tree_node`."""
-    postgresql = connection.dialect.name == "postgresql"
+    query = _NODES_BY_POSITION[connection.dialect.name]
 
     def fetch(positions: list[int]) -> dict[int, bytes]:
-        if postgresql:
-            # One array parameter: the same statement whatever the count, so the driver
-            # prepares it once a connection (IN is a new statement, planned again, per count).
-            wanted = TreeNode.position == sa.any_(sa.literal(positions, ARRAY(sa.BigInteger)))
-        else:
-            wanted = TreeNode.position.in_(positions)
-        rows = connection.execute(sa.select(TreeNode.position, TreeNode.hash).where(wanted))
+        rows = connection.execute(query, {"positions": positions})
         return {position: bytes.fromhex(value) for position, value in rows}
 
     return fetch
