@@ -61,7 +61,7 @@ def walk(
             url,
             snapshot,
             segment_scan.select(connection, a, b, start_hash),
-            _rows_select(connection, a, b),
+            rows_select(connection, (a, b)),
             a,
             b,
             start_hash,
@@ -175,7 +175,7 @@ def _segment(job: tuple) -> dict:
         try:
             # Closed before the transaction ends: a COPY left half read (the walk stopped at a
             # broken row) is cancelled, or the COMMIT waits on it for ever.
-            with closing(_batches(connection, select)) as batches:
+            with closing(batches_of(connection, select)) as batches:
                 rows = walk(batches, a, b, prev_hash, signed, tree, _count, versions)
         except Broken as broken:
             return {"broken": (broken.row, broken.problem)}
@@ -188,16 +188,20 @@ def _segment(job: tuple) -> dict:
     }
 
 
-def _rows_select(connection: sa.Connection, a: int, b: int) -> str:
-    """The export's NDJSON lines (audit/export.py) of rows a..b in id order, as SQL for COPY:
-    PostgreSQL writes each row's JSON in C, and json.loads reads it in C, several times
-    faster than a cursor's rows made into dicts in Python."""
-    query = export.statement({}, None, "postgresql", "ndjson").where(Log.id.between(a, b))
+def rows_select(connection: sa.Connection, ids: tuple[int, int] | None = None) -> str:
+    """The export's NDJSON lines (audit/export.py) of rows a..b (`ids`; else every row) in id
+    order, as SQL for COPY: PostgreSQL writes each row's JSON in C, and json.loads reads it in
+    C, several times faster than a cursor's rows made into dicts in Python; and the time is
+    the export's text, which keeps the era of one before year 1 (no datetime holds it)."""
+    query = export.statement({}, None, "postgresql", "ndjson")
+    if ids is not None:
+        query = query.where(Log.id.between(*ids))
     query = query.order_by(None).order_by(Log.id)
     return export.copy_select(connection.connection.driver_connection, query, connection.dialect)
 
 
-def _batches(connection: psycopg.Connection, select: str) -> Iterator[list[dict]]:
+def batches_of(connection: psycopg.Connection, select: str) -> Iterator[list[dict]]:
+    """The rows of `rows_select`'s COPY, a batch at a time, as dicts."""
     options = export.COPY_OPTIONS["ndjson"]
     with connection.cursor().copy(f"COPY ({select}) TO STDOUT ({options})") as copy:
         batch = []

@@ -25,7 +25,7 @@ outside it.
 """
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
@@ -93,7 +93,10 @@ def verify(
         if first_id and segments.worth_it(connection, workers, head - first_id + 1):
             verdict.rows = segments.walk(connection, workers, *walked)
         else:
-            verdict.rows = walk(_rows(connection), *walked)
+            # Closed before the snapshot's transaction ends: a COPY left half read (the walk
+            # stopped at a broken row) is cancelled, or the ROLLBACK waits on it.
+            with closing(_rows(connection)) as rows:
+                verdict.rows = walk(rows, *walked)
         expected_id = (first_id or 1) + verdict.rows
         verdict.last_id = expected_id - 1 if verdict.rows else None
         if head and verdict.last_id != head:
@@ -233,8 +236,14 @@ def _check_row(row: dict, prev_hash: str, signed: dict) -> None:
 
 
 def _rows(connection: sa.Connection, batch: int = 5000) -> Iterator[list[dict]]:
-    """Every row, in id order, a batch at a time from a server-side cursor (closed even when
-    the walk stops at a broken row)."""
+    """Every row, in id order, a batch at a time: on PostgreSQL as the segments read theirs
+    (`segments.rows_select`), else from a server-side cursor; closed even when the walk stops
+    at a broken row."""
+    if connection.dialect.name == "postgresql":
+        select = segments.rows_select(connection)
+        with closing(segments.batches_of(connection.connection.driver_connection, select)) as rows:
+            yield from rows
+        return
     with connection.execution_options(yield_per=batch).execute(
         sa.select(Log.__table__).order_by(Log.id)
     ) as result:
