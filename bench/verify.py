@@ -8,7 +8,8 @@ loaded by bench/load.py, their tree built), then prints:
 - `flask audit verify` on the database: wall time, rows/s, and the CPU and peak memory that
   /usr/bin/time reports;
 - the p50 and p95 latency of GET /v1/logs/<id>/proof (random rows, at the latest signed
-  head) and GET /v1/logs/consistency (random sizes), over HTTP to gunicorn;
+  head) and GET /v1/logs/consistency (random sizes), over HTTP to gunicorn, after GET /v1/me's
+  on the same server (an audited request that reads no trail: the machine's floor);
 - the offline verifier (`python -m backend.audit.offline`) on an NDJSON export of the trail
   and its heads file (with --purge-before, after `flask audit purge`: the export then starts
   after a purge, and the verifier from the purged rows' stored tree hashes).
@@ -121,6 +122,9 @@ def proof_latency(server, options, report: Report) -> None:
     size = int(re.search(rb'"tree_size": ?(\d+)', body)[1])
     rng = random.Random(7)
     routes = {
+        # An audited request that reads no trail, on the same server: what the proofs cost
+        # beyond it, whatever the machine's speed.
+        "GET /v1/me": lambda: "/v1/me",
         "GET /v1/logs/<id>/proof": lambda: f"/v1/logs/{rng.randint(1, size)}/proof",
         "GET /v1/logs/consistency": lambda: (
             f"/v1/logs/consistency?first={rng.randint(1, size)}&second={size}"
