@@ -5,6 +5,7 @@ import base64
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -17,6 +18,8 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from backend.audit import chain
+from backend.audit.signing import all_heads
 from backend.extensions import db
 from backend.models import AuditChain, PurgePermit, TreeHead, TreeNode
 from tests import rfc9162
@@ -97,9 +100,6 @@ def test_the_tree_head_is_a_checkpoint_signed_by_a_listed_key_over_every_row(api
 @CHECKPOINT_EVERY_3
 def test_a_tree_head_is_signed_with_every_periodic_checkpoint(app, api, users):
     make_trail(api.client, 9)
-    from backend.audit.signing import all_heads
-    from backend.extensions import db
-
     with app.app_context(), db.engine.connect() as connection:
         sizes = {head["tree_size"] for head in all_heads(connection)}
     assert {3, 6, 9, 12} <= sizes
@@ -208,6 +208,23 @@ def test_a_consistency_proof_beyond_the_tree_is_a_400_naming_second(api, users):
 def test_another_users_row_has_no_proof(api, users):
     alices_login = api.rows(event="login.success", user="alice")[0].id
     assert_error(api.get(f"/v1/logs/{alices_login}/proof", users["bob"]), 404)
+
+
+def test_a_row_newer_than_the_latest_head_gets_a_head_signed_that_covers_it(
+    app, api, users, monkeypatch
+):
+    monkeypatch.setattr(chain, "HEAD_EVERY", timedelta(hours=1))  # no head but the first's
+    make_trail(api.client, 3)
+    newest = api.rows()[-1].id
+    assert signed_head(api, users["admin"])[0]["tree_size"] < newest
+    proof = api.get(f"/v1/logs/{newest}/proof", users["admin"]).get_json()
+    size = proof["tree_size"]
+    assert size >= newest
+    with app.app_context(), db.engine.connect() as connection:
+        assert size in {head["tree_size"] for head in all_heads(connection)}
+    path = [bytes.fromhex(node) for node in proof["audit_path"]]
+    leaf, root = bytes.fromhex(proof["leaf_hash"]), rfc9162.mth(leaves(api)[:size])
+    assert rfc9162.verify_inclusion(newest - 1, size, leaf, path, root)
 
 
 def test_a_users_own_row_has_a_proof(api, users):

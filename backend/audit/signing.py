@@ -140,14 +140,14 @@ def listed_keys(connection: sa.Connection) -> list[dict]:
 
 
 # Made once: every proof asks it (a statement made per call costs more than its answer).
-_LATEST_HEAD = (
+LATEST_HEAD = (
     sa.select(TreeHead.__table__).order_by(TreeHead.tree_size.desc(), TreeHead.id.desc()).limit(1)
 )
 
 
 def latest_head(connection: sa.Connection) -> sa.Row | None:
     """The signed tree head of the largest size, None before the first."""
-    return connection.execute(_LATEST_HEAD).first()
+    return connection.execute(LATEST_HEAD).first()
 
 
 def all_heads(connection: sa.Connection) -> list[dict]:

@@ -11,6 +11,7 @@ from backend.audit.reads import reading_engine
 from backend.audit.writer import writer
 from backend.errors import BAD_PARAMETER, UNAUTHORIZED, ValidationFailed
 from backend.extensions import db, token_auth
+from backend.models import User
 from backend.schemas import ErrorSchema
 from backend.tree_schemas import (
     ConsistencyProofSchema,
@@ -24,6 +25,7 @@ from backend.v1 import bp
 from backend.v1.logs import MAX_ID
 
 NO_HEAD = {404: (ErrorSchema, "No tree head has been signed yet")}
+NOT_VISIBLE = "No audit row with that id is visible to you."
 
 
 @bp.get("/logs/keys")
@@ -69,13 +71,16 @@ def proof(args: dict, log_id: int):
     # On the standby when there is one that holds the row and the tree of that size (reads.py):
     # one look at the standby for the row's visibility and its proof.
     engine = reading_engine(up_to_id=max(log_id, size or 0)) if log_id <= MAX_ID else None
-    if engine is None or not listing.is_visible(log_id, token_auth.current_user(), engine):
-        raise NotFound("No audit row with that id is visible to you.")
+    if engine is None:
+        raise NotFound(NOT_VISIBLE)
+    viewer = token_auth.current_user()
     try:
         with _reading(engine) as connection:
             if size is not None:
+                if not listing.is_visible(connection, log_id, viewer):
+                    raise NotFound(NOT_VISIBLE)
                 return proofs.inclusion(connection, log_id - 1, size)
-            head = signing.latest_head(connection)
+            head = _head_if_visible(connection, log_id, viewer)
             if head is not None and head.tree_size >= log_id:
                 return proofs.inclusion(connection, log_id - 1, head.tree_size, signed=True)
         # No signed head covers the row yet: one is signed now, on the primary, which then
@@ -103,6 +108,23 @@ def consistency(args: dict):
             return proofs.consistency(connection, args["first"], args["second"])
         except proofs.BadSize as error:
             raise ValidationFailed({error.field: [str(error)]}) from None
+
+
+# The latest signed head with the row's id beside it, NULL where `viewer` may not see it: a
+# proof's first round trip answers both.
+_HEAD_AND_ROW = listing.ROW_ID.beside(signing.LATEST_HEAD, "visible_id")
+
+
+def _head_if_visible(connection: sa.Connection, log_id: int, viewer: User) -> sa.Row | None:
+    """The latest signed head (None before the first), once the row is known to be visible to
+    `viewer` (NotFound if not)."""
+    head = connection.execute(*_HEAD_AND_ROW.asked_by(log_id, viewer)).first()
+    visible = (
+        head.visible_id is not None if head else listing.is_visible(connection, log_id, viewer)
+    )
+    if not visible:
+        raise NotFound(NOT_VISIBLE)
+    return head
 
 
 def _reading(engine: sa.Engine) -> sa.Connection:
