@@ -58,8 +58,8 @@ def main() -> None:
     parser.add_argument(
         "--purge-before",
         metavar="DATE",
-        help="before the offline run, `flask audit purge --before DATE` (the loaded rows span"
-        " 2025): the export then starts after a purge",
+        help="before the offline run, `flask audit purge --before DATE` (the loaded rows end"
+        " with 2025 and span --months before it): the export then starts after a purge",
     )
     options = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
