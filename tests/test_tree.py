@@ -352,13 +352,13 @@ def recompute_chain_keeping_the_tree(connection, row_id: int, **changes) -> None
 
 
 @contextmanager
-def tree_reads(app) -> Iterator[list[str]]:
-    """The statements that read the tree's stored hashes (audit_tree_node) while the block
-    runs, on the request engine."""
+def request_statements(app) -> Iterator[list[str]]:
+    """The statements requests make on the request engine while the block runs, but for
+    their token's lookup (the audit rows go through the writer's own engine)."""
     seen: list[str] = []
 
     def record(connection, cursor, statement, *args) -> None:
-        if "audit_tree_node" in statement:
+        if "tokens" not in statement:
             seen.append(statement)
 
     with app.app_context():
@@ -370,17 +370,100 @@ def tree_reads(app) -> Iterator[list[str]]:
         sa.event.remove(engine, "before_cursor_execute", record)
 
 
-def test_a_proof_reads_every_stored_hash_it_needs_in_one_query(app, api, users):
+def test_a_proof_at_a_given_size_is_one_query(app, api, users):
     make_trail(api.client, 37)  # a path of six levels
-    with tree_reads(app) as seen:
+    with request_statements(app) as seen:
         proof = api.get("/v1/logs/5/proof?tree_size=37", users["admin"]).get_json()
     assert len(proof["audit_path"]) == 6
+    # The tree's size, the row's visibility and every stored hash the path needs, together.
     assert len(seen) == 1, seen
+    assert all(table in seen[0] for table in ("audit_chain", "audit_log", "audit_tree_node"))
+    leaf, path = bytes.fromhex(proof["leaf_hash"]), [bytes.fromhex(h) for h in proof["audit_path"]]
+    assert rfc9162.verify_inclusion(4, 37, leaf, path, rfc9162.mth(leaves(api)[:37]))
 
 
-def test_a_consistency_proof_reads_every_stored_hash_it_needs_in_one_query(app, api, users):
+def test_a_proof_at_the_latest_head_is_one_query_once_the_heads_size_is_known(
+    app, api, users, monkeypatch
+):
+    monkeypatch.setattr(chain, "HEAD_EVERY", timedelta(hours=1))  # no new head meanwhile
     make_trail(api.client, 37)
-    with tree_reads(app) as seen:
+    api.get("/v1/logs/5/proof", users["admin"])  # reads the latest head's size
+    with request_statements(app) as seen:
+        proof = api.get("/v1/logs/5/proof", users["admin"]).get_json()
+    assert len(seen) == 1, seen
+    assert all(table in seen[0] for table in ("audit_tree_head", "audit_log", "audit_tree_node"))
+    head, root = signed_head(api, users["admin"])
+    assert proof["tree_size"] == head["tree_size"]
+    leaf, path = bytes.fromhex(proof["leaf_hash"]), [bytes.fromhex(h) for h in proof["audit_path"]]
+    assert rfc9162.verify_inclusion(4, head["tree_size"], leaf, path, root)
+
+
+@CHECKPOINT_EVERY_3
+def test_a_proof_after_heads_this_process_has_not_read_is_at_the_latest(app, api, users):
+    make_trail(api.client, 5)
+    before = api.get("/v1/logs/2/proof", users["admin"]).get_json()["tree_size"]
+    make_trail(api.client, 10)  # heads signed by the writes, one every 3 rows
+    with request_statements(app) as seen:
+        proof = api.get("/v1/logs/2/proof", users["admin"]).get_json()
+    size = proof["tree_size"]
+    with app.app_context(), db.engine.connect() as connection:
+        sizes = sorted(head["tree_size"] for head in all_heads(connection))
+    # The latest head when it was asked (the request's own row may have had one signed since).
+    assert before < size and size in sizes[-2:], (before, size, sizes)
+    # The head with the hashes at the size last seen, which missed; then the hashes at its own.
+    assert len(seen) == 2, seen
+    leaf, path = bytes.fromhex(proof["leaf_hash"]), [bytes.fromhex(h) for h in proof["audit_path"]]
+    assert rfc9162.verify_inclusion(1, size, leaf, path, rfc9162.mth(leaves(api)[:size]))
+
+
+def test_a_consistency_proof_is_one_query(app, api, users):
+    make_trail(api.client, 37)
+    with request_statements(app) as seen:
         body = api.get("/v1/logs/consistency?first=5&second=37", users["admin"]).get_json()
     assert len(body["consistency_path"]) >= 4
     assert len(seen) == 1, seen
+    assert all(table in seen[0] for table in ("audit_chain", "audit_tree_node"))
+    path = [bytes.fromhex(h) for h in body["consistency_path"]]
+    hashes = leaves(api)
+    assert rfc9162.verify_consistency(
+        5, 37, rfc9162.mth(hashes[:5]), rfc9162.mth(hashes[:37]), path
+    )
+
+
+@pytest.mark.parametrize(
+    "query", ["tree_size=9223372036854775807", "tree_size=4611686018427387904"]
+)
+def test_a_proof_at_a_size_beyond_any_tree_is_a_400_naming_tree_size(api, users, query):
+    # Its path's positions are past 64 bits: none is asked for, and the size is refused.
+    make_trail(api.client, 3)
+    assert_error(api.get(f"/v1/logs/2/proof?{query}", users["admin"]), 400, {"tree_size"})
+
+
+def test_a_consistency_proof_beyond_any_tree_is_a_400_naming_second(api, users):
+    make_trail(api.client, 3)
+    response = api.get("/v1/logs/consistency?first=1&second=9223372036854775807", users["admin"])
+    assert_error(response, 400, {"second"})
+
+
+def without_signed_heads(app) -> None:
+    """The trail as migration 0009 leaves an existing one: its tree built, no head signed (a
+    migration holds no key) until the next row is written."""
+    with tampering(app) as connection:
+        connection.execute(sa.insert(PurgePermit).values(id=1))
+        connection.execute(sa.delete(TreeHead))
+        connection.execute(sa.delete(PurgePermit))
+        connection.execute(sa.update(AuditChain).values(tree_head_at=None))
+    with app.app_context(), db.engine.connect() as connection:
+        assert all_heads(connection) == []
+
+
+def test_a_trail_with_no_signed_head_has_its_first_signed_by_its_first_proof(app, api, users):
+    make_trail(api.client, 5)
+    without_signed_heads(app)
+    proof = api.get("/v1/logs/2/proof", users["admin"]).get_json()
+    head, root = signed_head(api, users["admin"])
+    assert proof["tree_size"] == head["tree_size"] >= 2
+    leaf, path = bytes.fromhex(proof["leaf_hash"]), [bytes.fromhex(h) for h in proof["audit_path"]]
+    assert rfc9162.verify_inclusion(1, head["tree_size"], leaf, path, root)
+    without_signed_heads(app)
+    assert_error(api.get("/v1/logs/1/proof", users["bob"]), 404)  # not bob's row

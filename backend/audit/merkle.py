@@ -164,24 +164,22 @@ def consistency_path(
     ]
 
 
-def with_stored_nodes(
-    proof: Callable[[NodeGetter], list[bytes]],
-    fetch: Callable[[list[int]], dict[int, bytes]],
-    also: Iterable[int] = (),
-) -> tuple[list[str], dict[int, bytes]]:
-    """Run `proof` over the stored tree: once to learn which subtrees it needs, then once more
-    with them fetched in one go (`fetch`: positions -> {position: hash}), with the positions
-    `also` in the same query. The proof's hashes, and what was fetched."""
-    needed: set[int] = set(also)
+def positions_needed(proof: Callable[[NodeGetter], list[bytes]]) -> list[int]:
+    """The stored subtrees `proof` reads, by position, in order: run once with a getter that
+    only takes note, so that they can all be fetched in one query before `proof_from`."""
+    needed: set[int] = set()
 
     def record(level: int, index: int) -> bytes:
         needed.add(position(level, index))
         return bytes(32)
 
     proof(record)
-    stored = fetch(sorted(needed))
-    path = proof(lambda level, index: stored[position(level, index)])
-    return [part.hex() for part in path], stored
+    return sorted(needed)
+
+
+def proof_from(proof: Callable[[NodeGetter], list[bytes]], stored: dict[int, bytes]) -> list[str]:
+    """`proof`'s hashes, in hex, over the stored subtrees `stored` ({position: hash}) holds."""
+    return [part.hex() for part in proof(lambda level, index: stored[position(level, index)])]
 
 
 # -- verification (RFC 9162, sections 2.1.3.2 and 2.1.4.2) ----------------------------------

@@ -77,17 +77,14 @@ def proof(args: dict, log_id: int):
     try:
         with _reading(engine) as connection:
             if size is not None:
-                if not listing.is_visible(connection, log_id, viewer):
-                    raise NotFound(NOT_VISIBLE)
-                return proofs.inclusion(connection, log_id - 1, size)
-            head = _head_if_visible(connection, log_id, viewer)
-            if head is not None and head.tree_size >= log_id:
-                return proofs.inclusion(connection, log_id - 1, head.tree_size, signed=True)
+                return _proof_at_size(connection, log_id, size, viewer)
+            if (answer := _proof_at_latest_head(connection, log_id, viewer)) is not None:
+                return answer
         # No signed head covers the row yet: one is signed now, on the primary, which then
         # holds it (a standby may not have replayed it yet).
         with _reading(db.engine) as connection:
-            size = _head_covering(connection, log_id).tree_size
-            return proofs.inclusion(connection, log_id - 1, size, signed=True)
+            _LastHead.size = size = _head_covering(connection, log_id).tree_size
+            return proofs.inclusion_at(connection, log_id - 1, size)
     except proofs.BadSize as error:
         raise ValidationFailed({error.field: [str(error)]}) from None
 
@@ -110,21 +107,62 @@ def consistency(args: dict):
             raise ValidationFailed({error.field: [str(error)]}) from None
 
 
-# The latest signed head with the row's id beside it, NULL where `viewer` may not see it: a
-# proof's first round trip answers both.
-_HEAD_AND_ROW = listing.ROW_ID.beside(signing.LATEST_HEAD, "visible_id")
+# A proof's one query, per dialect (proofs.with_nodes): the row's id as the column
+# `visible_id` (NULL where the viewer may not see it) and the stored hashes at `:positions`,
+# beside the tree's size, or beside the latest signed head.
+_AT_SIZE = {
+    name: listing.ROW_ID.beside(query, "visible_id")
+    for name, query in proofs.SIZE_AND_NODES.items()
+}
+_AT_LATEST_HEAD = {
+    name: listing.ROW_ID.beside(query, "visible_id")
+    for name, query in proofs.with_nodes(signing.LATEST_HEAD).items()
+}
 
 
-def _head_if_visible(connection: sa.Connection, log_id: int, viewer: User) -> sa.Row | None:
-    """The latest signed head (None before the first), once the row is known to be visible to
-    `viewer` (NotFound if not)."""
-    head = connection.execute(*_HEAD_AND_ROW.asked_by(log_id, viewer)).first()
-    visible = (
-        head.visible_id is not None if head else listing.is_visible(connection, log_id, viewer)
-    )
-    if not visible:
+class _LastHead:
+    """The size of the latest signed head this process has read: the likely size of the next
+    proof's (a head is signed every few seconds), whose hashes are asked for with the head. A
+    wrong guess costs a second query, never a wrong proof."""
+
+    size = 0
+
+
+def _proof_at_size(connection: sa.Connection, log_id: int, size: int, viewer: User) -> dict:
+    """The inclusion proof of the row at tree size `size`, in one query."""
+    positions = proofs.inclusion_positions(log_id - 1, size)
+    row = _asked(connection, _AT_SIZE, log_id, viewer, positions)
+    if row is None or row.visible_id is None:  # (no chain's head: an empty trail)
         raise NotFound(NOT_VISIBLE)
-    return head
+    return proofs.inclusion(log_id - 1, size, row.last_id, proofs.stored(row.nodes))
+
+
+def _proof_at_latest_head(connection: sa.Connection, log_id: int, viewer: User) -> dict | None:
+    """The inclusion proof of the row at the latest signed head, in one query when the head
+    has the size last seen (_LastHead); None when no head covers the row yet. NotFound when
+    `viewer` may not see it."""
+    guess = _LastHead.size
+    head = _asked(
+        connection, _AT_LATEST_HEAD, log_id, viewer, proofs.inclusion_positions(log_id - 1, guess)
+    )
+    if head is None:  # no head signed yet: visibility asked alone
+        if not listing.is_visible(connection, log_id, viewer):
+            raise NotFound(NOT_VISIBLE)
+        return None
+    if head.visible_id is None:
+        raise NotFound(NOT_VISIBLE)
+    _LastHead.size = size = head.tree_size
+    if size < log_id:
+        return None
+    if size == guess:
+        return proofs.inclusion(log_id - 1, size, size, proofs.stored(head.nodes))
+    return proofs.inclusion_at(connection, log_id - 1, size)
+
+
+def _asked(connection: sa.Connection, statements: dict, log_id: int, viewer: User, positions):
+    """One of the statements above, for `viewer` and the hashes at `positions`."""
+    statement, params = statements[connection.dialect.name].asked_by(log_id, viewer)
+    return connection.execute(statement, {**params, "positions": positions}).first()
 
 
 def _reading(engine: sa.Engine) -> sa.Connection:
