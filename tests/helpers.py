@@ -258,6 +258,12 @@ def verify_line(runner, *args: str) -> tuple[int, str]:
     return result.exit_code, result.stdout.strip()
 
 
+def both_ways(runner) -> tuple[tuple[int, str], tuple[int, str]]:
+    """The verdict of `flask audit verify` in one walk, and in three processes (on PostgreSQL,
+    segments checked by the fast pass first)."""
+    return verify_line(runner, "--workers", "1"), verify_line(runner, "--workers", "3")
+
+
 def assert_broken(runner, expected: str, *args: str) -> None:
     """`flask audit verify ARGS...` exits 1 with a verdict line that starts with `expected`."""
     code, line = verify_line(runner, *args)

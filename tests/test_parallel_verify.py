@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from backend.audit import segments
 from tests.conftest import postgresql_only
-from tests.helpers import make_trail, recompute_chain, tampering, verify_line
+from tests.helpers import both_ways, make_trail, recompute_chain, tampering, verify_line
 
 pytestmark = postgresql_only
 
@@ -14,11 +14,6 @@ pytestmark = postgresql_only
 @pytest.fixture(autouse=True)
 def segments_even_for_a_small_trail(monkeypatch):
     monkeypatch.setattr(segments, "MIN_ROWS", 1)
-
-
-def both_ways(runner) -> tuple[tuple[int, str], tuple[int, str]]:
-    """The verdict of one walk, and of three processes."""
-    return verify_line(runner, "--workers", "1"), verify_line(runner, "--workers", "3")
 
 
 def test_segments_find_an_intact_trail_intact(client, runner):

@@ -13,10 +13,10 @@ from backend.models import AuditChain, Log
 from tests.conftest import postgresql_only
 from tests.helpers import (
     CHECKPOINT_EVERY_3,
+    both_ways,
     make_trail,
     stored_rows,
     tampering,
-    verify_line,
     write,
 )
 
@@ -192,11 +192,6 @@ def test_the_fast_pass_looks_closer_at_a_tampered_trail(app, client, batches, ch
 @pytest.fixture
 def segments_for_a_small_trail(monkeypatch):
     monkeypatch.setattr(segments, "MIN_ROWS", 1)
-
-
-def both_ways(runner) -> tuple[tuple[int, str], tuple[int, str]]:
-    """The verdict of one walk, and of three processes (the fast pass first)."""
-    return verify_line(runner, "--workers", "1"), verify_line(runner, "--workers", "3")
 
 
 @postgresql_only
