@@ -68,9 +68,14 @@ def unreachable(error: BaseException) -> bool:
     return isinstance(error, sa.exc.OperationalError) and "unable to open" in str(orig)
 
 
+# Errors the data causes, never a schema behind the code: a migration that fails on one leaves
+# the database between migrations, and "run `flask db upgrade`" would hide why it failed.
+DATA_ERRORS = (sa.exc.IntegrityError, sa.exc.DataError, psycopg.IntegrityError, psycopg.DataError)
+
+
 def problem(app: Flask, error: BaseException) -> str | None:
     """The one line for a database `error` a person can act on, or None for any other."""
-    if not isinstance(error, sa.exc.DBAPIError | psycopg.Error):
+    if not isinstance(error, sa.exc.DBAPIError | psycopg.Error) or isinstance(error, DATA_ERRORS):
         return None
     if unreachable(error):
         return f"cannot reach the database at {where(database_url(app))}: {first_line(error)}"

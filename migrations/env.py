@@ -47,11 +47,28 @@ def run_migrations_online():
     conf_args.setdefault("process_revision_directives", process_revision_directives)
     role = app_role(current_app)
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # A batch migration rebuilds a table on SQLite (a copy, DROP TABLE, RENAME), which
+            # enforced foreign keys refuse while another table refers to it (`tokens` to
+            # `users`). SQLite's own procedure for schema changes: enforcement off outside any
+            # transaction, the changes, PRAGMA foreign_key_check, enforcement on again.
+            _sqlite_pragma(connection, "foreign_keys=OFF")
         context.configure(connection=connection, target_metadata=db.metadata, **conf_args)
         with context.begin_transaction():
             context.run_migrations()
+            if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").all()):
+                raise RuntimeError(f"the migrations left rows whose foreign keys fail: {broken}")
             if role:
                 grant_app_privileges(connection, role)
+        if sqlite:
+            _sqlite_pragma(connection, "foreign_keys=ON")
+
+
+def _sqlite_pragma(connection, setting: str) -> None:
+    """`PRAGMA setting` on its own, outside any transaction, where SQLite applies it."""
+    connection.exec_driver_sql(f"PRAGMA {setting}")
+    connection.commit()
 
 
 if context.is_offline_mode():

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 import config
-from backend import create_app
+from backend import create_app, database_state
 from tests.conftest import TEST_DATABASE_URL, make_settings, owner_url
 from tests.serving import CLI_TIMEOUT, flask, free_port, server_environment
 
@@ -136,6 +136,27 @@ def test_a_command_on_a_schema_behind_the_code_names_both_migrations(tmp_path):
     assert flask(env, "db", "upgrade", "0005").returncode == 0
     done = flask(env, "audit", "verify")
     assert_one_line(done, "is at migration 0005, not the latest", "run `flask db upgrade`")
+
+
+def test_a_data_error_on_a_schema_behind_the_code_is_not_said_to_be_the_schema(tmp_path):
+    # A migration that fails on the data leaves the database between migrations: the line
+    # "run `flask db upgrade`" would hide the error of the upgrade that just failed.
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    assert flask(environment(url, tmp_path), "db", "upgrade", "0005").returncode == 0
+    app = create_app(make_settings(url, tmp_path))
+    engine = sa.create_engine(url)
+    insert = sa.text(
+        "INSERT INTO users (id, username, password_hash, is_admin, created_at)"
+        " VALUES (1, 'alice', 'x', false, '2026-01-01')"
+    )
+    with engine.connect() as connection, pytest.raises(sa.exc.IntegrityError) as duplicate:
+        connection.execute(insert)
+        connection.execute(insert)
+    with engine.connect() as connection, pytest.raises(sa.exc.OperationalError) as missing:
+        connection.execute(sa.text("SELECT * FROM audit_tree_node"))
+    engine.dispose()
+    assert database_state.problem(app, duplicate.value) is None  # its traceback, as any bug
+    assert "is at migration 0005, not the latest" in database_state.problem(app, missing.value)
 
 
 @pytest.mark.parametrize(

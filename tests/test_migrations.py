@@ -1,13 +1,15 @@
 """The migrations build exactly the schema the models describe, on both databases."""
 
 import warnings
+from contextlib import ExitStack
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from flask_migrate import downgrade
 
 from backend.extensions import db
 from tests.conftest import ALICE, postgresql_only
-from tests.helpers import schema_version
+from tests.helpers import latest_migration, schema_version
 
 
 def test_the_migrated_schema_matches_the_models(app):
@@ -58,3 +60,24 @@ def test_each_partition_of_the_audit_table_is_analyzed_every_100000_changes(api)
             "autovacuum_analyze_scale_factor=0",
             "autovacuum_analyze_threshold=100000",
         ]
+
+
+def test_an_upgrade_from_the_first_release_keeps_users_signed_in(app, api, runner):
+    # Migration 0011 rebuilds `users` on SQLite (a copy, DROP TABLE, RENAME), which enforced
+    # foreign keys refused while `tokens` referred to it: any trail whose users had ever
+    # logged in could not be upgraded. The first release's schema is migration 0007's.
+    api.create_user(*ALICE)
+    token = api.login(*ALICE)
+    with app.app_context():
+        downgrade(revision="0007")
+    result = runner.invoke(args=["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert schema_version(app) == [latest_migration()]
+    assert api.get("/v1/me", token).get_json()["username"] == ALICE[0]
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        # Enforcement is back on every pooled connection, the migrations' one included.
+        with app.app_context(), ExitStack() as stack:
+            connections = [stack.enter_context(db.engine.connect()) for _ in range(6)]
+            assert [c.exec_driver_sql("PRAGMA foreign_keys").scalar() for c in connections] == [
+                1
+            ] * 6
