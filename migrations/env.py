@@ -54,15 +54,21 @@ def run_migrations_online():
             # `users`). SQLite's own procedure for schema changes: enforcement off outside any
             # transaction, the changes, PRAGMA foreign_key_check, enforcement on again.
             _sqlite_pragma(connection, "foreign_keys=OFF")
-        context.configure(connection=connection, target_metadata=db.metadata, **conf_args)
-        with context.begin_transaction():
-            context.run_migrations()
-            if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").all()):
-                raise RuntimeError(f"the migrations left rows whose foreign keys fail: {broken}")
-            if role:
-                grant_app_privileges(connection, role)
-        if sqlite:
-            _sqlite_pragma(connection, "foreign_keys=ON")
+        try:
+            context.configure(connection=connection, target_metadata=db.metadata, **conf_args)
+            with context.begin_transaction():
+                context.run_migrations()
+                if sqlite and (
+                    broken := connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                ):
+                    raise RuntimeError(
+                        f"the migrations left rows whose foreign keys fail: {broken}"
+                    )
+                if role:
+                    grant_app_privileges(connection, role)
+        finally:
+            if sqlite:  # the connection goes back to the app's pool, a failed migration's too
+                _sqlite_pragma(connection, "foreign_keys=ON")
 
 
 def _sqlite_pragma(connection, setting: str) -> None:

@@ -6,7 +6,7 @@ tests that serve the app for real are in tests/serving.py.
 import json
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -256,6 +256,17 @@ def verify_line(runner, *args: str) -> tuple[int, str]:
     """`flask audit verify ARGS...`: its exit code and the verdict line for people."""
     result = flask_audit(runner, "verify", *args)
     return result.exit_code, result.stdout.strip()
+
+
+def assert_foreign_keys_enforced(app) -> None:
+    """On SQLite, every pooled connection enforces foreign keys (the migrations turn it off
+    while they run, on a connection of the app's pool)."""
+    if sa.make_url(app.config["SQLALCHEMY_DATABASE_URI"]).get_backend_name() != "sqlite":
+        return
+    with app.app_context(), ExitStack() as stack:
+        connections = [stack.enter_context(db.engine.connect()) for _ in range(6)]
+        enforced = [c.exec_driver_sql("PRAGMA foreign_keys").scalar() for c in connections]
+    assert enforced == [1] * 6
 
 
 def both_ways(runner) -> tuple[tuple[int, str], tuple[int, str]]:

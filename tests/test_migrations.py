@@ -1,7 +1,6 @@
 """The migrations build exactly the schema the models describe, on both databases."""
 
 import warnings
-from contextlib import ExitStack
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -9,7 +8,7 @@ from flask_migrate import downgrade
 
 from backend.extensions import db
 from tests.conftest import ALICE, postgresql_only
-from tests.helpers import latest_migration, schema_version
+from tests.helpers import assert_foreign_keys_enforced, latest_migration, schema_version
 
 
 def test_the_migrated_schema_matches_the_models(app):
@@ -74,10 +73,4 @@ def test_an_upgrade_from_the_first_release_keeps_users_signed_in(app, api, runne
     assert result.exit_code == 0, result.output
     assert schema_version(app) == [latest_migration()]
     assert api.get("/v1/me", token).get_json()["username"] == ALICE[0]
-    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-        # Enforcement is back on every pooled connection, the migrations' one included.
-        with app.app_context(), ExitStack() as stack:
-            connections = [stack.enter_context(db.engine.connect()) for _ in range(6)]
-            assert [c.exec_driver_sql("PRAGMA foreign_keys").scalar() for c in connections] == [
-                1
-            ] * 6
+    assert_foreign_keys_enforced(app)

@@ -16,7 +16,13 @@ from backend.extensions import db
 from backend.models import User, fold_username
 from backend.roles import owner_engine
 from tests.conftest import ALICE, basic, bearer
-from tests.helpers import assert_error, latest_migration, schema_version, stored_users
+from tests.helpers import (
+    assert_error,
+    assert_foreign_keys_enforced,
+    latest_migration,
+    schema_version,
+    stored_users,
+)
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -143,6 +149,7 @@ def test_the_migration_names_clashing_users_and_changes_nothing(app):
         with pytest.raises(click.ClickException) as raised:
             upgrade()
         assert schema_version(app) == [before]
+        assert_foreign_keys_enforced(app)  # after a failed migration too
         assert "'Alice' (id 1) and 'alice' (id 3); 'bob' (id 2) and 'BOB' (id 4)" in str(
             raised.value.message
         )
