@@ -283,6 +283,19 @@ class TreeNode(db.Model):
     hash: so.Mapped[str] = so.mapped_column(sa.String(64))
 
 
+class TreeTile(db.Model):
+    """A tile of the Merkle tree (merkle.py): the 62 stored subtrees of `tile_members(position)`,
+    their hashes' 32 bytes one after another, copied from `audit_tree_node` once complete, so
+    that a proof reads a row where it would read several. Append-only; a purge keeps them."""
+
+    __tablename__ = "audit_tree_tile"
+
+    position: so.Mapped[int] = so.mapped_column(
+        sa.BigInteger, primary_key=True, autoincrement=False
+    )
+    hashes: so.Mapped[bytes] = so.mapped_column(sa.LargeBinary)
+
+
 class TreeHead(db.Model):
     """A signed tree head: a C2SP checkpoint of the tree at `tree_size`, signed with the Ed25519
     key `key_id` (whose private half never enters the database). Append-only."""

@@ -25,6 +25,7 @@ APP_PRIVILEGES = {
     # The writer locks the head (SELECT ... FOR UPDATE needs UPDATE) and moves it.
     "audit_chain": "SELECT, UPDATE",
     "audit_tree_node": "SELECT, INSERT",
+    "audit_tree_tile": "SELECT, INSERT",
     "audit_tree_head": "SELECT, INSERT",
     # The first process to sign with a new key lists it and retires the others (signing.py).
     "audit_signing_key": "SELECT, INSERT, UPDATE",

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import sqlalchemy as sa
 
-from backend.audit import merkle, partitions
+from backend.audit import merkle, partitions, tiles
 from backend.audit.chain import GENESIS, HASHED_FIELDS_OF, row_hash, sign
 from backend.audit.events import outcome_for_status
 from backend.models import CHAIN_VERSION
@@ -329,6 +330,7 @@ def load(
         connection.execute("VACUUM (ANALYZE) audit_checkpoint")
         if tree:
             connection.execute("VACUUM (ANALYZE) audit_tree_node")
+            connection.execute("VACUUM (ANALYZE) audit_tree_tile")
         if _indexes(connection) != indexes:
             raise RuntimeError("the rebuilt indexes differ from the migration's")
     done = time.perf_counter()
@@ -337,8 +339,9 @@ def load(
 
 def build_tree(url: str) -> None:
     """The Merkle tree of the loaded rows (backend/audit/merkle.py): their hashes read in id
-    order on one connection, the tree's nodes streamed to COPY on another, and the frontier
-    stored in the chain's head, as the live writer leaves them."""
+    order on one connection, the tree's nodes streamed to COPY on another, the frontier
+    stored in the chain's head, and the tiles made from the nodes, as the live writer leaves
+    them."""
     frontier: list[bytes] = []
     size = 0
     with psycopg.connect(url) as reader, psycopg.connect(url) as writer:
@@ -356,6 +359,10 @@ def build_tree(url: str) -> None:
             "UPDATE audit_chain SET tree_frontier = %s WHERE id = 1", (merkle.pack(frontier),)
         )
         writer.commit()
+    engine = sa.create_engine(sa.make_url(url).set(drivername="postgresql+psycopg"))
+    with engine.begin() as connection:
+        tiles.build(connection, size)
+    engine.dispose()
 
 
 def _check_empty(connection: psycopg.Connection) -> None:

@@ -134,6 +134,7 @@ def empty_postgresql(url: str) -> None:
         connection.execute(sa.text("DELETE FROM audit_log"))
         connection.execute(sa.text("DELETE FROM audit_checkpoint"))
         connection.execute(sa.text("DELETE FROM audit_tree_node"))
+        connection.execute(sa.text("DELETE FROM audit_tree_tile"))
         connection.execute(sa.text("DELETE FROM audit_tree_head"))
         connection.execute(sa.text("DELETE FROM audit_signing_key"))
         connection.execute(sa.text("DELETE FROM audit_purge_permit"))

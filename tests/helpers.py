@@ -15,13 +15,13 @@ import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
 import config
-from backend.audit import merkle, writer
+from backend.audit import merkle, tiles, writer
 from backend.audit.chain import row_hash
 from backend.audit.events import AuditEvent
 from backend.auth import credentials
 from backend.clock import moved, utcnow
 from backend.extensions import db, token_auth
-from backend.models import AuditChain, Log, PurgePermit, TreeHead, TreeNode, User
+from backend.models import AuditChain, Log, PurgePermit, TreeHead, TreeNode, TreeTile, User
 from backend.roles import owner_engine
 from tests.conftest import ALICE, basic, bearer
 
@@ -330,6 +330,7 @@ def rewrite_tree(connection: sa.Connection) -> None:
     connection.execute(sa.insert(PurgePermit).values(id=1))
     connection.execute(sa.delete(TreeHead))
     connection.execute(sa.delete(TreeNode).where(TreeNode.position.not_in(keep)))
+    connection.execute(sa.delete(TreeTile))
     connection.execute(sa.delete(PurgePermit))
     frontier = [bytes.fromhex(stored[at]) for at in keep]
     leaves = [merkle.leaf_hash(row["hash"]) for row in rows]
@@ -338,6 +339,7 @@ def rewrite_tree(connection: sa.Connection) -> None:
         connection.execute(
             sa.insert(TreeNode), [{"position": at, "hash": node.hex()} for at, node in completed]
         )
+    tiles.build(connection, size)
     connection.execute(
         sa.update(AuditChain)
         .where(AuditChain.id == 1)

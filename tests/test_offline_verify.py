@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 import config
-from backend.audit import merkle
+from backend.audit import merkle, tiles
 from backend.audit.chain import row_hash
 from backend.models import AuditChain, TreeNode
 from tests.helpers import (
@@ -231,6 +231,7 @@ def truncate_to(app, keep: int) -> None:
         connection.execute(sa.text("INSERT INTO audit_purge_permit (id) VALUES (1)"))
         connection.execute(sa.text(f"DELETE FROM audit_log WHERE id > {keep}"))
         connection.execute(sa.text("DELETE FROM audit_tree_node"))
+        connection.execute(sa.text("DELETE FROM audit_tree_tile"))
         connection.execute(sa.text("DELETE FROM audit_tree_head"))
         connection.execute(sa.text("DELETE FROM audit_purge_permit"))
         rows = stored_rows(connection)
@@ -239,6 +240,7 @@ def truncate_to(app, keep: int) -> None:
         connection.execute(
             sa.insert(TreeNode), [{"position": at, "hash": node.hex()} for at, node in completed]
         )
+        tiles.build(connection, size)
         connection.execute(
             sa.update(AuditChain)
             .where(AuditChain.id == 1)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import (
 from backend.audit import chain
 from backend.audit.signing import all_heads
 from backend.extensions import db
-from backend.models import AuditChain, PurgePermit, TreeHead, TreeNode
+from backend.models import AuditChain, PurgePermit, TreeHead, TreeNode, TreeTile
 from tests import rfc9162
 from tests.conftest import ADMIN
 from tests.helpers import (
@@ -340,13 +340,17 @@ def test_verify_reports_two_signed_heads_of_one_size_as_a_split_view(
 def recompute_chain_keeping_the_tree(connection, row_id: int, **changes) -> None:
     """recompute_chain, but leaving the tree's nodes and signed heads as they were."""
     stored = connection.execute(sa.select(TreeNode.position, TreeNode.hash)).all()
+    stored_tiles = connection.execute(sa.select(TreeTile.__table__)).mappings().all()
     heads = connection.execute(sa.select(TreeHead.__table__)).mappings().all()
     frontier = connection.scalar(sa.select(AuditChain.tree_frontier))
     recompute_chain(connection, row_id, **changes)
     connection.execute(sa.insert(PurgePermit).values(id=1))
     connection.execute(sa.delete(TreeNode))
+    connection.execute(sa.delete(TreeTile))
     connection.execute(sa.delete(PurgePermit))
     connection.execute(sa.insert(TreeNode), [dict(row._mapping) for row in stored])
+    if stored_tiles:
+        connection.execute(sa.insert(TreeTile), [dict(tile) for tile in stored_tiles])
     connection.execute(sa.insert(TreeHead), [dict(head) for head in heads])
     connection.execute(sa.update(AuditChain).values(tree_frontier=frontier))
 

@@ -31,7 +31,7 @@ import psycopg
 import sqlalchemy as sa
 from psycopg.rows import dict_row
 
-from backend.audit import merkle
+from backend.audit import merkle, tiles
 from backend.audit.events import AuditEvent
 from backend.clock import rfc3339
 from backend.models import (
@@ -138,6 +138,7 @@ def append(
     linked = link(head, rows, key, checkpoint_every, signer)
     connection.execute(sa.insert(Log), linked.rows)
     connection.execute(sa.insert(TreeNode), linked.nodes)
+    tiles.insert(connection, linked.tiles)
     for table, values in ((Checkpoint, linked.checkpoints), (TreeHead, linked.heads)):
         if values:
             connection.execute(sa.insert(table), values)
@@ -163,7 +164,8 @@ def append_and_commit(
     (`append` through SQLAlchemy takes six round trips, psycopg's pipeline mode one write and
     one poll per statement). If the function fails, the server skips the COMMIT; the caller's
     connection manager rolls the transaction back. The tree's new nodes are computed here from
-    the frontier the head carries, and travel in the same message.
+    the frontier the head carries, and travel in the same message; so does, every 32 rows,
+    the INSERT of the tile of the tree they complete (tiles.py), made from those nodes.
     """
     rows = unlinked(events)  # before the lock: see `link`
     # The rows travel as one JSON array: one literal to quote, however many rows and columns.
@@ -182,9 +184,16 @@ def append_and_commit(
         for text, row in zip(texts, linked.rows, strict=True)
     )
     others = (linked.nodes, linked.checkpoints, linked.heads, linked.head)
+    # The tiles the batch completed (one every 32 rows), from the nodes audit_append stores.
+    statements = ["SELECT audit_append(%s, %s, %s, %s, %s)"]
+    statements += [tiles.PG_INSERT] * len(linked.tiles) + ["COMMIT"]
     cursor.execute(
-        "SELECT audit_append(%s, %s, %s, %s, %s); COMMIT",
-        [f"[{','.join(objects)}]", *(json.dumps(v, default=str) if v else None for v in others)],
+        "; ".join(statements),
+        [
+            f"[{','.join(objects)}]",
+            *(json.dumps(v, default=str) if v else None for v in others),
+            *(value for root in linked.tiles for value in (root, merkle.tile_members(root))),
+        ],
     )
     return [row["id"] for row in linked.rows]
 
@@ -222,13 +231,15 @@ def unlinked(events: Sequence[AuditEvent]) -> list[Unlinked]:
 
 
 class Linked(NamedTuple):
-    """What appending a batch writes: rows, HMAC checkpoints, tree nodes and heads, the head."""
+    """What appending a batch writes: rows, HMAC checkpoints, tree nodes and heads, the head,
+    and the roots of the tree's tiles the batch completes (tiles.py)."""
 
     rows: list[dict]
     checkpoints: list[dict]
     nodes: list[dict]
     heads: list[dict]
     head: dict
+    tiles: list[int]
 
 
 def link(
@@ -255,7 +266,7 @@ def link(
             f"the chain's head is at row {last_id}, but its Merkle frontier holds"
             f" {len(frontier)} subtrees where a tree of {last_id} leaves has {last_id.bit_count()}"
         )
-    rows, checkpoints, nodes, heads = [], [], [], []
+    rows, checkpoints, nodes, heads, tile_roots = [], [], [], [], []
     for row, hashed in made:
         last_id += 1
         row["id"] = last_id
@@ -269,6 +280,7 @@ def link(
         rows.append(row)
         _, completed = merkle.append(frontier, last_id - 1, [merkle.leaf_hash(row["hash"])])
         nodes += [{"position": at, "hash": node.hex()} for at, node in completed]
+        tile_roots += [at for at, _ in completed if merkle.is_tile_root(at)]
         since_checkpoint += 1
         if since_checkpoint >= checkpoint_every:
             checkpoints.append(sign(key, row["id"], row["hash"], row["created_at"], "periodic"))
@@ -290,6 +302,7 @@ def link(
             "tree_frontier": merkle.pack(frontier),
             "tree_head_at": heads[-1]["created_at"] if heads else head_at,
         },
+        tile_roots,
     )
 
 

@@ -182,6 +182,65 @@ def proof_from(proof: Callable[[NodeGetter], list[bytes]], stored: dict[int, byt
     return [part.hex() for part in proof(lambda level, index: stored[position(level, index)])]
 
 
+# -- tiles ----------------------------------------------------------------------------------
+# A proof reads one stored subtree a level, each far from the last in the in-order layout, so
+# from a large tree each comes from its own page of disk. A *tile* keeps TILE_HEIGHT levels of
+# a perfect subtree together, as Go's checksum database and sigsum store their trees: the
+# subtree of height TILE_HEIGHT under a root at a level that is a multiple of TILE_HEIGHT,
+# with its nodes down to TILE_HEIGHT levels below the root (62 hashes, the root itself not
+# included: it is in the tile above), in position order. A proof then reads a tile per
+# TILE_HEIGHT levels. Tiles are stored once complete, beside the nodes they copy.
+
+TILE_HEIGHT = 5
+_HALF = (1 << TILE_HEIGHT) - 1  # a tile's members on either side of its root
+
+
+def level_of(at: int) -> int:
+    """The level of the perfect subtree at position `at` (position + 1 = 2**level * odd)."""
+    return ((at + 1) & -(at + 1)).bit_length() - 1
+
+
+def is_tile_root(at: int) -> bool:
+    """Whether completing the subtree at `at` completes a tile (the one below it)."""
+    level = level_of(at)
+    return level > 0 and level % TILE_HEIGHT == 0
+
+
+def tile_members(root: int) -> list[int]:
+    """The positions a tile holds, in order: those of the subtree under `root` whose level is
+    at least the tile's lowest (they are `2**lowest` apart), but the root's."""
+    step = 1 << (level_of(root) - TILE_HEIGHT)
+    return [root + m * step for m in range(-_HALF, _HALF + 1) if m]
+
+
+def tile_root(at: int, size: int) -> int | None:
+    """The root of the tile that holds position `at`, when that tile is complete in a tree of
+    `size` leaves (and so stored once the tree has that size); None when it is not."""
+    level = level_of(at)
+    top = (level // TILE_HEIGHT + 1) * TILE_HEIGHT
+    index = (at >> (level + 1)) >> (top - level)
+    return position(top, index) if (index + 1) << top <= size else None
+
+
+def plan(needed: Iterable[int], size: int) -> tuple[list[int], list[int]]:
+    """Where to read the stored subtrees at `needed` in a tree of `size` leaves: the positions
+    to read one by one (those in no complete tile) and the roots of the tiles that hold the
+    others."""
+    nodes, roots = [], set()
+    for at in needed:
+        root = tile_root(at, size)
+        if root is None:
+            nodes.append(at)
+        else:
+            roots.add(root)
+    return nodes, sorted(roots)
+
+
+def tile_hashes(root: int, tile: bytes) -> dict[int, bytes]:
+    """The tile of `root` as {position: hash}."""
+    return {at: tile[i * 32 : i * 32 + 32] for i, at in enumerate(tile_members(root))}
+
+
 # -- verification (RFC 9162, sections 2.1.3.2 and 2.1.4.2) ----------------------------------
 
 

@@ -1,19 +1,23 @@
 """RFC 9162 proofs over the stored tree (merkle.py): one query of a few dozen stored subtree
 hashes each, whatever the tree's size, and no row read.
 
-A proof's positions depend only on its sizes, so they are known before any query: the stored
-hashes travel as one column (`with_nodes`) of the statement that reads what the proof must
-check first (the tree's size, the row's visibility, the latest signed head), one round trip
-for a proof.
+A proof's positions depend only on its sizes, so they are known before any query, and so are
+the tiles that hold most of them (`Reads`): the stored hashes travel as two columns
+(`with_nodes`) of the statement that reads what the proof must check first (the tree's size,
+the row's visibility, the latest signed head), one round trip for a proof. From a tree of
+10M rows, a proof at its size reads 5 tiles and about 14 nodes at the tree's right edge (the
+newest, so the likeliest cached) where it read about 36 nodes, most on a page of their own
+(docs/benchmarks.md).
 """
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from backend.audit import merkle
-from backend.models import AuditChain, TreeNode
+from backend.models import AuditChain, TreeNode, TreeTile
 
 # Positions are stored as 64-bit numbers; a larger one (a tree size of 2**62 and more) names
 # no stored hash, and must not reach the database as a number.
@@ -28,64 +32,104 @@ class BadSize(ValueError):
         self.field = field
 
 
-def _nodes_column(dialect: str) -> sa.Label:
-    """The stored hashes at the positions `:positions` as one JSON object {position: hash}
-    (NULL for none). One array parameter on PostgreSQL: the same statement whatever the
-    count, so the driver prepares it once a connection (IN is a new statement, planned again,
-    per count)."""
+class Reads(NamedTuple):
+    """What a proof reads: every stored subtree it needs, by position, and where each comes
+    from (merkle.plan): the tiles' roots, and the positions in no complete tile."""
+
+    needed: list[int]
+    nodes: list[int]
+    tiles: list[int]
+
+    @classmethod
+    def of(cls, needed: list[int], size: int) -> "Reads":
+        """The reads of the positions `needed` of a tree of `size` leaves."""
+        needed = [at for at in needed if at <= MAX_POSITION]
+        nodes, tiles = merkle.plan(needed, size)
+        return cls(needed, nodes, [root for root in tiles if root <= MAX_POSITION])
+
+    def params(self) -> dict:
+        return {"positions": self.nodes, "tiles": self.tiles}
+
+
+def _json_column(dialect: str, key: sa.Column, value, name: str) -> sa.Label:
+    """The rows of `key`'s table whose key is in the parameter `name` as one JSON object
+    {key: value} (NULL for none). One array parameter on PostgreSQL: the same statement
+    whatever the count, so the driver prepares it once a connection (IN is a new statement,
+    planned again, per count)."""
     if dialect == "postgresql":
-        positions = sa.bindparam("positions", type_=ARRAY(sa.BigInteger))
-        pairs = sa.func.json_object_agg(TreeNode.position, TreeNode.hash, type_=sa.JSON)
-        query = sa.select(pairs).where(TreeNode.position == sa.any_(positions))
+        keys = sa.bindparam(name, type_=ARRAY(sa.BigInteger))
+        pairs = sa.func.json_object_agg(key, value, type_=sa.JSON)
+        query = sa.select(pairs).where(key == sa.any_(keys))
     else:
-        pairs = sa.func.json_group_object(TreeNode.position, TreeNode.hash, type_=sa.JSON)
-        query = sa.select(pairs).where(
-            TreeNode.position.in_(sa.bindparam("positions", expanding=True))
-        )
-    return query.scalar_subquery().label("nodes")
+        pairs = sa.func.json_group_object(key, value, type_=sa.JSON)
+        query = sa.select(pairs).where(key.in_(sa.bindparam(name, expanding=True)))
+    return query.scalar_subquery().label(name)
+
+
+def _tile_hex(dialect: str):
+    if dialect == "postgresql":
+        return sa.func.encode(TreeTile.hashes, "hex")
+    return sa.func.hex(TreeTile.hashes)
+
+
+def _stored_columns(dialect: str) -> list[sa.Label]:
+    """The columns `positions` (the stored hashes at `:positions`) and `tiles` (the tiles
+    of `:tiles`, in hex)."""
+    return [
+        _json_column(dialect, TreeNode.position, TreeNode.hash, "positions"),
+        _json_column(dialect, TreeTile.position, _tile_hex(dialect), "tiles"),
+    ]
 
 
 DIALECTS = ("postgresql", "sqlite")
 
 
 def with_nodes(query: sa.Select) -> dict[str, sa.Select]:
-    """`query` with the stored hashes at `:positions` beside it as the column `nodes`
-    (`stored` reads it), made once per dialect: made per call, a statement costs more than
-    its answer (0.3 to 0.6 ms each on a 2-core machine)."""
-    return {dialect: query.add_columns(_nodes_column(dialect)) for dialect in DIALECTS}
+    """`query` with the stored hashes of a `Reads` beside it (its `params`) as the columns
+    `positions` and `tiles` (`stored` reads them), made once per dialect: made per call, a
+    statement costs more than its answer (0.3 to 0.6 ms each on a 2-core machine)."""
+    return {dialect: query.add_columns(*_stored_columns(dialect)) for dialect in DIALECTS}
 
 
-def stored(nodes: dict[str, str] | None) -> dict[int, bytes]:
-    """The `nodes` column as {position: hash}."""
-    return {int(position): bytes.fromhex(value) for position, value in (nodes or {}).items()}
+def stored(connection: sa.Connection, reads: Reads, row) -> dict[int, bytes]:
+    """The hashes of `reads` that `row` (of a `with_nodes` statement) brought, as {position:
+    hash}. A tile that is not stored (tiles.py makes none whose members are not all there)
+    costs a second query, of its members one by one."""
+    found = {int(at): bytes.fromhex(value) for at, value in (row.positions or {}).items()}
+    for root, tile in (row.tiles or {}).items():
+        found.update(merkle.tile_hashes(int(root), bytes.fromhex(tile)))
+    if missing := [at for at in reads.needed if at not in found]:
+        query = sa.select(TreeNode.position, TreeNode.hash).where(TreeNode.position.in_(missing))
+        found.update((at, bytes.fromhex(node)) for at, node in connection.execute(query))
+    return found
 
 
 # The tree's size (the chain's head: ids are gapless from 1) and the stored hashes asked for.
 SIZE_AND_NODES = with_nodes(sa.select(AuditChain.last_id).where(AuditChain.id == 1))
 
 
-def size_and_nodes(connection: sa.Connection, positions: list[int]) -> tuple[int, dict]:
-    """How many leaves the tree has now, and the stored hashes at `positions`."""
+def size_and_nodes(connection: sa.Connection, reads: Reads) -> tuple[int, dict]:
+    """How many leaves the tree has now, and the stored hashes of `reads`."""
     query = SIZE_AND_NODES[connection.dialect.name]
-    row = connection.execute(query, {"positions": positions}).first()
-    return (row.last_id or 0, stored(row.nodes)) if row else (0, {})
+    row = connection.execute(query, reads.params()).first()
+    return (row.last_id or 0, stored(connection, reads, row)) if row else (0, {})
 
 
 def _inclusion_path(leaf_index: int, size: int) -> Callable:
     return lambda node: merkle.inclusion_path(node, leaf_index, size)
 
 
-def inclusion_positions(leaf_index: int, size: int) -> list[int]:
-    """The positions an inclusion proof reads: the leaf's and its path's."""
+def inclusion_reads(leaf_index: int, size: int) -> Reads:
+    """What an inclusion proof reads: the leaf's hash and its path's."""
     if not leaf_index < size:
-        return []
+        return Reads([], [], [])
     needed = merkle.positions_needed(_inclusion_path(leaf_index, size))
-    return [p for p in [merkle.position(0, leaf_index), *needed] if p <= MAX_POSITION]
+    return Reads.of([merkle.position(0, leaf_index), *needed], size)
 
 
 def inclusion(leaf_index: int, size: int, tree_size: int, nodes: dict[int, bytes]) -> dict:
     """The inclusion proof of leaf `leaf_index` in the tree of `size` leaves, as the API
-    answers it, from the stored hashes `nodes` (read at `inclusion_positions`) of a tree of
+    answers it, from the stored hashes `nodes` (those of `inclusion_reads`) of a tree of
     `tree_size` leaves."""
     if not leaf_index < size <= tree_size:
         raise BadSize(
@@ -103,7 +147,7 @@ def inclusion(leaf_index: int, size: int, tree_size: int, nodes: dict[int, bytes
 
 def inclusion_at(connection: sa.Connection, leaf_index: int, size: int) -> dict:
     """`inclusion` with its hashes read here (the caller knows the row may be seen)."""
-    tree_size, nodes = size_and_nodes(connection, inclusion_positions(leaf_index, size))
+    tree_size, nodes = size_and_nodes(connection, inclusion_reads(leaf_index, size))
     return inclusion(leaf_index, size, tree_size, nodes)
 
 
@@ -115,7 +159,7 @@ def consistency(connection: sa.Connection, first: int, second: int) -> dict:
         return merkle.consistency_path(node, first, second)
 
     positions = merkle.positions_needed(path) if first <= second else []
-    size, nodes = size_and_nodes(connection, [p for p in positions if p <= MAX_POSITION])
+    size, nodes = size_and_nodes(connection, Reads.of(positions, second))
     if second > size:
         raise BadSize("second", f"must be at most the tree's size ({size})")
     if first > second:

@@ -108,7 +108,7 @@ def consistency(args: dict):
 
 
 # A proof's one query, per dialect (proofs.with_nodes): the row's id as the column
-# `visible_id` (NULL where the viewer may not see it) and the stored hashes at `:positions`,
+# `visible_id` (NULL where the viewer may not see it) and the stored hashes it reads,
 # beside the tree's size, or beside the latest signed head.
 _AT_SIZE = {
     name: listing.ROW_ID.beside(query, "visible_id")
@@ -130,11 +130,12 @@ class _LastHead:
 
 def _proof_at_size(connection: sa.Connection, log_id: int, size: int, viewer: User) -> dict:
     """The inclusion proof of the row at tree size `size`, in one query."""
-    positions = proofs.inclusion_positions(log_id - 1, size)
-    row = _asked(connection, _AT_SIZE, log_id, viewer, positions)
+    reads = proofs.inclusion_reads(log_id - 1, size)
+    row = _asked(connection, _AT_SIZE, log_id, viewer, reads)
     if row is None or row.visible_id is None:  # (no chain's head: an empty trail)
         raise NotFound(NOT_VISIBLE)
-    return proofs.inclusion(log_id - 1, size, row.last_id, proofs.stored(row.nodes))
+    nodes = proofs.stored(connection, reads, row)
+    return proofs.inclusion(log_id - 1, size, row.last_id, nodes)
 
 
 def _proof_at_latest_head(connection: sa.Connection, log_id: int, viewer: User) -> dict | None:
@@ -142,9 +143,8 @@ def _proof_at_latest_head(connection: sa.Connection, log_id: int, viewer: User) 
     has the size last seen (_LastHead); None when no head covers the row yet. NotFound when
     `viewer` may not see it."""
     guess = _LastHead.size
-    head = _asked(
-        connection, _AT_LATEST_HEAD, log_id, viewer, proofs.inclusion_positions(log_id - 1, guess)
-    )
+    reads = proofs.inclusion_reads(log_id - 1, guess)
+    head = _asked(connection, _AT_LATEST_HEAD, log_id, viewer, reads)
     if head is None:  # no head signed yet: visibility asked alone
         if not listing.is_visible(connection, log_id, viewer):
             raise NotFound(NOT_VISIBLE)
@@ -155,14 +155,14 @@ def _proof_at_latest_head(connection: sa.Connection, log_id: int, viewer: User) 
     if size < log_id:
         return None
     if size == guess:
-        return proofs.inclusion(log_id - 1, size, size, proofs.stored(head.nodes))
+        return proofs.inclusion(log_id - 1, size, size, proofs.stored(connection, reads, head))
     return proofs.inclusion_at(connection, log_id - 1, size)
 
 
-def _asked(connection: sa.Connection, statements: dict, log_id: int, viewer: User, positions):
-    """One of the statements above, for `viewer` and the hashes at `positions`."""
+def _asked(connection: sa.Connection, statements: dict, log_id: int, viewer: User, reads):
+    """One of the statements above, for `viewer` and the hashes of `reads` (proofs.Reads)."""
     statement, params = statements[connection.dialect.name].asked_by(log_id, viewer)
-    return connection.execute(statement, {**params, "positions": positions}).first()
+    return connection.execute(statement, {**params, **reads.params()}).first()
 
 
 def _reading(engine: sa.Engine) -> sa.Connection:
