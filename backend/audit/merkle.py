@@ -222,23 +222,25 @@ def tile_root(at: int, size: int) -> int | None:
     return position(top, index) if (index + 1) << top <= size else None
 
 
-def plan(needed: Iterable[int], size: int) -> tuple[list[int], list[int]]:
+def plan(needed: Iterable[int], size: int) -> tuple[list[int], dict[int, int]]:
     """Where to read the stored subtrees at `needed` in a tree of `size` leaves: the positions
-    to read one by one (those in no complete tile) and the roots of the tiles that hold the
-    others."""
-    nodes, roots = [], set()
+    to read one by one (those in no complete tile), and {position: the root of its tile} for
+    the others."""
+    nodes, tiled = [], {}
     for at in needed:
         root = tile_root(at, size)
         if root is None:
             nodes.append(at)
         else:
-            roots.add(root)
-    return nodes, sorted(roots)
+            tiled[at] = root
+    return nodes, tiled
 
 
-def tile_hashes(root: int, tile: bytes) -> dict[int, bytes]:
-    """The tile of `root` as {position: hash}."""
-    return {at: tile[i * 32 : i * 32 + 32] for i, at in enumerate(tile_members(root))}
+def tile_hash(root: int, tile: bytes, at: int) -> bytes:
+    """The hash at position `at` in the tile of `root` (`tile_members` order)."""
+    m = (at - root) >> (level_of(root) - TILE_HEIGHT)  # -31..31, the root (0) left out
+    i = m + _HALF - (m > 0)
+    return tile[i * 32 : i * 32 + 32]
 
 
 # -- verification (RFC 9162, sections 2.1.3.2 and 2.1.4.2) ----------------------------------

@@ -34,18 +34,21 @@ class BadSize(ValueError):
 
 class Reads(NamedTuple):
     """What a proof reads: every stored subtree it needs, by position, and where each comes
-    from (merkle.plan): the tiles' roots, and the positions in no complete tile."""
+    from (merkle.plan): the positions in no complete tile, the others' tiles (`tiled`:
+    {position: its tile's root}), and those tiles' roots."""
 
     needed: list[int]
     nodes: list[int]
+    tiled: dict[int, int]
     tiles: list[int]
 
     @classmethod
     def of(cls, needed: list[int], size: int) -> "Reads":
         """The reads of the positions `needed` of a tree of `size` leaves."""
         needed = [at for at in needed if at <= MAX_POSITION]
-        nodes, tiles = merkle.plan(needed, size)
-        return cls(needed, nodes, [root for root in tiles if root <= MAX_POSITION])
+        nodes, tiled = merkle.plan(needed, size)
+        tiled = {at: root for at, root in tiled.items() if root <= MAX_POSITION}
+        return cls(needed, nodes, tiled, sorted(set(tiled.values())))
 
     def params(self) -> dict:
         return {"positions": self.nodes, "tiles": self.tiles}
@@ -96,8 +99,10 @@ def stored(connection: sa.Connection, reads: Reads, row) -> dict[int, bytes]:
     hash}. A tile that is not stored (tiles.py makes none whose members are not all there)
     costs a second query, of its members one by one."""
     found = {int(at): bytes.fromhex(value) for at, value in (row.positions or {}).items()}
-    for root, tile in (row.tiles or {}).items():
-        found.update(merkle.tile_hashes(int(root), bytes.fromhex(tile)))
+    tiles = {int(root): bytes.fromhex(tile) for root, tile in (row.tiles or {}).items()}
+    for at, root in reads.tiled.items():  # only the hashes wanted of each tile
+        if root in tiles:
+            found[at] = merkle.tile_hash(root, tiles[root], at)
     if missing := [at for at in reads.needed if at not in found]:
         query = sa.select(TreeNode.position, TreeNode.hash).where(TreeNode.position.in_(missing))
         found.update((at, bytes.fromhex(node)) for at, node in connection.execute(query))
@@ -122,7 +127,7 @@ def _inclusion_path(leaf_index: int, size: int) -> Callable:
 def inclusion_reads(leaf_index: int, size: int) -> Reads:
     """What an inclusion proof reads: the leaf's hash and its path's."""
     if not leaf_index < size:
-        return Reads([], [], [])
+        return Reads([], [], {}, [])
     needed = merkle.positions_needed(_inclusion_path(leaf_index, size))
     return Reads.of([merkle.position(0, leaf_index), *needed], size)
 

@@ -31,8 +31,12 @@ def insert(connection: sa.Connection, roots: list[int]) -> None:
         query = sa.select(_NODE.c.position, _NODE.c.hash).where(_NODE.c.position.in_(members))
         found = dict(connection.execute(query).all())
         if len(found) == MEMBERS:
-            tile = b"".join(bytes.fromhex(found[at]) for at in members)
-            connection.execute(sa.insert(_TILE).values(position=root, hashes=tile))
+            connection.execute(sa.insert(_TILE).values(position=root, hashes=_joined(found)))
+
+
+def _joined(members: dict[int, str]) -> bytes:
+    """A tile's bytes from its members' stored hashes ({position: hex}), in position order."""
+    return b"".join(bytes.fromhex(members[at]) for at in sorted(members))
 
 
 def build(connection: sa.Connection, size: int) -> int:
@@ -82,7 +86,7 @@ def _build_level(connection: sa.Connection, top: int, bounds: dict) -> int:
             root = ((at >> bounds["shift"]) << bounds["shift"]) + bounds["root"]
             tiles.setdefault(root, {})[at] = node
     made = [
-        {"position": root, "hashes": b"".join(bytes.fromhex(members[at]) for at in sorted(members))}
+        {"position": root, "hashes": _joined(members)}
         for root, members in tiles.items()
         if len(members) == MEMBERS and root not in have
     ]
