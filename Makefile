@@ -12,8 +12,10 @@ PORT ?= 8000
 run: $(VENV)/.installed
 	exec $(BIN)/python -m backend.boot --bind 127.0.0.1:$(PORT)
 
+# The tests on every core (TEST_WORKERS=0: one process); tests/conftest.py says how they share.
+TEST_WORKERS ?= auto
 test: $(VENV)/.installed-test
-	$(BIN)/pytest
+	$(BIN)/pytest --numprocesses $(TEST_WORKERS) --dist loadgroup
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

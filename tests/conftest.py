@@ -7,12 +7,18 @@ TEST_DATABASE_URL is the tables' owner: it migrates, and it tampers. With
 TEST_DATABASE_APP_URL too (CI sets it: a second role of the same database), the apps and the
 servers of the tests run as that role, with only the privileges backend/roles.py grants it,
 as production does; DATABASE_ADMIN_URL gives them the owner.
+
+`make test` runs the tests in parallel (pytest-xdist, a worker a core). The PostgreSQL tests
+share one database, which each of them empties: they all run on one worker, one after
+another (`pytest_collection_modifyitems` puts them in one xdist group), beside the others.
 """
 
+import fcntl
 import os
 import shutil
 from base64 import b64encode
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -81,6 +87,26 @@ def sqlite_template(tmp_path_factory):
     return path
 
 
+# What a test reaches TEST_DATABASE_URL's database through (besides `database_url`'s
+# "postgresql" parameter).
+POSTGRESQL_FIXTURES = {"postgresql_url"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    """xdist's groups (`--dist loadgroup`: a group runs on one worker): the tests of the
+    shared PostgreSQL database in one; the others by module, so that a module's fixtures
+    (a private cluster, a served app, a browser) start once."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        parameter = callspec.params.get("database_url") if callspec else None
+        if parameter == "postgresql" or POSTGRESQL_FIXTURES & set(item.fixturenames):
+            group = "postgresql"
+        else:
+            group = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def postgresql_url(tmp_path_factory):
     """TEST_DATABASE_URL, emptied and migrated once for the session; the URL the apps run as
@@ -89,10 +115,32 @@ def postgresql_url(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail("CI must set TEST_DATABASE_URL: the PostgreSQL tests may not be skipped")
         pytest.skip("TEST_DATABASE_URL is not set: PostgreSQL tests not run")
-    url = config.database_url_for_sqlalchemy(TEST_DATABASE_APP_URL or TEST_DATABASE_URL)
-    drop_schema(url)
-    migrate_to_head(url, tmp_path_factory.mktemp("pg-migrate"))
-    return url
+    with _only_worker_on_postgresql(tmp_path_factory):
+        url = config.database_url_for_sqlalchemy(TEST_DATABASE_APP_URL or TEST_DATABASE_URL)
+        drop_schema(url)
+        migrate_to_head(url, tmp_path_factory.mktemp("pg-migrate"))
+        yield url
+
+
+@contextmanager
+def _only_worker_on_postgresql(tmp_path_factory) -> Iterator[None]:
+    """Fail, never race, when a second xdist worker reaches the shared database: a test that
+    the group above missed (an flock, held for the session, in the run's common directory)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        yield
+        return
+    run_directory = tmp_path_factory.getbasetemp().parent  # the same for all of a run's workers
+    with (run_directory / "postgresql.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pytest.fail(
+                f"worker {worker} reached TEST_DATABASE_URL while another worker uses it: a"
+                " fixture of this test reaches PostgreSQL without asking for `postgresql_url`"
+                " (conftest.POSTGRESQL_FIXTURES)"
+            )
+        yield
 
 
 def drop_schema(url: str) -> None:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 import config
 from backend import create_app, database_state
-from tests.conftest import TEST_DATABASE_URL, make_settings, owner_url
+from tests.conftest import make_settings, owner_url
 from tests.serving import CLI_TIMEOUT, flask, free_port, server_environment
 
 # Every command of the service, with the arguments it needs to get as far as the database.
@@ -102,11 +102,9 @@ def test_a_command_on_a_sqlite_database_never_migrated_says_run_upgrade(command,
 
 
 @pytest.fixture
-def empty_postgresql_schema():
+def empty_postgresql_schema(postgresql_url):
     """An empty schema of the test PostgreSQL database, and the owner's URL that uses it."""
-    if not TEST_DATABASE_URL:
-        pytest.skip("TEST_DATABASE_URL is not set: PostgreSQL tests not run")
-    owner = config.database_url_for_sqlalchemy(owner_url(TEST_DATABASE_URL))
+    owner = config.database_url_for_sqlalchemy(owner_url(postgresql_url))
     engine = sa.create_engine(owner)
     with engine.begin() as connection:
         connection.execute(sa.text("DROP SCHEMA IF EXISTS never_migrated CASCADE"))

@@ -49,16 +49,15 @@ ORDERED = {
 
 
 @pytest.fixture(scope="module")
-def trail(tmp_path_factory, request):
+def trail(postgresql_url):
     """ROWS synthetic rows in the session's PostgreSQL database, analysed; emptied after."""
     from tests.conftest import empty_postgresql, owner_url
 
-    url = request.getfixturevalue("postgresql_url")
-    empty_postgresql(url)
-    load.load(libpq_url(owner_url(url)), ROWS, b"test-signing-key")
-    with psycopg.connect(libpq_url(url)) as connection:
+    empty_postgresql(postgresql_url)
+    load.load(libpq_url(owner_url(postgresql_url)), ROWS, b"test-signing-key")
+    with psycopg.connect(libpq_url(postgresql_url)) as connection:
         yield connection
-    empty_postgresql(url)
+    empty_postgresql(postgresql_url)
 
 
 def plan(connection, params: dict, viewer: User = ADMIN, order: str = "desc") -> list[str]:
