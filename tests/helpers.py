@@ -197,9 +197,21 @@ T = datetime(2020, 1, 1, 10, 0, tzinfo=UTC)
 
 def write(app, **fields) -> int:
     """Insert one audit row the way the service does; return its id."""
-    event = {"source": "app", "event": "test.event", "level": "INFO", "track": "seeded", **fields}
     with app.app_context():
-        return writer.write(AuditEvent(**event))
+        return writer.write(_test_event(fields))
+
+
+def write_many(app, count: int, **fields) -> list[int]:
+    """Insert `count` audit rows the way the service does, in one batch (one transaction, as
+    concurrent requests share one); return their ids."""
+    with app.app_context():
+        return writer.writer().write_batch([_test_event(fields) for _ in range(count)])
+
+
+def _test_event(fields: dict) -> AuditEvent:
+    return AuditEvent(
+        **{"source": "app", "event": "test.event", "level": "INFO", "track": "seeded", **fields}
+    )
 
 
 def next_link(response) -> str:

@@ -18,6 +18,7 @@ from tests.helpers import (
     spooled,
     tampering,
     verify_line,
+    write_many,
 )
 
 CAROL = {"username": "carol", "password": "carol-password-1"}
@@ -298,7 +299,7 @@ def test_an_export_records_the_rows_it_sent_when_it_ends(api, users):
 
 
 def test_an_export_the_client_leaves_early_records_what_it_got(api, users):
-    make_trail(api.client, 5000)  # more than one chunk (FETCH_ROWS)
+    write_many(api.app, 5000)  # more than one chunk (FETCH_ROWS)
     response = api.get("/v1/logs/export", users["admin"], buffered=False)
     first = next(iter(response.response))
     assert first
