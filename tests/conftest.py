@@ -20,7 +20,8 @@ from base64 import b64encode
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from functools import cache
+from functools import cache, partial
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -328,23 +329,16 @@ def passwords_hashed_once() -> Iterator[None]:
     from backend import security
 
     real = security._hasher
-    security._hasher = _HashedOnce(real)
+    security._hasher = SimpleNamespace(hash=partial(_hashed_once, real))
     try:
         yield
     finally:
         security._hasher = real
 
 
-class _HashedOnce:
-    made: dict[str, str] = {}
-
-    def __init__(self, hasher):
-        self.hasher = hasher
-
-    def hash(self, password: str) -> str:
-        if password not in self.made:
-            self.made[password] = self.hasher.hash(password)
-        return self.made[password]
+@cache
+def _hashed_once(hasher, password: str) -> str:
+    return hasher.hash(password)
 
 
 def basic(username: str, password: str) -> dict:
