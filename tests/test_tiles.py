@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import downgrade, upgrade
 
-from backend.audit import proofs
+from backend.audit import merkle, proofs
 from backend.audit.events import AuditEvent
 from backend.audit.writer import writer
 from backend.extensions import db
@@ -55,6 +55,18 @@ def expected_tiles(data: list[bytes], size: int) -> dict[int, bytes]:
             hashes = [rfc9162.mth(data[first : first + width]) for first, width in parts]
             tiles[2 * start + (1 << top) - 1] = b"".join(hashes)
     return tiles
+
+
+def test_each_hash_a_proof_takes_from_a_tile_is_its_subtrees_mth():
+    """merkle.tile_hash, by which a proof takes one hash from a tile, against the RFC's MTH of
+    the subtree at that position (2 * its first leaf + its width - 1), for every member of
+    every tile of a tree of ROWS leaves; no database."""
+    data = [bytes([n % 251, n // 251]) * 16 for n in range(ROWS)]
+    for root, tile in expected_tiles(data, ROWS).items():
+        for at in merkle.tile_members(root):
+            width = 1 << merkle.level_of(at)
+            first = (at + 1 - width) // 2
+            assert merkle.tile_hash(root, tile, at) == rfc9162.mth(data[first : first + width])
 
 
 def test_the_writer_stores_every_tile_as_its_rows_complete_it(api, filled):
