@@ -270,6 +270,16 @@ class Checkpoint(db.Model):
     reason: so.Mapped[str] = so.mapped_column(sa.String(16))
     mac: so.Mapped[str] = so.mapped_column(sa.String(64))
 
+    __table_args__ = (
+        # The newest purge's row, one index entry away (listing.ROW_ID; migration 0015).
+        sa.Index(
+            "ix_audit_checkpoint_purge",
+            "log_id",
+            postgresql_where=sa.text("reason = 'purge'"),
+            sqlite_where=sa.text("reason = 'purge'"),
+        ),
+    )
+
 
 class TreeNode(db.Model):
     """A perfect subtree of the Merkle tree over the trail, stored once complete (merkle.py):

@@ -15,7 +15,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import orm as so
 
 from backend.audit.reads import reading_engine
-from backend.models import ID_BLOCK_BITS, Log, User
+from backend.models import ID_BLOCK_BITS, AuditChain, Checkpoint, Log, User
 
 
 class InvalidCursor(ValueError):
@@ -255,7 +255,27 @@ class ById(NamedTuple):
         return self.own, {"log_id": log_id, "username": viewer.username}
 
 
-ROW, ROW_ID = ById.of(Log), ById.of(Log.id)
+def _held(log_id: sa.BindParameter) -> sa.Select:
+    """`:log_id` when the trail holds that row (no row when it does not), reading no row of
+    it. Ids are gapless up to the chain's head, and a purge deletes the oldest ids, each batch
+    or month after a signed checkpoint of its last row in the same transaction (retention.py):
+    the rows left are those after the newest purge checkpoint, up to the head. Two index
+    entries (migration 0015), where a lookup by id alone reads the index of every month's
+    partition, as no month's bounds are known from the id."""
+    # 'purge' literally, not a bound parameter: a prepared statement's generic plan may use
+    # the partial index only when its own WHERE implies the index's.
+    purge = Checkpoint.reason == sa.literal_column("'purge'")
+    purged = sa.select(sa.func.coalesce(sa.func.max(Checkpoint.log_id), 0)).where(purge)
+    last = sa.select(AuditChain.last_id).where(AuditChain.id == 1)
+    return sa.select(log_id).where(
+        log_id > purged.scalar_subquery(), log_id <= last.scalar_subquery()
+    )
+
+
+ROW = ById.of(Log)
+# Whether the row `:log_id` is there for the viewer, as its id (proofs: tree.py). For one who
+# sees every row, asked of the chain's head and the purges alone: a proof reads no row.
+ROW_ID = ById(_held(sa.bindparam("log_id", type_=sa.BigInteger)), ById.of(Log.id).own)
 
 
 def visible_row(log_id: int, viewer: User) -> sa.Row | None:
@@ -269,8 +289,8 @@ def visible_row(log_id: int, viewer: User) -> sa.Row | None:
 
 def is_visible(connection: sa.Connection, log_id: int, viewer: User) -> bool:
     """Whether `viewer` may see the row with this id, reading no more of it than visibility
-    needs (an admin's answer comes from the primary key's index alone), on `connection` (one
-    that holds the row: the caller chose where it reads)."""
+    needs (an admin's answer reads none of it: `ROW_ID`), on `connection` (one that holds the
+    row: the caller chose where it reads)."""
     return connection.execute(*ROW_ID.asked_by(log_id, viewer)).first() is not None
 
 
