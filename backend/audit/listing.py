@@ -261,7 +261,12 @@ def _held(log_id: sa.BindParameter) -> sa.Select:
     or month after a signed checkpoint of its last row in the same transaction (retention.py):
     the rows left are those after the newest purge checkpoint, up to the head. Two index
     entries (migration 0015), where a lookup by id alone reads the index of every month's
-    partition, as no month's bounds are known from the id."""
+    partition, as no month's bounds are known from the id.
+
+    It trusts those two rows as the writer and the purge leave them, unsigned checks aside:
+    a row deleted some other way keeps its proof (the tree keeps its leaf), and a forged
+    purge checkpoint (the app's role may insert checkpoints) hides the rows before it from
+    proofs until it is removed; `flask audit verify` names both."""
     # 'purge' literally, not a bound parameter: a prepared statement's generic plan may use
     # the partial index only when its own WHERE implies the index's.
     purge = Checkpoint.reason == sa.literal_column("'purge'")
