@@ -42,7 +42,7 @@ TEST_DATABASE_APP_URL = os.environ.get("TEST_DATABASE_APP_URL")
 ADMIN = ("admin", "admin-password-1")
 ALICE = ("alice", "alice-password-1")
 BOB = ("bob", "bob-password-1")
-# argon2id at its least cost: `cheap_passwords`.
+# argon2id at a small cost: `cheap_passwords`.
 CHEAP_KDF = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
@@ -324,12 +324,12 @@ def users(api, cheap_passwords):
 
 @pytest.fixture
 def cheap_passwords(monkeypatch):
-    """Passwords hashed and checked with argon2id at its least cost meanwhile (one pass over 1
-    MiB), as Django's documentation advises for tests: at the service's cost (19 MiB, two
-    passes) a hash or a check takes ~45 ms here, and the three logins of `users` were most of
-    a test's setup. Every step of a login is as before; test_login_security.py checks the
-    service's own parameters (OWASP strength, the upgrade of older hashes at login, the same
-    time for an unknown user), and uses no `users`."""
+    """Passwords hashed and checked with argon2id at a small cost meanwhile (one pass over 1
+    MiB), in the spirit of Django's advice of a fast hasher for tests: at the service's cost
+    (19 MiB, two passes) a hash or a check takes ~45 ms here, and the three logins of `users`
+    were most of a test's setup. Every step of a login is as before. The tests of the
+    service's own parameters (test_login_security.py: OWASP strength, the upgrade of older
+    hashes at login, the same time for an unknown user) use no `users`."""
     from backend import security
 
     monkeypatch.setattr(security, "_hasher", CHEAP_KDF)
