@@ -254,6 +254,12 @@ class AuditChain(db.Model):
     tree_head_at: so.Mapped[datetime | None] = so.mapped_column(UTCDateTime)
 
 
+# The purge checkpoints, literally (not a bound parameter): the predicate of their partial
+# index, which a query, even a prepared statement's generic plan, may use only when its own
+# WHERE implies it (listing.ROW_ID; migration 0015).
+PURGE_CHECKPOINTS = sa.text("reason = 'purge'")
+
+
 class Checkpoint(db.Model):
     """A signed chain position: `mac` = HMAC-SHA-256(AUDIT_SIGNING_KEY, "log_id:log_hash:reason").
 
@@ -271,12 +277,12 @@ class Checkpoint(db.Model):
     mac: so.Mapped[str] = so.mapped_column(sa.String(64))
 
     __table_args__ = (
-        # The newest purge's row, one index entry away (listing.ROW_ID; migration 0015).
+        # The newest purge's row, one index entry away.
         sa.Index(
             "ix_audit_checkpoint_purge",
             "log_id",
-            postgresql_where=sa.text("reason = 'purge'"),
-            sqlite_where=sa.text("reason = 'purge'"),
+            postgresql_where=PURGE_CHECKPOINTS,
+            sqlite_where=PURGE_CHECKPOINTS,
         ),
     )
 

@@ -15,7 +15,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import orm as so
 
 from backend.audit.reads import reading_engine
-from backend.models import ID_BLOCK_BITS, AuditChain, Checkpoint, Log, User
+from backend.models import ID_BLOCK_BITS, PURGE_CHECKPOINTS, AuditChain, Checkpoint, Log, User
 
 
 class InvalidCursor(ValueError):
@@ -267,10 +267,8 @@ def _held(log_id: sa.BindParameter) -> sa.Select:
     a row deleted some other way keeps its proof (the tree keeps its leaf), and a forged
     purge checkpoint (the app's role may insert checkpoints) hides the rows before it from
     proofs until it is removed; `flask audit verify` names both."""
-    # 'purge' literally, not a bound parameter: a prepared statement's generic plan may use
-    # the partial index only when its own WHERE implies the index's.
-    purge = Checkpoint.reason == sa.literal_column("'purge'")
-    purged = sa.select(sa.func.coalesce(sa.func.max(Checkpoint.log_id), 0)).where(purge)
+    newest = sa.func.coalesce(sa.func.max(Checkpoint.log_id), 0)
+    purged = sa.select(newest).where(PURGE_CHECKPOINTS)  # by its partial index
     last = sa.select(AuditChain.last_id).where(AuditChain.id == 1)
     return sa.select(log_id).where(
         log_id > purged.scalar_subquery(), log_id <= last.scalar_subquery()
