@@ -6,7 +6,9 @@
 Creates the database of URL (as bench/query.py does: dropped first, migrated, N synthetic rows
 loaded by bench/load.py, their tree built), then prints:
 - `flask audit verify` on the database: wall time, rows/s, and the CPU and peak memory that
-  /usr/bin/time reports;
+  /usr/bin/time reports; then what PostgreSQL alone costs a row in verify's fast pass, on one
+  core, and so the most rows/s this machine's cores allow (how close verify came, on any
+  machine);
 - the p50 and p95 latency of GET /v1/logs/<id>/proof (random rows, at the latest signed
   head) and GET /v1/logs/consistency (random sizes), over HTTP to gunicorn, after GET /v1/me's
   on the same server (an audited request that reads no trail: the machine's floor), each
@@ -28,6 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from backend.audit import chain, export, segment_scan
+from backend.models import AuditChain, Log
 from bench import database
 from bench.query import (
     ADMIN,
@@ -73,7 +79,8 @@ def main() -> None:
         if not options.reuse:
             prepare(options, settings, report)
         ensure_users(settings)
-        verify_rate(environment, report)
+        rate = verify_rate(environment, report)
+        pass_ceiling(settings["SQLALCHEMY_DATABASE_URI"], rate, report)
         with serve(options.url, instance) as server:
             proof_latency(server, options, report)
         if not options.skip_offline:
@@ -104,15 +111,53 @@ def timed_command(command: list, environment: dict, stdout=subprocess.DEVNULL) -
     return wall, match[2], int(match[3]) // 1024, done.stdout
 
 
-def verify_rate(environment: dict, report: Report) -> None:
+def verify_rate(environment: dict, report: Report) -> float:
     """The rate over the rows verify checked: the loaded ones, and those the earlier runs of
-    the benchmark added (with --reuse)."""
+    the benchmark added (with --reuse); rows/s."""
     command = [BIN / "flask", "audit", "verify"]
     wall, cpu, peak, verdict = timed_command(command, environment, stdout=subprocess.PIPE)
     rows = int(re.search(r"intact: (\d+) rows", verdict)[1])
     report.line(
         f"flask audit verify (database): {rows:,} rows in {wall:.1f} s = {rows / wall:,.0f}"
         f" rows/s  (CPU {cpu}%, peak RSS {peak} MB)"
+    )
+    return rows / wall
+
+
+# Rows of the middle of the trail that pass_ceiling times the fast pass's query over.
+CEILING_ROWS = 200_000
+
+
+def pass_ceiling(url: str, rate: float, report: Report) -> None:
+    """What PostgreSQL alone costs a row in verify's fast pass (`segment_scan.select`, read to
+    its end, nothing done with it) on one core, set up as a segment runs it (JIT and sorts
+    off) and without parallel workers: the faster of two runs. Verify's segments keep every
+    core busy, so its rate cannot pass the cores over that cost, whatever Python does."""
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    with engine.connect() as connection:
+        head = connection.scalar(sa.select(AuditChain.last_id).where(AuditChain.id == 1))
+        a = max(1, head // 2 - CEILING_ROWS // 2)
+        b = min(head, a + CEILING_ROWS - 1)
+        prev_hash = connection.scalar(sa.select(Log.hash).where(Log.id == a - 1))
+        select = segment_scan.select(connection, a, b, prev_hash or chain.GENESIS)
+        driver = connection.connection.driver_connection
+        driver.execute("SET jit = off; SET enable_sort = off")
+        driver.execute("SET max_parallel_workers_per_gather = 0")
+        runs = []
+        for _ in range(2):
+            started = time.perf_counter()
+            options = export.COPY_OPTIONS["ndjson"]  # as segment_scan.scan reads it
+            with driver.cursor().copy(f"COPY ({select}) TO STDOUT ({options})") as copy:
+                for _ in copy:
+                    pass
+            runs.append((time.perf_counter() - started) / (b - a + 1))
+    engine.dispose()
+    cores = len(os.sched_getaffinity(0))
+    ceiling = cores / min(runs)
+    report.line(
+        f"the fast pass's query alone (PostgreSQL, one core, rows {a:,}-{b:,}):"
+        f" {min(runs) * 1e6:.1f} us a row (runs: {', '.join(f'{run * 1e6:.1f}' for run in runs)});"
+        f" at most {ceiling:,.0f} rows/s on {cores} cores: verify reached {rate / ceiling:.0%}"
     )
 
 
