@@ -206,8 +206,15 @@ def keep_private(path: Path, text: str) -> Path:
     show_default="one a core",
     help="Processes that check segments of the trail at once (PostgreSQL).",
 )
+@click.option(
+    "--tree",
+    "tree_stored",
+    is_flag=True,
+    help="Also check every stored hash and tile of the Merkle tree, which proofs are made of"
+    " (on a large trail, about half as long again).",
+)
 def verify_command(
-    anchor_file, as_json: bool, export_file, keys, heads, checkpoint, workers: int
+    anchor_file, as_json: bool, export_file, keys, heads, checkpoint, workers: int, tree_stored
 ) -> None:
     """Check the whole trail's hash chain and signatures; exit 1 naming the first broken row.
 
@@ -215,12 +222,16 @@ def verify_command(
     if export_file or keys or heads or checkpoint:
         if not (export_file and keys):
             raise click.UsageError("offline verification needs both --file and --keys")
+        if tree_stored:
+            raise click.UsageError("--tree checks the database's stored tree, not an export")
         line, code = offline.run(export_file, keys, heads, checkpoint)
         click.echo(line)
         sys.exit(code)
     kept = anchors.read_anchors(anchor_file) if anchor_file else []
     with verification.snapshot(db.engine) as connection:
         total = verification.row_count(connection)
+        if tree_stored:  # its leaves after the rows
+            total += verification.tree_size(connection)
         with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
             verdict = verification.verify(
                 connection,
@@ -230,6 +241,7 @@ def verify_command(
                 checkpoint_every=writer().checkpoint_every,
                 own_key=writer().signer.public,
                 workers=workers,
+                tree_stored=tree_stored,
             )
     click.echo(json.dumps(verdict.as_dict()) if as_json else verification.describe(verdict))
     if caveat := verification.caveat(verdict):
@@ -241,7 +253,10 @@ def verify_command(
             level="INFO" if verdict.intact else "CRITICAL",
             target=TRAIL,
             details={
-                "filters": {"anchor": anchor_file.name if anchor_file else None},
+                "filters": {
+                    "anchor": anchor_file.name if anchor_file else None,
+                    "tree": tree_stored,
+                },
                 "intact": verdict.intact,
                 "rows": verdict.rows,
                 "broken_row": verdict.broken_row,

@@ -5,6 +5,7 @@ tests that serve the app for real are in tests/serving.py.
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -227,35 +228,45 @@ PROTECTED = ("audit_log", "audit_checkpoint")
 CHECKPOINT_EVERY_3 = pytest.mark.settings(AUDIT_CHECKPOINT_EVERY="3")
 
 
+# Each append-only table's triggers on SQLite: no update, no delete (and none under a hold,
+# for the rows and checkpoints).
+SQLITE_TRIGGERS = {
+    "audit_log": 3,
+    "audit_checkpoint": 3,
+    "audit_tree_node": 2,
+    "audit_tree_tile": 2,
+}
+
+
 @contextmanager
-def tampering(app) -> Iterator[sa.Connection]:
-    """A transaction of the tables' owner in which the trail's append-only triggers are lifted,
-    as the owner could lift them; they are back when the block ends."""
+def tampering(app, tables: tuple[str, ...] = PROTECTED) -> Iterator[sa.Connection]:
+    """A transaction of the tables' owner in which the append-only triggers of `tables` (the
+    trail's rows and checkpoints unless told) are lifted, as the owner could lift them; they
+    are back when the block ends."""
     with app.app_context(), owner_engine().begin() as connection:
         if connection.dialect.name == "postgresql":
-            for table in PROTECTED:
+            for table in tables:
                 connection.exec_driver_sql(
                     f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only"
                 )
             yield connection  # an error rolls the whole transaction back, triggers included
-            for table in PROTECTED:
+            for table in tables:
                 connection.exec_driver_sql(
                     f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only"
                 )
             return
         triggers = connection.execute(
-            sa.text(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
-                f" AND tbl_name IN {PROTECTED}"
-            )
+            sa.text("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'")
         ).all()
-        assert len(triggers) == 6, triggers  # per table: no update, no delete, none under a hold
-        for name, _ in triggers:
+        triggers = [trigger for trigger in triggers if trigger.tbl_name in tables]
+        counted = Counter(trigger.tbl_name for trigger in triggers)
+        assert counted == {table: SQLITE_TRIGGERS[table] for table in tables}, triggers
+        for name, _, _ in triggers:
             connection.exec_driver_sql(f"DROP TRIGGER {name}")
         try:
             yield connection
         finally:
-            for _, sql in triggers:
+            for _, _, sql in triggers:
                 connection.exec_driver_sql(sql)
 
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
 
-from backend.audit import cadence, chain, segments
+from backend.audit import cadence, chain, segments, stored_tree
 from backend.audit.tree_check import TreeBroken, TreeCheck
 from backend.concurrency import pause
 from backend.models import AuditChain, Checkpoint, Log
@@ -73,11 +73,14 @@ def verify(
     checkpoint_every: int | None = None,
     own_key=None,
     workers: int = 1,
+    tree_stored: bool = False,
 ) -> Verdict:
     """Walk the whole trail and return the verdict (never raises for a broken trail).
     `checkpoint_every`: AUDIT_CHECKPOINT_EVERY, how far apart periodic checkpoints are due;
     `own_key`: the service's tree-head key (notes.VerifierKey), trusted besides those listed;
-    `workers`: processes that walk segments of the trail at once (PostgreSQL, segments.py)."""
+    `workers`: processes that walk segments of the trail at once (PostgreSQL, segments.py);
+    `tree_stored`: then check every stored hash and tile of the tree too (stored_tree.py),
+    `progress` counting its leaves after the rows."""
     head, since, frontier = connection.execute(
         sa.select(AuditChain.last_id, AuditChain.since_checkpoint, AuditChain.tree_frontier).where(
             AuditChain.id == 1
@@ -111,6 +114,8 @@ def verify(
         if missing:
             raise Broken(*missing)
         tree.finish(frontier)
+        if tree_stored:
+            stored_tree.check(connection, head or 0, tree.frontier, progress)
         verdict.signed_up_to = max((i for i in signed if first_id and i >= first_id), default=None)
     except (Broken, TreeBroken) as broken:
         verdict.intact, verdict.broken_row, verdict.problem = False, broken.row, broken.problem
@@ -264,6 +269,11 @@ def snapshot(engine: sa.Engine) -> Iterator[sa.Connection]:
         else:  # pysqlite opens no transaction for reads: one deferred BEGIN, one WAL snapshot
             connection.exec_driver_sql("BEGIN")
         yield connection
+
+
+def tree_size(connection: sa.Connection) -> int:
+    """How many leaves the tree has (the chain's head: purged rows' leaves too)."""
+    return connection.scalar(sa.select(AuditChain.last_id).where(AuditChain.id == 1)) or 0
 
 
 def row_count(connection: sa.Connection) -> int:

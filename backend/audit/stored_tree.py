@@ -1,0 +1,229 @@
+"""`flask audit verify --tree`: the Merkle tree's stored hashes and tiles, which proofs are made
+of (merkle.py, tiles.py), checked against the tree the rows make.
+
+`verify` proves the rows and that they hash to every signed head and to the chain's head's
+frontier; it does not read `audit_tree_node` or `audit_tree_tile`, so a stored hash changed
+after it was written shows only as proofs that fail their clients' checks. This pass reads
+them all, a perfect subtree of up to 2**PIECE leaves at a time (its stored hashes in one
+query, in the in-order layout), and:
+
+- recomputes every stored hash above the leaves from the stored leaves, and compares;
+- compares every stored tile with the hashes it copies;
+- compares the tree's frontier, made from the stored leaves, with the frontier the rows made
+  (`TreeCheck`): equal, the stored leaves are the rows' leaves (a different leaf would need a
+  SHA-256 collision), so every stored hash is the one the rows make.
+
+The first finding is a TreeBroken naming the rows under the lowest wrong hash. About one
+SHA-256 a leaf in Python, and every stored hash read once: on a 10M-row trail, half as long
+again as verify's check of the rows (docs/audit-trail.md).
+"""
+
+import hashlib
+from collections.abc import Callable
+from functools import cache
+
+import sqlalchemy as sa
+
+from backend.audit import merkle
+from backend.audit.tree_check import TreeBroken
+from backend.models import TreeNode, TreeTile
+
+# The height of the perfect subtrees read at once: 8,192 leaves, 16,383 stored hashes.
+PIECE = 13
+
+
+def check(
+    connection: sa.Connection, size: int, frontier: list[bytes], progress: Callable[[int], None]
+) -> None:
+    """Check the stored tree of `size` leaves against `frontier`, the rows' (TreeBroken: the
+    first thing wrong); `progress(leaves)` after each piece."""
+    whole = size >> PIECE << PIECE
+    pieces = [(PIECE, index) for index in range(size >> PIECE)]
+    pieces += merkle.perfect_subtrees(whole, size)
+    known: dict[int, bytes] = {}  # {position: hash} computed at levels >= _kept_from(), roots
+    for level, index in pieces:
+        _check_piece(connection, level, index, size, known)
+        progress(1 << level)
+    _check_above(connection, size, known)
+    for part, (level, index) in enumerate(merkle.perfect_subtrees(0, size)):
+        if known[merkle.position(level, index)] != frontier[part]:
+            raise TreeBroken(
+                _first_row(level, index),
+                f"the tree's stored hashes of {_rows(level, index, size)} do not match the"
+                " rows: proofs of them fail their check",
+            )
+
+
+def _check_piece(connection, level: int, index: int, size: int, known: dict) -> None:
+    """The stored hashes and tiles of the perfect subtree (level, index)."""
+    low = index << (level + 1)
+    high = low + (2 << level) - 2  # its in-order positions, its root in the middle
+    stored = _stored_range(connection, low, high)
+    if stored is None:  # a hash missing, or stored as something else than one
+        raise _located(connection, low, high, size)
+    leaves = b"".join([stored[at : at + 32] for at in range(0, len(stored), 64)])
+    levels = _levels(leaves)
+    expected = b"".join([levels[down][32 * k : 32 * k + 32] for down, k in _in_order(level)])
+    if expected != stored:  # the lowest hash that differs: a changed leaf, the one above it
+        differs = [
+            low + i // 32
+            for i in range(0, len(stored), 32)
+            if stored[i : i + 32] != expected[i : i + 32]
+        ]
+        raise _wrong_hash(min(differs, key=lambda at: (merkle.level_of(at), at)), size, DIFFERS)
+    query = sa.select(TreeTile.position, TreeTile.hashes).where(
+        TreeTile.position.between(low, high)
+    )
+    for root, tile in connection.execute(query):
+        members = [(at - low) * 32 for at in merkle.tile_members(root)]
+        _compare_tile(root, bytes(tile), b"".join([expected[i : i + 32] for i in members]), size)
+    for down in range(_kept_from(), level + 1):
+        first = index << (level - down)
+        for k in range(len(levels[down]) // 32):
+            known[merkle.position(down, first + k)] = levels[down][32 * k : 32 * k + 32]
+    known[merkle.position(level, index)] = levels[level]
+
+
+def _check_above(connection: sa.Connection, size: int, known: dict) -> None:
+    """The stored hashes above the pieces (each of 2**PIECE leaves or more), and the tiles
+    whose roots lie above the pieces (their lower hashes computed in the pieces: _kept_from)."""
+    computed = {}
+    for level in range(PIECE + 1, size.bit_length()):
+        for index in range(size >> level):
+            node = merkle.node_hash(
+                known[merkle.position(level - 1, 2 * index)],
+                known[merkle.position(level - 1, 2 * index + 1)],
+            )
+            known[merkle.position(level, index)] = computed[merkle.position(level, index)] = node
+    stored = _stored_at(connection, list(computed))
+    for at, node in computed.items():
+        if stored.get(at) != node:
+            raise _wrong_hash(at, size, MISSING if at not in stored else DIFFERS)
+    roots = [
+        merkle.position(top, index)
+        for top in range(PIECE + 1, size.bit_length())
+        if top % merkle.TILE_HEIGHT == 0
+        for index in range(size >> top)
+    ]
+    query = sa.select(TreeTile.position, TreeTile.hashes).where(TreeTile.position.in_(roots))
+    for root, tile in connection.execute(query) if roots else ():
+        members = b"".join([known[at] for at in merkle.tile_members(root)])
+        _compare_tile(root, bytes(tile), members, size)
+
+
+DIFFERS = "is not the hash of the hashes below it: proofs through it fail their check"
+MISSING = "is missing: proofs through it fail"
+NOT_A_HASH = "is not a SHA-256 hash: proofs through it fail"
+
+
+def _wrong_hash(at: int, size: int, wrong: str) -> TreeBroken:
+    """What is wrong with the stored hash at position `at`, naming the rows under it."""
+    level = merkle.level_of(at)
+    where = (level, at >> (level + 1))
+    return TreeBroken(
+        _first_row(*where),
+        f"the tree's stored hash of {_rows(*where, size)} (level {level}) {wrong}",
+    )
+
+
+def _compare_tile(root: int, tile: bytes, expected: bytes, size: int) -> None:
+    if tile != expected:
+        level = merkle.level_of(root)
+        where = (level, root >> (level + 1))
+        raise TreeBroken(
+            _first_row(*where),
+            f"the stored tile of {_rows(*where, size)} differs from the tree's hashes it"
+            " copies: proofs through it fail their check",
+        )
+
+
+def _stored_range(connection: sa.Connection, low: int, high: int) -> bytes | None:
+    """The stored hashes at positions low..high, in order, as one string of 32-byte hashes;
+    None unless each is there and is a SHA-256 hash's hex."""
+    if connection.dialect.name == "postgresql":  # one string from the server, not 16,383 rows
+        text = connection.scalar(
+            sa.text(
+                "SELECT string_agg(hash, '' ORDER BY position) FROM audit_tree_node"
+                " WHERE position BETWEEN :low AND :high"
+            ),
+            {"low": low, "high": high},
+        )
+    else:
+        query = (
+            sa.select(TreeNode.hash)
+            .where(TreeNode.position.between(low, high))
+            .order_by(TreeNode.position)
+        )
+        text = "".join(connection.scalars(query))
+    try:
+        stored = bytes.fromhex(text or "")
+    except ValueError:
+        return None
+    return stored if len(stored) == (high - low + 1) * 32 else None
+
+
+def _stored_at(connection: sa.Connection, positions: list[int]) -> dict[int, bytes | None]:
+    """{position: hash} of the stored hashes at `positions` that are there (None: not a hash)."""
+    if not positions:
+        return {}
+    query = sa.select(TreeNode.position, TreeNode.hash).where(TreeNode.position.in_(positions))
+    return {at: _as_hash(text) for at, text in connection.execute(query)}
+
+
+def _located(connection: sa.Connection, low: int, high: int, size: int) -> TreeBroken:
+    """The first stored hash in low..high that is missing or is not a hash."""
+    query = sa.select(TreeNode.position, TreeNode.hash).where(TreeNode.position.between(low, high))
+    stored = {at: _as_hash(text) for at, text in connection.execute(query)}
+    for at in range(low, high + 1):
+        if at not in stored:
+            return _wrong_hash(at, size, MISSING)
+        if stored[at] is None:
+            return _wrong_hash(at, size, NOT_A_HASH)
+    raise AssertionError("_stored_range found what this does not")  # pragma: no cover
+
+
+def _as_hash(text: str | None) -> bytes | None:
+    try:
+        value = bytes.fromhex(text or "")
+    except ValueError:
+        return None
+    return value if len(value) == 32 else None
+
+
+def _kept_from() -> int:
+    """The lowest level of the hashes that tiles rooted above the pieces hold: the tile
+    height's multiple at or below PIECE."""
+    return PIECE // merkle.TILE_HEIGHT * merkle.TILE_HEIGHT
+
+
+def _levels(leaves: bytes) -> list[bytes]:
+    """The hashes of a perfect subtree, level by level from its leaves (merkle.perfect_root's,
+    each level kept)."""
+    levels = [leaves]
+    sha256 = hashlib.sha256
+    while len(levels[-1]) > 32:
+        below = levels[-1]
+        levels.append(
+            b"".join(
+                [sha256(b"\x01" + below[i : i + 64]).digest() for i in range(0, len(below), 64)]
+            )
+        )
+    return levels
+
+
+@cache
+def _in_order(height: int) -> list[tuple[int, int]]:
+    """(level, index within its level) of each position of a perfect subtree of `height`, in
+    the in-order layout."""
+    return [
+        (merkle.level_of(at), at >> (merkle.level_of(at) + 1)) for at in range((2 << height) - 1)
+    ]
+
+
+def _first_row(level: int, index: int) -> int:
+    return (index << level) + 1
+
+
+def _rows(level: int, index: int, size: int) -> str:
+    first, last = _first_row(level, index), min((index + 1) << level, size)
+    return f"row {first}" if first == last else f"rows {first}-{last}"
