@@ -211,7 +211,7 @@ def keep_private(path: Path, text: str) -> Path:
     "tree_stored",
     is_flag=True,
     help="Also check every stored hash and tile of the Merkle tree, which proofs are made of"
-    " (on a large trail, about half as long again).",
+    " (on a large trail, about 1.3-1.4 times as long).",
 )
 def verify_command(
     anchor_file, as_json: bool, export_file, keys, heads, checkpoint, workers: int, tree_stored

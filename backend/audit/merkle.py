@@ -80,12 +80,22 @@ def extend(frontier: list[bytes], size: int, leaves: bytes) -> int:
 
 def perfect_root(leaves: bytes) -> bytes:
     """The hash of a perfect subtree (2**k leaves) from its leaf hashes, one string."""
-    nodes = leaves
-    while len(nodes) > 32:
-        nodes = b"".join(
-            [hashlib.sha256(b"\x01" + nodes[i : i + 64]).digest() for i in range(0, len(nodes), 64)]
+    return perfect_levels(leaves)[-1]
+
+
+def perfect_levels(leaves: bytes) -> list[bytes]:
+    """Every hash of a perfect subtree (2**k leaves) from its leaf hashes, one string: a string
+    a level, the leaves first and the root last."""
+    levels = [leaves]
+    sha256 = hashlib.sha256
+    while len(levels[-1]) > 32:
+        below = levels[-1]
+        levels.append(
+            b"".join(
+                [sha256(b"\x01" + below[i : i + 64]).digest() for i in range(0, len(below), 64)]
+            )
         )
-    return nodes
+    return levels
 
 
 def root(frontier: list[bytes]) -> str:

@@ -47,10 +47,7 @@ def walk(
     from backend.audit.verification import Broken  # the one walk's own exception
 
     bounds = _bounds(first_id, head, workers)
-    snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
-    url = connection.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    context = multiprocessing.get_context("spawn")  # no inherited connection, no shared socket
-    done = context.Value("q", 0)
+    url, snapshot = shared_snapshot(connection)
     jobs = []
     for a, b in bounds:
         start_hash = prev_hash if a == first_id else _stored_hash(connection, a - 1)
@@ -70,10 +67,7 @@ def walk(
             frontier,
         )
         jobs.append((job, frontier))
-    with context.Pool(len(jobs), initializer=_share, initargs=(done,)) as pool:
-        pending = pool.map_async(_segment, [job for job, _ in jobs])
-        _follow(pending, done, progress)
-        results = pending.get()
+    results = in_processes(_segment, [job for job, _ in jobs], progress)
     broken = [result["broken"] for result in results if "broken" in result]
     for (a, b), result in zip(bounds[:-1], results, strict=False):
         if "rows" in result and result["rows"] < b - a + 1:  # the next row was deleted
@@ -96,6 +90,24 @@ def _bounds(first_id: int, head: int, workers: int) -> list[tuple[int, int]]:
 
 def _stored_hash(connection: sa.Connection, row_id: int) -> str:
     return connection.scalar(sa.select(Log.hash).where(Log.id == row_id))
+
+
+def shared_snapshot(connection: sa.Connection) -> tuple[str, str]:
+    """(libpq URL, snapshot id) for processes to read what `connection`'s transaction sees."""
+    snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+    url = connection.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return url, snapshot
+
+
+def in_processes(function: Callable, jobs: list, progress: Callable[[int], None]) -> list:
+    """`function` of each job, a process each (spawned: no inherited connection, no shared
+    socket); `progress` moved by what they `count`."""
+    context = multiprocessing.get_context("spawn")
+    done = context.Value("q", 0)
+    with context.Pool(len(jobs), initializer=_share, initargs=(done,)) as pool:
+        pending = pool.map_async(function, jobs)
+        _follow(pending, done, progress)
+        return pending.get()
 
 
 def _follow(pending, done, progress: Callable[[int], None]) -> None:
@@ -167,16 +179,14 @@ def _segment(job: tuple) -> dict:
         # The per-row hashing makes the plan look costly enough for JIT, whose compilation of
         # that expression took longer than the whole pass (39 s for 3,000 rows).
         connection.execute("SET LOCAL jit = off")
-        found = segment_scan.scan(
-            connection, scanned, (a, b), signed, roots, list(frontier), _count
-        )
+        found = segment_scan.scan(connection, scanned, (a, b), signed, roots, list(frontier), count)
         if found is not None:
             return found
         try:
             # Closed before the transaction ends: a COPY left half read (the walk stopped at a
             # broken row) is cancelled, or the COMMIT waits on it for ever.
             with closing(batches_of(connection, select)) as batches:
-                rows = walk(batches, a, b, prev_hash, signed, tree, _count, versions)
+                rows = walk(batches, a, b, prev_hash, signed, tree, count, versions)
         except Broken as broken:
             return {"broken": (broken.row, broken.problem)}
     found = (tree.broken.row, tree.broken.problem) if tree.broken else None
@@ -214,6 +224,7 @@ def batches_of(connection: psycopg.Connection, select: str) -> Iterator[list[dic
             yield batch
 
 
-def _count(rows: int) -> None:
+def count(done: int) -> None:
+    """In a process of `in_processes`: `done` more rows (or leaves) for the progress bar."""
     with _done.get_lock():
-        _done.value += rows
+        _done.value += done

@@ -115,7 +115,7 @@ def verify(
             raise Broken(*missing)
         tree.finish(frontier)
         if tree_stored:
-            stored_tree.check(connection, head or 0, tree.frontier, progress)
+            stored_tree.check(connection, head or 0, tree.frontier, progress, workers)
         verdict.signed_up_to = max((i for i in signed if first_id and i >= first_id), default=None)
     except (Broken, TreeBroken) as broken:
         verdict.intact, verdict.broken_row, verdict.problem = False, broken.row, broken.problem
