@@ -32,7 +32,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from backend.audit import chain, export, segment_scan
+from backend.audit import export, segment_scan
 from backend.models import AuditChain, Log
 from bench import database
 from bench.query import (
@@ -136,10 +136,11 @@ def pass_ceiling(url: str, rate: float, report: Report) -> None:
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     with engine.connect() as connection:
         head = connection.scalar(sa.select(AuditChain.last_id).where(AuditChain.id == 1))
-        a = max(1, head // 2 - CEILING_ROWS // 2)
+        first = connection.scalar(sa.select(sa.func.min(Log.id)))  # after a purge, not 1
+        a = max(first + 1, (first + head) // 2 - CEILING_ROWS // 2)
         b = min(head, a + CEILING_ROWS - 1)
         prev_hash = connection.scalar(sa.select(Log.hash).where(Log.id == a - 1))
-        select = segment_scan.select(connection, a, b, prev_hash or chain.GENESIS)
+        select = segment_scan.select(connection, a, b, prev_hash)
         driver = connection.connection.driver_connection
         driver.execute("SET jit = off; SET enable_sort = off")
         driver.execute("SET max_parallel_workers_per_gather = 0")

@@ -2,20 +2,24 @@
 of (merkle.py, tiles.py), checked against the tree the rows make.
 
 `verify` proves the rows and that they hash to every signed head and to the chain's head's
-frontier; it does not read `audit_tree_node` or `audit_tree_tile`, so a stored hash changed
-after it was written shows only as proofs that fail their clients' checks. This pass reads
-them all, a perfect subtree of up to 2**PIECE leaves at a time (its stored hashes in one
-query, in the in-order layout), and:
+frontier; of `audit_tree_node` it reads only the frontier it starts from (after a purge, and
+at each segment's start), and `audit_tree_tile` not at all, so a stored hash changed after it
+was written shows only as proofs that fail their clients' checks. This pass reads them all,
+a perfect subtree of up to 2**PIECE leaves at a time (its stored hashes in one query, in the
+in-order layout), and:
 
 - recomputes every stored hash above the leaves from the stored leaves, and compares;
 - compares every stored tile with the hashes it copies;
 - compares the tree's frontier, made from the stored leaves, with the frontier the rows made
-  (`TreeCheck`): equal, the stored leaves are the rows' leaves (a different leaf would need a
-  SHA-256 collision), so every stored hash is the one the rows make.
+  (`TreeCheck`): equal, the stored leaves are the rows' leaves, and those of purged rows the
+  ones the frontier the rows' check started from was made of (a different leaf would need a
+  SHA-256 collision); so every stored hash is the one the trail makes.
 
-The first finding is a TreeBroken naming the rows under the lowest wrong hash. About one
-SHA-256 a leaf in Python, and every stored hash read once, the pieces shared among verify's
-processes: on a 10M-row trail, verify takes 1.3-1.4 times as long with it
+The first finding is a TreeBroken naming rows: in the first piece that has one, a hash
+missing or stored as something else than a hash, else the lowest wrong hash (a changed leaf
+is named by the hash above it). About one SHA-256 a leaf in Python, and every stored hash
+read once; with the pieces shared among verify's processes (segments.worth_it), a 10M-row
+trail took 1.3-1.4 times as long to verify with it, 1.5-1.6 times in one process
 (docs/audit-trail.md).
 """
 
@@ -23,13 +27,16 @@ from collections.abc import Callable
 from functools import cache
 
 import sqlalchemy as sa
+from psycopg import sql
 
 from backend.audit import merkle, segments
-from backend.audit.tree_check import TreeBroken
+from backend.audit.tree_check import TreeBroken, hash_of
 from backend.models import TreeNode, TreeTile
 
 # The height of the perfect subtrees read at once: 8,192 leaves, 16,383 stored hashes.
 PIECE = 13
+# Positions asked for in one IN list (SQLite takes up to 32,766 parameters a statement).
+BATCH = 10_000
 
 
 def check(
@@ -47,12 +54,16 @@ def check(
     pieces = [(PIECE, index) for index in range(size >> PIECE)]
     pieces += merkle.perfect_subtrees(whole, size)
     groups = min(workers, len(pieces)) if segments.worth_it(connection, workers, size) else 1
-    known: dict[int, bytes] = {}  # {position: hash} computed at levels >= _kept_from(), roots
+    # The hashes the pieces computed that the tree above them is made of: those at levels from
+    # the tile height's multiple at or below PIECE (the lowest that a tile rooted above the
+    # pieces holds), and each piece's root. {position: hash}
+    kept = PIECE // merkle.TILE_HEIGHT * merkle.TILE_HEIGHT
+    known: dict[int, bytes] = {}
     if groups > 1:
         url, snapshot = segments.shared_snapshot(connection)
         step = -(-len(pieces) // groups)
         jobs = [
-            (url, snapshot, PIECE, pieces[first : first + step], size)
+            (url, snapshot, pieces[first : first + step], size, kept)
             for first in range(0, len(pieces), step)
         ]
         for found in segments.in_processes(_check_pieces, jobs, progress):
@@ -60,7 +71,7 @@ def check(
                 raise TreeBroken(*found["broken"])
             known.update(found["known"])
     else:
-        _check_each(connection, pieces, size, known, progress)
+        _check_each(connection, pieces, size, kept, known, progress)
     _check_above(connection, size, known)
     for part, (level, index) in enumerate(merkle.perfect_subtrees(0, size)):
         if known[merkle.position(level, index)] != frontier[part]:
@@ -71,23 +82,24 @@ def check(
             )
 
 
-def _check_each(connection, pieces: list, size: int, known: dict, progress: Callable) -> None:
+def _check_each(connection, pieces: list, size: int, kept: int, known: dict, progress) -> None:
     for level, index in pieces:
-        _check_piece(connection, level, index, size, known)
+        _check_piece(connection, level, index, size, kept, known)
         progress(1 << level)
 
 
 def _check_pieces(job: tuple) -> dict:
     """In a process of its own: _check_each over some of the pieces, in the shared snapshot;
     {"known": the hashes computed} or {"broken": (row, problem)}."""
-    global PIECE
-    url, snapshot, PIECE, pieces, size = job  # the parent's PIECE (tests make it smaller)
+    url, snapshot, pieces, size, kept = job
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     known: dict[int, bytes] = {}
     try:
-        with engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection:
-            connection.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-            _check_each(connection, pieces, size, known, segments.count)
+        reading = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        with engine.connect().execution_options(**reading) as connection:
+            joined = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
+            connection.exec_driver_sql(joined.as_string(connection.connection.driver_connection))
+            _check_each(connection, pieces, size, kept, known, segments.count)
     except TreeBroken as broken:
         return {"broken": (broken.row, broken.problem)}
     finally:
@@ -95,7 +107,7 @@ def _check_pieces(job: tuple) -> dict:
     return {"known": known}
 
 
-def _check_piece(connection, level: int, index: int, size: int, known: dict) -> None:
+def _check_piece(connection, level: int, index: int, size: int, kept: int, known: dict) -> None:
     """The stored hashes and tiles of the perfect subtree (level, index)."""
     low = index << (level + 1)
     high = low + (2 << level) - 2  # its in-order positions, its root in the middle
@@ -116,9 +128,10 @@ def _check_piece(connection, level: int, index: int, size: int, known: dict) -> 
         TreeTile.position.between(low, high)
     )
     for root, tile in connection.execute(query):
-        members = [(at - low) * 32 for at in merkle.tile_members(root)]
-        _compare_tile(root, bytes(tile), b"".join([expected[i : i + 32] for i in members]), size)
-    for down in range(_kept_from(), level + 1):
+        if merkle.is_tile_root(root):  # a row elsewhere is no tile: no proof reads it
+            members = [(at - low) * 32 for at in merkle.tile_members(root)]
+            _compare_tile(root, tile, b"".join([expected[i : i + 32] for i in members]), size)
+    for down in range(kept, level + 1):
         first = index << (level - down)
         for k in range(len(levels[down]) // 32):
             known[merkle.position(down, first + k)] = levels[down][32 * k : 32 * k + 32]
@@ -127,7 +140,7 @@ def _check_piece(connection, level: int, index: int, size: int, known: dict) -> 
 
 def _check_above(connection: sa.Connection, size: int, known: dict) -> None:
     """The stored hashes above the pieces (each of 2**PIECE leaves or more), and the tiles
-    whose roots lie above the pieces (their lower hashes computed in the pieces: _kept_from)."""
+    whose roots lie above the pieces (their lower hashes computed in the pieces: `kept`)."""
     computed = {}
     for level in range(PIECE + 1, size.bit_length()):
         for index in range(size >> level):
@@ -148,10 +161,12 @@ def _check_above(connection: sa.Connection, size: int, known: dict) -> None:
         if top % merkle.TILE_HEIGHT == 0
         for index in range(size >> top)
     ]
-    query = sa.select(TreeTile.position, TreeTile.hashes).where(TreeTile.position.in_(roots))
-    for root, tile in connection.execute(query) if roots else ():
-        members = b"".join([known[at] for at in merkle.tile_members(root)])
-        _compare_tile(root, bytes(tile), members, size)
+    for first in range(0, len(roots), BATCH):
+        where = TreeTile.position.in_(roots[first : first + BATCH])
+        tiles = connection.execute(sa.select(TreeTile.position, TreeTile.hashes).where(where))
+        for root, tile in tiles:
+            members = b"".join([known[at] for at in merkle.tile_members(root)])
+            _compare_tile(root, tile, members, size)
 
 
 DIFFERS = "is not the hash of the hashes below it: proofs through it fail their check"
@@ -168,8 +183,9 @@ def _wrong_hash(at: int, size: int, wrong: str) -> TreeBroken:
     )
 
 
-def _compare_tile(root: int, tile: bytes, expected: bytes, size: int) -> None:
-    if tile != expected:
+def _compare_tile(root: int, tile, expected: bytes, size: int) -> None:
+    """`tile` as stored (bytes, unless SQLite was given something else) against `expected`."""
+    if not isinstance(tile, bytes | memoryview) or bytes(tile) != expected:
         where = _subtree(root)
         raise TreeBroken(
             _first_row(*where),
@@ -189,13 +205,16 @@ def _stored_range(connection: sa.Connection, low: int, high: int) -> bytes | Non
             ),
             {"low": low, "high": high},
         )
-    else:
+    else:  # SQLite keeps any text in a String(64) column (PostgreSQL's varchar(64) does not)
         query = (
             sa.select(TreeNode.hash)
             .where(TreeNode.position.between(low, high))
             .order_by(TreeNode.position)
         )
-        text = "".join(connection.scalars(query))
+        hashes = list(connection.scalars(query))
+        if not all(isinstance(one, str) and len(one) == 64 for one in hashes):
+            return None
+        text = "".join(hashes)
     try:
         stored = bytes.fromhex(text or "")
     except ValueError:
@@ -205,36 +224,21 @@ def _stored_range(connection: sa.Connection, low: int, high: int) -> bytes | Non
 
 def _stored_at(connection: sa.Connection, positions: list[int]) -> dict[int, bytes | None]:
     """{position: hash} of the stored hashes at `positions` that are there (None: not a hash)."""
-    if not positions:
-        return {}
-    query = sa.select(TreeNode.position, TreeNode.hash).where(TreeNode.position.in_(positions))
-    return {at: _as_hash(text) for at, text in connection.execute(query)}
+    stored = {}
+    for first in range(0, len(positions), BATCH):
+        where = TreeNode.position.in_(positions[first : first + BATCH])
+        query = sa.select(TreeNode.position, TreeNode.hash).where(where)
+        stored.update({at: hash_of(text) for at, text in connection.execute(query)})
+    return stored
 
 
 def _located(connection: sa.Connection, low: int, high: int, size: int) -> TreeBroken:
-    """The first stored hash in low..high that is missing or is not a hash."""
+    """The lowest stored hash in low..high that is missing or is not a hash."""
     query = sa.select(TreeNode.position, TreeNode.hash).where(TreeNode.position.between(low, high))
-    stored = {at: _as_hash(text) for at, text in connection.execute(query)}
-    for at in range(low, high + 1):
-        if at not in stored:
-            return _wrong_hash(at, size, MISSING)
-        if stored[at] is None:
-            return _wrong_hash(at, size, NOT_A_HASH)
-    raise AssertionError("_stored_range found what this does not")  # pragma: no cover
-
-
-def _as_hash(text: str | None) -> bytes | None:
-    try:
-        value = bytes.fromhex(text or "")
-    except ValueError:
-        return None
-    return value if len(value) == 32 else None
-
-
-def _kept_from() -> int:
-    """The lowest level of the hashes that tiles rooted above the pieces hold: the tile
-    height's multiple at or below PIECE."""
-    return PIECE // merkle.TILE_HEIGHT * merkle.TILE_HEIGHT
+    stored = {at: hash_of(text) for at, text in connection.execute(query)}
+    wrong = [at for at in range(low, high + 1) if stored.get(at) is None]
+    at = min(wrong, key=lambda at: (merkle.level_of(at), at))
+    return _wrong_hash(at, size, MISSING if at not in stored else NOT_A_HASH)
 
 
 @cache

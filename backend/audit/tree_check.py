@@ -103,4 +103,18 @@ def stored_frontier(connection: sa.Connection, size: int) -> list[bytes]:
     missing = [at for at in positions if at not in stored]
     if missing:
         raise TreeBroken(size, "the Merkle tree's hashes of the purged rows are missing")
-    return [bytes.fromhex(stored[at]) for at in positions]
+    hashes = [hash_of(stored[at]) for at in positions]
+    if None in hashes:
+        raise TreeBroken(size, "the Merkle tree's hashes of the purged rows are not all hashes")
+    return hashes
+
+
+def hash_of(text) -> bytes | None:
+    """The hash whose hex a stored `hash` is; None when it is not one (SQLite keeps any text
+    in a String(64) column)."""
+    if not isinstance(text, str) or len(text) != 64:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return None
