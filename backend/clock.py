@@ -5,11 +5,24 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 _offset = timedelta(0)
+_stopped: datetime | None = None
 
 
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""
-    return datetime.now(UTC) + _offset
+    return (_stopped or datetime.now(UTC)) + _offset
+
+
+@contextmanager
+def stopped() -> Iterator[None]:
+    """Run the block with the clock stopped where it is (`moved` still moves it): for tests
+    whose answer counts the seconds between two requests, which a slow machine would change."""
+    global _stopped
+    _stopped = utcnow() - _offset
+    try:
+        yield
+    finally:
+        _stopped = None
 
 
 @contextmanager

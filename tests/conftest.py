@@ -29,7 +29,7 @@ from argon2 import PasswordHasher
 from flask_migrate import upgrade
 
 import config
-from backend import create_app, dispose_engines
+from backend import clock, create_app, dispose_engines
 from backend.audit.chain import GENESIS
 from backend.extensions import db
 from backend.models import Log
@@ -251,6 +251,14 @@ def receiver():
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def stopped_clock():
+    """The app's clock stopped for the test (backend.clock.stopped): a lock's Retry-After is
+    the lock's full length, however long the requests before took."""
+    with clock.stopped():
+        yield
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ def test_the_logged_address_is_the_one_the_trusted_proxies_saw(api, client, peer
     assert row.request_id == response.headers["X-Request-ID"]
 
 
+@pytest.mark.usefixtures("stopped_clock")  # Retry-After to the second
 def test_without_proxies_a_client_cannot_dodge_the_lock_by_rotating_x_forwarded_for(client):
     for number in range(5):
         login_failure_from(client, CLIENT, f"198.51.100.{number}")
@@ -64,6 +65,7 @@ def test_behind_one_proxy_api_requests_are_logged_from_the_appended_address(api,
 
 
 @pytest.mark.settings(TRUSTED_PROXY_HOPS="1")
+@pytest.mark.usefixtures("stopped_clock")  # Retry-After to the second
 def test_behind_a_proxy_the_lock_follows_the_appended_address(api, client):
     api.create_user(*ALICE)
     for number in range(5):

@@ -20,6 +20,9 @@ from tests.conftest import ALICE, BOB, bearer
 from tests.helpers import ATTACKER, WRONG, assert_locked, attempt, same_headers
 
 OWNER = "198.51.100.7"
+# Each lock's Retry-After is asserted to the second: counted from a clock that only `moved`
+# moves, however slowly the machine answers the requests before.
+pytestmark = pytest.mark.usefixtures("stopped_clock")
 
 
 def fail(client, times: int, username: str = ALICE[0], address: str = ATTACKER) -> None:

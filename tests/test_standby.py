@@ -137,6 +137,7 @@ def test_a_row_the_standby_has_not_replayed_is_read_on_the_primary(trail):
     assert response.get_json()["track"] == "written while the standby lags 0"
 
 
+@pytest.mark.usefixtures("stopped_clock")  # Retry-After to the second
 def test_logins_and_lockouts_go_to_the_primary_while_the_standby_lags(trail):
     api, token, primary, standby = trail
     lagging(api, primary, standby, 1)
