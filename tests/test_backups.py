@@ -1,7 +1,7 @@
 """The backup runbook of docs/operations.md ("Backups"), step by step, on real PostgreSQL:
 `pg_dump` of the trail's database, `pg_restore` into an empty database of another server (a
-private cluster), `flask db upgrade` there, then `flask audit verify`, and new rows; and what
-an archive of the trail alone holds."""
+private cluster), `flask db upgrade` there, then `flask audit verify --tree`, and new rows;
+and what an archive of the trail alone holds."""
 
 import subprocess
 
@@ -80,9 +80,9 @@ def restore(database_url, other_server, tmp_path, request):
 def test_a_restored_backup_verifies_intact(client, restore):
     make_trail(client, 7)
     app = restore()
-    assert verify_line(app.test_cli_runner()) == (
+    assert verify_line(app.test_cli_runner(), "--tree") == (
         0,
-        "intact: 7 rows (rows 1-7), signed up to row 6",
+        "intact: 7 rows (rows 1-7), signed up to row 6; the tree's stored hashes and tiles too",
     )
 
 
@@ -90,9 +90,9 @@ def test_a_restored_trail_accepts_new_rows_on_its_chain(client, restore):
     make_trail(client, 7)
     app = restore()
     make_trail(app.test_client(), 3)
-    assert verify_line(app.test_cli_runner()) == (
+    assert verify_line(app.test_cli_runner(), "--tree") == (
         0,
-        "intact: 10 rows (rows 1-10), signed up to row 9",
+        "intact: 10 rows (rows 1-10), signed up to row 9; the tree's stored hashes and tiles too",
     )
 
 

@@ -1,8 +1,8 @@
 """`flask audit verify --tree` (backend/audit/stored_tree.py): every stored hash and tile of the
 Merkle tree, which proofs are made of, checked against the rows; on both databases, each kind
-of damage named by the rows under it. Run with the service's pieces (2**13 leaves: the 1,100
-rows are pieces of their own) and with pieces of 64 leaves, so that hashes and a tile above
-the pieces are checked too."""
+of damage named by the rows under it. With the service's pieces (2**13 leaves: the 1,100 rows
+are pieces of their own), and where a hash or tile lies above them when the pieces hold 64
+leaves, with those too (BOTH_PIECES)."""
 
 # ruff: noqa: F811  (`filled`, the fixture of tests/test_tiles.py, taken as an argument)
 
@@ -25,10 +25,17 @@ TREE = ("audit_tree_node", "audit_tree_tile")
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-@pytest.fixture(params=[13, 6], ids=["pieces of 8192", "pieces of 64"])
+@pytest.fixture
 def piece(request, monkeypatch):
-    monkeypatch.setattr(stored_tree, "PIECE", request.param)
-    return request.param
+    """The height of the pieces stored_tree reads: the service's unless parametrized."""
+    height = getattr(request, "param", stored_tree.PIECE)
+    monkeypatch.setattr(stored_tree, "PIECE", height)
+    return height
+
+
+BOTH_PIECES = pytest.mark.parametrize(
+    "piece", [13, 6], ids=["pieces of 8192", "pieces of 64"], indirect=True
+)
 
 
 def at(level: int, index: int) -> int:
@@ -43,6 +50,7 @@ def change_node(app, position: int) -> None:
         )
 
 
+@BOTH_PIECES
 def test_an_intact_tree_is_intact(api, runner, filled, piece):
     # The stored tree is the RFC's, computed here from the rows alone.
     data = leaves(api)
@@ -92,6 +100,7 @@ def test_a_changed_leaf_is_named_by_the_hash_above_it(app, runner, filled, piece
     )
 
 
+@BOTH_PIECES
 def test_a_changed_hash_high_in_the_tree_is_named(app, runner, filled, piece):
     change_node(app, at(8, 2))  # above the pieces of 64 leaves
     assert verify_line(runner, "--tree") == (
@@ -101,7 +110,11 @@ def test_a_changed_hash_high_in_the_tree_is_named(app, runner, filled, piece):
     )
 
 
-@pytest.mark.parametrize(("level", "index", "rows"), [(2, 7, "rows 29-32"), (9, 0, "rows 1-512")])
+@pytest.mark.parametrize(
+    ("level", "index", "rows", "piece"),
+    [(2, 7, "rows 29-32", 13), (9, 0, "rows 1-512", 13), (9, 0, "rows 1-512", 6)],
+    indirect=["piece"],
+)
 def test_a_missing_hash_is_named(app, runner, filled, piece, level, index, rows):
     with tampering(app, TREE) as connection:
         connection.execute(
@@ -116,7 +129,9 @@ def test_a_missing_hash_is_named(app, runner, filled, piece, level, index, rows)
 
 
 @pytest.mark.parametrize(
-    ("level", "index", "rows"), [(1, 20, "rows 41-42"), (8, 2, "rows 513-768")]
+    ("level", "index", "rows", "piece"),
+    [(1, 20, "rows 41-42", 13), (8, 2, "rows 513-768", 13), (8, 2, "rows 513-768", 6)],
+    indirect=["piece"],
 )
 def test_a_hash_that_is_not_one_is_named(app, runner, filled, piece, level, index, rows):
     with tampering(app, TREE) as connection:
@@ -159,7 +174,11 @@ def test_a_row_of_the_tiles_table_that_is_no_tile_is_not_read(app, runner, fille
     assert verify_line(runner, "--tree")[0] == 0
 
 
-@pytest.mark.parametrize(("top", "index", "rows"), [(5, 3, "rows 97-128"), (10, 0, "rows 1-1024")])
+@pytest.mark.parametrize(
+    ("top", "index", "rows", "piece"),
+    [(5, 3, "rows 97-128", 13), (10, 0, "rows 1-1024", 13), (10, 0, "rows 1-1024", 6)],
+    indirect=["piece"],
+)
 def test_a_changed_tile_is_named(app, runner, filled, piece, top, index, rows):
     with tampering(app, TREE) as connection:
         tile = connection.scalar(
@@ -221,6 +240,7 @@ def test_a_purge_keeps_the_tree_it_checks(app, api, runner, piece):
     )
 
 
+@BOTH_PIECES
 def test_a_subtree_rewritten_whole_is_found_by_the_frontier(app, runner, filled, piece):
     # A leaf of rows 1-1024 changed with every hash above it and both tiles that copy them, so
     # the stored tree agrees with itself: only the rows say otherwise.
@@ -260,15 +280,15 @@ def test_a_subtree_rewritten_whole_is_found_by_the_frontier(app, runner, filled,
 @pytest.mark.parametrize(
     ("changed", "named"),
     [
-        ([(1, 300)], "rows 601-602 (level 1)"),  # in the second process's pieces
-        ([(1, 300), (2, 10)], "rows 41-44 (level 2)"),  # and in the first's
+        ([(1, 400)], "rows 801-802 (level 1)"),  # in the second process's pieces
+        ([(1, 400), (2, 10)], "rows 41-44 (level 2)"),  # and in the first's
     ],
 )
 def test_a_finding_of_the_processes_is_the_one_one_process_names(
     app, runner, filled, monkeypatch, changed, named
 ):
     monkeypatch.setattr(segments, "MIN_ROWS", 1)
-    monkeypatch.setattr(stored_tree, "PIECE", 6)  # 20 pieces: 3 processes of 7, 7 and 6
+    monkeypatch.setattr(stored_tree, "PIECE", 6)  # 20 pieces: 2 processes of 10
     for level, index in changed:
         change_node(app, at(level, index))
     first = named.split()[1].split("-")[0]
@@ -277,19 +297,20 @@ def test_a_finding_of_the_processes_is_the_one_one_process_names(
         f"BROKEN at row {first}: the tree's stored hash of {named} is not the hash of the hashes"
         " below it: proofs through it fail their check",
     )
-    assert verify_line(runner, "--tree", "--workers", "3") == expected
+    assert verify_line(runner, "--tree", "--workers", "2") == expected
     assert verify_line(runner, "--tree", "--workers", "1") == expected
 
 
 @postgresql_only
-def test_segments_end_on_the_tree_the_stored_hashes_make(app, runner, filled, piece, monkeypatch):
+def test_segments_end_on_the_tree_the_stored_hashes_make(app, runner, filled, monkeypatch):
     monkeypatch.setattr(segments, "MIN_ROWS", 1)
-    assert verify_line(runner, "--tree", "--workers", "3")[0] == 0
+    monkeypatch.setattr(stored_tree, "PIECE", 6)  # 21 pieces: 2 processes
+    assert verify_line(runner, "--tree", "--workers", "2")[0] == 0
     # The first verify's own row makes ROWS + 1: the last leaf, alone a part of the frontier
     # that the segments join.
     change_node(app, at(0, ROWS))
     size = ROWS + 1
-    assert verify_line(runner, "--tree", "--workers", "3") == (
+    assert verify_line(runner, "--tree", "--workers", "2") == (
         1,
         f"BROKEN at row {size}: the tree's stored hashes of row {size} do not match the rows:"
         " proofs of them fail their check",
