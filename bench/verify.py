@@ -32,8 +32,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from backend.audit import export, segment_scan
-from backend.models import AuditChain, Log
+from backend.audit import export, segment_scan, verification
+from backend.models import Log
 from bench import database
 from bench.query import (
     ADMIN,
@@ -135,7 +135,7 @@ def pass_ceiling(url: str, rate: float, report: Report) -> None:
     core busy, so its rate cannot pass the cores over that cost, whatever Python does."""
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     with engine.connect() as connection:
-        head = connection.scalar(sa.select(AuditChain.last_id).where(AuditChain.id == 1))
+        head = verification.tree_size(connection)
         first = connection.scalar(sa.select(sa.func.min(Log.id)))  # after a purge, not 1
         a = max(first + 1, (first + head) // 2 - CEILING_ROWS // 2)
         b = min(head, a + CEILING_ROWS - 1)
@@ -144,10 +144,10 @@ def pass_ceiling(url: str, rate: float, report: Report) -> None:
         driver = connection.connection.driver_connection
         driver.execute("SET jit = off; SET enable_sort = off")
         driver.execute("SET max_parallel_workers_per_gather = 0")
+        options = export.COPY_OPTIONS["ndjson"]  # as segment_scan.scan reads it
         runs = []
         for _ in range(2):
             started = time.perf_counter()
-            options = export.COPY_OPTIONS["ndjson"]  # as segment_scan.scan reads it
             with driver.cursor().copy(f"COPY ({select}) TO STDOUT ({options})") as copy:
                 for _ in copy:
                     pass
