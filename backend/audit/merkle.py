@@ -29,10 +29,24 @@ def leaf_hash(row_hash: str) -> bytes:
 
 def leaf_hashes(row_hashes: bytes) -> bytes:
     """leaf_hash of many rows at once: their hashes' 32-byte strings joined, and so the result."""
-    sha256 = hashlib.sha256
-    return b"".join(
-        [sha256(b"\x00" + row_hashes[i : i + 32]).digest() for i in range(0, len(row_hashes), 32)]
-    )
+    return _hash_each(_LEAF, row_hashes, 32)
+
+
+# SHA-256 already fed RFC 9162's prefix, copied for each hash: a copy costs less than a new
+# hasher and the bytes joined (verify makes two hashes a row; docs/benchmarks.md).
+_LEAF = hashlib.sha256(b"\x00")
+_NODE = hashlib.sha256(b"\x01")
+
+
+def _hash_each(prefixed, data: bytes, width: int) -> bytes:
+    """The digests of `prefixed` (a hasher fed its prefix) over each `width` bytes of `data`,
+    joined."""
+    copy, digests = prefixed.copy, []
+    for i in range(0, len(data), width):
+        hasher = copy()
+        hasher.update(data[i : i + width])
+        digests.append(hasher.digest())
+    return b"".join(digests)
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
@@ -87,14 +101,8 @@ def perfect_levels(leaves: bytes) -> list[bytes]:
     """Every hash of a perfect subtree (2**k leaves) from its leaf hashes, one string: a string
     a level, the leaves first and the root last."""
     levels = [leaves]
-    sha256 = hashlib.sha256
     while len(levels[-1]) > 32:
-        below = levels[-1]
-        levels.append(
-            b"".join(
-                [sha256(b"\x01" + below[i : i + 64]).digest() for i in range(0, len(below), 64)]
-            )
-        )
+        levels.append(_hash_each(_NODE, levels[-1], 64))
     return levels
 
 
