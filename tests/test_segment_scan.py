@@ -17,6 +17,7 @@ from tests.helpers import (
     make_trail,
     stored_rows,
     tampering,
+    verify_line,
     write,
 )
 
@@ -101,10 +102,13 @@ def batches(request, monkeypatch):
     monkeypatch.setattr(segment_scan, "BATCH", request.param)
 
 
-def scan_everything(app, signed=None, roots=None) -> dict | None:
-    """The fast pass over every row, from the genesis hash and an empty tree."""
+def scan_everything(app, signed=None, roots=None, end=None) -> dict | None:
+    """The fast pass over every row, from the genesis hash and an empty tree, to end on the
+    tree the chain's head stores (or `end`)."""
     with app.app_context(), db.engine.connect() as connection:
-        head = connection.scalar(sa.select(AuditChain.last_id))
+        head, stored = connection.execute(
+            sa.select(AuditChain.last_id, AuditChain.tree_frontier)
+        ).one()
         select = segment_scan.select(connection, 1, head, chain.GENESIS)
         return segment_scan.scan(
             connection.connection.driver_connection,
@@ -114,7 +118,21 @@ def scan_everything(app, signed=None, roots=None) -> dict | None:
             roots or {},
             [],
             lambda rows: None,
+            stored if end is None else end,
         )
+
+
+def out_of_order(select):
+    """segment_scan.select with each batch's lines joined in descending id order: what the
+    pass would get if PostgreSQL fed its aggregate otherwise than the window orders them."""
+
+    def reordered(*arguments) -> str:
+        query = select(*arguments)
+        joined = f"string_agg(line, E'\\x{segment_scan.SEPARATOR.hex()}')"
+        assert joined in query
+        return query.replace(joined, joined[:-1] + " ORDER BY id DESC)")
+
+    return reordered
 
 
 @postgresql_only
@@ -186,6 +204,24 @@ def test_the_fast_pass_looks_closer_at_a_tampered_trail(app, client, batches, ch
     assert scan_everything(app) is None
 
 
+@postgresql_only
+def test_the_fast_pass_looks_closer_at_lines_out_of_order(app, client, batches, monkeypatch):
+    make_trail(client, 8)
+    assert scan_everything(app) is not None
+    monkeypatch.setattr(segment_scan, "select", out_of_order(segment_scan.select))
+    assert scan_everything(app) is None  # the leaves grew another tree
+
+
+@postgresql_only
+def test_the_fast_pass_looks_closer_at_a_tree_it_does_not_end_on(app, client, batches):
+    make_trail(client, 8)
+    with app.app_context(), db.engine.connect() as connection:
+        stored = connection.scalar(sa.select(AuditChain.tree_frontier))
+    assert scan_everything(app, end=stored) is not None
+    assert scan_everything(app, end=stored[:-1] + "0") is None
+    assert scan_everything(app, end="") is None
+
+
 # -- the verdict, one walk and segments alike -----------------------------------------------
 
 
@@ -201,6 +237,18 @@ def test_segments_find_awkward_rows_intact(app, client, runner, segments_for_a_s
     single, parallel = both_ways(runner)
     assert single == (0, "intact: 11 rows (rows 1-11), no signed checkpoint yet")
     assert parallel == (0, "intact: 12 rows (rows 1-12), no signed checkpoint yet")
+
+
+@postgresql_only
+def test_segments_find_a_trail_intact_when_the_fast_pass_gets_its_lines_out_of_order(
+    app, client, runner, segments_for_a_small_trail, monkeypatch
+):
+    make_trail(client, 12)
+    monkeypatch.setattr(segment_scan, "select", out_of_order(segment_scan.select))
+    assert verify_line(runner, "--workers", "3") == (
+        0,
+        "intact: 12 rows (rows 1-12), no signed checkpoint yet",
+    )  # the processes walked their rows after the pass looked closer
 
 
 @postgresql_only

@@ -45,10 +45,14 @@ def select(connection: sa.Connection, a: int, b: int, prev_hash: str) -> str:
         dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
     )
     # The batches in the order generate_series makes them: an ORDER BY would sort them after
-    # computing them all. scan checks each line's `lo`.
+    # computing them all. scan checks each line's `lo`. A batch's lines in the order its window
+    # makes them, id order: string_agg's own ORDER BY id sorted each batch again (5% of
+    # verify's time at 10M rows, docs/benchmarks.md). PostgreSQL's manual says input from a
+    # sorted subquery "will usually work", so scan does not take the order on trust: the
+    # segment's tree must end where the stored one does (`end`), or it looks closer.
     query = (
         f"SELECT lo || ' ' || (SELECT count(*) FILTER (WHERE length(line) <> {HASH})"
-        f" || ' ' || string_agg(line, E'\\x{SEPARATOR.hex()}' ORDER BY id)"
+        f" || ' ' || string_agg(line, E'\\x{SEPARATOR.hex()}')"
         f" FROM (SELECT audit_log.id, {line} AS line FROM audit_log"
         f" WHERE audit_log.id BETWEEN greatest(lo - 1, {a:d}) AND least(lo + {BATCH - 1}, {b:d})"
         f") AS batch WHERE id >= lo) FROM generate_series({a:d}, {b:d}, {BATCH}) AS lo"
@@ -64,9 +68,13 @@ def scan(
     roots: dict[int, str],
     frontier: list[bytes],
     progress: Callable[[int], None],
+    end: str | None,
 ) -> dict | None:
     """Run `select` (rows a..b) and check what it sends, growing `frontier` (the tree of rows
-    1..a-1); the segment's result as segments.py reports it, or None to look closer."""
+    1..a-1); the segment's result as segments.py reports it, or None to look closer. `end`:
+    the stored tree's frontier of rows 1..b (merkle.pack), which the leaves must grow to: the
+    order they came in decides the tree, so a line out of place ends elsewhere (None: no
+    stored frontier to compare, look closer)."""
     a, b = bounds
     stops = sorted({*(size for size in roots if a <= size < b), b})
     size, versions = a - 1, []
@@ -90,8 +98,9 @@ def scan(
                 return None
             progress(count)
         _drain(copy)  # its end, which zip leaves unread
-    if size != b or not _checkpoints_agree(connection, signed):
-        return None  # a missing row (or, impossibly, one too many): the walk names it
+    if size != b or merkle.pack(frontier) != end or not _checkpoints_agree(connection, signed):
+        return None  # a missing row (or, impossibly, one too many), lines out of order, or a
+        # stored tree the rows do not make: the walk, which orders its rows, names it
     return {
         "rows": b - a + 1,
         "frontier": merkle.pack(frontier),

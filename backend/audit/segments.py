@@ -48,10 +48,11 @@ def walk(
 
     bounds = _bounds(first_id, head, workers)
     url, snapshot = shared_snapshot(connection)
+    starts = [tree.frontier] + [stored_frontier(connection, a - 1) for a, _ in bounds[1:]]
+    ends = [merkle.pack(start) for start in starts[1:]] + [_stored_end(connection, head)]
     jobs = []
-    for a, b in bounds:
+    for (a, b), frontier, end in zip(bounds, starts, ends, strict=True):
         start_hash = prev_hash if a == first_id else _stored_hash(connection, a - 1)
-        frontier = tree.frontier if a == first_id else stored_frontier(connection, a - 1)
         in_range = {row: value for row, value in signed.items() if a <= row <= b}
         roots = {size: root for size, root in tree.roots.items() if a <= size <= b}
         job = (
@@ -65,9 +66,10 @@ def walk(
             in_range,
             roots,
             frontier,
+            end,
         )
-        jobs.append((job, frontier))
-    results = in_processes(_segment, [job for job, _ in jobs], progress)
+        jobs.append(job)
+    results = in_processes(_segment, jobs, progress)
     broken = [result["broken"] for result in results if "broken" in result]
     for (a, b), result in zip(bounds[:-1], results, strict=False):
         if "rows" in result and result["rows"] < b - a + 1:  # the next row was deleted
@@ -78,7 +80,7 @@ def walk(
     beyond = connection.scalar(sa.select(sa.func.min(Log.id)).where(Log.id > head))
     if beyond is not None:
         raise Broken(beyond, f"beyond the chain's head (row {head}): inserted without the writer")
-    _join_trees(results, [frontier for _, frontier in jobs], bounds, tree)
+    _join_trees(results, starts, bounds, tree)
     return sum(result["rows"] for result in results)
 
 
@@ -86,6 +88,16 @@ def _bounds(first_id: int, head: int, workers: int) -> list[tuple[int, int]]:
     """`workers` ranges of ids of about the same length, together first_id..head."""
     step = -(-(head - first_id + 1) // workers)
     return [(a, min(head, a + step - 1)) for a in range(first_id, head + 1, step)]
+
+
+def _stored_end(connection: sa.Connection, head: int) -> str | None:
+    """The stored tree's frontier of the whole trail, packed, which the last segment's fast
+    pass must end on; None when the stored hashes cannot make it (the walk then says what
+    is wrong)."""
+    try:
+        return merkle.pack(stored_frontier(connection, head))
+    except TreeBroken:
+        return None
 
 
 def _stored_hash(connection: sa.Connection, row_id: int) -> str:
@@ -167,7 +179,7 @@ def _segment(job: tuple) -> dict:
     """Walk rows a..b of the snapshot; what it found."""
     from backend.audit.verification import Broken, walk
 
-    url, snapshot, scanned, select, a, b, prev_hash, signed, roots, frontier = job
+    url, snapshot, scanned, select, a, b, prev_hash, signed, roots, frontier, end = job
     tree = TreeCheck(roots, a - 1, list(frontier))
     versions: list[list[int]] = []
     with psycopg.connect(url) as connection:
@@ -179,7 +191,9 @@ def _segment(job: tuple) -> dict:
         # The per-row hashing makes the plan look costly enough for JIT, whose compilation of
         # that expression took longer than the whole pass (39 s for 3,000 rows).
         connection.execute("SET LOCAL jit = off")
-        found = segment_scan.scan(connection, scanned, (a, b), signed, roots, list(frontier), count)
+        found = segment_scan.scan(
+            connection, scanned, (a, b), signed, roots, list(frontier), count, end
+        )
         if found is not None:
             return found
         try:
