@@ -1,14 +1,15 @@
 """Benchmark: checking the trail at N rows on PostgreSQL, and its Merkle proofs over HTTP.
 
     .venv/bin/python -m bench.verify [--rows 1000000] [--requests 500] [--url URL] [--reuse]
-        [--skip-offline] [--months 12] [--purge-before DATE]
+        [--skip-offline] [--months 12] [--purge-before DATE] [--baseline]
 
 Creates the database of URL (as bench/query.py does: dropped first, migrated, N synthetic rows
 loaded by bench/load.py, their tree built), then prints:
 - `flask audit verify` on the database: wall time, rows/s, and the CPU and peak memory that
-  /usr/bin/time reports; then what PostgreSQL alone costs a row in verify's fast pass, on one
-  core, and so the most rows/s this machine's cores allow (how close verify came, on any
-  machine);
+  /usr/bin/time reports; with --baseline, verify as it was when #18 was filed, on this
+  machine before and after it, and the ratio of the two rates (bench/baseline.py); then what
+  PostgreSQL alone costs a row in verify's fast pass, on one core, and so the most rows/s
+  this machine's cores allow (how close verify came, on any machine);
 - the p50 and p95 latency of GET /v1/logs/<id>/proof (random rows, at the latest signed
   head) and GET /v1/logs/consistency (random sizes), over HTTP to gunicorn, after GET /v1/me's
   on the same server (an audited request that reads no trail: the machine's floor), each
@@ -34,7 +35,7 @@ import sqlalchemy as sa
 
 from backend.audit import export, segment_scan, verification
 from backend.models import Log
-from bench import database
+from bench import baseline, database
 from bench.query import (
     ADMIN,
     DEFAULT_URL,
@@ -68,6 +69,13 @@ def main() -> None:
         help="before the offline run, `flask audit purge --before DATE` (the loaded rows end"
         " with 2025 and span --months before it): the export then starts after a purge",
     )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help=f"also time verify as it was when #18 was filed ({baseline.BASELINE}, on"
+        f" {baseline.BASELINE_ROWS:,} rows of its own database), before verify and after, and"
+        " print the ratio #18 sets",
+    )
     options = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = Report(RESULTS / f"verify-{options.rows}.txt")
@@ -79,7 +87,12 @@ def main() -> None:
         if not options.reuse:
             prepare(options, settings, report)
         ensure_users(settings)
+        if options.baseline:  # before verify and after: the machine's pace may change
+            baselines = [baseline.baseline_rate(options.url, options.reuse, timed_command)]
         rate = verify_rate(environment, report)
+        if options.baseline:
+            baselines.append(baseline.baseline_rate(options.url, True, timed_command))
+            report.line(baseline.ratio_line(rate, baselines))
         pass_ceiling(settings["SQLALCHEMY_DATABASE_URI"], rate, report)
         with serve(options.url, instance) as server:
             proof_latency(server, options, report)
@@ -92,13 +105,15 @@ def main() -> None:
     report.line(f"load average after: {load_average()}")
 
 
-def timed_command(command: list, environment: dict, stdout=subprocess.DEVNULL) -> tuple:
+def timed_command(
+    command: list, environment: dict, stdout=subprocess.DEVNULL, cwd: Path = ROOT
+) -> tuple:
     """Run `command` under /usr/bin/time; (wall seconds, CPU %, peak RSS in MB, its standard
     output when `stdout` is PIPE)."""
     started = time.perf_counter()
     done = subprocess.run(
         ["/usr/bin/time", "-f", "TIME %e %P %M", *map(str, command)],
-        cwd=ROOT,
+        cwd=cwd,
         env=environment,
         stdout=stdout,
         stderr=subprocess.PIPE,
