@@ -5,7 +5,9 @@ filed (commit BASELINE), on BASELINE_ROWS rows, run on this machine beside today
 the machine the issue was written on: 4.88 times as fast. The machines these benchmarks run
 on differ from one another by more than that (the same verify code made 205,000 rows/s on one
 and 53,000-82,000 on others, docs/benchmarks.md), so the benchmark measures the issue's own
-starting point here too and prints the ratio, which a machine's speed divides out of.
+starting point here too and prints the ratio, which a machine's speed divides out of; and,
+divided by how much slower than the issue's machine it ran here, the proofs' p95 (an
+estimate of them on that machine, where #18 asks for under 10 ms).
 
 The old code runs from a git worktree of BASELINE (the repository's history must hold it),
 with this environment's Python packages, on its own database: the bench URL's name with
@@ -59,6 +61,15 @@ def ratio_line(rate: float, baselines: list[float]) -> str:
         f" verify above is {rate / baseline:.2f} times it, where #18's {TARGET_RATE:,} rows/s"
         f" is {TARGET_RATE / ISSUE_RATE:.2f} times"
     )
+
+
+def paced_line(p95s: dict[str, float], baselines: list[float]) -> str:
+    """The routes' p95 (ms) divided by how much slower than the issue's machine the yardstick
+    ran here: an estimate of them on that machine, where #18 asks for proofs under 10 ms. It
+    holds as far as their time is CPU, as it is on the benchmark's machines (docs/benchmarks.md)."""
+    slower = ISSUE_RATE / (sum(baselines) / len(baselines))
+    paced = ", ".join(f"{name} {p95 / slower:.1f} ms" for name, p95 in p95s.items())
+    return f"p95 at the pace of the machine #18 was filed on (these / {slower:.2f}): {paced}"
 
 
 def baseline_rate(url: str, reuse: bool, timed_command) -> float:

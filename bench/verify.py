@@ -13,7 +13,8 @@ loaded by bench/load.py, their tree built), then prints:
 - the p50 and p95 latency of GET /v1/logs/<id>/proof (random rows, at the latest signed
   head) and GET /v1/logs/consistency (random sizes), over HTTP to gunicorn, after GET /v1/me's
   on the same server (an audited request that reads no trail: the machine's floor), each
-  route's first WARMUP requests (other rows) not counted and printed apart;
+  route's first WARMUP requests (other rows) not counted and printed apart (with --baseline,
+  their p95 at the pace of the machine #18 was filed on too);
 - the offline verifier (`python -m backend.audit.offline`) on an NDJSON export of the trail
   and its heads file (with --purge-before, after `flask audit purge`: the export then starts
   after a purge, and the verifier from the purged rows' stored tree hashes).
@@ -95,7 +96,9 @@ def main() -> None:
             report.line(baseline.ratio_line(rate, baselines))
         pass_ceiling(settings["SQLALCHEMY_DATABASE_URI"], rate, report)
         with serve(options.url, instance) as server:
-            proof_latency(server, options, report)
+            p95s = proof_latency(server, options, report)
+        if options.baseline:
+            report.line(baseline.paced_line(p95s, baselines))
         if not options.skip_offline:
             if options.purge_before:
                 purge(environment, options.purge_before, report)
@@ -184,7 +187,8 @@ def pass_ceiling(url: str, rate: float, report: Report) -> None:
 WARMUP = 50
 
 
-def proof_latency(server, options, report: Report) -> None:
+def proof_latency(server, options, report: Report) -> dict[str, float]:
+    """Each route's p50 and p95 printed; the p95s (ms) returned, by route."""
     token = server.token(*ADMIN)
     bearer = {"Authorization": f"Bearer {token}"}
     status, body, _ = server.request("GET", "/v1/logs/tree-head", bearer)
@@ -208,15 +212,18 @@ def proof_latency(server, options, report: Report) -> None:
         assert status == 200, status
         return time.perf_counter() - started  # seconds, as percentile() takes
 
+    p95s = {}
     for name, path in routes.items():
         warmup = [timed(path(warmup_rows)) for _ in range(WARMUP)]
         timings = [timed(path(timed_rows)) for _ in range(options.requests)]
+        p95s[name] = percentile(timings, 95)
         report.line(
             f"{name} at {size:,} rows: p50 {percentile(timings, 50):.1f} ms,"
             f" p95 {percentile(timings, 95):.1f} ms ({options.requests} requests; the"
             f" {WARMUP} before them: p50 {percentile(warmup, 50):.1f} ms,"
             f" largest {max(warmup) * 1000:.1f} ms)"
         )
+    return p95s
 
 
 def purge(environment: dict, before: str, report: Report) -> None:
