@@ -57,17 +57,22 @@ def ratio_line(rate: float, baselines: list[float]) -> str:
     return (
         f"against the issue's yardstick: {BASELINE}'s verify at {BASELINE_ROWS:,} rows made"
         f" {', '.join(f'{one:,.0f}' for one in baselines)} rows/s here (about {ISSUE_RATE:,} on"
-        f" the machine #18 was filed on: this one {ISSUE_RATE / baseline:.2f} times as slow);"
+        f" the machine #18 was filed on: this one {_slower(baselines):.2f} times as slow);"
         f" verify above is {rate / baseline:.2f} times it, where #18's {TARGET_RATE:,} rows/s"
         f" is {TARGET_RATE / ISSUE_RATE:.2f} times"
     )
+
+
+def _slower(baselines: list[float]) -> float:
+    """How many times slower than the issue's machine the yardstick ran here."""
+    return ISSUE_RATE / (sum(baselines) / len(baselines))
 
 
 def paced_line(p95s: dict[str, float], baselines: list[float]) -> str:
     """The routes' p95 (ms) divided by how much slower than the issue's machine the yardstick
     ran here: an estimate of them on that machine, where #18 asks for proofs under 10 ms. It
     holds as far as their time is CPU, as it is on the benchmark's machines (docs/benchmarks.md)."""
-    slower = ISSUE_RATE / (sum(baselines) / len(baselines))
+    slower = _slower(baselines)
     paced = ", ".join(f"{name} {p95 / slower:.1f} ms" for name, p95 in p95s.items())
     return f"p95 at the pace of the machine #18 was filed on (these / {slower:.2f}): {paced}"
 
